@@ -1,0 +1,16 @@
+"""pytest-fakepg: a fake distributed world for every test."""
+
+from .records import CollectiveLog, CollectiveRecord
+from .spec import WorldSpec
+from .world import FakeWorld, Fault
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CollectiveLog",
+    "CollectiveRecord",
+    "FakeWorld",
+    "Fault",
+    "WorldSpec",
+    "__version__",
+]

@@ -1,0 +1,224 @@
+"""Build, load and register the compiled ``fakepg`` c10d backend.
+
+The extension is compiled on first use for the exact torch that is installed
+(a c10d ``Backend`` built for another torch breaks silently: its vtable moves
+between releases) into a cache directory keyed by torch version, Python version
+and a hash of the sources. A warm start imports the cached module directly and
+costs milliseconds; only a cold start runs the compiler.
+
+Set ``PYTEST_FAKEPG_CACHE`` to choose the cache directory (default:
+``$XDG_CACHE_HOME/pytest-fakepg`` or ``~/.cache/pytest-fakepg``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
+
+BACKEND_NAME = "fakepg"
+CACHE_ENV = "PYTEST_FAKEPG_CACHE"
+_CSRC = Path(__file__).resolve().parent / "csrc"
+_SOURCES = ("fake_backend.hpp", "fake_backend.cpp", "bindings.cpp")
+_DONE_MARKER = "BUILD_OK"
+
+
+
+class ActiveWorld(NamedTuple):
+    native: Any  # the compiled WorldState shared by every group of the world
+    world_size: int
+
+
+_module: ModuleType | None = None
+_registered = False
+# The fake world that is up, read by the backend creator whenever torch makes
+# a group (default group, new_group, DeviceMesh dimensions). One at a time.
+_active: ActiveWorld | None = None
+
+
+class BuildError(RuntimeError):
+    """The fakepg backend could not be compiled or loaded."""
+
+
+def _sources_dir() -> Path:
+    # Installed wheels carry csrc/ inside the package; a source checkout keeps
+    # it at the top level beside the package.
+    if _CSRC.is_dir():
+        return _CSRC
+    return Path(__file__).resolve().parent.parent / "csrc"
+
+
+def _source_hash(src: Path) -> str:
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        h.update(name.encode())
+        h.update((src / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_dir() -> Path:
+    """The directory the extension for this torch and these sources lives in."""
+    import torch
+
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        base = Path(root)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = Path(xdg) if xdg else Path.home() / ".cache"
+        base = base / "pytest-fakepg"
+    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return base / f"torch-{torch.__version__}-{py}" / _source_hash(_sources_dir())
+
+
+def _module_name(directory: Path) -> str:
+    return f"pytest_fakepg_C_{directory.name}"
+
+
+def _so_path(directory: Path) -> Path:
+    # cpp_extension.load names the library after the module, with a plain .so
+    return directory / f"{_module_name(directory)}.so"
+
+
+def _import_built(directory: Path) -> ModuleType:
+    name = _module_name(directory)
+    spec = importlib.util.spec_from_file_location(name, _so_path(directory))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no loadable module at {_so_path(directory)}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+def _cache_is_valid(directory: Path) -> bool:
+    """A build is trusted only when its marker names the library's exact size
+    and digest: a half-written or corrupted .so is rebuilt, never loaded."""
+    marker = directory / _DONE_MARKER
+    so = _so_path(directory)
+    if not (marker.is_file() and so.is_file()):
+        return False
+    try:
+        size, digest = marker.read_text().split()
+    except ValueError:
+        return False
+    if int(size) != so.stat().st_size:
+        return False
+    return digest == _file_digest(so)
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _find_compiler() -> str | None:
+    cxx = os.environ.get("CXX", "c++")
+    return shutil.which(cxx)
+
+
+def build(*, verbose: bool = False, quiet: bool = False) -> Path:
+    """Compile the extension into the cache (if it is not there) and return
+    its directory. Safe to call from several processes at once: torch's build
+    lock serialises them and the loser finds the finished build."""
+    import torch  # noqa: F401  (the build needs torch's headers)
+    from torch.utils import cpp_extension
+
+    directory = build_dir()
+    if _cache_is_valid(directory):
+        return directory
+    if _find_compiler() is None:
+        raise BuildError(
+            "pytest-fakepg needs a C++ compiler to build its fakepg backend "
+            f"(looked for {os.environ.get('CXX', 'c++')!r}; set CXX or install "
+            "g++). Worlds that need none of fakepg's features still run on "
+            "torch's stock backend: pass backend='fake' (or run pytest with "
+            "--fake-world-backend=fake)."
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    if not quiet:
+        print(
+            f"pytest-fakepg: compiling the fakepg c10d backend for torch "
+            f"{torch.__version__} (first use with this torch; about a minute "
+            f"on 2 cores) into {directory}",
+            file=sys.stderr,
+            flush=True,
+        )
+    src = _sources_dir()
+    # The marker goes last, after the library is complete. A stale marker
+    # from an interrupted build would not match the new library's digest.
+    (directory / _DONE_MARKER).unlink(missing_ok=True)
+    try:
+        cpp_extension.load(
+            name=_module_name(directory),
+            sources=[str(src / "fake_backend.cpp"), str(src / "bindings.cpp")],
+            extra_cflags=["-O2", "-g0"],
+            extra_include_paths=[str(src)],
+            build_directory=str(directory),
+            with_cuda=False,
+            is_python_module=True,
+            verbose=verbose,
+        )
+    except Exception as exc:  # compiler errors, missing headers, ...
+        raise BuildError(
+            f"pytest-fakepg could not build its fakepg backend for torch "
+            f"{torch.__version__} in {directory}: {exc}"
+        ) from exc
+    so = _so_path(directory)
+    tmp = directory / f"{_DONE_MARKER}.{os.getpid()}"
+    tmp.write_text(f"{so.stat().st_size} {_file_digest(so)}\n")
+    os.replace(tmp, directory / _DONE_MARKER)
+    return directory
+
+
+def load() -> ModuleType:
+    """The compiled module, built first if needed. Cached per process."""
+    global _module
+    if _module is not None:
+        return _module
+    import torch.distributed  # noqa: F401  (registers c10d's pybind types)
+
+    directory = build_dir()
+    if not _cache_is_valid(directory):
+        directory = build()
+    _module = _import_built(directory)
+    return _module
+
+
+def register() -> None:
+    """Register ``fakepg`` with torch.distributed (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    import torch.distributed as dist
+
+    load()
+    dist.Backend.register_backend(
+        BACKEND_NAME, _create_backend, extended_api=True, devices=["cpu", "cuda"]
+    )
+    _registered = True
+
+
+def _create_backend(dist_opts: Any, _backend_options: Any) -> Any:
+    state = _active
+    if state is None:
+        raise RuntimeError(
+            "the fakepg backend makes groups only inside a fake world: use "
+            "`with pytest_fakepg.FakeWorld(...)` or the "
+            "@pytest.mark.fake_world marker instead of calling "
+            "init_process_group('fakepg') yourself"
+        )
+    module = load()
+    ranks = dist_opts.global_ranks_in_group
+    size = dist_opts.group_size
+    # The default group (and any group of every rank) maps group ranks to
+    # global ranks one to one: pass no list, so a million ranks cost nothing.
+    if len(ranks) == size and state.world_size == size:
+        ranks = []
+    return module.FakeBackend(
+        state.native, dist_opts.group_rank, size, dist_opts.group_id, ranks
+    )

@@ -1,0 +1,336 @@
+"""WorldSpec: the validated description of one fake world.
+
+Pure Python, no torch: the pytest plugin builds specs at collection time, so a
+bad marker argument is reported before any test runs and before torch loads.
+Every error names the argument, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .records import OP_NAMES
+
+VALUES = ("uniform", "copy")
+FAIL_AT = ("issue", "wait")
+BACKENDS = ("fakepg", "fake")
+DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "meta")
+ALL_OPS = "*"
+
+
+class _DefaultStr(str):
+    """A string default that can be told apart from the same value passed
+    explicitly: ``backend="fake"`` falls back on defaults silently but refuses
+    what the user asked for by name."""
+
+    __slots__ = ()
+
+
+DEFAULT_VALUES = _DefaultStr("uniform")
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """One armed fault: ``op`` (an op name or ``"*"``), ``nth`` (None for
+    every call, else the call number that raises, once), ``at``."""
+
+    op: str
+    nth: int | None
+    at: str
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    world_size: int
+    rank: int
+    mesh_shape: tuple[int, ...] | None
+    mesh_dim_names: tuple[str, ...] | None
+    device: str
+    values: str
+    faults: tuple[FaultSpec, ...]
+    backend: str
+    record: bool
+
+    @classmethod
+    def build(
+        cls,
+        world_size: int | None = None,
+        *,
+        rank: int = 0,
+        mesh: Any = None,
+        device: str = "cpu",
+        values: str = DEFAULT_VALUES,
+        fail: Any = None,
+        fail_at: str = "issue",
+        backend: str = "fakepg",
+        record: bool | None = None,
+    ) -> WorldSpec:
+        """Validate every argument (in signature order) and resolve defaults."""
+        if world_size is not None:
+            world_size = check_world_size(world_size)
+        shape, names = parse_mesh(mesh)
+        world_size = resolve_world_size(world_size, shape, names)
+        shape = resolve_mesh_shape(shape, world_size)
+        rank = check_rank(rank, world_size)
+        device = check_device(device)
+        backend = check_choice("backend", backend, BACKENDS)
+        fail_at = check_choice("fail_at", fail_at, FAIL_AT)
+        explicit_values = not isinstance(values, _DefaultStr)
+        values = check_choice("values", values, VALUES)
+        faults = parse_fail(fail, fail_at)
+        if record is not None and not isinstance(record, bool):
+            raise TypeError(f"record must be True or False, got {record!r}")
+        if backend == "fake":
+            values, record = _fit_stock_backend(
+                values, explicit_values, record, faults
+            )
+        elif record is None:
+            record = True
+        return cls(
+            world_size=world_size,
+            rank=rank,
+            mesh_shape=shape,
+            mesh_dim_names=names,
+            device=device,
+            values=values,
+            faults=faults,
+            backend=backend,
+            record=record,
+        )
+
+    @property
+    def mesh_id(self) -> str | None:
+        """The mesh as it appears in test ids: ``dp2xtp4`` or ``2x4``."""
+        if self.mesh_shape is None:
+            return None
+        if self.mesh_dim_names:
+            return "x".join(
+                f"{n}{s}" for n, s in zip(self.mesh_dim_names, self.mesh_shape)
+            )
+        return "x".join(str(s) for s in self.mesh_shape)
+
+
+def _fit_stock_backend(
+    values: str, explicit_values: bool, record: bool | None, faults: tuple[FaultSpec, ...]
+) -> tuple[str, bool]:
+    """torch's stock fake backend copies values, records nothing and can only
+    fail every collective at issue. Defaults fall back to that; explicit asks
+    it cannot honour are refused."""
+    if values == "uniform" and explicit_values:
+        raise ValueError(
+            "values='uniform' needs the fakepg backend; torch's stock backend "
+            "(backend='fake') only has values='copy'"
+        )
+    if record:
+        raise ValueError(
+            "record=True needs the fakepg backend; torch's stock backend "
+            "(backend='fake') records nothing"
+        )
+    for f in faults:
+        if f.op != ALL_OPS or f.nth is not None or f.at != "issue":
+            raise ValueError(
+                f"fail={_describe_fault(f)} needs the fakepg backend; torch's "
+                "stock backend (backend='fake') can only fail every collective "
+                "when issued (fail=True, fail_at='issue')"
+            )
+    return "copy", False
+
+
+def _describe_fault(f: FaultSpec) -> str:
+    text = repr(f.op) if f.nth is None else f"{{{f.op!r}: {f.nth}}}"
+    return text if f.at == "issue" else f"{text} with fail_at={f.at!r}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_world_size(world_size: Any) -> int:
+    if not _is_int(world_size):
+        raise TypeError(
+            f"world_size must be an int >= 1, got {world_size!r} "
+            f"({type(world_size).__name__})"
+        )
+    if world_size < 1:
+        raise ValueError(f"world_size must be an int >= 1, got {world_size}")
+    return world_size
+
+
+def check_rank(rank: Any, world_size: int) -> int:
+    if not _is_int(rank):
+        raise TypeError(
+            f"rank must be an int in [-{world_size}, {world_size - 1}] for "
+            f"world_size={world_size}, got {rank!r} ({type(rank).__name__})"
+        )
+    if not -world_size <= rank < world_size:
+        raise ValueError(
+            f"rank must be in [0, {world_size - 1}] (or a negative index from "
+            f"-{world_size}) for world_size={world_size}, got {rank}"
+        )
+    return rank % world_size
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(
+            f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+        )
+    return str(value)
+
+
+def check_device(device: Any) -> str:
+    if not isinstance(device, str) or device not in DEVICE_TYPES:
+        raise ValueError(
+            f"device must be a torch device type, one of "
+            f"{', '.join(map(repr, DEVICE_TYPES))}; got {device!r}"
+        )
+    return device
+
+
+_DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_mesh(mesh: Any) -> tuple[tuple[int, ...] | None, tuple[str, ...] | None]:
+    """Split a mesh argument into (sizes, names). Sizes may hold one -1.
+
+    Accepted: None; a dict of dimension name to size; a tuple of sizes; a
+    tuple of ``(name, size)`` pairs (which keeps duplicate names visible).
+    """
+    if mesh is None:
+        return None, None
+    allowed = (
+        "a dict of dimension name to size like {'dp': 2, 'tp': 4}, a tuple "
+        "of sizes like (2, 4), or a tuple of (name, size) pairs"
+    )
+    if isinstance(mesh, Mapping):
+        pairs = list(mesh.items())
+    elif isinstance(mesh, tuple) and mesh and all(
+        isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in mesh
+    ):
+        pairs = list(mesh)
+    elif isinstance(mesh, tuple) and mesh and all(_is_int(s) for s in mesh):
+        return _check_sizes(mesh, mesh), None
+    else:
+        raise TypeError(f"mesh must be {allowed}; got {mesh!r}")
+    if not pairs:
+        raise ValueError(f"mesh must have at least one dimension; got {mesh!r}")
+    names = [n for n, _ in pairs]
+    for n in names:
+        if not isinstance(n, str) or not _DIM_NAME.match(n):
+            raise ValueError(
+                f"mesh dimension names must be identifiers like 'dp', got {n!r} "
+                f"in mesh={mesh!r}"
+            )
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise ValueError(
+            f"mesh dimension names must be unique; {', '.join(map(repr, dups))} "
+            f"appears more than once in mesh={mesh!r}"
+        )
+    return _check_sizes(tuple(s for _, s in pairs), mesh), tuple(names)
+
+
+def _check_sizes(sizes: tuple[Any, ...], mesh: Any) -> tuple[int, ...]:
+    for s in sizes:
+        if not _is_int(s) or (s < 1 and s != -1):
+            raise ValueError(
+                f"mesh sizes must be ints >= 1 (one may be -1, inferred from "
+                f"world_size); got {s!r} in mesh={mesh!r}"
+            )
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh may have at most one -1 size, got mesh={mesh!r}")
+    return tuple(sizes)
+
+
+def _mesh_text(shape: tuple[int, ...], names: tuple[str, ...] | None) -> str:
+    if names:
+        return "{" + ", ".join(f"{n!r}: {s}" for n, s in zip(names, shape)) + "}"
+    return repr(shape)
+
+
+def resolve_world_size(
+    world_size: int | None,
+    shape: tuple[int, ...] | None,
+    names: tuple[str, ...] | None,
+) -> int:
+    if world_size is not None:
+        return world_size
+    if shape is None:
+        raise ValueError("world_size is required unless a mesh is given")
+    if -1 in shape:
+        raise ValueError(
+            f"mesh={_mesh_text(shape, names)} has a -1 size, which is inferred "
+            "from world_size; give world_size too"
+        )
+    return math.prod(shape)
+
+
+def resolve_mesh_shape(
+    shape: tuple[int, ...] | None, world_size: int
+) -> tuple[int, ...] | None:
+    if shape is None:
+        return None
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if world_size % known:
+            raise ValueError(
+                f"mesh {shape} cannot cover world_size={world_size}: "
+                f"{world_size} is not divisible by {known}"
+            )
+        shape = tuple(world_size // known if s == -1 else s for s in shape)
+    elif known != world_size:
+        raise ValueError(
+            f"mesh {shape} has {known} ranks but world_size is {world_size}; "
+            "the product of the mesh sizes must equal world_size"
+        )
+    return shape
+
+
+def check_op(op: Any) -> str:
+    if op == ALL_OPS:
+        return op
+    if not isinstance(op, str) or op not in OP_NAMES:
+        hint = ""
+        if isinstance(op, str):
+            close = difflib.get_close_matches(op, OP_NAMES, n=1)
+            if close:
+                hint = f" (did you mean {close[0]!r}?)"
+        raise ValueError(
+            f"unknown collective {op!r} in fail{hint}; allowed: '*' or one of "
+            f"{', '.join(OP_NAMES)}"
+        )
+    return op
+
+
+def check_nth(op: str, nth: Any) -> int:
+    if not _is_int(nth) or nth < 1:
+        raise ValueError(
+            f"the call number for {op!r} must be an int >= 1 (calls count "
+            f"from 1), got {nth!r}"
+        )
+    return nth
+
+
+def parse_fail(fail: Any, at: str) -> tuple[FaultSpec, ...]:
+    """``None``/``False``: no faults. ``True``/``"*"``: every collective. An
+    op name, a list of op names, or a dict of op name to call number."""
+    if fail is None or fail is False:
+        return ()
+    if fail is True:
+        return (FaultSpec(ALL_OPS, None, at),)
+    if isinstance(fail, str):
+        return (FaultSpec(check_op(fail), None, at),)
+    if isinstance(fail, Mapping):
+        return tuple(
+            FaultSpec(check_op(op), check_nth(op, n), at) for op, n in fail.items()
+        )
+    if isinstance(fail, (list, tuple, set, frozenset)):
+        return tuple(FaultSpec(check_op(op), None, at) for op in fail)
+    raise TypeError(
+        "fail must be None, True, '*', an op name, a list of op names or a "
+        f"dict of op name to call number; got {fail!r}"
+    )
