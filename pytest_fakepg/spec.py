@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from .records import OP_NAMES
@@ -334,3 +334,78 @@ def parse_fail(fail: Any, at: str) -> tuple[FaultSpec, ...]:
         "fail must be None, True, '*', an op name, a list of op names or a "
         f"dict of op name to call number; got {fail!r}"
     )
+
+
+# -- sweeps: what a fake_world marker expands to ---------------------------
+
+RANK_SWEEP = "all"
+
+
+def marker_signature(
+    world_size: Any = None,
+    *,
+    rank: Any = 0,
+    mesh: Any = None,
+    device: str = "cpu",
+    values: str = DEFAULT_VALUES,
+    fail: Any = None,
+    fail_at: str = "issue",
+    backend: str | None = None,
+    record: bool | None = None,
+) -> dict[str, Any]:
+    """``@pytest.mark.fake_world(...)``'s signature. Binding marker arguments
+    to it makes wrong or unknown keywords fail with Python's own message."""
+    return dict(locals())
+
+
+def expand(
+    args: dict[str, Any],
+    *,
+    default_world_size: int,
+    default_backend: str,
+    all_ranks: bool = False,
+) -> list[WorldSpec]:
+    """Every world a marker asks for, in a stable order: world sizes, then
+    meshes, then ranks. ``args`` are the bound marker arguments. Raises
+    ValueError/TypeError on the first invalid argument."""
+    sizes = args["world_size"]
+    meshes = args["mesh"]
+    ranks = RANK_SWEEP if all_ranks else args["rank"]
+    mesh_list = meshes if isinstance(meshes, list) else [meshes]
+    if not mesh_list:
+        raise ValueError("mesh must not be an empty list")
+    if isinstance(sizes, list):
+        if not sizes:
+            raise ValueError("world_size must not be an empty list")
+        size_list: list[Any] = [check_world_size(s) for s in sizes]
+    elif sizes is None and meshes is None:
+        size_list = [default_world_size]
+    else:
+        size_list = [sizes]
+    if isinstance(ranks, str) and ranks != RANK_SWEEP:
+        raise ValueError(f"rank must be an int, a list of ints or 'all', got {ranks!r}")
+    if isinstance(ranks, list) and not ranks:
+        raise ValueError("rank must not be an empty list")
+    rest = {k: v for k, v in args.items() if k not in ("world_size", "rank", "mesh")}
+    if rest["backend"] is None:
+        rest["backend"] = default_backend
+    specs: list[WorldSpec] = []
+    for size in size_list:
+        for mesh in mesh_list:
+            # Validate the world once at rank 0, then sweep its ranks.
+            base = WorldSpec.build(size, rank=0, mesh=mesh, **rest)
+            if ranks == RANK_SWEEP:
+                rank_list: list[Any] = list(range(base.world_size))
+            elif isinstance(ranks, list):
+                rank_list = ranks
+            else:
+                rank_list = [ranks]
+            for r in rank_list:
+                specs.append(replace(base, rank=check_rank(r, base.world_size)))
+    return specs
+
+
+def case_id(spec: WorldSpec) -> str:
+    """``w8-r3``, ``w8-dp2xtp4-r0``: world size, mesh (if any), rank."""
+    mesh = spec.mesh_id
+    return f"w{spec.world_size}-{mesh}-r{spec.rank}" if mesh else f"w{spec.world_size}-r{spec.rank}"

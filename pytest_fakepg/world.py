@@ -114,6 +114,7 @@ class FakeWorld:
         self._pg: Any = None
         self._store: Any = None
         self._mesh: Any = None
+        self._flat_mesh: Any = None
         self._log: CollectiveLog | None = None
         self._env: dict[str, str] | None = None
         self._up = False
@@ -152,6 +153,18 @@ class FakeWorld:
     def mesh(self) -> Any:
         """The DeviceMesh asked for with ``mesh=``, or None."""
         self._require(True, "mesh")
+        return self._mesh
+
+    def device_mesh(self) -> Any:
+        """The mesh asked for with ``mesh=``, else a 1-D mesh over every rank
+        (made on first use)."""
+        self._require(True, "device_mesh")
+        if self._mesh is None:
+            if self._flat_mesh is None:
+                from torch.distributed.device_mesh import init_device_mesh
+
+                self._flat_mesh = init_device_mesh(self.spec.device, (self.world_size,))
+            return self._flat_mesh
         return self._mesh
 
     @property
@@ -288,7 +301,7 @@ class FakeWorld:
             _backend._active = None
             _clear_torch_caches()
             _restore_env(self._env or {})
-            self._pg = self._store = self._mesh = None
+            self._pg = self._store = self._mesh = self._flat_mesh = None
             self._env = None
             self._up = False
 
