@@ -138,6 +138,15 @@ void fillChunks(const at::Tensor& out, const at::Tensor& in, int64_t n) {
   }
 }
 
+// NOTE [One-tensor coalesced calls]
+// torch's functional collectives (and so DTensor) issue a single all_gather or
+// reduce_scatter as a coalesced call of one tensor. A user thinks of that as
+// the plain op, so it is recorded, counted and matched against faults under
+// the plain op's name; only calls of two or more tensors are "_coalesced".
+Op coalescedOr(Op plain, Op coalesced, size_t ntensors) {
+  return ntensors == 1 ? plain : coalesced;
+}
+
 uint8_t redOf(const c10d::ReduceOp& op) {
   return static_cast<uint8_t>(op.op_);
 }
@@ -278,10 +287,21 @@ FakeWork::FakeWork(
     int rank,
     c10d::OpType type,
     std::vector<at::Tensor> outputs,
-    std::exception_ptr error)
-    : c10d::Work(rank, type), outputs_(std::move(outputs)) {
+    std::exception_ptr error,
+    int source_rank)
+    : c10d::Work(rank, type),
+      outputs_(std::move(outputs)),
+      source_rank_(source_rank) {
   completed_ = true;
   exception_ = std::move(error);
+}
+
+int FakeWork::sourceRank() const {
+  TORCH_CHECK(
+      source_rank_ >= 0,
+      "sourceRank() may only be called on work objects that correspond to a "
+      "recv-from-any call");
+  return source_rank_;
 }
 
 bool FakeWork::wait(std::chrono::milliseconds /* timeout */) {
@@ -409,7 +429,10 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_sparse(
 c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_coalesced(
     std::vector<at::Tensor>& tensors,
     const c10d::AllreduceCoalescedOptions& opts) {
-  auto err = begin(Op::all_reduce_coalesced, tensors, redOf(opts.reduceOp));
+  auto err = begin(
+      coalescedOr(Op::all_reduce, Op::all_reduce_coalesced, tensors.size()),
+      tensors,
+      redOf(opts.reduceOp));
   if (!err && uniform()) {
     at::AutoDispatchBelowAutograd guard;
     for (auto& t : tensors) {
@@ -520,7 +543,12 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_into_tensor_coalesced(
         "output",
         "input");
   }
-  auto err = begin(Op::all_gather_into_tensor_coalesced, inputs);
+  auto err = begin(
+      coalescedOr(
+          Op::all_gather_into_tensor,
+          Op::all_gather_into_tensor_coalesced,
+          inputs.size()),
+      inputs);
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (size_t i = 0; i < outputs.size(); ++i) {
@@ -671,8 +699,13 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter_tensor_coalesced(
         "input",
         "output");
   }
-  auto err =
-      begin(Op::reduce_scatter_tensor_coalesced, inputs, redOf(opts.reduceOp));
+  auto err = begin(
+      coalescedOr(
+          Op::reduce_scatter_tensor,
+          Op::reduce_scatter_tensor_coalesced,
+          inputs.size()),
+      inputs,
+      redOf(opts.reduceOp));
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (size_t i = 0; i < outputs.size(); ++i) {
@@ -825,11 +858,18 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::recv(
   return done(c10d::OpType::RECV, tensors, err);
 }
 
+// NOTE [recv from any source]
+// Some peer must be the sender. We pick the lowest group rank other than
+// this one (rank 1 for rank 0; itself in a group of one), record it as the
+// peer and report it through the work's sourceRank(), which is what
+// torch.distributed.recv(src=None) returns.
 c10::intrusive_ptr<c10d::Work> FakeBackend::recvAnysource(
     std::vector<at::Tensor>& tensors,
     int /* tag */) {
-  auto err = begin(Op::recv, tensors);
-  return done(c10d::OpType::RECVANYSOURCE, tensors, err);
+  const int source = size_ == 1 ? 0 : (rank_ == 0 ? 1 : 0);
+  auto err = begin(Op::recv, tensors, kNoReduceOp, globalRank(source));
+  return c10::make_intrusive<FakeWork>(
+      rank_, c10d::OpType::RECVANYSOURCE, tensors, err, source);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::barrier(

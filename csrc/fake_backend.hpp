@@ -165,7 +165,8 @@ class FakeWork : public c10d::Work {
       int rank,
       c10d::OpType type,
       std::vector<at::Tensor> outputs,
-      std::exception_ptr error);
+      std::exception_ptr error,
+      int source_rank = -1);
 
   bool isCompleted() override {
     return true;
@@ -179,12 +180,14 @@ class FakeWork : public c10d::Work {
   std::vector<at::Tensor> result() override {
     return outputs_;
   }
+  int sourceRank() const override;
   void synchronize() override {}
   bool wait(std::chrono::milliseconds /* timeout */ = kNoTimeout) override;
   c10::intrusive_ptr<c10::ivalue::Future> getFuture() override;
 
  private:
   std::vector<at::Tensor> outputs_;
+  int source_rank_; // group rank a recv-from-any "received" from, else -1
 };
 
 class FakeBackend : public c10d::Backend {

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import pytest
+
+from pytest_fakepg import FakeWorld
+
+# Rank 5 of a world of 8 laid out as {"dp": 2, "tp": 4}:
+#   [[0, 1, 2, 3],
+#    [4, 5, 6, 7]]
+# so its "tp" group is ranks 4..7, where it is group rank 1.
+WORLD_SIZE = 8
+RANK = 5
+MESH = {"dp": 2, "tp": 4}
+
+
+@dataclass
+class Group:
+    """A group under test, with what a real world would make of it."""
+
+    world: FakeWorld
+    pg: Any  # None for the default group
+    size: int
+    rank: int  # this rank's rank in the group
+    ranks: Sequence[int]  # global ranks
+    values: str
+    name: str
+
+    def global_rank(self, group_rank: int) -> int:
+        return self.ranks[group_rank]
+
+
+@pytest.fixture(params=["uniform", "copy"])
+def values(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=["default", "tp"])
+def group(request: pytest.FixtureRequest, values: str) -> Iterator[Group]:
+    """Every collective test runs on the default group and on a DeviceMesh
+    sub-group, under both value semantics."""
+    with FakeWorld(WORLD_SIZE, rank=RANK, mesh=MESH, values=values) as world:
+        if request.param == "default":
+            yield Group(world, None, WORLD_SIZE, RANK, range(WORLD_SIZE), values, "default")
+        else:
+            pg = world.mesh["tp"].get_group()
+            yield Group(world, pg, 4, 1, (4, 5, 6, 7), values, "tp")

@@ -1,0 +1,392 @@
+"""Every collective, under both value semantics, on the default group and on a
+DeviceMesh sub-group: exact output values and the exact record it leaves.
+
+`uniform` values are what a real world computes when every rank holds the
+data this rank holds; `copy` values are torch's stock fake backend's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from pytest_fakepg import CollectiveRecord
+
+from .conftest import Group
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch 2.13 renames
+
+
+def only_record(g: Group, op: str, **expected: Any) -> CollectiveRecord:
+    """The single record the test left; its group fields and `expected`."""
+    log = g.world.collectives
+    assert log.ops == [op]
+    rec = log[0]
+    pg = g.pg if g.pg is not None else g.world.pg
+    assert (rec.group_name, rec.group_size, rec.group_rank) == (pg.group_name, g.size, g.rank)
+    assert tuple(rec.ranks) == tuple(g.ranks)
+    for field, value in expected.items():
+        assert getattr(rec, field) == value, field
+    return rec
+
+
+def arange(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    n = 1
+    for s in shape:
+        n *= s
+    return torch.arange(1, n + 1, dtype=dtype).reshape(shape)
+
+
+# -- all_reduce ---------------------------------------------------------------
+
+
+def test_all_reduce_sum(group: Group) -> None:
+    x = arange(2, 3)
+    t = x.clone()
+    dist.all_reduce(t, group=group.pg)
+    expected = x * group.size if group.values == "uniform" else x
+    assert torch.equal(t, expected)
+    only_record(group, "all_reduce", shapes=((2, 3),), dtype=torch.float32, bytes=24,
+                reduce_op=dist.ReduceOp.SUM, peer=None, failed=False)
+
+
+@pytest.mark.parametrize(
+    ("op", "expected"),
+    [
+        (dist.ReduceOp.AVG, lambda x, n: x),
+        (dist.ReduceOp.MIN, lambda x, n: x),
+        (dist.ReduceOp.MAX, lambda x, n: x),
+        (dist.ReduceOp.PRODUCT, lambda x, n: x**n),
+    ],
+    ids=["avg", "min", "max", "product"],
+)
+def test_all_reduce_float_ops(group: Group, op: Any, expected: Any) -> None:
+    x = torch.tensor([0.5, 1.0, 2.0])
+    t = x.clone()
+    dist.all_reduce(t, op=op, group=group.pg)
+    want = expected(x, group.size) if group.values == "uniform" else x
+    assert torch.equal(t, want)
+    only_record(group, "all_reduce", reduce_op=op)
+
+
+@pytest.mark.parametrize("op", [dist.ReduceOp.BAND, dist.ReduceOp.BOR], ids=["band", "bor"])
+def test_all_reduce_bitwise_keeps_value(group: Group, op: Any) -> None:
+    t = torch.tensor([0b1010, 0b0110], dtype=torch.int64)
+    dist.all_reduce(t, op=op, group=group.pg)
+    assert t.tolist() == [0b1010, 0b0110]
+
+
+@pytest.mark.parametrize(("size", "want"), [(3, [5, 3]), (4, [0, 0])])
+def test_all_reduce_bxor_depends_on_parity(size: int, want: list[int]) -> None:
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(size) as world:
+        t = torch.tensor([5, 3], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.BXOR)
+        assert t.tolist() == want
+        assert world.collectives[0].reduce_op == dist.ReduceOp.BXOR
+
+
+def test_all_reduce_premul_sum_scales(group: Group) -> None:
+    t = torch.tensor([1.0, 2.0])
+    dist.all_reduce(t, op=dist._make_nccl_premul_sum(0.5), group=group.pg)
+    want = [0.5 * group.size, 1.0 * group.size] if group.values == "uniform" else [1.0, 2.0]
+    assert t.tolist() == want
+    only_record(group, "all_reduce", reduce_op=dist.ReduceOp.PREMUL_SUM)
+
+
+def test_all_reduce_integer_sum(group: Group) -> None:
+    t = torch.tensor([3, -1], dtype=torch.int32)
+    dist.all_reduce(t, group=group.pg)
+    n = group.size if group.values == "uniform" else 1
+    assert t.tolist() == [3 * n, -n]
+    only_record(group, "all_reduce", dtype=torch.int32, bytes=8)
+
+
+def test_all_reduce_coalesced(group: Group) -> None:
+    a, b = arange(2), arange(3, dtype=torch.float64)
+    ta, tb = a.clone(), b.clone()
+    with dist._coalescing_manager(group=group.pg):
+        dist.all_reduce(ta, group=group.pg)
+        dist.all_reduce(tb, group=group.pg)
+    n = group.size if group.values == "uniform" else 1
+    assert torch.equal(ta, a * n) and torch.equal(tb, b * n)
+    only_record(group, "all_reduce_coalesced", shapes=((2,), (3,)), bytes=8 + 24,
+                dtype=torch.float32, reduce_op=dist.ReduceOp.SUM)
+
+
+# -- all_gather ---------------------------------------------------------------
+
+
+def test_all_gather_fills_every_slot(group: Group) -> None:
+    x = arange(2, 2)
+    out = [torch.full((2, 2), -1.0) for _ in range(group.size)]
+    dist.all_gather(out, x, group=group.pg)
+    assert all(torch.equal(o, x) for o in out)
+    only_record(group, "all_gather", shapes=((2, 2),), bytes=16, reduce_op=None)
+
+
+def test_all_gather_into_tensor(group: Group) -> None:
+    x = arange(2, 3)
+    out = torch.full((2 * group.size, 3), -1.0)
+    dist.all_gather_into_tensor(out, x, group=group.pg)
+    assert torch.equal(out, x.repeat(group.size, 1))
+    only_record(group, "all_gather_into_tensor", shapes=((2, 3),), bytes=24)
+
+
+def test_all_gather_into_tensor_stacked_output(group: Group) -> None:
+    x = arange(3)
+    out = torch.full((group.size, 3), -1.0)
+    dist.all_gather_into_tensor(out, x, group=group.pg)
+    assert torch.equal(out, x.expand(group.size, 3))
+
+
+def test_all_gather_into_tensor_rejects_wrong_output_size(group: Group) -> None:
+    with pytest.raises(RuntimeError, match="output has 5 elements but must have"):
+        dist.all_gather_into_tensor(torch.empty(5), torch.ones(1), group=group.pg)
+
+
+def test_all_gather_coalesced(group: Group) -> None:
+    a, b = arange(2), arange(1, 3)
+    outs = [[torch.zeros(2), torch.zeros(1, 3)] for _ in range(group.size)]
+    dist.all_gather_coalesced(outs, [a, b], group=group.pg)
+    assert all(torch.equal(o[0], a) and torch.equal(o[1], b) for o in outs)
+    only_record(group, "all_gather_coalesced", shapes=((2,), (1, 3)), bytes=20)
+
+
+def test_all_gather_into_tensor_coalesced(group: Group) -> None:
+    a, b = arange(2), arange(3)
+    oa, ob = torch.zeros(2 * group.size), torch.zeros(3 * group.size)
+    with dist._coalescing_manager(group=group.pg):
+        dist.all_gather_into_tensor(oa, a, group=group.pg)
+        dist.all_gather_into_tensor(ob, b, group=group.pg)
+    assert torch.equal(oa, a.repeat(group.size)) and torch.equal(ob, b.repeat(group.size))
+    only_record(group, "all_gather_into_tensor_coalesced", shapes=((2,), (3,)), bytes=20)
+
+
+# -- reduce_scatter -------------------------------------------------------------
+
+
+def test_reduce_scatter_list(group: Group) -> None:
+    inputs = [torch.full((2,), float(i + 1)) for i in range(group.size)]
+    out = torch.full((2,), -1.0)
+    dist.reduce_scatter(out, inputs, group=group.pg)
+    mine = float(group.rank + 1)
+    n = group.size if group.values == "uniform" else 1
+    assert out.tolist() == [mine * n, mine * n]
+    rec = only_record(group, "reduce_scatter", reduce_op=dist.ReduceOp.SUM,
+                      bytes=8 * group.size)
+    assert rec.shapes == ((2,),) * group.size
+
+
+def test_reduce_scatter_tensor(group: Group) -> None:
+    x = arange(group.size * 2)
+    out = torch.full((2,), -1.0)
+    dist.reduce_scatter_tensor(out, x, group=group.pg)
+    chunk = x[group.rank * 2 : group.rank * 2 + 2]
+    n = group.size if group.values == "uniform" else 1
+    assert torch.equal(out, chunk * n)
+    only_record(group, "reduce_scatter_tensor", shapes=((group.size * 2,),),
+                bytes=group.size * 8, reduce_op=dist.ReduceOp.SUM)
+
+
+def test_reduce_scatter_tensor_max_keeps_chunk(group: Group) -> None:
+    x = arange(group.size, 2)
+    out = torch.empty(1, 2)
+    dist.reduce_scatter_tensor(out, x, op=dist.ReduceOp.MAX, group=group.pg)
+    assert torch.equal(out, x[group.rank : group.rank + 1])
+
+
+def test_reduce_scatter_tensor_coalesced(group: Group) -> None:
+    a, b = arange(group.size), arange(group.size * 3)
+    oa, ob = torch.zeros(1), torch.zeros(3)
+    with dist._coalescing_manager(group=group.pg):
+        dist.reduce_scatter_tensor(oa, a, group=group.pg)
+        dist.reduce_scatter_tensor(ob, b, group=group.pg)
+    n = group.size if group.values == "uniform" else 1
+    r = group.rank
+    assert torch.equal(oa, a[r : r + 1] * n)
+    assert torch.equal(ob, b[3 * r : 3 * r + 3] * n)
+    only_record(group, "reduce_scatter_tensor_coalesced",
+                shapes=((group.size,), (group.size * 3,)), bytes=group.size * 16)
+
+
+# -- all_to_all ---------------------------------------------------------------
+
+
+def test_all_to_all_list(group: Group) -> None:
+    inputs = [torch.full((2,), float(j)) for j in range(group.size)]
+    outputs = [torch.full((2,), -1.0) for _ in range(group.size)]
+    dist.all_to_all(outputs, inputs, group=group.pg)
+    if group.values == "uniform":
+        # every peer sends this rank its input[rank]
+        assert all(o.tolist() == [group.rank] * 2 for o in outputs)
+    else:
+        assert [o[0].item() for o in outputs] == list(range(group.size))
+    only_record(group, "all_to_all", bytes=8 * group.size)
+
+
+def test_all_to_all_single_equal_splits(group: Group) -> None:
+    x = arange(group.size * 2)
+    out = torch.full_like(x, -1.0)
+    dist.all_to_all_single(out, x, group=group.pg)
+    if group.values == "uniform":
+        mine = x[group.rank * 2 : group.rank * 2 + 2]
+        assert torch.equal(out, mine.repeat(group.size))
+    else:
+        assert torch.equal(out, x)
+    only_record(group, "all_to_all_single", shapes=((group.size * 2,),), bytes=group.size * 8)
+
+
+def test_all_to_all_single_honours_split_sizes(group: Group) -> None:
+    n, r = group.size, group.rank
+    in_splits = [j + 1 for j in range(n)]  # this rank sends j+1 rows to peer j
+    x = torch.arange(float(sum(in_splits)))
+    out_splits = [in_splits[r]] * n  # every peer sends us their in_splits[r]
+    out = torch.full((sum(out_splits),), -1.0)
+    if group.values == "copy":
+        pytest.skip("copy values keep torch's stock approximation; see the next test")
+    dist.all_to_all_single(out, x, out_splits, in_splits, group=group.pg)
+    start = sum(in_splits[:r])
+    assert torch.equal(out, x[start : start + in_splits[r]].repeat(n))
+
+
+def test_all_to_all_single_copy_matches_stock_approximation() -> None:
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(2, values="copy"):
+        x = torch.tensor([10.0, 20.0, 30.0])
+        out = torch.full((4,), -1.0)
+        dist.all_to_all_single(out, x, [3, 1], [1, 2])
+        assert out.tolist() == [10.0, 20.0, 30.0, 10.0]
+
+
+def test_all_to_all_single_rejects_inconsistent_splits() -> None:
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(2, rank=0) as world:
+        out = torch.zeros(3)
+        with pytest.raises(RuntimeError, match=r"output_split_sizes\[1\] is 2 .* input_split_sizes\[0\] = 1"):
+            dist.all_to_all_single(out, torch.zeros(3), [1, 2], [1, 2])
+        assert world.collectives.count() == 0
+
+
+# -- rooted ops and point to point ----------------------------------------------
+
+
+@pytest.mark.parametrize("root", ["self", "other"])
+def test_broadcast_keeps_buffer(group: Group, root: str) -> None:
+    src = group.rank if root == "self" else (group.rank + 1) % group.size
+    t = arange(3)
+    dist.broadcast(t, group_src=src, group=group.pg)
+    assert torch.equal(t, arange(3))
+    only_record(group, "broadcast", peer=group.global_rank(src), reduce_op=None, bytes=12)
+
+
+@pytest.mark.parametrize("root", ["self", "other"])
+def test_reduce_only_root_gets_result(group: Group, root: str) -> None:
+    dst = group.rank if root == "self" else (group.rank + 1) % group.size
+    t = arange(2)
+    dist.reduce(t, group_dst=dst, group=group.pg)
+    reduced = group.values == "uniform" and root == "self"
+    assert torch.equal(t, arange(2) * (group.size if reduced else 1))
+    only_record(group, "reduce", peer=group.global_rank(dst), reduce_op=dist.ReduceOp.SUM)
+
+
+def test_gather_on_root_fills_every_slot(group: Group) -> None:
+    x = arange(2)
+    out = [torch.full((2,), -1.0) for _ in range(group.size)]
+    dist.gather(x, out, group_dst=group.rank, group=group.pg)
+    assert all(torch.equal(o, x) for o in out)
+    only_record(group, "gather", peer=group.global_rank(group.rank), bytes=8)
+
+
+def test_gather_off_root_records_peer(group: Group) -> None:
+    dst = (group.rank + 1) % group.size
+    dist.gather(arange(2), None, group_dst=dst, group=group.pg)
+    only_record(group, "gather", peer=group.global_rank(dst))
+
+
+def test_scatter_on_root_takes_own_chunk(group: Group) -> None:
+    inputs = [torch.full((2,), float(j)) for j in range(group.size)]
+    out = torch.full((2,), -1.0)
+    dist.scatter(out, inputs, group_src=group.rank, group=group.pg)
+    assert out.tolist() == [float(group.rank)] * 2
+    only_record(group, "scatter", peer=group.global_rank(group.rank), bytes=8 * group.size)
+
+
+def test_scatter_off_root_leaves_buffer(group: Group) -> None:
+    src = (group.rank + 1) % group.size
+    out = torch.full((2,), 7.0)
+    dist.scatter(out, None, group_src=src, group=group.pg)
+    assert out.tolist() == [7.0, 7.0]  # NOTE [Data this rank cannot know]
+    only_record(group, "scatter", peer=group.global_rank(src), shapes=((2,),))
+
+
+def test_send_records_peer(group: Group) -> None:
+    peer = (group.rank + 1) % group.size
+    t = arange(3)
+    dist.send(t, group_dst=peer, group=group.pg)
+    assert torch.equal(t, arange(3))
+    only_record(group, "send", peer=group.global_rank(peer), bytes=12)
+
+
+def test_recv_leaves_buffer(group: Group) -> None:
+    peer = (group.rank + 1) % group.size
+    t = torch.full((3,), 7.0)
+    dist.recv(t, group_src=peer, group=group.pg)
+    assert t.tolist() == [7.0] * 3
+    only_record(group, "recv", peer=group.global_rank(peer))
+
+
+def test_recv_from_any_source_names_lowest_other_rank(group: Group) -> None:
+    t = torch.full((1,), 7.0)
+    src = dist.recv(t, group=group.pg)
+    assert t.tolist() == [7.0]
+    assert src == group.global_rank(0)  # NOTE [recv from any source]
+    only_record(group, "recv", peer=group.global_rank(0))
+
+
+def test_barrier(group: Group) -> None:
+    dist.barrier(group=group.pg)
+    only_record(group, "barrier", shapes=(), dtype=None, bytes=0)
+
+
+# -- work objects ----------------------------------------------------------------
+
+
+def test_async_work_is_complete_with_outputs(group: Group) -> None:
+    t = torch.ones(2)
+    work = dist.all_reduce(t, group=group.pg, async_op=True)
+    assert work.is_completed() and work.is_success()
+    fut = work.get_future()
+    assert fut.done()
+    (result,) = fut.value()
+    assert result is t or torch.equal(result, t)
+    assert work.wait() is True
+
+
+def test_outputs_that_are_views_of_grad_requiring_tensors_are_written() -> None:
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(2):
+        base = torch.zeros(2, 4, requires_grad=True).clone()  # non-leaf
+        out = base[0]  # a view autograd tracks
+        dist.all_gather_into_tensor(out, torch.tensor([1.0, 2.0]))
+        assert base[0].tolist() == [1.0, 2.0, 1.0, 2.0]
+
+
+def test_one_tensor_coalesced_calls_are_recorded_as_the_plain_op() -> None:
+    import torch.distributed._functional_collectives as funcol
+
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(4, rank=2) as world:
+        gathered = funcol.all_gather_tensor(torch.tensor([1.0, 2.0]), 0, world.pg)
+        scattered = funcol.reduce_scatter_tensor(torch.arange(8.0), "sum", 0, world.pg)
+        assert gathered.tolist() == [1.0, 2.0] * 4
+        assert scattered.tolist() == [16.0, 20.0]  # chunk 2 = [4, 5], times 4
+        assert world.collectives.ops == ["all_gather_into_tensor", "reduce_scatter_tensor"]
