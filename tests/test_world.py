@@ -1,0 +1,289 @@
+"""FakeWorld's life cycle: what it sets up, what it leaves behind (nothing),
+how it validates its arguments, and torch's stock backend."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
+from pytest_fakepg import FakeWorld, WorldSpec
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def torch_state() -> dict[str, Any]:
+    """Everything of torch.distributed's global state a world could leave."""
+    import torch.distributed.tensor._random as dt_random
+    from torch.distributed.device_mesh import _mesh_resources
+
+    c10d = dist.distributed_c10d
+    propagator = DTensor._op_dispatcher.sharding_propagator
+    return {
+        "initialized": dist.is_initialized(),
+        "pg_map": len(c10d._world.pg_map),
+        "pg_names": len(c10d._world.pg_names),
+        "tags": len(c10d._world.tags_to_pg),
+        "mesh_stack": len(_mesh_resources.mesh_stack),
+        "rng_tracker": dt_random._rng_tracker,
+        "sharding_cache": propagator.propagate_op_sharding.cache.cache_info().currsize,
+        "env": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
+    }
+
+
+@pytest.fixture
+def pristine() -> dict[str, Any]:
+    state = torch_state()
+    assert not state["initialized"]
+    return state
+
+
+def test_world_exposes_its_parts() -> None:
+    with FakeWorld(8, rank=3, mesh={"dp": 2, "tp": 4}) as world:
+        assert (world.rank, world.world_size, world.device, world.values) == (3, 8, "cpu", "uniform")
+        assert dist.get_rank() == 3 and dist.get_world_size() == 8
+        assert dist.get_backend() == "fakepg"
+        assert world.pg is dist.distributed_c10d._get_default_group()
+        assert isinstance(world.store, dist.Store)
+        world.store.set("k", "v")
+        assert world.store.get("k") == b"v"
+        assert isinstance(world.mesh, DeviceMesh)
+        assert world.mesh.mesh_dim_names == ("dp", "tp")
+        assert world.mesh.mesh.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+        assert tuple(world.mesh.get_coordinate()) == (0, 3)
+        assert world.device_mesh() is world.mesh
+
+
+def test_mesh_with_inferred_size_and_unnamed() -> None:
+    with FakeWorld(12, mesh=(2, -1, 3)) as world:
+        assert tuple(world.mesh.shape) == (2, 2, 3)
+        assert world.mesh.mesh_dim_names is None
+    with FakeWorld(mesh=(("pp", 2), ("dp", 3))) as world:
+        assert world.world_size == 6
+        assert world.mesh.mesh_dim_names == ("pp", "dp")
+
+
+def test_device_mesh_defaults_to_flat_mesh_over_all_ranks() -> None:
+    with FakeWorld(4, rank=2) as world:
+        assert world.mesh is None
+        mesh = world.device_mesh()
+        assert mesh.mesh.tolist() == [0, 1, 2, 3] and mesh.get_local_rank() == 2
+        assert world.device_mesh() is mesh
+
+
+def test_negative_rank_counts_from_the_end() -> None:
+    with FakeWorld(4, rank=-1) as world:
+        assert world.rank == 3 == dist.get_rank()
+
+
+def test_teardown_leaves_nothing(pristine: dict[str, Any]) -> None:
+    os.environ["TORCH_DISTRIBUTED_DEBUG"] = "DETAIL"
+    try:
+        before = torch_state()
+        with FakeWorld(4, mesh={"dp": 2, "tp": 2}) as world:
+            assert "TORCH_DISTRIBUTED_DEBUG" not in os.environ
+            os.environ["FAKEPG_TEST_VAR"] = "1"
+            dt = distribute_tensor(torch.arange(8.0).view(4, 2), world.mesh, [Shard(0), Replicate()])
+            (dt + 1).redistribute(world.mesh, [Replicate(), Replicate()])
+            with pytest.warns(UserWarning, match="DTensor"):
+                torch.distributed.tensor._random.manual_seed(0, world.mesh)
+            dist.new_group([0, 1])
+            init_device_mesh("cpu", (4,))
+            assert torch_state()["pg_map"] > 3
+            assert torch_state()["sharding_cache"] > 0
+        assert torch_state() == before
+    finally:
+        del os.environ["TORCH_DISTRIBUTED_DEBUG"]
+
+
+def test_teardown_runs_when_the_body_raises(pristine: dict[str, Any]) -> None:
+    with pytest.raises(KeyError):
+        with FakeWorld(4, mesh={"dp": 2, "tp": 2}):
+            raise KeyError("boom")
+    assert torch_state() == pristine
+
+
+def test_body_that_destroys_the_group_itself(pristine: dict[str, Any]) -> None:
+    with FakeWorld(2):
+        dist.destroy_process_group()
+    assert torch_state() == pristine
+
+
+def test_refuses_to_start_over_an_existing_default_group(pristine: dict[str, Any]) -> None:
+    dist.init_process_group("fake", rank=0, world_size=3, store=dist.HashStore())
+    try:
+        with pytest.raises(RuntimeError, match=r"default process group exists \(backend 'fake', world size 3\)"):
+            FakeWorld(2).start()
+        assert dist.get_world_size() == 3  # untouched
+    finally:
+        dist.destroy_process_group()
+
+
+def test_failed_start_leaves_nothing(pristine: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed.device_mesh as dm
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("mesh failed")
+
+    monkeypatch.setattr(dm, "init_device_mesh", broken)
+    with pytest.raises(RuntimeError, match="mesh failed"):
+        FakeWorld(4, mesh=(2, 2)).start()
+    assert torch_state() == pristine
+
+
+def test_group_names_are_never_reused() -> None:
+    with FakeWorld(4, mesh={"dp": 2, "tp": 2}) as world:
+        old_mesh = world.mesh
+        old_names = {world.pg.group_name, old_mesh["tp"].get_group().group_name}
+    with FakeWorld(4, mesh={"dp": 2, "tp": 2}) as world:
+        new_names = {world.pg.group_name, world.mesh["tp"].get_group().group_name}
+        assert not old_names & new_names
+        with pytest.raises((RuntimeError, ValueError)):
+            old_mesh["tp"].get_group()
+
+
+def test_dtensor_distribute_scatters_from_rank_0() -> None:
+    with FakeWorld(mesh={"dp": 2, "tp": 2}, rank=0) as world:
+        full = torch.arange(16.0).view(4, 4)
+        dt = distribute_tensor(full, world.mesh, [Shard(0), Shard(1)])
+        assert dt.to_local().tolist() == [[0.0, 1.0], [4.0, 5.0]]
+        assert world.collectives.ops == ["scatter", "scatter"]
+
+
+def test_dtensor_redistribute_on_2d_mesh_gives_exact_values() -> None:
+    with FakeWorld(mesh={"dp": 2, "tp": 2}, rank=3) as world:
+        full = torch.arange(16.0).view(4, 4)
+        # Off mesh rank 0, the default src_data_rank=0 scatters data this rank
+        # cannot know; src_data_rank=None takes the local chunk (README recipe).
+        dt = distribute_tensor(full, world.mesh, [Shard(0), Shard(1)], src_data_rank=None)
+        # rank 3 is at (1, 1): rows 2..3, columns 2..3
+        assert dt.to_local().tolist() == [[10.0, 11.0], [14.0, 15.0]]
+        replicated = dt.redistribute(world.mesh, [Replicate(), Replicate()]).to_local()
+        # every rank holds what rank 3 holds: its block tiled 2 x 2
+        assert torch.equal(replicated, dt.to_local().repeat(2, 2))
+        assert world.collectives.count("all_gather_into_tensor") == 2
+        partial_sum = (dt.redistribute(world.mesh, [Replicate(), Replicate()]) * 1).sum()
+        assert partial_sum.full_tensor().item() == replicated.sum().item()
+
+
+def test_records_can_be_switched_off_and_cleared() -> None:
+    with FakeWorld(2, record=False) as world:
+        dist.barrier()
+        assert len(world.collectives) == 0 and not world.collectives.recording
+        world.collectives.recording = True
+        dist.barrier()
+        dist.all_reduce(torch.ones(2))
+        assert world.collectives.ops == ["barrier", "all_reduce"]
+        assert world.collectives.count() == 2 and world.collectives.total_bytes() == 8
+        assert world.collectives.total_bytes("barrier") == 0
+        assert world.calls() == 3  # counting for faults goes on while not recording
+        world.collectives.clear()
+        assert len(world.collectives) == 0
+        with pytest.raises(ValueError, match="did you mean 'barrier'"):
+            world.collectives.count("barier")
+
+
+def test_log_slices_and_negative_indices() -> None:
+    with FakeWorld(2) as world:
+        for _ in range(3):
+            dist.barrier()
+        dist.all_reduce(torch.ones(1))
+        log = world.collectives
+        assert log[-1].op == "all_reduce"
+        assert [r.op for r in log[1:3]] == ["barrier", "barrier"]
+        with pytest.raises(IndexError):
+            log[4]
+        assert log.summary() == {"barrier": {"count": 3, "bytes": 0}, "all_reduce": {"count": 1, "bytes": 4}}
+
+
+def test_stock_backend_runs_the_same_world() -> None:
+    with FakeWorld(4, rank=1, backend="fake", mesh={"dp": 2, "tp": 2}) as world:
+        assert dist.get_backend() == "fake" and world.values == "copy"
+        t = torch.ones(2)
+        dist.all_reduce(t)
+        assert t.tolist() == [1.0, 1.0]  # copy semantics
+        with pytest.raises(RuntimeError, match="records no collectives.*stock backend"):
+            world.collectives.count()
+    with FakeWorld(2, backend="fake", fail=True):
+        with pytest.raises(RuntimeError, match="FakeProcessGroup collective operation error"):
+            dist.all_reduce(torch.ones(1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"values": "uniform"}, ValueError, "values='uniform' needs the fakepg backend"),
+        ({"record": True}, ValueError, "record=True needs the fakepg backend"),
+        ({"fail": "all_reduce"}, ValueError, r"fail='all_reduce' needs the fakepg backend"),
+        ({"fail": {"barrier": 2}}, ValueError, r"fail=\{'barrier': 2\} needs the fakepg"),
+        ({"fail": True, "fail_at": "wait"}, ValueError, "fail='\\*' with fail_at='wait' needs"),
+    ],
+)
+def test_stock_backend_refuses_what_it_cannot_do(kwargs: dict[str, Any], error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        FakeWorld(2, backend="fake", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "message"),
+    [
+        ((0,), {}, ValueError, "world_size must be an int >= 1, got 0"),
+        (("4",), {}, TypeError, r"world_size must be an int >= 1, got '4' \(str\)"),
+        ((True,), {}, TypeError, "world_size must be an int >= 1, got True"),
+        ((), {}, ValueError, "world_size is required unless a mesh is given"),
+        ((4,), {"rank": 4}, ValueError, r"rank must be in \[0, 3\] .* got 4"),
+        ((4,), {"rank": -5}, ValueError, r"rank must be in \[0, 3\] .* got -5"),
+        ((4,), {"rank": 1.0}, TypeError, "rank must be an int"),
+        ((4,), {"mesh": (3, 2)}, ValueError, r"mesh \(3, 2\) has 6 ranks but world_size is 4"),
+        ((4,), {"mesh": (3, -1)}, ValueError, "4 is not divisible by 3"),
+        ((4,), {"mesh": (-1, -1)}, ValueError, "at most one -1"),
+        ((4,), {"mesh": {"dp": 0, "tp": 4}}, ValueError, "mesh sizes must be ints >= 1"),
+        ((4,), {"mesh": [2, 2]}, TypeError, "mesh must be a dict of dimension name to size"),
+        ((), {"mesh": {"dp": -1}}, ValueError, "has a -1 size, which is inferred from world_size"),
+        ((4,), {"mesh": (("dp", 2), ("dp", 2))}, ValueError, "'dp' appears more than once"),
+        ((4,), {"mesh": {"2d": 4}}, ValueError, "names must be identifiers"),
+        ((4,), {"device": "gpu"}, ValueError, "device must be a torch device type, one of 'cpu', 'cuda'"),
+        ((4,), {"values": "random"}, ValueError, "values must be one of 'uniform', 'copy', got 'random'"),
+        ((4,), {"fail": "all_reduse"}, ValueError, "did you mean 'all_reduce'"),
+        ((4,), {"fail": {"barrier": 0}}, ValueError, "call number for 'barrier' must be an int >= 1"),
+        ((4,), {"fail": 3}, TypeError, "fail must be None, True"),
+        ((4,), {"fail_at": "never"}, ValueError, "fail_at must be one of 'issue', 'wait'"),
+        ((4,), {"backend": "gloo"}, ValueError, "backend must be one of 'fakepg', 'fake', got 'gloo'"),
+        ((4,), {"record": "yes"}, TypeError, "record must be True or False"),
+    ],
+)
+def test_invalid_arguments_are_refused_up_front(
+    pristine: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any], error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        FakeWorld(*args, **kwargs)
+    assert torch_state() == pristine
+
+
+def test_spec_ids() -> None:
+    assert WorldSpec.build(8, mesh={"dp": 2, "tp": 4}).mesh_id == "dp2xtp4"
+    assert WorldSpec.build(6, mesh=(3, -1)).mesh_id == "3x2"
+    assert WorldSpec.build(6).mesh_id is None
+
+
+def test_cuda_world_without_a_gpu_says_so() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="device='cuda' was asked for but no cuda device is available"):
+        FakeWorld(2, device="cuda").start()
+    assert not dist.is_initialized()
+
+
+def test_fakepg_backend_outside_a_world_is_refused() -> None:
+    from pytest_fakepg import _backend
+
+    _backend.register()
+    with pytest.raises(RuntimeError, match="makes groups only inside a fake world"):
+        dist.init_process_group("fakepg", rank=0, world_size=2, store=dist.HashStore())
+    if dist.is_initialized():  # pragma: no cover - torch version dependent
+        dist.destroy_process_group()
