@@ -357,3 +357,8 @@ def _clear_torch_caches() -> None:
             clear = getattr(cached, "cache_clear", None)
             if clear is not None:
                 clear()
+        import torch
+
+        clear_native = getattr(torch._C, "_clear_DTensor_sharding_propagator_cache", None)
+        if clear_native is not None:  # the C++ fast path's own cache
+            clear_native()
