@@ -24,7 +24,13 @@ if TYPE_CHECKING:
 MARKER = "fake_world"
 _SIGNATURE = inspect.signature(_spec.marker_signature)
 _MARKER_HELP = (
-    f"{MARKER}{_SIGNATURE}".replace(" -> dict[str, Any]", "").replace("'", '"')
+    MARKER
+    + str(
+        _SIGNATURE.replace(
+            parameters=[p.replace(annotation=p.empty) for p in _SIGNATURE.parameters.values()],
+            return_annotation=_SIGNATURE.empty,
+        )
+    )
     + ": run the test in a fake torch.distributed world (process group, store "
     "and optional DeviceMesh) for each world size, mesh and rank given; "
     "rank='all' sweeps every rank. See pytest-fakepg's README."

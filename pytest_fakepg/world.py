@@ -265,6 +265,8 @@ class FakeWorld:
             self._log = CollectiveLog(self._native)
             options = None
         else:
+            # torch registers its stock "fake" backend in this (small) module.
+            import torch.testing._internal.distributed.fake_pg  # noqa: F401
             from torch._C._distributed_c10d import FakeProcessGroup
 
             options = FakeProcessGroup.Options()

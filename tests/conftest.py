@@ -47,3 +47,13 @@ def group(request: pytest.FixtureRequest, values: str) -> Iterator[Group]:
         else:
             pg = world.mesh["tp"].get_group()
             yield Group(world, pg, 4, 1, (4, 5, 6, 7), values, "tp")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytester points HOME at a temporary directory; keep the subprocess runs
+    # on this run's compiled-backend cache instead of rebuilding it in each.
+    import os
+
+    from pytest_fakepg import _backend
+
+    os.environ.setdefault(_backend.CACHE_ENV, str(_backend.build_dir().parent.parent))

@@ -1,0 +1,397 @@
+"""The pytest plugin's contract, run in subprocesses (torch's distributed
+state is per process): marker forms, ids, fixtures, options, report, hooks,
+errors and teardown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+HEADER = """
+import pytest, torch, torch.distributed as dist
+"""
+
+
+def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+    pytester.makepyfile(test_it=HEADER + source)
+    return pytester.runpytest_subprocess("-p", "no:randomly", "-W", "ignore::FutureWarning", *args)
+
+
+def test_marker_on_function_brings_up_world_without_fixtures(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.mark.fake_world(4, rank=0)
+def test_all_reduce():
+    t = torch.ones(3, 3)
+    dist.all_reduce(t)
+    assert torch.equal(t, torch.full((3, 3), 4.0))
+    assert dist.get_backend() == "fakepg"
+""", "-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_all_reduce[[]w4-r0[]] PASSED*"])
+
+
+def test_sweep_counts_and_ids(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.mark.fake_world([2, 8], rank="all")
+def test_sweep(rank, world_size):
+    assert (dist.get_rank(), dist.get_world_size()) == (rank, world_size)
+
+@pytest.mark.fake_world(mesh=[{"dp": 2, "tp": 4}, (2, 2)], rank=[0, -1])
+def test_meshes(device_mesh, world_size):
+    assert device_mesh.size() == world_size
+""", "--collect-only", "-q")
+    lines = [line for line in result.stdout.lines if "::" in line]
+    assert lines == [f"test_it.py::test_sweep[w2-r{r}]" for r in range(2)] + [
+        f"test_it.py::test_sweep[w8-r{r}]" for r in range(8)
+    ] + [
+        "test_it.py::test_meshes[w8-dp2xtp4-r0]",
+        "test_it.py::test_meshes[w8-dp2xtp4-r7]",
+        "test_it.py::test_meshes[w4-2x2-r0]",
+        "test_it.py::test_meshes[w4-2x2-r3]",
+    ]
+    pytester.runpytest_subprocess("-W", "ignore::FutureWarning").assert_outcomes(passed=14)
+
+
+def test_marker_on_class_module_and_closest_wins(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+pytestmark = pytest.mark.fake_world(3)
+
+def test_module_level(world_size):
+    assert world_size == 3 == dist.get_world_size()
+
+@pytest.mark.fake_world(5, rank=4)
+class TestClass:
+    def test_class_level(self):
+        assert dist.get_world_size() == 5 and dist.get_rank() == 4
+
+    @pytest.mark.fake_world(7)
+    def test_closest(self):
+        assert dist.get_world_size() == 7 and dist.get_rank() == 0
+""")
+    result.assert_outcomes(passed=3)
+
+
+def test_unittest_testcase_methods_and_classes(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+import unittest
+
+@pytest.mark.fake_world(4, rank=2)
+class TestOld(unittest.TestCase):
+    def test_class_marker(self):
+        self.assertEqual(dist.get_rank(), 2)
+        t = torch.ones(1)
+        dist.all_reduce(t)
+        self.assertEqual(t.item(), 4.0)
+
+    @pytest.mark.fake_world(mesh={"dp": 2, "tp": 3})
+    def test_method_marker(self):
+        self.assertEqual(dist.get_world_size(), 6)
+
+class TestSweep(unittest.TestCase):
+    @pytest.mark.fake_world([2, 4])
+    def test_cannot_sweep(self):
+        pass
+
+class TestAfter(unittest.TestCase):
+    def test_clean(self):
+        self.assertFalse(dist.is_initialized())
+""")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*test_cannot_sweep*cannot be parametrized by the marker*"])
+
+
+def test_fixtures_without_marker_get_default_world(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nfake_world_size = 3\n")
+    result = run(pytester, """
+def test_fixtures(fake_world, rank, world_size, device_mesh, fake_store, collectives):
+    assert (rank, world_size) == (0, 3)
+    assert fake_world.world_size == 3 and device_mesh.mesh.tolist() == [0, 1, 2]
+    fake_store.set("k", "v")
+    dist.barrier()
+    assert collectives.ops == ["barrier"]
+
+@pytest.mark.parametrize("world_size", [2, 5])
+@pytest.mark.parametrize("rank", [1])
+def test_parametrize_drives_world(fake_world, world_size, rank):
+    assert (dist.get_world_size(), dist.get_rank()) == (world_size, 1)
+
+@pytest.mark.fake_world(mesh={"dp": 2, "tp": -1})
+@pytest.mark.parametrize("world_size", [4, 6])
+def test_parametrize_with_marker(world_size, device_mesh):
+    assert dist.get_world_size() == world_size
+    assert device_mesh["tp"].size() == world_size // 2
+
+def test_plain():
+    assert not dist.is_initialized()
+""")
+    result.assert_outcomes(passed=6)
+
+
+def test_collective_log_fixture_counts(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net1 = torch.nn.Linear(16, 32)
+        self.net2 = torch.nn.Linear(32, 16)
+    def forward(self, x):
+        return self.net2(torch.relu(self.net1(x)))
+
+@pytest.mark.fake_world(mesh={"dp": 2, "tp": 4})
+def test_tp_plan(device_mesh, collectives):
+    model = parallelize_module(MLP(), device_mesh["tp"], {"net1": ColwiseParallel(), "net2": RowwiseParallel()})
+    # parameters are sharded from tp rank 0: 3 scatters (2 weights, 1 bias) and a broadcast
+    assert collectives.ops == ["scatter"] * 3 + ["broadcast"]
+    collectives.clear()
+    model(torch.randn(4, 16, requires_grad=True)).sum().backward()
+    # forward: the row-wise output; backward: the column-wise input gradient
+    assert collectives.ops == ["all_reduce", "all_reduce"]
+    assert {(r.group_size, tuple(r.ranks)) for r in collectives} == {(4, (0, 1, 2, 3))}
+""")
+    result.assert_outcomes(passed=1)
+
+
+def test_fault_marker(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.mark.fake_world(8, fail={"all_gather_into_tensor": 3})
+def test_third_call_raises(fake_world):
+    out = torch.empty(8)
+    for _ in range(2):
+        dist.all_gather_into_tensor(out, torch.ones(1))
+    with pytest.raises(dist.DistBackendError, match="call 3 of all_gather_into_tensor"):
+        dist.all_gather_into_tensor(out, torch.ones(1))
+    dist.all_gather_into_tensor(out, torch.ones(1))
+
+@pytest.mark.fake_world(2, fail=True, fail_at="wait")
+def test_at_wait():
+    work = dist.barrier(async_op=True)
+    with pytest.raises(dist.DistBackendError):
+        work.wait()
+""")
+    result.assert_outcomes(passed=2)
+
+
+INVALID = [
+    ("0", "world_size must be an int >= 1, got 0"),
+    ("'4'", "world_size must be an int >= 1, got '4' (str)"),
+    ("[2, 0]", "world_size must be an int >= 1, got 0"),
+    ("4, rank=4", "rank must be in [[]0, 3[]] * got 4"),
+    ("4, rank='some'", "rank must be an int, a list of ints or 'all', got 'some'"),
+    ("4, mesh=(3, 2)", "mesh (3, 2) has 6 ranks but world_size is 4*"),
+    ("4, mesh=(('dp', 2), ('dp', 2))", "*'dp' appears more than once*"),
+    ("2, fail='all_reduse'", "*unknown collective 'all_reduse' in fail (did you mean 'all_reduce'?)*"),
+    ("2, fail={'barrier': 0}", "*call number for 'barrier' must be an int >= 1*"),
+    ("2, values='random'", "*values must be one of 'uniform', 'copy', got 'random'"),
+    ("2, fail_at='later'", "*fail_at must be one of 'issue', 'wait', got 'later'"),
+    ("2, rnak=1", "*got an unexpected keyword argument 'rnak' (allowed: world_size, rank, mesh*"),
+    ("2, backend='fake', values='uniform'", "*values='uniform' needs the fakepg backend*"),
+    ("2, backend='fake', fail='barrier'", "*fail='barrier' needs the fakepg backend*"),
+    ("2, device='gpu'", "*device must be a torch device type*got 'gpu'"),
+]
+
+
+def test_invalid_marker_arguments_error_that_test_only(pytester: pytest.Pytester) -> None:
+    source = "".join(
+        f"\n@pytest.mark.fake_world({args})\ndef test_bad_{i}():\n    raise AssertionError('body ran')\n"
+        for i, (args, _) in enumerate(INVALID)
+    )
+    source += "\n@pytest.mark.fake_world(2)\ndef test_good():\n    assert dist.get_world_size() == 2\n"
+    result = run(pytester, source)
+    result.assert_outcomes(passed=1, errors=len(INVALID))
+    for i, (_, message) in enumerate(INVALID):
+        result.stdout.fnmatch_lines(
+            [f"test_it.py::test_bad_{i}: invalid @pytest.mark.fake_world(...): {message.lstrip('*')}"
+             if not message.startswith("*") else f"*test_bad_{i}: invalid @pytest.mark.fake_world(...): {message}"]
+        )
+    assert "body ran" not in result.stdout.str()
+
+
+def test_cuda_world_skips_without_gpu(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.mark.fake_world(8, device="cuda")
+def test_gpu():
+    raise AssertionError("body ran")
+""", "-rs")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*fake_world(device='cuda') needs a cuda device; none is available*"])
+
+
+def test_teardown_after_failing_and_erroring_tests(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.fixture
+def broken():
+    raise RuntimeError("fixture broke")
+
+@pytest.mark.fake_world(4, mesh={"dp": 2, "tp": 2})
+def test_fails():
+    assert False
+
+@pytest.mark.fake_world(4)
+def test_errors(broken):
+    pass
+
+def test_next_is_clean():
+    from torch.distributed.device_mesh import _mesh_resources
+    assert not dist.is_initialized()
+    assert not dist.distributed_c10d._world.pg_map
+    assert not _mesh_resources.mesh_stack
+""")
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+
+
+def test_leaked_process_group_warns_then_strict_errors(pytester: pytest.Pytester) -> None:
+    source = """
+def test_leaks():
+    import torch.testing._internal.distributed.fake_pg  # registers "fake"
+    dist.init_process_group("fake", rank=0, world_size=2, store=dist.HashStore())
+
+@pytest.mark.fake_world(2)
+def test_next_gets_world():
+    assert dist.get_backend() == "fakepg"
+"""
+    result = run(pytester, source)
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*FakeWorldLeakWarning: test_it.py::test_leaks left a default process group behind (backend 'fake', world size 2)*"])
+    result = run(pytester, source, "--fake-world-strict")
+    result.assert_outcomes(passed=2, errors=1)
+
+
+def test_backend_option_runs_everything_on_stock_backend(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.mark.fake_world(2)
+def test_copy_values():
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    assert dist.get_backend() == "fake" and t.item() == 1.0
+
+@pytest.mark.fake_world(2, values="uniform")
+def test_explicit_uniform_refused():
+    pass
+""", "--fake-world-backend=fake")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*values='uniform' needs the fakepg backend*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fake-world-backend=gloo"], "*--fake-world-backend must be one of fakepg, fake; got 'gloo'*"),
+        (["--fake-world-ranks=some"], "*--fake-world-ranks must be 'all' (or unset); got 'some'*"),
+        (["-o", "fake_world_size=zero"], "*fake_world_size must be an int >= 1; got 'zero'*"),
+    ],
+)
+def test_bad_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    result = run(pytester, "def test_x(): pass\n", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_ranks_option_sweeps_every_marked_test(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.mark.fake_world(4, rank=1)
+def test_x(rank):
+    assert dist.get_rank() == rank
+""", "--fake-world-ranks=all", "-v")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*test_x[[]w4-r3[]] PASSED*"])
+
+
+def test_report_text_and_json(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.mark.fake_world(4, rank=[0, 1])
+def test_ops():
+    dist.all_reduce(torch.ones(4))
+    dist.all_reduce(torch.ones(4))
+    dist.barrier()
+""", "--fake-world-report", "--fake-world-report-json=report.json")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([
+        "*= fake world collectives =*",
+        "test_it.py::test_ops[[]w4-r0[]] (world 4, rank 0)",
+        "    all_reduce * 2 calls *32 B",
+        "    barrier * 1 calls *0 B",
+        "    total * 3 calls *32 B",
+        "2 tests ran 6 collectives, 64 B in all",
+    ])
+    report = json.loads((pytester.path / "report.json").read_text())
+    assert report["total"] == {"tests": 2, "count": 6, "bytes": 64}
+    assert report["tests"]["test_it.py::test_ops[w4-r1]"] == {
+        "world_size": 4, "rank": 1, "mesh": None,
+        "collectives": {"all_reduce": {"count": 2, "bytes": 32}, "barrier": {"count": 1, "bytes": 0}},
+        "total": {"count": 3, "bytes": 32},
+    }
+
+
+def test_hooks_from_conftest(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+import torch, torch.distributed as dist
+seen = []
+
+def pytest_fake_world_setup(world, item):
+    seen.append(("setup", item.name, world.rank))
+    dist.barrier()
+
+def pytest_fake_world_teardown(world, item):
+    seen.append(("teardown", item.name, world.collectives.ops))
+
+def pytest_fake_world_make_id(spec, definition):
+    if definition.name == "test_renamed":
+        return f"rank{spec.rank}of{spec.world_size}"
+
+def pytest_sessionfinish(session):
+    print("\\nSEEN", seen)
+""")
+    result = run(pytester, """
+@pytest.mark.fake_world(2, rank="all")
+def test_renamed():
+    dist.all_reduce(torch.ones(1))
+
+@pytest.mark.fake_world(3)
+def test_default_id():
+    pass
+""", "-v", "-s")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines([
+        "*test_renamed[[]rank0of2[]] PASSED*",
+        "*test_renamed[[]rank1of2[]] PASSED*",
+        "*test_default_id[[]w3-r0[]] PASSED*",
+    ])
+    seen = [line for line in result.stdout.lines if line.startswith("SEEN ")]
+    assert seen == ["SEEN " + repr([
+        ("setup", "test_renamed[rank0of2]", 0),
+        ("teardown", "test_renamed[rank0of2]", ["barrier", "all_reduce"]),
+        ("setup", "test_renamed[rank1of2]", 1),
+        ("teardown", "test_renamed[rank1of2]", ["barrier", "all_reduce"]),
+        ("setup", "test_default_id[w3-r0]", 0),
+        ("teardown", "test_default_id[w3-r0]", ["barrier"]),
+    ])]
+
+
+def test_markers_and_fixtures_are_documented(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--markers")
+    result.stdout.fnmatch_lines([
+        "@pytest.mark.fake_world(world_size=None, *, rank=0, mesh=None, device='cpu', values='uniform', "
+        "fail=None, fail_at='issue', backend=None, record=None): run the test in a fake torch.distributed world*",
+    ])
+    result = pytester.runpytest_subprocess("--fixtures")
+    for name in ("fake_world", "rank", "world_size", "device_mesh", "fake_store", "collectives"):
+        result.stdout.fnmatch_lines([f"{name} -- *pytest_fakepg*plugin.py*"])
+
+
+def test_plugin_does_not_import_torch_for_plain_runs(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_plain="""
+import sys
+def test_no_torch():
+    assert "torch" not in sys.modules
+""")
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=1)
