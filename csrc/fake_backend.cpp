@@ -1,10 +1,12 @@
 #include "fake_backend.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstring>
 
 namespace fakepg {
 
@@ -41,6 +43,51 @@ std::exception_ptr makeDistBackendError(const std::string& msg) {
 
 using RedOp = c10d::ReduceOp::RedOpType;
 
+// NOTE [Fast paths]
+// A fake collective's Python call costs a few microseconds; one ATen op
+// (dispatch, TensorIterator) costs as much again. For plain contiguous CPU
+// tensors the backend therefore writes outputs directly: memcpy for copies,
+// a typed loop for scaling. Everything else (CUDA, strided, conjugate views,
+// mixed dtypes) goes through ATen. Like a real backend's kernels, neither
+// path is seen by autograd.
+bool plainCpu(const at::Tensor& t) {
+  return t.is_cpu() && t.layout() == at::kStrided && t.is_contiguous() &&
+      !t.is_conj() && !t.is_neg();
+}
+
+bool plainPair(const at::Tensor& dst, const at::Tensor& src) {
+  return plainCpu(dst) && plainCpu(src) &&
+      dst.scalar_type() == src.scalar_type();
+}
+
+// dst[0 : src.numel()) = src, both flat.
+void copyFlat(const at::Tensor& dst, const at::Tensor& src) {
+  if (plainPair(dst, src) && dst.numel() == src.numel()) {
+    std::memmove(dst.data_ptr(), src.data_ptr(), src.nbytes());
+  } else {
+    dst.copy_(src.reshape(dst.sizes()));
+  }
+}
+
+// t *= factor, in place.
+void scale(at::Tensor& t, int64_t factor) {
+  if (factor == 1 || t.scalar_type() == at::kBool) {
+    return;
+  }
+  if (plainCpu(t) && !t.is_complex()) {
+    AT_DISPATCH_ALL_TYPES_AND2(
+        at::kHalf, at::kBFloat16, t.scalar_type(), "fakepg_scale", [&] {
+          auto* p = t.data_ptr<scalar_t>();
+          const auto f = static_cast<scalar_t>(factor);
+          for (int64_t i = 0, n = t.numel(); i < n; ++i) {
+            p[i] = static_cast<scalar_t>(p[i] * f);
+          }
+        });
+    return;
+  }
+  t.mul_(factor);
+}
+
 // NOTE [Uniform values]
 // In a `uniform` world every rank is taken to hold exactly the data this rank
 // holds. A collective then has a result that one rank can compute alone:
@@ -50,9 +97,7 @@ using RedOp = c10d::ReduceOp::RedOpType;
 void reduceUniform(at::Tensor& t, const c10d::ReduceOp& op, int64_t n) {
   switch (op.op_) {
     case RedOp::SUM:
-      if (n != 1 && t.scalar_type() != at::kBool) {
-        t.mul_(n);
-      }
+      scale(t, n);
       return;
     case RedOp::AVG:
     case RedOp::MIN:
@@ -129,7 +174,17 @@ void checkNumel(
 
 // Fill every one of `n` equal chunks of `out` with `in`, in one kernel.
 void fillChunks(const at::Tensor& out, const at::Tensor& in, int64_t n) {
-  if (out.is_contiguous()) {
+  if (out.numel() == 0) {
+    return;
+  }
+  if (plainPair(out, in)) {
+    auto* dst = static_cast<char*>(out.data_ptr());
+    const auto* src = static_cast<const char*>(in.data_ptr());
+    const auto bytes = in.nbytes();
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(dst + i * bytes, src, bytes);
+    }
+  } else if (out.is_contiguous()) {
     out.view({n, -1}).copy_(in.reshape({1, -1}));
   } else {
     for (auto& c : flat(out).chunk(n)) {
@@ -473,7 +528,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather(
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (auto& t : outputs[0]) {
-      t.copy_(inputs[0]);
+      copyFlat(t, inputs[0]);
     }
   }
   return done(c10d::OpType::ALLGATHER, outputs[0], err);
@@ -515,7 +570,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
           "), got ",
           list.size());
       for (size_t i = 0; i < inputs.size(); ++i) {
-        list[i].copy_(inputs[i]);
+        copyFlat(list[i], inputs[i]);
         flat_outputs.push_back(list[i]);
       }
     }
@@ -582,7 +637,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gather(
   if (!err && root) {
     at::AutoDispatchBelowAutograd guard;
     for (auto& t : outputs[0]) {
-      t.copy_(inputs[0]);
+      copyFlat(t, inputs[0]);
     }
     outs = outputs[0];
   }
@@ -620,7 +675,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::scatter(
       globalRank(opts.rootRank));
   if (!err && root) {
     at::AutoDispatchBelowAutograd guard;
-    outputs[0].copy_(inputs[0][rank_]);
+    copyFlat(outputs[0], inputs[0][rank_]);
   }
   return done(c10d::OpType::SCATTER, outputs, err);
 }
@@ -653,7 +708,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter(
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (size_t i = 0; i < outputs.size(); ++i) {
-      outputs[i].copy_(inputs[i][rank_]);
+      copyFlat(outputs[i], inputs[i][rank_]);
       if (uniform()) {
         reduceUniform(outputs[i], opts.reduceOp, size_);
       }
@@ -671,7 +726,14 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::_reduce_scatter_base(
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     const auto m = output.numel();
-    output.copy_(flat(input).narrow(0, rank_ * m, m).reshape(output.sizes()));
+    if (plainPair(output, input)) {
+      std::memmove(
+          output.data_ptr(),
+          static_cast<const char*>(input.data_ptr()) + rank_ * output.nbytes(),
+          output.nbytes());
+    } else {
+      copyFlat(output, flat(input).narrow(0, rank_ * m, m));
+    }
     if (uniform()) {
       reduceUniform(output, opts.reduceOp, size_);
     }
@@ -710,8 +772,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter_tensor_coalesced(
     at::AutoDispatchBelowAutograd guard;
     for (size_t i = 0; i < outputs.size(); ++i) {
       const auto m = outputs[i].numel();
-      outputs[i].copy_(
-          flat(inputs[i]).narrow(0, rank_ * m, m).reshape(outputs[i].sizes()));
+      copyFlat(outputs[i], flat(inputs[i]).narrow(0, rank_ * m, m));
       if (uniform()) {
         reduceUniform(outputs[i], opts.reduceOp, size_);
       }
@@ -767,11 +828,18 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
       for (int j = 0; j < rank_; ++j) {
         in_off += in_splits[j];
       }
-      const auto mine = input.narrow(0, in_off, in_splits[rank_]);
-      int64_t out_off = 0;
-      for (int j = 0; j < size_; ++j) {
-        output.narrow(0, out_off, out_splits[j]).copy_(mine);
-        out_off += out_splits[j];
+      // Every output split equals in_splits[rank_] (checked above), so the
+      // output is this rank's chunk repeated once per peer.
+      if (plainPair(output, input) && input.size(0) > 0) {
+        const auto row = input.nbytes() / input.size(0);
+        const auto* src = static_cast<const char*>(input.data_ptr()) + in_off * row;
+        const auto bytes = in_splits[rank_] * row;
+        auto* dst = static_cast<char*>(output.data_ptr());
+        for (int j = 0; j < size_; ++j) {
+          std::memcpy(dst + j * bytes, src, bytes);
+        }
+      } else {
+        fillChunks(output, input.narrow(0, in_off, in_splits[rank_]), size_);
       }
     } else if (outputSplitSizes.empty() && inputSplitSizes.empty()) {
       output.copy_(input);
@@ -835,7 +903,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall(
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (int j = 0; j < size_; ++j) {
-      outputs[j].copy_(uniform() ? inputs[rank_] : inputs[j]);
+      copyFlat(outputs[j], uniform() ? inputs[rank_] : inputs[j]);
     }
   }
   return done(c10d::OpType::ALLTOALL, outputs, err);

@@ -1,0 +1,38 @@
+"""``python -m pytest_fakepg build``: compile the fakepg backend now (for CI
+images and before parallel runs) instead of on first use.
+
+``python -m pytest_fakepg where`` prints the cache directory it uses."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_fakepg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="compile the backend for the installed torch")
+    build.add_argument("-v", "--verbose", action="store_true", help="show the compiler's output")
+    sub.add_parser("where", help="print the cache directory for the installed torch")
+    args = parser.parse_args(argv)
+
+    from . import _backend
+
+    if args.command == "where":
+        print(_backend.build_dir())
+        return 0
+    start = time.perf_counter()
+    try:
+        directory = _backend.build(verbose=args.verbose)
+        _backend.load()
+    except _backend.BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"fakepg backend ready in {directory} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The compiled backend's cache: keyed by torch and sources, trusted only when
+complete, and a clear message when there is no compiler."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_fakepg import _backend
+
+
+@pytest.fixture
+def cache_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private cache holding a copy of this run's finished build."""
+    built = _backend.build_dir()
+    monkeypatch.setenv(_backend.CACHE_ENV, str(tmp_path))
+    target = _backend.build_dir()
+    shutil.copytree(built, target)
+    return target
+
+
+def test_cache_dir_is_keyed_by_torch_python_and_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_backend.CACHE_ENV, str(tmp_path))
+    directory = _backend.build_dir()
+    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    assert directory.parent == tmp_path / f"torch-{torch.__version__}-{py}"
+    assert directory.name == _backend._source_hash(_backend._sources_dir())
+    assert len(directory.name) == 16
+
+
+def test_source_hash_changes_with_the_sources(tmp_path: Path) -> None:
+    src = tmp_path / "csrc"
+    shutil.copytree(_backend._sources_dir(), src)
+    before = _backend._source_hash(src)
+    with open(src / "fake_backend.cpp", "a") as fh:
+        fh.write("\n// changed\n")
+    assert _backend._source_hash(src) != before
+
+
+def test_finished_build_is_trusted(cache_copy: Path) -> None:
+    assert _backend._cache_is_valid(cache_copy)
+
+
+def test_truncated_library_is_not_loaded(cache_copy: Path) -> None:
+    so = _backend._so_path(cache_copy)
+    so.write_bytes(so.read_bytes()[: so.stat().st_size // 2])
+    assert not _backend._cache_is_valid(cache_copy)
+
+
+def test_same_size_corruption_is_not_loaded(cache_copy: Path) -> None:
+    so = _backend._so_path(cache_copy)
+    data = bytearray(so.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    so.write_bytes(bytes(data))
+    assert not _backend._cache_is_valid(cache_copy)
+
+
+@pytest.mark.parametrize("marker", [None, "", "garbage", "12 abc"])
+def test_missing_or_bad_marker_means_unfinished(cache_copy: Path, marker: str | None) -> None:
+    path = cache_copy / _backend._DONE_MARKER
+    if marker is None:
+        path.unlink()
+    else:
+        path.write_text(marker)
+    assert not _backend._cache_is_valid(cache_copy)
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=300
+    )
+
+
+def test_no_compiler_says_what_is_missing_and_what_still_works(tmp_path: Path) -> None:
+    result = run_python(
+        "from pytest_fakepg import FakeWorld\nFakeWorld(2).start()",
+        CXX="/nonexistent/c++",
+        PYTEST_FAKEPG_CACHE=str(tmp_path),
+    )
+    assert result.returncode == 1
+    assert "BuildError: pytest-fakepg needs a C++ compiler to build its fakepg backend" in result.stderr
+    assert "'/nonexistent/c++'" in result.stderr
+    assert "backend='fake'" in result.stderr and "--fake-world-backend=fake" in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing half-built left behind
+
+
+def test_no_compiler_still_runs_the_stock_backend(tmp_path: Path) -> None:
+    result = run_python(
+        "import torch, torch.distributed as dist\n"
+        "from pytest_fakepg import FakeWorld\n"
+        "with FakeWorld(2, backend='fake'):\n"
+        "    t = torch.ones(1); dist.all_reduce(t); print('ok', t.item())",
+        CXX="/nonexistent/c++",
+        PYTEST_FAKEPG_CACHE=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok 1.0"
+
+
+def test_prebuild_command_reports_the_cache() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest_fakepg", "build"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"fakepg backend ready in {_backend.build_dir()} (")
+    where = subprocess.run([sys.executable, "-m", "pytest_fakepg", "where"], capture_output=True, text=True)
+    assert where.stdout.strip() == str(_backend.build_dir())
