@@ -36,15 +36,15 @@ py::object dtypeObject(int8_t code) {
 py::tuple groupTuple(const GroupInfo& g) {
   py::object ranks;
   if (g.ranks.empty()) {
-    ranks = py::none(); // the default group: every rank, 0..size-1
+    ranks = py::none();  // the default group: every rank, 0..size-1
   } else {
     ranks = py::cast(g.ranks);
   }
   return py::make_tuple(g.name, g.rank, g.size, ranks);
 }
 
-} // namespace
-} // namespace fakepg
+}  // namespace
+}  // namespace fakepg
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using fakepg::FailAt;
@@ -67,9 +67,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::init([](const std::string& values, bool record) {
             TORCH_CHECK(
                 values == "uniform" || values == "copy",
-                "values must be 'uniform' or 'copy', got '",
-                values,
-                "'");
+                fakepg::cat(
+                    "values must be 'uniform' or 'copy', got '", values, "'"));
             return c10::make_intrusive<WorldState>(
                 values == "uniform" ? Values::uniform : Values::copy, record);
           }),
@@ -87,9 +86,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("at_wait"))
       .def("disarm_fault", &WorldState::disarmFault)
       .def("clear_faults", &WorldState::clearFaults)
-      .def("armed_faults", [](const WorldState& w) {
-        return static_cast<int64_t>(w.faults().size());
-      })
+      .def(
+          "armed_faults",
+          [](const WorldState& w) {
+            return static_cast<int64_t>(w.faults().size());
+          })
       .def("call_count", &WorldState::callCount)
       .def("__len__", &WorldState::size)
       .def(
@@ -119,12 +120,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("count", &WorldState::count)
       .def("total_bytes", &WorldState::totalBytes)
       .def("clear_log", &WorldState::clearLog)
-      .def("group", [](const WorldState& w, int i) {
-        return fakepg::groupTuple(w.group(i));
-      })
-      .def("num_groups", [](const WorldState& w) {
-        return static_cast<int64_t>(w.groups().size());
-      })
+      .def(
+          "group",
+          [](const WorldState& w, int i) {
+            return fakepg::groupTuple(w.group(i));
+          })
+      .def(
+          "num_groups",
+          [](const WorldState& w) {
+            return static_cast<int64_t>(w.groups().size());
+          })
       .def_property_readonly("record_size", [](const WorldState&) {
         return sizeof(fakepg::Record);
       });

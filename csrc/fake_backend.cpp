@@ -52,12 +52,12 @@ using RedOp = c10d::ReduceOp::RedOpType;
 // path is seen by autograd.
 bool plainCpu(const at::Tensor& t) {
   return t.is_cpu() && t.layout() == at::kStrided && t.is_contiguous() &&
-      !t.is_conj() && !t.is_neg();
+         !t.is_conj() && !t.is_neg();
 }
 
 bool plainPair(const at::Tensor& dst, const at::Tensor& src) {
   return plainCpu(dst) && plainCpu(src) &&
-      dst.scalar_type() == src.scalar_type();
+         dst.scalar_type() == src.scalar_type();
 }
 
 // dst[0 : src.numel()) = src, both flat.
@@ -69,12 +69,29 @@ void copyFlat(const at::Tensor& dst, const at::Tensor& src) {
   }
 }
 
+bool loopScalable(at::ScalarType type) {
+  switch (type) {
+    case at::kByte:
+    case at::kChar:
+    case at::kShort:
+    case at::kInt:
+    case at::kLong:
+    case at::kHalf:
+    case at::kBFloat16:
+    case at::kFloat:
+    case at::kDouble:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // t *= factor, in place.
 void scale(at::Tensor& t, int64_t factor) {
   if (factor == 1 || t.scalar_type() == at::kBool) {
     return;
   }
-  if (plainCpu(t) && !t.is_complex()) {
+  if (plainCpu(t) && loopScalable(t.scalar_type())) {
     AT_DISPATCH_ALL_TYPES_AND2(
         at::kHalf, at::kBFloat16, t.scalar_type(), "fakepg_scale", [&] {
           auto* p = t.data_ptr<scalar_t>();
@@ -116,8 +133,10 @@ void reduceUniform(at::Tensor& t, const c10d::ReduceOp& op, int64_t n) {
       }
       return;
     case RedOp::PREMUL_SUM: {
+      // torch 2.11 names it NCCLPreMulSumSupplement; later releases keep
+      // that name as an alias of PreMulSumSupplement.
       auto* sup =
-          dynamic_cast<c10d::PreMulSumSupplement*>(op.supplement_.get());
+          dynamic_cast<c10d::NCCLPreMulSumSupplement*>(op.supplement_.get());
       TORCH_CHECK(sup, "fakepg: PREMUL_SUM without a scaling factor");
       if (sup->tensor_factor.defined()) {
         t.mul_(sup->tensor_factor.to(t.device()) * n);
@@ -129,8 +148,7 @@ void reduceUniform(at::Tensor& t, const c10d::ReduceOp& op, int64_t n) {
     default:
       TORCH_CHECK(
           false,
-          "fakepg: unsupported reduce op ",
-          static_cast<int>(op.op_));
+          cat("fakepg: unsupported reduce op ", static_cast<int>(op.op_)));
   }
 }
 
@@ -156,20 +174,20 @@ void checkNumel(
     const char* small_name) {
   TORCH_CHECK(
       big.numel() == small.numel() * n,
-      "fakepg ",
-      op,
-      ": ",
-      big_name,
-      " has ",
-      big.numel(),
-      " elements but must have ",
-      small_name,
-      ".numel() * group size = ",
-      small.numel(),
-      " * ",
-      n,
-      " = ",
-      small.numel() * n);
+      cat("fakepg ",
+          op,
+          ": ",
+          big_name,
+          " has ",
+          big.numel(),
+          " elements but must have ",
+          small_name,
+          ".numel() * group size = ",
+          small.numel(),
+          " * ",
+          n,
+          " = ",
+          small.numel() * n));
 }
 
 // Fill every one of `n` equal chunks of `out` with `in`, in one kernel.
@@ -206,7 +224,7 @@ uint8_t redOf(const c10d::ReduceOp& op) {
   return static_cast<uint8_t>(op.op_);
 }
 
-} // namespace
+}  // namespace
 
 const char* opName(Op op) {
   return kOpNames[static_cast<int>(op)];
@@ -221,8 +239,8 @@ int WorldState::addGroup(GroupInfo info) {
 }
 
 int64_t WorldState::armFault(int op, int64_t nth, FailAt at) {
-  TORCH_CHECK(op >= -1 && op < kNumOps, "fakepg: no op with code ", op);
-  TORCH_CHECK(nth >= 0, "fakepg: nth must be >= 0, got ", nth);
+  TORCH_CHECK(op >= -1 && op < kNumOps, cat("fakepg: no op with code ", op));
+  TORCH_CHECK(nth >= 0, cat("fakepg: nth must be >= 0, got ", nth));
   faults_.push_back(Fault{next_fault_id_, op, nth, at});
   return next_fault_id_++;
 }
@@ -284,18 +302,18 @@ std::exception_ptr WorldState::begin(
     return nullptr;
   }
   const auto& g = groups_.at(group);
-  auto error = makeDistBackendError(c10::str(
-      "fakepg: injected fault in ",
-      kOpNames[code],
-      " (call ",
-      nth_of_op,
-      " of ",
-      kOpNames[code],
-      " in this world, group '",
-      g.name,
-      "' of size ",
-      g.size,
-      ")"));
+  auto error = makeDistBackendError(
+      cat("fakepg: injected fault in ",
+          kOpNames[code],
+          " (call ",
+          nth_of_op,
+          " of ",
+          kOpNames[code],
+          " in this world, group '",
+          g.name,
+          "' of size ",
+          g.size,
+          ")"));
   const FailAt at = fired->at;
   if (fired->nth != 0) {
     // One-shot: the n-th call fails, later calls succeed.
@@ -369,9 +387,8 @@ bool FakeWork::wait(std::chrono::milliseconds /* timeout */) {
 c10::intrusive_ptr<c10::ivalue::Future> FakeWork::getFuture() {
   std::vector<c10::Device> devices;
   for (const auto& t : outputs_) {
-    if (!t.is_cpu() &&
-        std::find(devices.begin(), devices.end(), t.device()) ==
-            devices.end()) {
+    if (!t.is_cpu() && std::find(devices.begin(), devices.end(), t.device()) ==
+                           devices.end()) {
       devices.push_back(t.device());
     }
   }
@@ -397,10 +414,7 @@ FakeBackend::FakeBackend(
     : c10d::Backend(rank, size), world_(std::move(world)) {
   TORCH_CHECK(
       rank >= 0 && rank < size,
-      "fakepg: rank ",
-      rank,
-      " is outside a group of size ",
-      size);
+      cat("fakepg: rank ", rank, " is outside a group of size ", size));
   if (global_ranks.empty()) {
     // The default group: global ranks are the group ranks. Store nothing;
     // globalRank() maps identity. Keeps a million-rank world cheap.
@@ -408,11 +422,11 @@ FakeBackend::FakeBackend(
   } else {
     TORCH_CHECK(
         static_cast<int>(global_ranks.size()) == size,
-        "fakepg: group of size ",
-        size,
-        " given ",
-        global_ranks.size(),
-        " global ranks");
+        cat("fakepg: group of size ",
+            size,
+            " given ",
+            global_ranks.size(),
+            " global ranks"));
     global_ranks_ = global_ranks;
     group_ = world_->addGroup(
         GroupInfo{std::move(group_name), rank, size, std::move(global_ranks)});
@@ -453,17 +467,16 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::done(
 // failed communication would.
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::broadcast(
-    std::vector<at::Tensor>& tensors,
-    const c10d::BroadcastOptions& opts) {
+    std::vector<at::Tensor>& tensors, const c10d::BroadcastOptions& opts) {
   // Every rank already holds the root's data (uniform) or keeps its own
   // (copy): nothing to write either way.
-  auto err = begin(Op::broadcast, tensors, kNoReduceOp, globalRank(opts.rootRank));
+  auto err =
+      begin(Op::broadcast, tensors, kNoReduceOp, globalRank(opts.rootRank));
   return done(c10d::OpType::BROADCAST, tensors, err);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce(
-    std::vector<at::Tensor>& tensors,
-    const c10d::AllreduceOptions& opts) {
+    std::vector<at::Tensor>& tensors, const c10d::AllreduceOptions& opts) {
   auto err = begin(Op::all_reduce, tensors, redOf(opts.reduceOp));
   if (!err && uniform()) {
     at::AutoDispatchBelowAutograd guard;
@@ -475,8 +488,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce(
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_sparse(
-    std::vector<at::Tensor>& tensors,
-    const c10d::AllreduceOptions& opts) {
+    std::vector<at::Tensor>& tensors, const c10d::AllreduceOptions& opts) {
   auto err = begin(Op::all_reduce, tensors, redOf(opts.reduceOp));
   return done(c10d::OpType::ALLREDUCE, tensors, err);
 }
@@ -498,8 +510,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_coalesced(
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::reduce(
-    std::vector<at::Tensor>& tensors,
-    const c10d::ReduceOptions& opts) {
+    std::vector<at::Tensor>& tensors, const c10d::ReduceOptions& opts) {
   auto err = begin(
       Op::reduce, tensors, redOf(opts.reduceOp), globalRank(opts.rootRank));
   if (!err && uniform() && rank_ == opts.rootRank) {
@@ -519,11 +530,11 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather(
       "fakepg all_gather: expects one input and one output list");
   TORCH_CHECK(
       static_cast<int>(outputs[0].size()) == size_,
-      "fakepg all_gather: the output list has ",
-      outputs[0].size(),
-      " tensors but the group has ",
-      size_,
-      " ranks");
+      cat("fakepg all_gather: the output list has ",
+          outputs[0].size(),
+          " tensors but the group has ",
+          size_,
+          " ranks"));
   auto err = begin(Op::all_gather, inputs);
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
@@ -553,10 +564,10 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
     const c10d::AllgatherOptions& /* opts */) {
   TORCH_CHECK(
       static_cast<int>(outputs.size()) == size_,
-      "fakepg all_gather_coalesced: expects one output list per rank (",
-      size_,
-      "), got ",
-      outputs.size());
+      cat("fakepg all_gather_coalesced: expects one output list per rank (",
+          size_,
+          "), got ",
+          outputs.size()));
   auto err = begin(Op::all_gather_coalesced, inputs);
   std::vector<at::Tensor> flat_outputs;
   if (!err) {
@@ -564,11 +575,11 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
     for (auto& list : outputs) {
       TORCH_CHECK(
           list.size() == inputs.size(),
-          "fakepg all_gather_coalesced: each output list must have one "
-          "tensor per input (",
-          inputs.size(),
-          "), got ",
-          list.size());
+          cat("fakepg all_gather_coalesced: each output list must have one "
+              "tensor per input (",
+              inputs.size(),
+              "), got ",
+              list.size()));
       for (size_t i = 0; i < inputs.size(); ++i) {
         copyFlat(list[i], inputs[i]);
         flat_outputs.push_back(list[i]);
@@ -584,11 +595,11 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_into_tensor_coalesced(
     const c10d::AllgatherOptions& /* opts */) {
   TORCH_CHECK(
       outputs.size() == inputs.size(),
-      "fakepg all_gather_into_tensor_coalesced: ",
-      outputs.size(),
-      " outputs for ",
-      inputs.size(),
-      " inputs");
+      cat("fakepg all_gather_into_tensor_coalesced: ",
+          outputs.size(),
+          " outputs for ",
+          inputs.size(),
+          " inputs"));
   for (size_t i = 0; i < outputs.size(); ++i) {
     checkNumel(
         "all_gather_into_tensor_coalesced",
@@ -619,18 +630,18 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gather(
     const c10d::GatherOptions& opts) {
   TORCH_CHECK(
       opts.rootRank >= 0 && opts.rootRank < size_,
-      "fakepg gather: root ",
-      opts.rootRank,
-      " is outside a group of size ",
-      size_);
+      cat("fakepg gather: root ",
+          opts.rootRank,
+          " is outside a group of size ",
+          size_));
   TORCH_CHECK(inputs.size() == 1, "fakepg gather: expects one input tensor");
   const bool root = rank_ == opts.rootRank;
   if (root) {
     TORCH_CHECK(
         outputs.size() == 1 && static_cast<int>(outputs[0].size()) == size_,
-        "fakepg gather: the root needs one output list of ",
-        size_,
-        " tensors");
+        cat("fakepg gather: the root needs one output list of ",
+            size_,
+            " tensors"));
   }
   auto err = begin(Op::gather, inputs, kNoReduceOp, globalRank(opts.rootRank));
   std::vector<at::Tensor> outs;
@@ -655,18 +666,18 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::scatter(
     const c10d::ScatterOptions& opts) {
   TORCH_CHECK(
       opts.rootRank >= 0 && opts.rootRank < size_,
-      "fakepg scatter: root ",
-      opts.rootRank,
-      " is outside a group of size ",
-      size_);
+      cat("fakepg scatter: root ",
+          opts.rootRank,
+          " is outside a group of size ",
+          size_));
   TORCH_CHECK(outputs.size() == 1, "fakepg scatter: expects one output tensor");
   const bool root = rank_ == opts.rootRank;
   if (root) {
     TORCH_CHECK(
         inputs.size() == 1 && static_cast<int>(inputs[0].size()) == size_,
-        "fakepg scatter: the root needs one input list of ",
-        size_,
-        " tensors");
+        cat("fakepg scatter: the root needs one input list of ",
+            size_,
+            " tensors"));
   }
   auto err = begin(
       Op::scatter,
@@ -686,19 +697,19 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter(
     const c10d::ReduceScatterOptions& opts) {
   TORCH_CHECK(
       outputs.size() == inputs.size(),
-      "fakepg reduce_scatter: ",
-      outputs.size(),
-      " outputs for ",
-      inputs.size(),
-      " input lists");
+      cat("fakepg reduce_scatter: ",
+          outputs.size(),
+          " outputs for ",
+          inputs.size(),
+          " input lists"));
   for (const auto& list : inputs) {
     TORCH_CHECK(
         static_cast<int>(list.size()) == size_,
-        "fakepg reduce_scatter: the input list has ",
-        list.size(),
-        " tensors but the group has ",
-        size_,
-        " ranks");
+        cat("fakepg reduce_scatter: the input list has ",
+            list.size(),
+            " tensors but the group has ",
+            size_,
+            " ranks"));
   }
   std::vector<at::Tensor> recorded;
   for (const auto& list : inputs) {
@@ -747,11 +758,11 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter_tensor_coalesced(
     const c10d::ReduceScatterOptions& opts) {
   TORCH_CHECK(
       outputs.size() == inputs.size(),
-      "fakepg reduce_scatter_tensor_coalesced: ",
-      outputs.size(),
-      " outputs for ",
-      inputs.size(),
-      " inputs");
+      cat("fakepg reduce_scatter_tensor_coalesced: ",
+          outputs.size(),
+          " outputs for ",
+          inputs.size(),
+          " inputs"));
   for (size_t i = 0; i < outputs.size(); ++i) {
     checkNumel(
         "reduce_scatter_tensor_coalesced",
@@ -807,17 +818,17 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
     for (int j = 0; j < size_; ++j) {
       TORCH_CHECK(
           out_splits[j] == in_splits[rank_],
-          "fakepg all_to_all_single: output_split_sizes[",
-          j,
-          "] is ",
-          out_splits[j],
-          " but in a uniform world every rank sends this rank (",
-          rank_,
-          ") input_split_sizes[",
-          rank_,
-          "] = ",
-          in_splits[rank_],
-          " rows; use values='copy' for inconsistent splits");
+          cat("fakepg all_to_all_single: output_split_sizes[",
+              j,
+              "] is ",
+              out_splits[j],
+              " but in a uniform world every rank sends this rank (",
+              rank_,
+              ") input_split_sizes[",
+              rank_,
+              "] = ",
+              in_splits[rank_],
+              " rows; use values='copy' for inconsistent splits"));
     }
   }
   auto err = begin(Op::all_to_all_single, {input});
@@ -832,7 +843,8 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
       // output is this rank's chunk repeated once per peer.
       if (plainPair(output, input) && input.size(0) > 0) {
         const auto row = input.nbytes() / input.size(0);
-        const auto* src = static_cast<const char*>(input.data_ptr()) + in_off * row;
+        const auto* src =
+            static_cast<const char*>(input.data_ptr()) + in_off * row;
         const auto bytes = in_splits[rank_] * row;
         auto* dst = static_cast<char*>(output.data_ptr());
         for (int j = 0; j < size_; ++j) {
@@ -852,10 +864,10 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
         int64_t remaining = out_splits[j];
         TORCH_CHECK(
             remaining == 0 || in_rows > 0,
-            "fakepg all_to_all_single: the input is empty but "
-            "output_split_sizes[",
-            j,
-            "] > 0");
+            cat("fakepg all_to_all_single: the input is empty but "
+                "output_split_sizes[",
+                j,
+                "] > 0"));
         int64_t dst = out_off;
         while (remaining > 0) {
           const auto chunk = std::min(remaining, in_rows);
@@ -877,26 +889,26 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall(
   TORCH_CHECK(
       static_cast<int>(outputs.size()) == size_ &&
           static_cast<int>(inputs.size()) == size_,
-      "fakepg all_to_all: needs ",
-      size_,
-      " input and output tensors, got ",
-      inputs.size(),
-      " and ",
-      outputs.size());
+      cat("fakepg all_to_all: needs ",
+          size_,
+          " input and output tensors, got ",
+          inputs.size(),
+          " and ",
+          outputs.size()));
   if (uniform()) {
     for (int j = 0; j < size_; ++j) {
       TORCH_CHECK(
           outputs[j].sizes() == inputs[rank_].sizes(),
-          "fakepg all_to_all: output[",
-          j,
-          "] has shape ",
-          outputs[j].sizes(),
-          " but in a uniform world every rank sends this rank (",
-          rank_,
-          ") a tensor shaped like input[",
-          rank_,
-          "] ",
-          inputs[rank_].sizes());
+          cat("fakepg all_to_all: output[",
+              j,
+              "] has shape ",
+              outputs[j].sizes(),
+              " but in a uniform world every rank sends this rank (",
+              rank_,
+              ") a tensor shaped like input[",
+              rank_,
+              "] ",
+              inputs[rank_].sizes()));
     }
   }
   auto err = begin(Op::all_to_all, inputs);
@@ -910,17 +922,13 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall(
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::send(
-    std::vector<at::Tensor>& tensors,
-    int dstRank,
-    int /* tag */) {
+    std::vector<at::Tensor>& tensors, int dstRank, int /* tag */) {
   auto err = begin(Op::send, tensors, kNoReduceOp, globalRank(dstRank));
   return done(c10d::OpType::SEND, tensors, err);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::recv(
-    std::vector<at::Tensor>& tensors,
-    int srcRank,
-    int /* tag */) {
+    std::vector<at::Tensor>& tensors, int srcRank, int /* tag */) {
   // See NOTE [Data this rank cannot know].
   auto err = begin(Op::recv, tensors, kNoReduceOp, globalRank(srcRank));
   return done(c10d::OpType::RECV, tensors, err);
@@ -932,8 +940,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::recv(
 // peer and report it through the work's sourceRank(), which is what
 // torch.distributed.recv(src=None) returns.
 c10::intrusive_ptr<c10d::Work> FakeBackend::recvAnysource(
-    std::vector<at::Tensor>& tensors,
-    int /* tag */) {
+    std::vector<at::Tensor>& tensors, int /* tag */) {
   const int source = size_ == 1 ? 0 : (rank_ == 0 ? 1 : 0);
   auto err = begin(Op::recv, tensors, kNoReduceOp, globalRank(source));
   return c10::make_intrusive<FakeWork>(
@@ -951,4 +958,4 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::endCoalescing() {
   return done(c10d::OpType::COALESCED, {}, nullptr);
 }
 
-} // namespace fakepg
+}  // namespace fakepg

@@ -5,12 +5,42 @@
 #include <array>
 #include <cstdint>
 #include <string>
-#include <vector>
-
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
+#include <type_traits>
+#include <vector>
 
 namespace fakepg {
+
+// NOTE [No iostreams]
+// Messages are built by concatenation, never with c10::str or TORCH_CHECK's
+// variadic form: those instantiate std::ostream code inside this library, and
+// where the compiler that builds it is not the one whose libstdc++ is loaded
+// at run time (seen on a CUDA image whose CXX is a newer GCC than the system's)
+// that code crashes. TORCH_CHECK(cond, std::string) formats nothing itself.
+inline void append(std::string& s, const char* x) {
+  s += x;
+}
+inline void append(std::string& s, const std::string& x) {
+  s += x;
+}
+inline void append(std::string& s, c10::IntArrayRef xs) {
+  s += '[';
+  for (size_t i = 0; i < xs.size(); ++i) {
+    s += (i ? ", " : "") + std::to_string(xs[i]);
+  }
+  s += ']';
+}
+template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+void append(std::string& s, T x) {
+  s += std::to_string(x);
+}
+template <typename... Args>
+std::string cat(const Args&... args) {
+  std::string s;
+  (append(s, args), ...);
+  return s;
+}
 
 // The collectives a user calls in torch.distributed, under those names.
 // The Python side (pytest_fakepg/records.py) keeps the same order in OP_NAMES.
@@ -46,29 +76,29 @@ constexpr int32_t kNoPeer = -1;
 // (amortised) and Python reads it back without a per-call object.
 struct Record {
   Op op;
-  uint8_t reduce_op; // c10d::ReduceOp::RedOpType, or kNoReduceOp
-  int8_t dtype; // c10::ScalarType, or -1 when the op has no tensor
-  uint8_t failed; // 1 when an injected fault fired for this call
-  int32_t group; // index into WorldState::groups()
-  int32_t peer; // global rank of the peer/root, or kNoPeer
-  uint32_t ntensors; // number of input shapes recorded
-  uint64_t shape_offset; // into WorldState::shapes_: per tensor, ndim, dims
-  int64_t bytes; // total bytes of the input tensors
+  uint8_t reduce_op;      // c10d::ReduceOp::RedOpType, or kNoReduceOp
+  int8_t dtype;           // c10::ScalarType, or -1 when the op has no tensor
+  uint8_t failed;         // 1 when an injected fault fired for this call
+  int32_t group;          // index into WorldState::groups()
+  int32_t peer;           // global rank of the peer/root, or kNoPeer
+  uint32_t ntensors;      // number of input shapes recorded
+  uint64_t shape_offset;  // into WorldState::shapes_: per tensor, ndim, dims
+  int64_t bytes;          // total bytes of the input tensors
 };
 
 struct GroupInfo {
   std::string name;
-  int rank; // this rank's rank in the group
+  int rank;  // this rank's rank in the group
   int size;
-  std::vector<int64_t> ranks; // the global ranks in the group
+  std::vector<int64_t> ranks;  // the global ranks in the group
 };
 
 enum class FailAt : uint8_t { issue = 0, wait = 1 };
 
 struct Fault {
   int64_t id;
-  int op; // an Op, or -1 for every collective
-  int64_t nth; // 0: every call; n >= 1: only the n-th call, then disarmed
+  int op;       // an Op, or -1 for every collective
+  int64_t nth;  // 0: every call; n >= 1: only the n-th call, then disarmed
   FailAt at;
 };
 
@@ -187,7 +217,7 @@ class FakeWork : public c10d::Work {
 
  private:
   std::vector<at::Tensor> outputs_;
-  int source_rank_; // group rank a recv-from-any "received" from, else -1
+  int source_rank_;  // group rank a recv-from-any "received" from, else -1
 };
 
 class FakeBackend : public c10d::Backend {
@@ -282,16 +312,11 @@ class FakeBackend : public c10d::Backend {
       std::vector<at::Tensor>& inputs,
       const c10d::AllToAllOptions& opts = c10d::AllToAllOptions()) override;
   c10::intrusive_ptr<c10d::Work> send(
-      std::vector<at::Tensor>& tensors,
-      int dstRank,
-      int tag) override;
+      std::vector<at::Tensor>& tensors, int dstRank, int tag) override;
   c10::intrusive_ptr<c10d::Work> recv(
-      std::vector<at::Tensor>& tensors,
-      int srcRank,
-      int tag) override;
+      std::vector<at::Tensor>& tensors, int srcRank, int tag) override;
   c10::intrusive_ptr<c10d::Work> recvAnysource(
-      std::vector<at::Tensor>& tensors,
-      int tag) override;
+      std::vector<at::Tensor>& tensors, int tag) override;
   c10::intrusive_ptr<c10d::Work> barrier(
       const c10d::BarrierOptions& opts = c10d::BarrierOptions()) override;
 
@@ -319,4 +344,4 @@ class FakeBackend : public c10d::Backend {
   std::vector<int64_t> global_ranks_;
 };
 
-} // namespace fakepg
+}  // namespace fakepg
