@@ -60,7 +60,8 @@ class _Case(NamedTuple):
 _SETTINGS = pytest.StashKey[_Settings]()
 _REPORT = pytest.StashKey[dict[str, dict[str, Any]]]()
 _WORLD = pytest.StashKey["FakeWorld"]()
-_CASE_FIXTURE = "_fake_world_autouse"
+_CASE_PARAM = "_fake_world_case"
+_CASE = pytest.StashKey[_Case]()
 
 
 # -- options and configuration -------------------------------------------------
@@ -188,11 +189,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
     except (TypeError, ValueError) as exc:
         cases = [_Case(None, _error_text(metafunc.definition.nodeid, exc))]
-        metafunc.parametrize(_CASE_FIXTURE, cases, ids=["invalid-fake-world"], indirect=True)
-        return
-    hook = metafunc.config.hook.pytest_fake_world_make_id
-    ids = [hook(spec=s, definition=metafunc.definition) for s in specs]
-    metafunc.parametrize(_CASE_FIXTURE, [_Case(s) for s in specs], ids=ids, indirect=True)
+        ids = ["invalid-fake-world"]
+    else:
+        hook = metafunc.config.hook.pytest_fake_world_make_id
+        ids = [hook(spec=s, definition=metafunc.definition) for s in specs]
+        cases = [_Case(s) for s in specs]
+    # The cases ride on a parameter the test function does not take: the
+    # setup hook reads it from the item's callspec, so no fixture runs for it.
+    # parametrize() accepts only names in the fixture closure, hence the append.
+    if _CASE_PARAM not in metafunc.fixturenames:
+        metafunc.fixturenames.append(_CASE_PARAM)
+    metafunc.parametrize(_CASE_PARAM, cases, ids=ids)
 
 
 @pytest.hookimpl(trylast=True)
@@ -296,45 +303,54 @@ def _check_leaks(item: pytest.Item) -> None:
     warnings.warn(FakeWorldLeakWarning(message), stacklevel=1)
 
 
-@pytest.fixture(autouse=True)
-def _fake_world_autouse(request: pytest.FixtureRequest) -> Iterator[FakeWorld | None]:
-    """Brings up the world of a test that carries the fake_world marker."""
-    item = request.node
-    case = getattr(request, "param", None)
-    if case is None:
-        marker = item.get_closest_marker(MARKER)
-        if marker is not None:
-            case = _case_at_setup(item, marker)
-    if case is None:
-        yield None
-        _check_leaks(item)
-        return
-    world = _bring_up(item, case)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Note which items get a world, once, so the per-test hooks below cost
+    unmarked tests one stash lookup."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        case = params.get(_CASE_PARAM)
+        if case is None and item.get_closest_marker(MARKER) is not None:
+            case = _case_at_setup(item, item.get_closest_marker(MARKER))
+        if case is not None:
+            item.stash[_CASE] = case
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A marked test's world comes up before any fixture, so fixtures and the
+    test body alike can call torch.distributed."""
+    case = item.stash.get(_CASE, None)
+    if case is not None:
+        _bring_up(item, case)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """After the test's fixtures are torn down: the world goes down, and a
+    process group the test made itself is destroyed and reported."""
     try:
-        yield world
+        return (yield)
     finally:
-        _take_down(item, world)
-    _check_leaks(item)
+        world = item.stash.get(_WORLD, None)
+        if world is not None:
+            _take_down(item, world)
+        _check_leaks(item)
 
 
 # -- fixtures ------------------------------------------------------------------
 
 
 @pytest.fixture
-def fake_world(request: pytest.FixtureRequest) -> Iterator[FakeWorld]:
+def fake_world(request: pytest.FixtureRequest) -> FakeWorld:
     """The test's FakeWorld. Without the fake_world marker, a default world:
     world size from the fake_world_size ini option (2) or the test's own
     world_size parameter, rank 0 or the test's rank parameter."""
     item = request.node
     world = item.stash.get(_WORLD, None)
-    if world is not None:
-        yield world
-        return
-    world = _bring_up(item, _case_at_setup(item, None))
-    try:
-        yield world
-    finally:
-        _take_down(item, world)
+    if world is None:
+        # Goes down in pytest_runtest_teardown, after every fixture.
+        world = _bring_up(item, _case_at_setup(item, None))
+    return world
 
 
 @pytest.fixture

@@ -116,7 +116,7 @@ class FakeWorld:
         self._mesh: Any = None
         self._flat_mesh: Any = None
         self._log: CollectiveLog | None = None
-        self._env: dict[str, str] | None = None
+        self._env: dict[Any, Any] | None = None
         self._up = False
 
     # -- what a test reads -------------------------------------------------
@@ -236,7 +236,7 @@ class FakeWorld:
             _check_device_available(spec.device)
         if spec.backend == "fakepg":
             _backend.register()  # before any state changes: a build error leaves nothing
-        self._env = dict(os.environ)
+        self._env = _snapshot_env()
         self._up = True
         try:
             for name in _HIDDEN_ENV:
@@ -330,12 +330,28 @@ def _check_device_available(device: str) -> None:
         raise RuntimeError(f"device={device!r} was asked for but no {device} device is available")
 
 
-def _restore_env(saved: dict[str, str]) -> None:
-    for key in [k for k in os.environ if k not in saved]:
-        del os.environ[key]
+def _environ_data() -> dict[Any, Any]:
+    # os.environ keeps its encoded items in _data; copying and comparing that
+    # dict runs at C speed, where walking os.environ decodes every item (the
+    # largest cost of a world's life cycle before this).
+    data = getattr(os.environ, "_data", None)
+    return data if isinstance(data, dict) else dict(os.environ)
+
+
+def _snapshot_env() -> dict[Any, Any]:
+    return dict(_environ_data())
+
+
+def _restore_env(saved: dict[Any, Any]) -> None:
+    current = _environ_data()
+    if current == saved:
+        return
+    decode = os.fsdecode if current is not os.environ else (lambda k: k)
+    for key in [k for k in current if k not in saved]:
+        del os.environ[decode(key)]
     for key, value in saved.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
+        if current.get(key) != value:
+            os.environ[decode(key)] = decode(value)
 
 
 def _clear_torch_caches() -> None:

@@ -1,0 +1,168 @@
+"""Per-test cost of fake worlds under pytest, against the alternatives.
+
+Generates test files into a temporary directory and runs each style in its own
+pytest subprocess, with a small timing plugin that measures each test's whole
+protocol (setup, call and teardown: everything a harness does for a test).
+Reported: the median per test, and the ratio to the hand-written fake test
+measured in the same command.
+
+    python benchmarks/bench_pytest.py [--tests 400] [--skip-mp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+TIMER_PLUGIN = '''
+import json, os, time
+import pytest
+
+_times = []
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    start = time.perf_counter()
+    yield
+    _times.append(time.perf_counter() - start)
+
+def pytest_sessionfinish(session):
+    with open(os.environ["BENCH_OUT"], "w") as fh:
+        json.dump(_times, fh)
+'''
+
+HEADER = (
+    "import pytest, torch, torch.distributed as dist\n"
+    "import torch.testing._internal.distributed.fake_pg  # registers torch's \"fake\" backend\n"
+)
+
+
+def body(n: int, template: str) -> str:
+    return HEADER + "".join(textwrap.dedent(template).format(i=i) for i in range(n))
+
+
+STYLES = {
+    "bare pytest (no world)": lambda n, ws: body(n, """
+        def test_{i}():
+            assert 1
+        """),
+    "hand-written fake": lambda n, ws: body(n, f"""
+        def test_{{i}}():
+            dist.init_process_group("fake", rank=0, world_size={ws}, store=dist.HashStore())
+            try:
+                assert dist.get_world_size() == {ws}
+            finally:
+                dist.destroy_process_group()
+        """),
+    "fake_world marker": lambda n, ws: body(n, f"""
+        @pytest.mark.fake_world({ws})
+        def test_{{i}}():
+            assert dist.get_world_size() == {ws}
+        """),
+    "hand-written fake + 2-D mesh": lambda n, ws: body(n, f"""
+        from torch.distributed.device_mesh import init_device_mesh
+        def test_{{i}}():
+            dist.init_process_group("fake", rank=0, world_size={ws}, store=dist.HashStore())
+            try:
+                mesh = init_device_mesh("cpu", (2, {ws} // 2), mesh_dim_names=("dp", "tp"))
+                assert mesh["tp"].size() == {ws} // 2
+            finally:
+                dist.destroy_process_group()
+        """),
+    "fake_world marker + 2-D mesh": lambda n, ws: body(n, f"""
+        @pytest.mark.fake_world(mesh={{{{"dp": 2, "tp": {ws} // 2}}}})
+        def test_{{i}}(device_mesh):
+            assert device_mesh["tp"].size() == {ws} // 2
+        """),
+    "MultiThreadedTestCase": lambda n, ws: body(n, f"""
+        from torch.testing._internal.common_distributed import MultiThreadedTestCase
+        class TestThreaded(MultiThreadedTestCase):
+            @property
+            def world_size(self):
+                return {ws}
+            def setUp(self):
+                super().setUp()
+                self._spawn_threads()
+        """) + "".join(f"    def test_{i}(self):\n        assert dist.get_world_size() == {ws}\n" for i in range(n)),
+    "LocalDTensorTestBase": lambda n, ws: body(n, f"""
+        from torch.testing._internal.distributed._tensor.common_dtensor import (
+            LocalDTensorTestBase, with_comms)
+        class TestLocal(LocalDTensorTestBase):
+            @property
+            def world_size(self):
+                return {ws}
+        """) + "".join(
+            f"    @with_comms\n    def test_{i}(self):\n"
+            f"        assert dist.get_world_size() == {ws}\n" for i in range(n)),
+    "MultiProcessTestCase (gloo)": lambda n, ws: body(n, f"""
+        from torch.testing._internal.common_distributed import MultiProcessTestCase
+        class TestProcs(MultiProcessTestCase):
+            @property
+            def world_size(self):
+                return {ws}
+            def setUp(self):
+                super().setUp()
+                self._spawn_processes()
+        """) + "".join(
+            f"    def test_{i}(self):\n"
+            f"        dist.init_process_group('gloo', rank=self.rank, world_size={ws}, init_method=f'file://{{self.file_name}}')\n"
+            f"        dist.destroy_process_group()\n" for i in range(n)),
+}
+
+
+def run_style(name: str, n: int, ws: int, workdir: Path) -> list[float]:
+    case = workdir / f"case_{abs(hash((name, ws)))}"
+    case.mkdir()
+    (case / "bench_timer.py").write_text(TIMER_PLUGIN)
+    (case / "test_bench.py").write_text(STYLES[name](n, ws))
+    out = case / "times.json"
+    env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": str(case)}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "bench_timer", "-p", "no:randomly",
+           "-p", "no:cacheprovider", "-W", "ignore", str(case / "test_bench.py")]
+    result = subprocess.run(cmd, cwd=case, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    times = json.loads(out.read_text())
+    return times[min(len(times) // 10, 5):] or times  # drop warm-up tests
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tests", type=int, default=400)
+    parser.add_argument("--skip-mp", action="store_true", help="skip MultiProcessTestCase (~12 s a test)")
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for ws in (2, 4):
+            medians: dict[str, float] = {}
+            for name in STYLES:
+                n = args.tests
+                if name.startswith(("MultiThreaded", "LocalDTensor")):
+                    n = max(20, args.tests // 10)
+                if name.startswith("MultiProcess"):
+                    if args.skip_mp:
+                        continue
+                    n = 2
+                medians[name] = statistics.median(run_style(name, n, ws, Path(tmp))) * 1e3
+            base = medians["hand-written fake"]
+            base_mesh = medians["hand-written fake + 2-D mesh"]
+            for name, ms in medians.items():
+                ref = base_mesh if "mesh" in name else base
+                rows.append((ws, name, ms, ms / ref))
+    lines = ["| world | harness | ms per test | vs hand-written fake |", "|---|---|---|---|"]
+    for ws, name, ms, ratio in rows:
+        lines.append(f"| {ws} | {name} | {ms:.3f} | {ratio:.2f}x |")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
