@@ -290,3 +290,46 @@ def test_fakepg_backend_outside_a_world_is_refused() -> None:
         dist.init_process_group("fakepg", rank=0, world_size=2, store=dist.HashStore())
     if dist.is_initialized():  # pragma: no cover - torch version dependent
         dist.destroy_process_group()
+
+
+def mesh_view(mesh: DeviceMesh) -> dict[str, Any]:
+    """What a user can observe through a mesh."""
+    dims = range(mesh.ndim)
+    return {
+        "mesh": mesh.mesh.tolist(),
+        "names": mesh.mesh_dim_names,
+        "coordinate": tuple(mesh.get_coordinate()),
+        "local_ranks": [mesh.get_local_rank(d) for d in dims],
+        "group_ranks": [dist.get_process_group_ranks(mesh.get_group(d)) for d in dims],
+        "group_sizes": [mesh.size(d) for d in dims],
+    }
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 2, 2), (3, 1, 2), (6,)])
+def test_mesh_with_only_this_ranks_groups_matches_torchs(shape: tuple[int, ...]) -> None:
+    """NOTE [Only this rank's groups]: what a user sees is torch's mesh."""
+    names = tuple(f"d{i}" for i in range(len(shape)))
+    size = 1
+    for s in shape:
+        size *= s
+    for rank in range(size):
+        with FakeWorld(size, rank=rank) as world:
+            stock = init_device_mesh("cpu", shape, mesh_dim_names=names)
+            stock_view = mesh_view(stock)
+            stock_sub = mesh_view(stock[names[-2:]]) if len(names) > 1 else None
+        with FakeWorld(size, rank=rank, mesh=dict(zip(names, shape))) as world:
+            assert mesh_view(world.mesh) == stock_view
+            if stock_sub is not None:
+                assert mesh_view(world.mesh[names[-2:]]) == stock_sub
+
+
+def test_million_rank_mesh_creates_only_this_ranks_groups() -> None:
+    with FakeWorld(mesh={"pp": 16, "dp": 8192, "tp": 8}, rank=123_457) as world:
+        mesh = world.mesh
+        assert len(dist.distributed_c10d._world.pg_map) == 4  # default + one per dimension
+        assert tuple(mesh.get_coordinate()) == (1, 7240, 1)  # 123457 = 1*65536 + 7240*8 + 1
+        assert dist.get_process_group_ranks(mesh.get_group("tp")) == list(range(123_456, 123_464))
+        assert dist.get_process_group_ranks(mesh.get_group("pp")) == [1 + 7240 * 8 + k * 65536 for k in range(16)]
+        t = torch.ones(2)
+        dist.all_reduce(t, group=mesh.get_group("dp"))
+        assert t.tolist() == [8192.0, 8192.0]
