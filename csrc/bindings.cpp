@@ -94,18 +94,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("call_count", &WorldState::callCount)
       .def("__len__", &WorldState::size)
       .def(
-          "record",
-          [](const WorldState& w, size_t i) {
-            const auto& r = w.record(i);
-            return py::make_tuple(
-                static_cast<int>(r.op),
-                r.group,
-                static_cast<int>(r.reduce_op),
-                fakepg::dtypeObject(r.dtype),
-                r.peer,
-                fakepg::shapesTuple(w.shapesOf(r), r.ntensors),
-                r.bytes,
-                static_cast<bool>(r.failed));
+          "records",
+          [](const WorldState& w, size_t start, size_t stop) {
+            // Many records in one call: (op, group, reduce_op, dtype, peer,
+            // shapes, bytes, failed) each.
+            stop = std::min(stop, w.size());
+            py::list out(stop > start ? stop - start : 0);
+            for (size_t i = start; i < stop; ++i) {
+              const auto& r = w.record(i);
+              out[i - start] = py::make_tuple(
+                  static_cast<int>(r.op),
+                  r.group,
+                  static_cast<int>(r.reduce_op),
+                  fakepg::dtypeObject(r.dtype),
+                  r.peer,
+                  fakepg::shapesTuple(w.shapesOf(r), r.ntensors),
+                  r.bytes,
+                  static_cast<bool>(r.failed));
+            }
+            return out;
           })
       .def(
           "op_codes",

@@ -8,8 +8,7 @@ a ``CollectiveRecord`` object exists only for the records you index or iterate.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 if TYPE_CHECKING:
     import torch
@@ -39,8 +38,7 @@ _OP_CODES = {name: i for i, name in enumerate(OP_NAMES)}
 _NO_REDUCE_OP = 255
 
 
-@dataclass(frozen=True)
-class CollectiveRecord:
+class CollectiveRecord(NamedTuple):
     """One collective as this rank issued it.
 
     ``ranks`` are the global ranks of the group; ``group_rank`` is this rank's
@@ -119,16 +117,21 @@ class CollectiveLog(Sequence[CollectiveRecord]):
     def __getitem__(self, index: int | slice) -> Any:
         n = len(self)
         if isinstance(index, slice):
-            return [self._make(i) for i in range(*index.indices(n))]
+            start, stop, step = index.indices(n)
+            if step == 1:
+                return self._decode(start, stop)
+            return [self._decode(i, i + 1)[0] for i in range(start, stop, step)]
         if index < 0:
             index += n
         if not 0 <= index < n:
             raise IndexError(f"record {index} out of range for a log of {n}")
-        return self._make(index)
+        return self._decode(index, index + 1)[0]
 
     def __iter__(self) -> Iterator[CollectiveRecord]:
-        for i in range(len(self)):
-            yield self._make(i)
+        # In chunks: one C++ call per 4,096 records, and no list of a million.
+        n, chunk = len(self), 4096
+        for start in range(0, n, chunk):
+            yield from self._decode(start, min(start + chunk, n))
 
     def _group(self, index: int) -> tuple[str, int, int, Sequence[int]]:
         group = self._groups.get(index)
@@ -140,22 +143,18 @@ class CollectiveLog(Sequence[CollectiveRecord]):
             self._groups[index] = group
         return group
 
-    def _make(self, i: int) -> CollectiveRecord:
-        op, group, reduce_op, dtype, peer, shapes, nbytes, failed = self._native.record(i)
-        name, grank, gsize, ranks = self._group(group)
-        return CollectiveRecord(
-            op=OP_NAMES[op],
-            group_name=name,
-            group_size=gsize,
-            group_rank=grank,
-            ranks=ranks,
-            shapes=shapes,
-            dtype=dtype,
-            bytes=nbytes,
-            reduce_op=None if reduce_op == _NO_REDUCE_OP else _reduce_op(reduce_op),
-            peer=None if peer < 0 else peer,
-            failed=failed,
-        )
+    def _decode(self, start: int, stop: int) -> list[CollectiveRecord]:
+        make = tuple.__new__
+        group = self._group
+        reduce_ops = _reduce_ops()
+        out = []
+        for op, g, red, dtype, peer, shapes, nbytes, failed in self._native.records(start, stop):
+            name, grank, gsize, ranks = group(g)
+            out.append(make(CollectiveRecord, (
+                OP_NAMES[op], name, gsize, grank, ranks, shapes, dtype, nbytes,
+                reduce_ops[red], None if peer < 0 else peer, failed,
+            )))
+        return out
 
     @property
     def ops(self) -> list[str]:
@@ -191,7 +190,15 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         return f"<CollectiveLog of {len(self)} collectives>"
 
 
-def _reduce_op(code: int) -> Any:
-    import torch.distributed as dist
+_REDUCE_OPS: dict[int, Any] = {}
 
-    return dist.ReduceOp.RedOpType(code)
+
+def _reduce_ops() -> dict[int, Any]:
+    """Record code -> dist.ReduceOp member (None for ops without one)."""
+    if not _REDUCE_OPS:
+        import torch.distributed as dist
+
+        _REDUCE_OPS[_NO_REDUCE_OP] = None
+        for member in dist.ReduceOp.RedOpType.__members__.values():
+            _REDUCE_OPS[int(member)] = member
+    return _REDUCE_OPS
