@@ -118,8 +118,7 @@ STYLES = {
 
 
 def run_style(name: str, n: int, ws: int, workdir: Path) -> list[float]:
-    case = workdir / f"case_{abs(hash((name, ws)))}"
-    case.mkdir()
+    case = Path(tempfile.mkdtemp(dir=workdir))
     (case / "bench_timer.py").write_text(TIMER_PLUGIN)
     (case / "test_bench.py").write_text(STYLES[name](n, ws))
     out = case / "times.json"
@@ -131,6 +130,66 @@ def run_style(name: str, n: int, ws: int, workdir: Path) -> list[float]:
         raise RuntimeError(f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     times = json.loads(out.read_text())
     return times[min(len(times) // 10, 5):] or times  # drop warm-up tests
+
+
+def sweep(workdir: Path, ranks: int = 1024, collect: int = 10_000) -> dict[str, float]:
+    """rank="all" over one world: per-case cost against a single marked test
+    run in the same command, and the time to collect `collect` cases."""
+    import time
+
+    single = statistics.median(run_style("fake_world marker", 300, 4, workdir))
+    case = workdir / "sweep"
+    case.mkdir()
+    (case / "bench_timer.py").write_text(TIMER_PLUGIN)
+    (case / "test_sweep.py").write_text(HEADER + textwrap.dedent(f"""
+        @pytest.mark.fake_world({ranks}, rank="all")
+        def test_sweep(rank):
+            assert dist.get_rank() == rank
+        """))
+    (case / "test_collect.py").write_text(HEADER + textwrap.dedent(f"""
+        @pytest.mark.fake_world({collect}, rank="all")
+        def test_collect(rank):
+            pass
+        """))
+    env = {**os.environ, "BENCH_OUT": str(case / "times.json"), "PYTHONPATH": str(case)}
+    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", "-W", "ignore"]
+    subprocess.run([*base, "-p", "bench_timer", "test_sweep.py"], cwd=case, env=env, check=True,
+                   capture_output=True)
+    per_case = statistics.median(json.loads((case / "times.json").read_text()))
+    start = time.perf_counter()
+    subprocess.run([*base, "--collect-only", "test_collect.py"], cwd=case, env=env, check=True,
+                   capture_output=True)
+    collect_s = time.perf_counter() - start
+    return {"single_ms": single * 1e3, "per_case_ms": per_case * 1e3, "collect_s": collect_s,
+            "ranks": ranks, "collect": collect}
+
+
+def plugin_cost(tests: int = 3000, rounds: int = 3) -> str:
+    """A suite of plain tests with the plugin installed and with -p no:fakepg,
+    alternating runs: per-test median and the whole run's wall time."""
+    import tempfile
+    import time
+
+    results: dict[str, list[tuple[float, float]]] = {"plugin loaded": [], "-p no:fakepg": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        case = Path(tmp)
+        (case / "bench_timer.py").write_text(TIMER_PLUGIN)
+        (case / "test_plain.py").write_text("".join(f"def test_{i}():\n    assert 1\n" for i in range(tests)))
+        env = {**os.environ, "BENCH_OUT": str(case / "times.json"), "PYTHONPATH": str(case)}
+        for _ in range(rounds):
+            for name, extra in (("plugin loaded", []), ("-p no:fakepg", ["-p", "no:fakepg"])):
+                start = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "bench_timer", "-p", "no:randomly",
+                                "-p", "no:cacheprovider", *extra, "test_plain.py"],
+                               cwd=case, env=env, check=True, capture_output=True)
+                wall = time.perf_counter() - start
+                med = statistics.median(json.loads((case / "times.json").read_text()))
+                results[name].append((med * 1e6, wall))
+    lines = [f"| {tests:,} plain tests | µs per test (median of {rounds} runs) | run wall time (s) |", "|---|---|---|"]
+    for name, runs in results.items():
+        lines.append(f"| {name} | {statistics.median(r[0] for r in runs):.0f} | "
+                     f"{statistics.median(r[1] for r in runs):.2f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -156,9 +215,17 @@ def main(argv: list[str] | None = None) -> str:
             for name, ms in medians.items():
                 ref = base_mesh if "mesh" in name else base
                 rows.append((ws, name, ms, ms / ref))
+        sw = sweep(Path(tmp))
     lines = ["| world | harness | ms per test | vs hand-written fake |", "|---|---|---|---|"]
     for ws, name, ms, ratio in rows:
         lines.append(f"| {ws} | {name} | {ms:.3f} | {ratio:.2f}x |")
+    lines += [
+        "",
+        f"Sweep: rank=\"all\" over a world of {sw['ranks']:,}: {sw['per_case_ms']:.3f} ms per case against "
+        f"{sw['single_ms']:.3f} ms for a single marked test in the same command "
+        f"({sw['per_case_ms'] / sw['single_ms']:.2f}x); collecting {sw['collect']:,} generated cases "
+        f"(pytest --collect-only, start-up included): {sw['collect_s']:.1f} s.",
+    ]
     text = "\n".join(lines)
     print(text)
     return text

@@ -12,6 +12,8 @@ Set ``PYTEST_FAKEPG_CACHE`` to choose the cache directory (default:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import os
@@ -19,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 BACKEND_NAME = "fakepg"
 CACHE_ENV = "PYTEST_FAKEPG_CACHE"
@@ -121,13 +123,30 @@ def _find_compiler() -> str | None:
     return shutil.which(cxx)
 
 
+@contextlib.contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """One builder per cache entry across processes (pytest-xdist workers,
+    parallel CI jobs): the others wait, then find the finished build."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f"{directory.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _remove_outputs(directory: Path) -> None:
+    """Forget an unfinished or corrupted build. ninja would otherwise trust
+    outputs newer than their sources and link or load them again."""
+    for path in directory.glob("*"):
+        if path.suffix in (".so", ".o", ".ninja") or path.name in (_DONE_MARKER, ".ninja_log", ".ninja_deps"):
+            path.unlink(missing_ok=True)
+
+
 def build(*, verbose: bool = False, quiet: bool = False) -> Path:
     """Compile the extension into the cache (if it is not there) and return
-    its directory. Safe to call from several processes at once: torch's build
-    lock serialises them and the loser finds the finished build."""
-    import torch  # noqa: F401  (the build needs torch's headers)
-    from torch.utils import cpp_extension
-
+    its directory. Safe to call from several processes at once."""
     directory = build_dir()
     if _cache_is_valid(directory):
         return directory
@@ -139,19 +158,27 @@ def build(*, verbose: bool = False, quiet: bool = False) -> Path:
             "torch's stock backend: pass backend='fake' (or run pytest with "
             "--fake-world-backend=fake)."
         )
+    with _build_lock(directory):
+        if not _cache_is_valid(directory):  # another process may have built it meanwhile
+            _compile(directory, verbose=verbose, quiet=quiet)
+    return directory
+
+
+def _compile(directory: Path, *, verbose: bool, quiet: bool) -> None:
+    import torch
+    from torch.utils import cpp_extension
+
     directory.mkdir(parents=True, exist_ok=True)
+    _remove_outputs(directory)
     if not quiet:
         print(
             f"pytest-fakepg: compiling the fakepg c10d backend for torch "
-            f"{torch.__version__} (first use with this torch; about a minute "
+            f"{torch.__version__} (first use with this torch; about 30 s "
             f"on 2 cores) into {directory}",
             file=sys.stderr,
             flush=True,
         )
     src = _sources_dir()
-    # The marker goes last, after the library is complete. A stale marker
-    # from an interrupted build would not match the new library's digest.
-    (directory / _DONE_MARKER).unlink(missing_ok=True)
     try:
         cpp_extension.load(
             name=_module_name(directory),
@@ -168,11 +195,12 @@ def build(*, verbose: bool = False, quiet: bool = False) -> Path:
             f"pytest-fakepg could not build its fakepg backend for torch "
             f"{torch.__version__} in {directory}: {exc}"
         ) from exc
+    # The marker goes last, after the library is complete, and names its size
+    # and digest: see _cache_is_valid.
     so = _so_path(directory)
     tmp = directory / f"{_DONE_MARKER}.{os.getpid()}"
     tmp.write_text(f"{so.stat().st_size} {_file_digest(so)}\n")
     os.replace(tmp, directory / _DONE_MARKER)
-    return directory
 
 
 def load() -> ModuleType:

@@ -242,6 +242,14 @@ def _bring_up(item: pytest.Item, case: _Case) -> FakeWorld:
         pytest.fail(case.error, pytrace=False)
     spec = case.spec
     assert spec is not None
+    try:
+        import torch.distributed  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(
+            f"pytest-fakepg's fake worlds need torch, which could not be imported ({exc}); "
+            "install it, e.g. pip install torch",
+            pytrace=False,
+        )
     from .world import FakeWorld
 
     world = FakeWorld.from_spec(spec)

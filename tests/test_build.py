@@ -111,3 +111,27 @@ def test_prebuild_command_reports_the_cache() -> None:
     assert result.stdout.startswith(f"fakepg backend ready in {_backend.build_dir()} (")
     where = subprocess.run([sys.executable, "-m", "pytest_fakepg", "where"], capture_output=True, text=True)
     assert where.stdout.strip() == str(_backend.build_dir())
+
+
+def test_concurrent_cold_builds_share_one_cache_and_corruption_is_rebuilt(tmp_path: Path) -> None:
+    """Two processes building at once (xdist workers, parallel CI jobs) both
+    succeed with one build; a corrupted library is then rebuilt, not loaded."""
+    env = {**os.environ, _backend.CACHE_ENV: str(tmp_path)}
+    cmd = [sys.executable, "-m", "pytest_fakepg", "build"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    compiled = [err.count("pytest-fakepg: compiling the fakepg c10d backend") for _, err in outputs]
+    assert sorted(compiled) == [0, 1]  # one built, the other waited and loaded it
+    parent = tmp_path / f"torch-{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
+    (entry,) = [p for p in parent.iterdir() if p.is_dir()]  # one build; its lock file sits beside it
+    so = next(entry.glob("*.so"))
+    so.write_bytes(so.read_bytes()[:4096])  # a half-written library
+
+    result = subprocess.run(
+        [sys.executable, "-c", "from pytest_fakepg import FakeWorld\nwith FakeWorld(2) as w: print(w.collectives)"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "compiling the fakepg c10d backend" in result.stderr
+    assert result.stdout.strip() == "<CollectiveLog of 0 collectives>"

@@ -176,55 +176,6 @@ def test_at_wait():
     result.assert_outcomes(passed=2)
 
 
-INVALID = [
-    ("0", "world_size must be an int >= 1, got 0"),
-    ("'4'", "world_size must be an int >= 1, got '4' (str)"),
-    ("[2, 0]", "world_size must be an int >= 1, got 0"),
-    ("4, rank=4", "rank must be in [[]0, 3[]] * got 4"),
-    ("4, rank='some'", "rank must be an int, a list of ints or 'all', got 'some'"),
-    ("4, mesh=(3, 2)", "mesh (3, 2) has 6 ranks but world_size is 4*"),
-    ("4, mesh=(('dp', 2), ('dp', 2))", "*'dp' appears more than once*"),
-    ("2, fail='all_reduse'", "*unknown collective 'all_reduse' in fail (did you mean 'all_reduce'?)*"),
-    ("2, fail={'barrier': 0}", "*call number for 'barrier' must be an int >= 1*"),
-    ("2, values='random'", "*values must be one of 'uniform', 'copy', got 'random'"),
-    ("2, fail_at='later'", "*fail_at must be one of 'issue', 'wait', got 'later'"),
-    ("2, rnak=1", "*got an unexpected keyword argument 'rnak' (allowed: world_size, rank, mesh*"),
-    ("2, backend='fake', values='uniform'", "*values='uniform' needs the fakepg backend*"),
-    ("2, backend='fake', fail='barrier'", "*fail='barrier' needs the fakepg backend*"),
-    ("2, device='gpu'", "*device must be a torch device type*got 'gpu'"),
-]
-
-
-def test_invalid_marker_arguments_error_that_test_only(pytester: pytest.Pytester) -> None:
-    source = "".join(
-        f"\n@pytest.mark.fake_world({args})\ndef test_bad_{i}():\n    raise AssertionError('body ran')\n"
-        for i, (args, _) in enumerate(INVALID)
-    )
-    source += "\n@pytest.mark.fake_world(2)\ndef test_good():\n    assert dist.get_world_size() == 2\n"
-    result = run(pytester, source)
-    result.assert_outcomes(passed=1, errors=len(INVALID))
-    for i, (_, message) in enumerate(INVALID):
-        result.stdout.fnmatch_lines(
-            [f"test_it.py::test_bad_{i}: invalid @pytest.mark.fake_world(...): {message.lstrip('*')}"
-             if not message.startswith("*") else f"*test_bad_{i}: invalid @pytest.mark.fake_world(...): {message}"]
-        )
-    assert "body ran" not in result.stdout.str()
-
-
-def test_cuda_world_skips_without_gpu(pytester: pytest.Pytester) -> None:
-    result = run(pytester, """
-@pytest.mark.fake_world(8, device="cuda")
-def test_gpu():
-    raise AssertionError("body ran")
-""", "-rs")
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*fake_world(device='cuda') needs a cuda device; none is available*"])
-
-
 def test_teardown_after_failing_and_erroring_tests(pytester: pytest.Pytester) -> None:
     result = run(pytester, """
 @pytest.fixture
@@ -279,20 +230,6 @@ def test_explicit_uniform_refused():
 """, "--fake-world-backend=fake")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*values='uniform' needs the fakepg backend*"])
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--fake-world-backend=gloo"], "*--fake-world-backend must be one of fakepg, fake; got 'gloo'*"),
-        (["--fake-world-ranks=some"], "*--fake-world-ranks must be 'all' (or unset); got 'some'*"),
-        (["-o", "fake_world_size=zero"], "*fake_world_size must be an int >= 1; got 'zero'*"),
-    ],
-)
-def test_bad_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
-    result = run(pytester, "def test_x(): pass\n", *args)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([message])
 
 
 def test_ranks_option_sweeps_every_marked_test(pytester: pytest.Pytester) -> None:

@@ -1,0 +1,165 @@
+"""The bad-input catalogue: every invalid marker argument, option value and
+misuse, with the exact message a user sees. Each row is checked here, in a
+pytest subprocess, and must appear verbatim in the README's table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+class Row(NamedTuple):
+    what: str
+    written: str  # the marker's arguments, the command-line options, or the misuse
+    message: str
+
+
+# Marker arguments: the test errors before its body runs, with
+# "<test id>: invalid @pytest.mark.fake_world(...): <message>".
+MARKER = [
+    Row("world size of 0", "fake_world(0)", "world_size must be an int >= 1, got 0"),
+    Row("world size not an int", "fake_world('4')", "world_size must be an int >= 1, got '4' (str)"),
+    Row("world size in a list", "fake_world([2, 0])", "world_size must be an int >= 1, got 0"),
+    Row("rank outside the world", "fake_world(4, rank=4)",
+        "rank must be in [0, 3] (or a negative index from -4) for world_size=4, got 4"),
+    Row("rank not an int or 'all'", "fake_world(4, rank='some')",
+        "rank must be an int, a list of ints or 'all', got 'some'"),
+    Row("mesh that does not match", "fake_world(4, mesh=(3, 2))",
+        "mesh (3, 2) has 6 ranks but world_size is 4; the product of the mesh sizes must equal world_size"),
+    Row("mesh -1 that cannot be inferred", "fake_world(4, mesh=(3, -1))",
+        "mesh (3, -1) cannot cover world_size=4: 4 is not divisible by 3"),
+    Row("duplicate dimension names", "fake_world(4, mesh=(('dp', 2), ('dp', 2)))",
+        "mesh dimension names must be unique; 'dp' appears more than once in mesh=(('dp', 2), ('dp', 2))"),
+    Row("mesh of the wrong type", "fake_world(4, mesh=[2, 2])",
+        "mesh must be a dict of dimension name to size like {'dp': 2, 'tp': 4}, a tuple of sizes like (2, 4), "
+        "or a tuple of (name, size) pairs; got 2"),
+    Row("unknown op in fail (a typo)", "fake_world(2, fail='all_reduse')",
+        "unknown collective 'all_reduse' in fail (did you mean 'all_reduce'?); allowed: '*' or one of "
+        "all_reduce, all_reduce_coalesced, all_gather, all_gather_into_tensor, all_gather_coalesced, "
+        "all_gather_into_tensor_coalesced, reduce_scatter, reduce_scatter_tensor, "
+        "reduce_scatter_tensor_coalesced, all_to_all, all_to_all_single, broadcast, reduce, gather, "
+        "scatter, send, recv, barrier"),
+    Row("call number below 1", "fake_world(2, fail={'barrier': 0})",
+        "the call number for 'barrier' must be an int >= 1 (calls count from 1), got 0"),
+    Row("unknown values", "fake_world(2, values='random')", "values must be one of 'uniform', 'copy', got 'random'"),
+    Row("unknown fail_at", "fake_world(2, fail_at='later')", "fail_at must be one of 'issue', 'wait', got 'later'"),
+    Row("unknown device type", "fake_world(2, device='gpu')",
+        "device must be a torch device type, one of 'cpu', 'cuda', 'xpu', 'mps', 'hpu', 'mtia', 'meta'; got 'gpu'"),
+    Row("unknown keyword", "fake_world(2, rnak=1)",
+        "got an unexpected keyword argument 'rnak' (allowed: world_size, rank, mesh, device, values, fail, "
+        "fail_at, backend, record)"),
+    Row("stock backend asked for uniform values", "fake_world(2, backend='fake', values='uniform')",
+        "values='uniform' needs the fakepg backend; torch's stock backend (backend='fake') only has values='copy'"),
+    Row("stock backend asked for a per-op fault", "fake_world(2, backend='fake', fail={'barrier': 2})",
+        "fail={'barrier': 2} needs the fakepg backend; torch's stock backend (backend='fake') can only fail "
+        "every collective when issued (fail=True, fail_at='issue')"),
+    Row("stock backend asked to record", "fake_world(2, backend='fake', record=True)",
+        "record=True needs the fakepg backend; torch's stock backend (backend='fake') records nothing"),
+]
+
+# Option values: pytest stops with a usage error (exit code 4).
+OPTIONS = [
+    Row("unknown backend option", "--fake-world-backend=gloo", "--fake-world-backend must be one of fakepg, fake; got 'gloo'"),
+    Row("unknown ranks option", "--fake-world-ranks=some", "--fake-world-ranks must be 'all' (or unset); got 'some'"),
+    Row("bad ini world size", "-o fake_world_size=zero", "fake_world_size must be an int >= 1; got 'zero'"),
+]
+
+# Misuse: (row, test source, extra options, expected outcome).
+MISUSE = [
+    (Row("cuda world without a GPU", "fake_world(8, device='cuda') on a machine without one",
+         "fake_world(device='cuda') needs a cuda device; none is available"),
+     "@pytest.mark.fake_world(8, device='cuda')\ndef test_it():\n    pass\n", ["-rs"], {"skipped": 1}),
+    (Row("marker sweep on a unittest.TestCase", "fake_world([2, 4]) on a TestCase method",
+         "invalid @pytest.mark.fake_world(...): this test cannot be parametrized by the marker (it is a "
+         "unittest.TestCase method or parametrizes world_size/rank itself): give one world size, one rank "
+         "and one mesh"),
+     "import unittest\nclass T(unittest.TestCase):\n    @pytest.mark.fake_world([2, 4])\n"
+     "    def test_it(self):\n        pass\n", [], {"errors": 1}),
+    (Row("a process group left behind", "a test calls init_process_group and never destroys it",
+         "test_it.py::test_it left a default process group behind (backend 'fake', world size 2); "
+         "pytest-fakepg destroyed it. Call torch.distributed.destroy_process_group() in the test, or use the "
+         "fake_world marker or FakeWorld, which clean up for you."),
+     "import torch.distributed as dist, torch.testing._internal.distributed.fake_pg\ndef test_it():\n"
+     "    dist.init_process_group('fake', rank=0, world_size=2, store=dist.HashStore())\n", [],
+     {"passed": 1, "warnings": 1}),
+    (Row("reading the log of a stock-backend world", "collectives fixture with --fake-world-backend=fake",
+         "this fake world records no collectives: it runs on torch's stock backend (backend='fake'), which "
+         "records nothing; use backend='fakepg'"),
+     "def test_it(collectives):\n    collectives.count()\n", ["--fake-world-backend=fake"], {"failed": 1}),
+    (Row("a world inside a world", "FakeWorld(...).start() while a default group exists",
+         "cannot start a FakeWorld while a default process group exists (backend 'fakepg', world size 2); "
+         "call torch.distributed.destroy_process_group() first"),
+     "from pytest_fakepg import FakeWorld\n@pytest.mark.fake_world(2)\ndef test_it():\n"
+     "    FakeWorld(4).start()\n", [], {"failed": 1}),
+    (Row("the fakepg backend without a world", "init_process_group('fakepg', ...) by hand",
+         "the fakepg backend makes groups only inside a fake world: use `with pytest_fakepg.FakeWorld(...)` or "
+         "the @pytest.mark.fake_world marker instead of calling init_process_group('fakepg') yourself"),
+     "import torch.distributed as dist\nfrom pytest_fakepg import _backend\ndef test_it():\n"
+     "    _backend.register()\n    dist.init_process_group('fakepg', rank=0, world_size=2, store=dist.HashStore())\n",
+     [], {"failed": 1}),
+    (Row("a fixture where torch is not installed", "rank fixture, torch missing",
+         "pytest-fakepg's fake worlds need torch, which could not be imported (No module named 'torch'); "
+         "install it, e.g. pip install torch"),
+     "def test_it(rank):\n    pass\n", [], {"errors": 1}),
+]
+
+
+def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+    pytester.makepyfile(test_it="import pytest\n" + source)
+    return pytester.runpytest_subprocess("-p", "no:randomly", "-W", "ignore::FutureWarning", *args)
+
+
+def test_invalid_marker_arguments_error_their_test_only(pytester: pytest.Pytester) -> None:
+    source = "".join(
+        f"\n@pytest.mark.{row.written}\ndef test_bad_{i}():\n    raise AssertionError('body ran')\n"
+        for i, row in enumerate(MARKER)
+    )
+    source += "\n@pytest.mark.fake_world(2)\ndef test_good():\n    pass\n"
+    result = run(pytester, source)
+    result.assert_outcomes(passed=1, errors=len(MARKER))
+    out = result.stdout.str()
+    for i, row in enumerate(MARKER):
+        assert f"test_it.py::test_bad_{i}: invalid @pytest.mark.fake_world(...): {row.message}\n" in out, row.what
+    assert "body ran" not in out
+
+
+@pytest.mark.parametrize("row", OPTIONS, ids=[r.what for r in OPTIONS])
+def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester, row: Row) -> None:
+    result = run(pytester, "def test_it():\n    pass\n", *row.written.split())
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"ERROR: {row.message}" in result.stderr.str()
+
+
+@pytest.mark.parametrize(("row", "source", "args", "outcomes"), MISUSE, ids=[m[0].what for m in MISUSE])
+def test_misuse(pytester: pytest.Pytester, row: Row, source: str, args: list[str], outcomes: dict[str, int]) -> None:
+    if "cuda" in row.what:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    if "torch is not installed" in row.what:
+        # Shadow torch in the test's directory (which pytest puts first on sys.path).
+        pytester.mkpydir("torch").joinpath("__init__.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
+    result = run(pytester, source, *args)
+    result.assert_outcomes(**outcomes)
+    assert row.message in result.stdout.str().replace("\n", " ") or row.message in result.stdout.str()
+
+
+def readme_rows() -> set[str]:
+    return {line.strip() for line in README.read_text().splitlines() if line.startswith("| ")}
+
+
+@pytest.mark.parametrize("row", MARKER + OPTIONS + [m[0] for m in MISUSE], ids=lambda r: r.what)
+def test_catalogue_row_is_in_the_readme(row: Row) -> None:
+    assert f"| {row.what} | `{row.written}` | {row.message} |" in readme_rows()
+
+
+def test_readme_has_no_rows_the_catalogue_lacks() -> None:
+    section = README.read_text().split("## Bad input", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if re.match(r"\| (?!what|---)", line)]
+    assert len(rows) == len(MARKER) + len(OPTIONS) + len(MISUSE)
