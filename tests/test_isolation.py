@@ -1,0 +1,138 @@
+"""Foreign state and the tools people run: whatever a test does to torch's
+distributed state or the environment, the next test gets a clean world; and
+the plugin works under pytest-xdist, pytest-randomly and pytest-timeout."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+HEADER = """
+import os, time, pytest, torch, torch.distributed as dist
+import torch.testing._internal.distributed.fake_pg  # registers "fake" for tests that build their own group
+from torch.distributed.device_mesh import init_device_mesh, _mesh_resources
+
+def assert_pristine():
+    assert not dist.is_initialized()
+    assert not dist.distributed_c10d._world.pg_map
+    assert not _mesh_resources.mesh_stack
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR"):
+        assert name not in os.environ, name
+"""
+
+
+def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+    pytester.makepyfile(test_it=HEADER + source)
+    return pytester.runpytest_subprocess("-W", "ignore::FutureWarning", *args)
+
+
+def test_environment_set_by_a_test_is_restored(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.mark.fake_world(4, rank=2)
+def test_a_sets_env():
+    os.environ.update(RANK="2", WORLD_SIZE="4", MASTER_ADDR="10.0.0.1")
+
+def test_b_clean():
+    assert_pristine()
+""", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+
+
+def test_own_group_and_mesh_without_marker_are_cleaned_up(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+def test_a_builds_its_own():
+    dist.init_process_group("fake", rank=1, world_size=4, store=dist.HashStore())
+    init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+
+@pytest.mark.fake_world(mesh={"x": 3})
+def test_b_gets_its_world():
+    assert dist.get_world_size() == 3 and dist.get_backend() == "fakepg"
+
+def test_c_clean():
+    assert_pristine()
+""", "-p", "no:randomly")
+    result.assert_outcomes(passed=3, warnings=1)
+    result.stdout.fnmatch_lines(["*test_a_builds_its_own left a default process group behind (backend 'fake', world size 4)*"])
+
+
+def test_destroying_the_world_inside_the_test_is_fine(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.mark.fake_world(2, mesh=(2,))
+def test_a_destroys():
+    dist.destroy_process_group()
+
+@pytest.mark.fake_world(2)
+def test_b_fresh_world():
+    assert dist.get_world_size() == 2
+
+def test_c_clean():
+    assert_pristine()
+""", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+
+
+def test_a_mesh_kept_from_an_earlier_world_fails_loudly(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.fixture(scope="module")
+def kept():
+    return {}
+
+@pytest.mark.fake_world(mesh={"dp": 2, "tp": 2})
+def test_a_keeps_mesh(kept, device_mesh):
+    kept["mesh"] = device_mesh
+
+@pytest.mark.fake_world(mesh={"dp": 2, "tp": 2})
+def test_b_uses_stale_mesh(kept):
+    with pytest.raises(RuntimeError, match="Could not resolve the process group registered under the name"):
+        dist.all_reduce(torch.ones(1), group=kept["mesh"].get_group("tp"))
+""", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+
+
+def test_timeout_still_tears_the_world_down(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.mark.timeout(1, method="signal")
+@pytest.mark.fake_world(4, mesh={"dp": 2, "tp": 2})
+def test_a_hangs():
+    time.sleep(30)
+
+def test_b_clean():
+    assert_pristine()
+""", "-p", "no:randomly")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*Timeout*"])
+
+
+def test_xdist_loadgroup(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+@pytest.mark.xdist_group("a")
+@pytest.mark.fake_world([2, 4], rank="all")
+def test_sweep(rank, world_size):
+    assert (dist.get_rank(), dist.get_world_size()) == (rank, world_size)
+
+@pytest.mark.xdist_group("b")
+@pytest.mark.fake_world(mesh={"dp": 2, "tp": 2}, fail={"all_reduce": 1})
+def test_fault(device_mesh):
+    with pytest.raises(dist.DistBackendError):
+        dist.all_reduce(torch.ones(1), group=device_mesh.get_group("tp"))
+
+def test_clean():
+    assert_pristine()
+""", "-n", "2", "--dist", "loadgroup", "-p", "no:randomly")
+    result.assert_outcomes(passed=8)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_order(pytester: pytest.Pytester, seed: int) -> None:
+    source = "".join(f"""
+@pytest.mark.fake_world({2 + i % 3}, rank=-1, mesh={"None" if i % 2 else "(-1,)"})
+def test_marked_{i}(rank, world_size):
+    assert dist.get_rank() == rank == world_size - 1
+
+def test_plain_{i}():
+    assert_pristine()
+""" for i in range(10))
+    result = run(pytester, source, "-p", "randomly", f"-p", "no:cacheprovider", f"--randomly-seed={seed}")
+    result.assert_outcomes(passed=20)
+    result.stdout.fnmatch_lines([f"Using --randomly-seed={seed}"])
