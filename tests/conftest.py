@@ -57,3 +57,12 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_fakepg import _backend
 
     os.environ.setdefault(_backend.CACHE_ENV, str(_backend.build_dir().parent.parent))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak-tests",
+        type=int,
+        default=300,
+        help="tests in the generated soak suite (CI: 300; the full soak: 10000)",
+    )
