@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
 import warnings
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import pytest
 
 from . import spec as _spec
+from .world import clean_up_foreign_state, device_available
 
 if TYPE_CHECKING:
     from .world import FakeWorld
@@ -178,7 +178,7 @@ def _drives(metafunc: pytest.Metafunc) -> set[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker(MARKER)
     if marker is None or _drives(metafunc):
-        return  # worlds built at setup: see _case_at_setup
+        return  # worlds built at setup: see _single_case
     settings = metafunc.config.stash[_SETTINGS]
     try:
         specs = _spec.expand(
@@ -207,10 +207,11 @@ def pytest_fake_world_make_id(spec: _spec.WorldSpec) -> str:
     return _spec.case_id(spec)
 
 
-def _case_at_setup(item: pytest.Item, marker: pytest.Mark | None) -> _Case:
-    """The world of a test that pytest did not parametrize through us:
-    unittest.TestCase methods, tests whose own parametrize gives world_size
-    or rank, and unmarked tests that ask for a fake-world fixture."""
+def _single_case(item: pytest.Item, marker: pytest.Mark | None) -> _Case:
+    """The one world of a test the marker does not parametrize:
+    unittest.TestCase methods and tests whose own parametrize gives
+    world_size or rank (at collection), and unmarked tests that ask for a
+    fake-world fixture (at setup)."""
     settings = item.config.stash[_SETTINGS]
     params = getattr(getattr(item, "callspec", None), "params", {})
     try:
@@ -218,7 +219,12 @@ def _case_at_setup(item: pytest.Item, marker: pytest.Mark | None) -> _Case:
         for name in ("world_size", "rank"):
             if name in params:
                 args[name] = params[name]
-        if isinstance(args["world_size"], list) or isinstance(args["rank"], (list, str)) or isinstance(args["mesh"], list):
+        sweeps = (
+            isinstance(args["world_size"], list)
+            or isinstance(args["rank"], (list, str))
+            or isinstance(args["mesh"], list)
+        )
+        if sweeps:
             raise ValueError(
                 "this test cannot be parametrized by the marker (it is a "
                 "unittest.TestCase method or parametrizes world_size/rank "
@@ -252,15 +258,9 @@ def _bring_up(item: pytest.Item, case: _Case) -> FakeWorld:
         )
     from .world import FakeWorld
 
-    world = FakeWorld.from_spec(spec)
-    if spec.device != "cpu":
-        try:
-            from .world import _check_device_available
-
-            _check_device_available(spec.device)
-        except RuntimeError:
-            pytest.skip(f"fake_world(device={spec.device!r}) needs a {spec.device} device; none is available")
-    world.start()
+    if not device_available(spec.device):
+        pytest.skip(f"fake_world(device={spec.device!r}) needs a {spec.device} device; none is available")
+    world = FakeWorld.from_spec(spec).start()
     item.stash[_WORLD] = world
     try:
         item.config.hook.pytest_fake_world_setup(world=world, item=item)
@@ -290,21 +290,14 @@ def _take_down(item: pytest.Item, world: FakeWorld) -> None:
 
 def _check_leaks(item: pytest.Item) -> None:
     """A process group the test made and left behind would break every test
-    after it: destroy it and say so."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
+    after it: it is destroyed, and reported."""
+    found = clean_up_foreign_state()
+    if found is None:
         return
-    backend = dist.get_backend()
-    size = dist.get_world_size()
-    dist.destroy_process_group()
-    from .world import _clear_torch_caches
-
-    _clear_torch_caches()
     message = (
-        f"{item.nodeid} left a default process group behind (backend {backend!r}, "
-        f"world size {size}); pytest-fakepg destroyed it. Call "
-        "torch.distributed.destroy_process_group() in the test, or use the "
-        f"{MARKER} marker or FakeWorld, which clean up for you."
+        f"{item.nodeid} left a default process group behind ({found}); "
+        "pytest-fakepg destroyed it. Call torch.distributed.destroy_process_group() "
+        f"in the test, or use the {MARKER} marker or FakeWorld, which clean up for you."
     )
     if item.config.stash[_SETTINGS].strict:
         pytest.fail(message, pytrace=False)
@@ -318,7 +311,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         params = getattr(getattr(item, "callspec", None), "params", {})
         case = params.get(_CASE_PARAM)
         if case is None and item.get_closest_marker(MARKER) is not None:
-            case = _case_at_setup(item, item.get_closest_marker(MARKER))
+            case = _single_case(item, item.get_closest_marker(MARKER))
         if case is not None:
             item.stash[_CASE] = case
 
@@ -357,7 +350,7 @@ def fake_world(request: pytest.FixtureRequest) -> FakeWorld:
     world = item.stash.get(_WORLD, None)
     if world is None:
         # Goes down in pytest_runtest_teardown, after every fixture.
-        world = _bring_up(item, _case_at_setup(item, None))
+        world = _bring_up(item, _single_case(item, None))
     return world
 
 

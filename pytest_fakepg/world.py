@@ -232,8 +232,10 @@ class FakeWorld:
         if _backend._active is not None:
             raise RuntimeError("another FakeWorld is already up in this process")
         spec = self.spec
-        if spec.device != "cpu":
-            _check_device_available(spec.device)
+        if not device_available(spec.device):
+            raise RuntimeError(
+                f"device={spec.device!r} was asked for but no {spec.device} device is available"
+            )
         if spec.backend == "fakepg":
             _backend.register()  # before any state changes: a build error leaves nothing
         self._env = _snapshot_env()
@@ -360,13 +362,29 @@ def _init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...
         mesh_cls._init_one_process_group = original
 
 
-def _check_device_available(device: str) -> None:
+def device_available(device: str) -> bool:
+    """Whether this process can use devices of type ``device`` ("cpu" always)."""
+    if device == "cpu":
+        return True
     import torch
 
-    module = getattr(torch, device, None)
-    available = getattr(module, "is_available", None)
-    if available is None or not available():
-        raise RuntimeError(f"device={device!r} was asked for but no {device} device is available")
+    available = getattr(getattr(torch, device, None), "is_available", None)
+    return bool(available is not None and available())
+
+
+def clean_up_foreign_state() -> str | None:
+    """Destroy a default process group that no FakeWorld owns (one a test
+    made and left behind), with torch's caches; describe what was found.
+    Costs nothing in a process that never imported torch.distributed."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    if _backend._active is not None:
+        return None  # a FakeWorld is up: it owns the group
+    found = f"backend {dist.get_backend()!r}, world size {dist.get_world_size()}"
+    dist.destroy_process_group()
+    _clear_torch_caches()
+    return found
 
 
 def _environ_data() -> dict[Any, Any]:
