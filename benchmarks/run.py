@@ -32,7 +32,8 @@ def main() -> None:
     print(f"Measured {datetime.date.today()} on {platform.machine()} with {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, torch {torch.__version__}.\n")
     print("### Per test (setup + call + teardown, median)\n")
-    bench_pytest.main(["--tests", "150" if args.quick else "400"] + (["--skip-mp"] if args.quick else []))
+    bench_pytest.main(["--tests", "150" if args.quick else "300", "--rounds", "1" if args.quick else "3"]
+                      + (["--skip-mp"] if args.quick else []))
     print("\n### Per collective (median µs per call, world of 4, 64 floats)\n")
     bench_collectives.main(["--rounds", "5" if args.quick else "15"])
     print("\n### Plugin cost on a run with no fake worlds\n")

@@ -345,14 +345,12 @@ def _init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...
 
         if backend_override != (None, None):
             return original.__func__(sub_layout, rank_map, dim_name, backend_override)
-        groups = layout_cls([sub_layout]).remap_to_tensor(rank_map)
-        default = dist.distributed_c10d._get_default_group()
-        if groups.size(-1) == dist.get_world_size():
-            return default.group_name  # as torch does for a non-gloo default group
-        row = (groups == dist.get_rank()).any(dim=-1).nonzero()
-        if row.numel() == 0:
+        ranks = _ranks_of_this_rank(layout_cls, sub_layout, rank_map, dist.get_rank(), dist.get_world_size())
+        if ranks is None:
             return None
-        ranks = groups[int(row[0, 0])].tolist()
+        if len(ranks) == dist.get_world_size():
+            # as torch does for a default group that is not gloo
+            return dist.distributed_c10d._get_default_group().group_name
         return dist.new_group(ranks=ranks, group_desc=f"mesh_{dim_name}").group_name
 
     mesh_cls._init_one_process_group = staticmethod(this_ranks_group)
@@ -360,6 +358,31 @@ def _init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...
         return dm.init_device_mesh(device, shape, mesh_dim_names=names)
     finally:
         mesh_cls._init_one_process_group = original
+
+
+def _ranks_of_this_rank(
+    layout_cls: Any, sub_layout: Any, rank_map: Any, rank: int, world_size: int
+) -> list[int] | None:
+    """The ranks of the group of mesh dimension `sub_layout` that holds `rank`,
+    or None. init_device_mesh's rank map is 0..n-1 and a plain dimension is
+    one (size, stride) pair: then the group is arithmetic. Anything else goes
+    through torch's own layout algebra."""
+    import torch
+
+    size, stride = getattr(sub_layout, "shape", None), getattr(sub_layout, "stride", None)
+    if isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride) == 1:
+        size, stride = size[0], stride[0]  # a flat layout of one mode
+    if (
+        isinstance(size, int)
+        and isinstance(stride, int)
+        and rank_map.numel() == world_size
+        and torch.equal(rank_map, torch.arange(world_size, dtype=rank_map.dtype))
+    ):
+        first = rank - (rank // stride) % size * stride
+        return [first + k * stride for k in range(size)]
+    groups = layout_cls([sub_layout]).remap_to_tensor(rank_map)
+    row = (groups == rank).any(dim=-1).nonzero()
+    return None if row.numel() == 0 else groups[int(row[0, 0])].tolist()
 
 
 def device_available(device: str) -> bool:
