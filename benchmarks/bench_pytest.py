@@ -38,6 +38,10 @@ def pytest_sessionfinish(session):
         json.dump(_times, fh)
 '''
 
+# Installed plugins that are not part of any comparison add their own hooks
+# to every test alike; switching them off keeps the figures about harnesses.
+QUIET_PLUGINS = ["-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:timeout"]
+
 HEADER = (
     "import pytest, torch, torch.distributed as dist\n"
     "import torch.testing._internal.distributed.fake_pg  # registers torch's \"fake\" backend\n"
@@ -123,8 +127,8 @@ def run_style(name: str, n: int, ws: int, workdir: Path) -> list[float]:
     (case / "test_bench.py").write_text(STYLES[name](n, ws))
     out = case / "times.json"
     env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": str(case)}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "bench_timer", "-p", "no:randomly",
-           "-p", "no:cacheprovider", "-W", "ignore", str(case / "test_bench.py")]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "bench_timer", *QUIET_PLUGINS, "-W", "ignore",
+           str(case / "test_bench.py")]
     result = subprocess.run(cmd, cwd=case, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -152,7 +156,7 @@ def sweep(workdir: Path, ranks: int = 1024, collect: int = 10_000) -> dict[str, 
             pass
         """))
     env = {**os.environ, "BENCH_OUT": str(case / "times.json"), "PYTHONPATH": str(case)}
-    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", "-W", "ignore"]
+    base = [sys.executable, "-m", "pytest", "-q", *QUIET_PLUGINS, "-W", "ignore"]
     subprocess.run([*base, "-p", "bench_timer", "test_sweep.py"], cwd=case, env=env, check=True,
                    capture_output=True)
     per_case = statistics.median(json.loads((case / "times.json").read_text()))
@@ -179,8 +183,8 @@ def plugin_cost(tests: int = 3000, rounds: int = 3) -> str:
         for _ in range(rounds):
             for name, extra in (("plugin loaded", []), ("-p no:fakepg", ["-p", "no:fakepg"])):
                 start = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "bench_timer", "-p", "no:randomly",
-                                "-p", "no:cacheprovider", *extra, "test_plain.py"],
+                subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "bench_timer", *QUIET_PLUGINS,
+                                *extra, "test_plain.py"],
                                cwd=case, env=env, check=True, capture_output=True)
                 wall = time.perf_counter() - start
                 med = statistics.median(json.loads((case / "times.json").read_text()))

@@ -433,6 +433,17 @@ FakeBackend::FakeBackend(
   }
 }
 
+void FakeBackend::checkRoot(const char* op, int64_t root) const {
+  TORCH_CHECK(
+      root >= 0 && root < size_,
+      cat("fakepg ",
+          op,
+          ": root ",
+          root,
+          " is outside a group of size ",
+          size_));
+}
+
 int32_t FakeBackend::globalRank(int64_t group_rank) const {
   if (group_rank < 0) {
     return kNoPeer;
@@ -470,6 +481,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::broadcast(
     std::vector<at::Tensor>& tensors, const c10d::BroadcastOptions& opts) {
   // Every rank already holds the root's data (uniform) or keeps its own
   // (copy): nothing to write either way.
+  checkRoot("broadcast", opts.rootRank);
   auto err =
       begin(Op::broadcast, tensors, kNoReduceOp, globalRank(opts.rootRank));
   return done(c10d::OpType::BROADCAST, tensors, err);
@@ -511,6 +523,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_coalesced(
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::reduce(
     std::vector<at::Tensor>& tensors, const c10d::ReduceOptions& opts) {
+  checkRoot("reduce", opts.rootRank);
   auto err = begin(
       Op::reduce, tensors, redOf(opts.reduceOp), globalRank(opts.rootRank));
   if (!err && uniform() && rank_ == opts.rootRank) {
@@ -628,12 +641,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gather(
     std::vector<std::vector<at::Tensor>>& outputs,
     std::vector<at::Tensor>& inputs,
     const c10d::GatherOptions& opts) {
-  TORCH_CHECK(
-      opts.rootRank >= 0 && opts.rootRank < size_,
-      cat("fakepg gather: root ",
-          opts.rootRank,
-          " is outside a group of size ",
-          size_));
+  checkRoot("gather", opts.rootRank);
   TORCH_CHECK(inputs.size() == 1, "fakepg gather: expects one input tensor");
   const bool root = rank_ == opts.rootRank;
   if (root) {
@@ -664,12 +672,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::scatter(
     std::vector<at::Tensor>& outputs,
     std::vector<std::vector<at::Tensor>>& inputs,
     const c10d::ScatterOptions& opts) {
-  TORCH_CHECK(
-      opts.rootRank >= 0 && opts.rootRank < size_,
-      cat("fakepg scatter: root ",
-          opts.rootRank,
-          " is outside a group of size ",
-          size_));
+  checkRoot("scatter", opts.rootRank);
   TORCH_CHECK(outputs.size() == 1, "fakepg scatter: expects one output tensor");
   const bool root = rank_ == opts.rootRank;
   if (root) {

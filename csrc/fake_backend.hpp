@@ -330,6 +330,7 @@ class FakeBackend : public c10d::Backend {
       const std::vector<at::Tensor>& inputs,
       uint8_t reduce_op = kNoReduceOp,
       int32_t peer = kNoPeer);
+  void checkRoot(const char* op, int64_t root) const;
   int32_t globalRank(int64_t group_rank) const;
   c10::intrusive_ptr<c10d::Work> done(
       c10d::OpType type,

@@ -41,6 +41,10 @@ _registered = False
 # The fake world that is up, read by the backend creator whenever torch makes
 # a group (default group, new_group, DeviceMesh dimensions). One at a time.
 _active: ActiveWorld | None = None
+# The highest numeric group name the backend has made in this process: see
+# world.py's _next_group_number (names must not be reused, even when a test
+# destroys its world's groups itself and torch's counter restarts).
+highest_group_number = -1
 
 
 class BuildError(RuntimeError):
@@ -240,7 +244,11 @@ def _create_backend(dist_opts: Any, _backend_options: Any) -> Any:
             "@pytest.mark.fake_world marker instead of calling "
             "init_process_group('fakepg') yourself"
         )
+    global highest_group_number
     module = load()
+    name = dist_opts.group_id
+    if name.isdigit():
+        highest_group_number = max(highest_group_number, int(name))
     ranks = dist_opts.global_ranks_in_group
     size = dist_opts.group_size
     # The default group (and any group of every rank) maps group ranks to
@@ -248,5 +256,5 @@ def _create_backend(dist_opts: Any, _backend_options: Any) -> Any:
     if len(ranks) == size and state.world_size == size:
         ranks = []
     return module.FakeBackend(
-        state.native, dist_opts.group_rank, size, dist_opts.group_id, ranks
+        state.native, dist_opts.group_rank, size, name, ranks
     )

@@ -297,6 +297,9 @@ class FakeWorld:
                     _next_group_number, dist.distributed_c10d._world.group_count
                 )
                 dist.destroy_process_group()
+            # A body that destroyed the groups itself reset torch's counter:
+            # the backend saw every name it made.
+            _next_group_number = max(_next_group_number, _backend.highest_group_number + 1)
         finally:
             _backend._active = None
             _clear_torch_caches()

@@ -135,3 +135,10 @@ def test_concurrent_cold_builds_share_one_cache_and_corruption_is_rebuilt(tmp_pa
     assert result.returncode == 0, result.stderr
     assert "compiling the fakepg c10d backend" in result.stderr
     assert result.stdout.strip() == "<CollectiveLog of 0 collectives>"
+
+
+def test_python_and_cpp_agree_on_op_names() -> None:
+    """records.OP_NAMES (read at collection, without torch) mirrors fakepg::Op."""
+    from pytest_fakepg.records import OP_NAMES
+
+    assert tuple(_backend.load().op_names()) == OP_NAMES

@@ -150,6 +150,14 @@ def test_group_names_are_never_reused() -> None:
             old_mesh["tp"].get_group()
 
 
+def test_group_names_are_not_reused_after_a_body_destroys_its_world() -> None:
+    with FakeWorld(4, mesh={"dp": 2, "tp": 2}) as world:
+        old_names = {world.pg.group_name, world.mesh["tp"].get_group().group_name}
+        dist.destroy_process_group()  # torch's name counter restarts at 0
+    with FakeWorld(4, mesh={"dp": 2, "tp": 2}) as world:
+        assert not old_names & {world.pg.group_name, world.mesh["tp"].get_group().group_name}
+
+
 def test_dtensor_distribute_scatters_from_rank_0() -> None:
     with FakeWorld(mesh={"dp": 2, "tp": 2}, rank=0) as world:
         full = torch.arange(16.0).view(4, 4)
