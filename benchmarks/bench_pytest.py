@@ -121,13 +121,16 @@ STYLES = {
 }
 
 
+EXTRA_ARGS: list[str] = []  # --pytest-args, for every run of every style
+
+
 def run_style(name: str, n: int, ws: int, workdir: Path) -> list[float]:
     case = Path(tempfile.mkdtemp(dir=workdir))
     (case / "bench_timer.py").write_text(TIMER_PLUGIN)
     (case / "test_bench.py").write_text(STYLES[name](n, ws))
     out = case / "times.json"
     env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": str(case)}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "bench_timer", *QUIET_PLUGINS, "-W", "ignore",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "bench_timer", *QUIET_PLUGINS, *EXTRA_ARGS, "-W", "ignore",
            str(case / "test_bench.py")]
     result = subprocess.run(cmd, cwd=case, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -201,7 +204,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--tests", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of each style")
     parser.add_argument("--skip-mp", action="store_true", help="skip MultiProcessTestCase (~4-7 s a test)")
+    parser.add_argument("--skip-sweep", action="store_true", help="skip the rank='all' sweep")
+    parser.add_argument("--pytest-args", default="", help="extra pytest arguments, e.g. '-p no:logging'")
     args = parser.parse_args(argv)
+    EXTRA_ARGS[:] = args.pytest_args.split()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for ws in (2, 4):
@@ -221,14 +227,14 @@ def main(argv: list[str] | None = None) -> str:
             for name, value in ms.items():
                 ref = ms["hand-written fake + 2-D mesh" if "mesh" in name else "hand-written fake"]
                 rows.append((ws, name, value, value - bare, value / ref, value / ms["fake_world marker"]))
-        sw = sweep(Path(tmp))
+        sw = None if args.skip_sweep else sweep(Path(tmp))
     lines = [
         "| world | harness | ms per test | ms above bare pytest | vs hand-written fake | vs fake_world marker |",
         "|---|---|---|---|---|---|",
     ]
     for ws, name, value, above, ratio, vs_marker in rows:
         lines.append(f"| {ws} | {name} | {value:.3f} | {above:.3f} | {ratio:.2f}x | {vs_marker:.2f}x |")
-    lines += [
+    lines += [] if sw is None else [
         "",
         f"Sweep: rank=\"all\" over a world of {sw['ranks']:,}: {sw['per_case_ms']:.3f} ms per case against "
         f"{sw['single_ms']:.3f} ms for a single marked test in the same command "
