@@ -22,6 +22,13 @@ def assert_pristine():
 """
 
 
+@pytest.fixture(autouse=True)
+def _autoload_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runs below use installed plugins (xdist, randomly, timeout) even when
+    # this suite itself runs with PYTEST_DISABLE_PLUGIN_AUTOLOAD (as .ci/gpu does).
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+
+
 def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
     pytester.makepyfile(test_it=HEADER + source)
     return pytester.runpytest_subprocess("-W", "ignore::FutureWarning", *args)
@@ -91,6 +98,7 @@ def test_b_uses_stale_mesh(kept):
 
 
 def test_timeout_still_tears_the_world_down(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("pytest_timeout")
     result = run(pytester, """
 @pytest.mark.timeout(1, method="signal")
 @pytest.mark.fake_world(4, mesh={"dp": 2, "tp": 2})
@@ -105,6 +113,7 @@ def test_b_clean():
 
 
 def test_xdist_loadgroup(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
     result = run(pytester, """
 @pytest.mark.xdist_group("a")
 @pytest.mark.fake_world([2, 4], rank="all")
@@ -125,6 +134,7 @@ def test_clean():
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_random_order(pytester: pytest.Pytester, seed: int) -> None:
+    pytest.importorskip("pytest_randomly")
     source = "".join(f"""
 @pytest.mark.fake_world({2 + i % 3}, rank=-1, mesh={"None" if i % 2 else "(-1,)"})
 def test_marked_{i}(rank, world_size):
