@@ -202,10 +202,12 @@ class FakeWorld:
 
     def calls(self, op: str | None = None) -> int:
         """Calls issued so far (counted even while recording is off): of
-        ``op``, or of every collective. This is what ``nth`` counts."""
+        ``op``, or of every collective (None or "*"). This is what ``nth``
+        counts."""
         if self._native is None:
             raise RuntimeError("call counts need a running world on the fakepg backend")
-        return self._native.call_count(-1 if op is None else OP_NAMES.index(check_op(op)))
+        op = ALL_OPS if op is None else check_op(op)
+        return self._native.call_count(-1 if op == ALL_OPS else OP_NAMES.index(op))
 
     # -- life cycle -------------------------------------------------------
     def __enter__(self) -> FakeWorld:

@@ -143,6 +143,6 @@ def test_marked_{i}(rank, world_size):
 def test_plain_{i}():
     assert_pristine()
 """ for i in range(10))
-    result = run(pytester, source, "-p", "randomly", f"-p", "no:cacheprovider", f"--randomly-seed={seed}")
+    result = run(pytester, source, "-p", "randomly", "-p", "no:cacheprovider", f"--randomly-seed={seed}")
     result.assert_outcomes(passed=20)
     result.stdout.fnmatch_lines([f"Using --randomly-seed={seed}"])
