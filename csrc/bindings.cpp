@@ -85,12 +85,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("nth"),
           py::arg("at_wait"))
       .def("disarm_fault", &WorldState::disarmFault)
-      .def("clear_faults", &WorldState::clearFaults)
-      .def(
-          "armed_faults",
-          [](const WorldState& w) {
-            return static_cast<int64_t>(w.faults().size());
-          })
       .def("call_count", &WorldState::callCount)
       .def("__len__", &WorldState::size)
       .def(
@@ -127,18 +121,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("count", &WorldState::count)
       .def("total_bytes", &WorldState::totalBytes)
       .def("clear_log", &WorldState::clearLog)
-      .def(
-          "group",
-          [](const WorldState& w, int i) {
-            return fakepg::groupTuple(w.group(i));
-          })
-      .def(
-          "num_groups",
-          [](const WorldState& w) {
-            return static_cast<int64_t>(w.groups().size());
-          })
-      .def_property_readonly("record_size", [](const WorldState&) {
-        return sizeof(fakepg::Record);
+      .def("group", [](const WorldState& w, int i) {
+        return fakepg::groupTuple(w.group(i));
       });
 
   py::class_<FakeBackend, c10d::Backend, c10::intrusive_ptr<FakeBackend>>(
@@ -156,6 +140,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("rank"),
           py::arg("size"),
           py::arg("group_name"),
-          py::arg("global_ranks"))
-      .def_property_readonly("group_index", &FakeBackend::groupIndex);
+          py::arg("global_ranks"));
 }

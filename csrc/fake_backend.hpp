@@ -137,12 +137,6 @@ class WorldState : public torch::CustomClassHolder {
   // Faults.
   int64_t armFault(int op, int64_t nth, FailAt at);
   bool disarmFault(int64_t id);
-  void clearFaults() {
-    faults_.clear();
-  }
-  const std::vector<Fault>& faults() const {
-    return faults_;
-  }
   int64_t callCount(int op) const {
     return op < 0 ? total_calls_ : calls_.at(op);
   }
@@ -238,12 +232,6 @@ class FakeBackend : public c10d::Backend {
   }
   c10::intrusive_ptr<c10d::Backend::Options> getBackendOptions() override {
     return c10::make_intrusive<Options>();
-  }
-  const c10::intrusive_ptr<WorldState>& world() const {
-    return world_;
-  }
-  int groupIndex() const {
-    return group_;
   }
 
   c10::intrusive_ptr<c10d::Work> broadcast(

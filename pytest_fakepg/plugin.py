@@ -310,8 +310,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         case = params.get(_CASE_PARAM)
-        if case is None and item.get_closest_marker(MARKER) is not None:
-            case = _single_case(item, item.get_closest_marker(MARKER))
+        if case is None:
+            marker = item.get_closest_marker(MARKER)
+            if marker is not None:
+                case = _single_case(item, marker)
         if case is not None:
             item.stash[_CASE] = case
 
