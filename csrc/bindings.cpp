@@ -4,7 +4,12 @@
 #include <torch/csrc/DynamicTypes.h>
 #include <torch/csrc/utils/pybind.h>
 
-#include "fake_backend.hpp"
+#include <array>
+#include <map>
+#include <memory>
+
+#include "backend.hpp"
+#include "text.hpp"
 
 namespace py = pybind11;
 
@@ -36,11 +41,33 @@ py::object dtypeObject(int8_t code) {
 py::tuple groupTuple(const GroupInfo& g) {
   py::object ranks;
   if (g.ranks.empty()) {
-    ranks = py::none();  // the default group: every rank, 0..size-1
+    ranks = py::none();  // every rank, 0..size-1
   } else {
     ranks = py::cast(g.ranks);
   }
   return py::make_tuple(g.name, g.rank, g.size, ranks);
+}
+
+// A Python callable the backend calls from C++, where c10d has released the
+// GIL: it takes the GIL to call and to let go of the callable.
+std::function<int32_t()> siteSource(py::object fn) {
+  if (fn.is_none()) {
+    return nullptr;
+  }
+  std::shared_ptr<py::object> held(
+      new py::object(std::move(fn)), [](py::object* p) {
+        py::gil_scoped_acquire gil;
+        delete p;
+      });
+  return [held]() -> int32_t {
+    py::gil_scoped_acquire gil;
+    try {
+      return (*held)().cast<int32_t>();
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("pytest-fakepg's call-site source");
+      return kNoSite;
+    }
+  };
 }
 
 }  // namespace
@@ -85,13 +112,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("nth"),
           py::arg("at_wait"))
       .def("disarm_fault", &WorldState::disarmFault)
+      .def("is_armed", &WorldState::isArmed)
       .def("call_count", &WorldState::callCount)
+      .def(
+          "set_site_source",
+          [](WorldState& w, py::object fn) {
+            w.setSiteSource(fakepg::siteSource(std::move(fn)));
+          })
       .def("__len__", &WorldState::size)
       .def(
           "records",
           [](const WorldState& w, size_t start, size_t stop) {
             // Many records in one call: (op, group, reduce_op, dtype, peer,
-            // shapes, bytes, failed) each.
+            // shapes, bytes, flags, site) each.
             stop = std::min(stop, w.size());
             py::list out(stop > start ? stop - start : 0);
             for (size_t i = start; i < stop; ++i) {
@@ -104,7 +137,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                   r.peer,
                   fakepg::shapesTuple(w.shapesOf(r), r.ntensors),
                   r.bytes,
-                  static_cast<bool>(r.failed));
+                  static_cast<int>(r.flags),
+                  w.site(i));
             }
             return out;
           })
@@ -118,9 +152,35 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             }
             return py::bytes(codes);
           })
+      .def(
+          "stats",
+          [](const WorldState& w) {
+            // Per (group, op) in first-seen order: [group, op, calls, bytes,
+            // failed calls].
+            std::map<std::pair<int, int>, size_t> index;
+            py::list out;
+            std::vector<std::array<int64_t, 5>> rows;
+            for (const auto& r : w.records()) {
+              const auto key = std::make_pair(r.group, static_cast<int>(r.op));
+              auto it = index.find(key);
+              if (it == index.end()) {
+                it = index.emplace(key, rows.size()).first;
+                rows.push_back({key.first, key.second, 0, 0, 0});
+              }
+              auto& row = rows[it->second];
+              row[2] += 1;
+              row[3] += r.bytes;
+              row[4] += (r.flags & fakepg::kFailed) ? 1 : 0;
+            }
+            for (const auto& row : rows) {
+              out.append(py::make_tuple(row[0], row[1], row[2], row[3], row[4]));
+            }
+            return out;
+          })
       .def("count", &WorldState::count)
       .def("total_bytes", &WorldState::totalBytes)
       .def("clear_log", &WorldState::clearLog)
+      .def("num_groups", &WorldState::numGroups)
       .def("group", [](const WorldState& w, int i) {
         return fakepg::groupTuple(w.group(i));
       });

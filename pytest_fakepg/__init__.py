@@ -2,7 +2,7 @@
 
 from .records import CollectiveLog, CollectiveRecord
 from .spec import WorldSpec
-from .world import FakeWorld, Fault
+from .world import FakeWorld, FakeWorldFaultWarning, FakeWorldLeakWarning, FakeWorldWarning, Fault
 
 __version__ = "0.1.0"
 
@@ -10,6 +10,9 @@ __all__ = [
     "CollectiveLog",
     "CollectiveRecord",
     "FakeWorld",
+    "FakeWorldFaultWarning",
+    "FakeWorldLeakWarning",
+    "FakeWorldWarning",
     "Fault",
     "WorldSpec",
     "__version__",

@@ -13,74 +13,69 @@ Set ``PYTEST_FAKEPG_CACHE`` to choose the cache directory (default:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, NamedTuple
+from typing import Any
 
 BACKEND_NAME = "fakepg"
+# The device types the backend is registered for: what a world may run on.
+DEVICES = ("cpu", "cuda")
 CACHE_ENV = "PYTEST_FAKEPG_CACHE"
 _CSRC = Path(__file__).resolve().parent / "csrc"
-_SOURCES = ("fake_backend.hpp", "fake_backend.cpp", "bindings.cpp")
+_SOURCE_SUFFIXES = (".hpp", ".cpp", ".def")
 _DONE_MARKER = "BUILD_OK"
-
-
-
-class ActiveWorld(NamedTuple):
-    native: Any  # the compiled WorldState shared by every group of the world
-    world_size: int
-
 
 _module: ModuleType | None = None
 _registered = False
-# The fake world that is up, read by the backend creator whenever torch makes
-# a group (default group, new_group, DeviceMesh dimensions). One at a time.
-_active: ActiveWorld | None = None
-# The highest numeric group name the backend has made in this process: see
-# world.py's _next_group_number (names must not be reused, even when a test
-# destroys its world's groups itself and torch's counter restarts).
-highest_group_number = -1
 
 
 class BuildError(RuntimeError):
     """The fakepg backend could not be compiled or loaded."""
 
 
-def _sources_dir() -> Path:
-    # Installed wheels carry csrc/ inside the package; a source checkout keeps
-    # it at the top level beside the package.
+def sources_dir() -> Path:
+    """Where csrc/ is: inside the package in an installed wheel, beside it in
+    a source checkout."""
     if _CSRC.is_dir():
         return _CSRC
     return Path(__file__).resolve().parent.parent / "csrc"
 
 
+def source_files(src: Path) -> list[Path]:
+    """Every file the build reads, in a stable order."""
+    return sorted(p for p in src.iterdir() if p.suffix in _SOURCE_SUFFIXES)
+
+
 def _source_hash(src: Path) -> str:
     h = hashlib.sha256()
-    for name in _SOURCES:
-        h.update(name.encode())
-        h.update((src / name).read_bytes())
+    for path in source_files(src):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    """The cache every build lives under: $PYTEST_FAKEPG_CACHE, else
+    $XDG_CACHE_HOME/pytest-fakepg or ~/.cache/pytest-fakepg."""
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "pytest-fakepg"
 
 
 def build_dir() -> Path:
     """The directory the extension for this torch and these sources lives in."""
     import torch
 
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        base = Path(root)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = Path(xdg) if xdg else Path.home() / ".cache"
-        base = base / "pytest-fakepg"
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    return base / f"torch-{torch.__version__}-{py}" / _source_hash(_sources_dir())
-
+    return cache_root() / f"torch-{torch.__version__}-{py}" / _source_hash(sources_dir())
 
 def _module_name(directory: Path) -> str:
     return f"pytest_fakepg_C_{directory.name}"
@@ -132,6 +127,11 @@ def _build_lock(directory: Path) -> Iterator[None]:
     """One builder per cache entry across processes (pytest-xdist workers,
     parallel CI jobs): the others wait, then find the finished build."""
     directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl  # POSIX; imported here so the plugin loads on Windows too
+    except ImportError:  # pragma: no cover - Windows: one build at a time is up to you
+        yield
+        return
     with open(directory.parent / f"{directory.name}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -175,18 +175,20 @@ def _compile(directory: Path, *, verbose: bool, quiet: bool) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     _remove_outputs(directory)
     if not quiet:
+        # sys.__stderr__, not sys.stderr: pytest captures the latter, and a
+        # first run would sit silent for the whole build.
         print(
             f"pytest-fakepg: compiling the fakepg c10d backend for torch "
-            f"{torch.__version__} (first use with this torch; about 30 s "
+            f"{torch.__version__} (first use with this torch; about 45 s "
             f"on 2 cores) into {directory}",
-            file=sys.stderr,
+            file=sys.__stderr__ or sys.stderr,
             flush=True,
         )
-    src = _sources_dir()
+    src = sources_dir()
     try:
         cpp_extension.load(
             name=_module_name(directory),
-            sources=[str(src / "fake_backend.cpp"), str(src / "bindings.cpp")],
+            sources=[str(p) for p in source_files(src) if p.suffix == ".cpp"],
             extra_cflags=["-O2", "-g0"],
             extra_include_paths=[str(src)],
             build_directory=str(directory),
@@ -221,40 +223,14 @@ def load() -> ModuleType:
     return _module
 
 
-def register() -> None:
-    """Register ``fakepg`` with torch.distributed (idempotent)."""
+def register(creator: Callable[[Any, Any], Any]) -> None:
+    """Register ``fakepg`` with torch.distributed, its groups made by
+    ``creator`` (idempotent: the first creator stays)."""
     global _registered
     if _registered:
         return
     import torch.distributed as dist
 
     load()
-    dist.Backend.register_backend(
-        BACKEND_NAME, _create_backend, extended_api=True, devices=["cpu", "cuda"]
-    )
+    dist.Backend.register_backend(BACKEND_NAME, creator, extended_api=True, devices=list(DEVICES))
     _registered = True
-
-
-def _create_backend(dist_opts: Any, _backend_options: Any) -> Any:
-    state = _active
-    if state is None:
-        raise RuntimeError(
-            "the fakepg backend makes groups only inside a fake world: use "
-            "`with pytest_fakepg.FakeWorld(...)` or the "
-            "@pytest.mark.fake_world marker instead of calling "
-            "init_process_group('fakepg') yourself"
-        )
-    global highest_group_number
-    module = load()
-    name = dist_opts.group_id
-    if name.isdigit():
-        highest_group_number = max(highest_group_number, int(name))
-    ranks = dist_opts.global_ranks_in_group
-    size = dist_opts.group_size
-    # The default group (and any group of every rank) maps group ranks to
-    # global ranks one to one: pass no list, so a million ranks cost nothing.
-    if len(ranks) == size and state.world_size == size:
-        ranks = []
-    return module.FakeBackend(
-        state.native, dist_opts.group_rank, size, name, ranks
-    )

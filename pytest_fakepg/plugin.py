@@ -1,44 +1,53 @@
-"""pytest-fakepg's pytest adapter: options, the fake_world marker, fixtures,
-parametrization and the collectives report.
+"""pytest-fakepg's pytest adapter: options, the fake_world marker, hooks and
+fixtures.
 
-Thin on purpose: marker arguments become WorldSpecs (spec.py) and worlds come
-and go through FakeWorld (world.py). Nothing here touches torch, and torch is
-not imported when pytest loads this plugin.
+Thin on purpose: marker arguments become WorldSpecs (spec.py), worlds come
+and go through FakeWorld (world.py), the report is report.py and the check
+across ranks consistency.py, both imported only when used. Nothing here
+touches torch, and torch is not imported when pytest loads this plugin.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
+import os
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
 from . import spec as _spec
-from .world import clean_up_foreign_state, device_available
+from .world import FakeWorldFaultWarning, FakeWorldLeakWarning, clean_up_foreign_state, device_available
 
 if TYPE_CHECKING:
+    from torch.distributed import Store
+    from torch.distributed.device_mesh import DeviceMesh
+
+    from .records import CollectiveLog
     from .world import FakeWorld
 
 MARKER = "fake_world"
-_SIGNATURE = inspect.signature(_spec.marker_signature)
+# The marker takes a world's arguments (WorldSpec.build's) and check_ranks.
+_MARKER_SIGNATURE = _spec.SIGNATURE.replace(
+    parameters=[
+        *_spec.SIGNATURE.parameters.values(),
+        inspect.Parameter("check_ranks", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="bool | None"),
+    ]
+)
 _MARKER_HELP = (
     MARKER
     + str(
-        _SIGNATURE.replace(
-            parameters=[p.replace(annotation=p.empty) for p in _SIGNATURE.parameters.values()],
-            return_annotation=_SIGNATURE.empty,
+        _MARKER_SIGNATURE.replace(
+            parameters=[p.replace(annotation=p.empty) for p in _MARKER_SIGNATURE.parameters.values()],
+            return_annotation=_MARKER_SIGNATURE.empty,
         )
     )
     + ": run the test in a fake torch.distributed world (process group, store "
     "and optional DeviceMesh) for each world size, mesh and rank given; "
-    "rank='all' sweeps every rank. See pytest-fakepg's README."
+    "rank='all' sweeps every rank, and the ranks of a sweep are checked to "
+    "issue the same collectives unless check_ranks=False. See pytest-fakepg's README."
 )
-
-
-class FakeWorldLeakWarning(pytest.PytestWarning):
-    """A test left a process group of its own behind; the plugin destroyed it."""
 
 
 class _Settings(NamedTuple):
@@ -48,6 +57,8 @@ class _Settings(NamedTuple):
     report: bool
     report_json: str | None
     strict: bool
+    check_ranks: bool
+    trace_dir: str | None
 
 
 class _Case(NamedTuple):
@@ -55,6 +66,8 @@ class _Case(NamedTuple):
 
     spec: _spec.WorldSpec | None
     error: str | None = None
+    check_ranks: bool | None = None  # the marker's, None for the ini default
+    id: str = ""
 
 
 _SETTINGS = pytest.StashKey[_Settings]()
@@ -62,6 +75,9 @@ _REPORT = pytest.StashKey[dict[str, dict[str, Any]]]()
 _WORLD = pytest.StashKey["FakeWorld"]()
 _CASE_PARAM = "_fake_world_case"
 _CASE = pytest.StashKey[_Case]()
+# An item's place in a sweep whose traces are gathered: (key, cases, check).
+_SWEEP = pytest.StashKey[tuple[str, int, bool]]()
+_REPORT_ENTRY = pytest.StashKey[dict[str, Any]]()
 
 
 # -- options and configuration -------------------------------------------------
@@ -80,14 +96,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--fake-world-ranks",
         dest="fake_world_ranks",
         default=None,
-        help="'all' runs every marked test once per rank of each world size.",
+        help="'all' runs every marked test that names no rank once per rank of each world size.",
     )
     group.addoption(
         "--fake-world-report",
         dest="fake_world_report",
         action="store_true",
         default=None,
-        help="print the collectives each fake-world test ran, by op, with totals.",
+        help="print the collectives each fake-world test ran, by group and op, with totals.",
     )
     group.addoption(
         "--fake-world-report-json",
@@ -101,13 +117,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="fake_world_strict",
         action="store_true",
         default=None,
-        help="make a process group left behind by a test an error, not a warning.",
+        help="make a process group left behind by a test, or an armed fault that never "
+        "fired, an error instead of a warning.",
+    )
+    group.addoption(
+        "--fake-world-trace-dir",
+        dest="fake_world_trace_dir",
+        default=None,
+        metavar="DIR",
+        help="write each rank sweep's collectives as Flight Recorder dumps, one folder per "
+        "test under DIR, for python -m torch.distributed.flight_recorder.fr_trace.",
     )
     parser.addini("fake_world_size", "world size of a fake world that names none (default 2)", default="2")
     parser.addini("fake_world_backend", "default c10d backend: fakepg or fake", default="fakepg")
     parser.addini("fake_world_ranks", "'all' to sweep every rank of marked tests", default="")
     parser.addini("fake_world_report", "print the collectives report", type="bool", default=False)
-    parser.addini("fake_world_strict", "left-behind process groups are errors", type="bool", default=False)
+    parser.addini("fake_world_strict", "leaks and faults that never fire are errors", type="bool", default=False)
+    parser.addini(
+        "fake_world_check_ranks", "check that the ranks of a sweep issue the same collectives",
+        type="bool", default=True,
+    )
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -119,6 +148,17 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def _option(config: pytest.Config, name: str) -> Any:
     value = config.getoption(name)
     return config.getini(name) if value is None else value
+
+
+def _writable_file(option: str, path: str | None) -> str | None:
+    if path is None:
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise pytest.UsageError(f"{option}={path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise pytest.UsageError(f"{option}={path}: the folder {parent} is not writable")
+    return path
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -136,32 +176,44 @@ def pytest_configure(config: pytest.Config) -> None:
         size = _spec.check_world_size(int(raw_size))
     except (TypeError, ValueError):
         raise pytest.UsageError(f"fake_world_size must be an int >= 1; got {raw_size!r}") from None
+    trace_dir = config.getoption("fake_world_trace_dir")
+    if trace_dir is not None and os.path.exists(trace_dir) and not os.path.isdir(trace_dir):
+        raise pytest.UsageError(f"--fake-world-trace-dir={trace_dir}: that is a file, not a folder")
     config.stash[_SETTINGS] = _Settings(
         backend=backend,
         all_ranks=ranks == _spec.RANK_SWEEP,
         world_size=size,
         report=bool(_option(config, "fake_world_report")),
-        report_json=config.getoption("fake_world_report_json"),
+        report_json=_writable_file("--fake-world-report-json", config.getoption("fake_world_report_json")),
         strict=bool(_option(config, "fake_world_strict")),
+        check_ranks=bool(config.getini("fake_world_check_ranks")),
+        trace_dir=trace_dir,
     )
     config.stash[_REPORT] = {}
+    if not hasattr(config, "workerinput"):  # xdist workers send their reports on
+        config.pluginmanager.register(_Gatherer(config), "fakepg-gatherer")
 
 
 # -- parametrization -------------------------------------------------------------
 
 
-def _bind(marker: pytest.Mark) -> dict[str, Any]:
+def _marker_args(marker: pytest.Mark) -> tuple[dict[str, Any], bool | None]:
+    """The marker's world arguments, bound, and its check_ranks."""
+    kwargs = dict(marker.kwargs)
+    check = kwargs.pop("check_ranks", None)
+    if check is not None and not isinstance(check, bool):
+        raise TypeError(f"check_ranks must be True or False, got {check!r}")
     try:
-        bound = _SIGNATURE.bind(*marker.args, **marker.kwargs)
+        args = _spec.bind(marker.args, kwargs)
     except TypeError as exc:
-        allowed = ", ".join(_SIGNATURE.parameters)
-        raise TypeError(f"{exc} (allowed: {allowed})") from None
-    bound.apply_defaults()
-    return dict(bound.arguments)
+        raise TypeError(str(exc).replace("record)", "record, check_ranks)")) from None
+    return args, check
 
 
-def _error_text(name: str, exc: Exception) -> str:
-    return f"{name}: invalid @pytest.mark.{MARKER}(...): {exc}"
+def _error_text(exc: Exception) -> str:
+    # The cause first: pytest's summary line already names the test, and at
+    # 80 columns whatever comes after the cause is cut off.
+    return f"{exc} [invalid @pytest.mark.{MARKER}(...)]"
 
 
 def _drives(metafunc: pytest.Metafunc) -> set[str]:
@@ -181,25 +233,25 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return  # worlds built at setup: see _single_case
     settings = metafunc.config.stash[_SETTINGS]
     try:
+        args, check = _marker_args(marker)
         specs = _spec.expand(
-            _bind(marker),
+            args,
             default_world_size=settings.world_size,
             default_backend=settings.backend,
-            all_ranks=settings.all_ranks,
+            # a marker that names its ranks keeps them
+            all_ranks=settings.all_ranks and "rank" not in marker.kwargs,
         )
     except (TypeError, ValueError) as exc:
-        cases = [_Case(None, _error_text(metafunc.definition.nodeid, exc))]
-        ids = ["invalid-fake-world"]
+        cases = [_Case(None, _error_text(exc), id="invalid-fake-world")]
     else:
         hook = metafunc.config.hook.pytest_fake_world_make_id
-        ids = [hook(spec=s, definition=metafunc.definition) for s in specs]
-        cases = [_Case(s) for s in specs]
+        cases = [_Case(s, None, check, hook(spec=s, definition=metafunc.definition)) for s in specs]
     # The cases ride on a parameter the test function does not take: the
     # setup hook reads it from the item's callspec, so no fixture runs for it.
     # parametrize() accepts only names in the fixture closure, hence the append.
     if _CASE_PARAM not in metafunc.fixturenames:
         metafunc.fixturenames.append(_CASE_PARAM)
-    metafunc.parametrize(_CASE_PARAM, cases, ids=ids)
+    metafunc.parametrize(_CASE_PARAM, cases, ids=[c.id for c in cases])
 
 
 @pytest.hookimpl(trylast=True)
@@ -215,7 +267,7 @@ def _single_case(item: pytest.Item, marker: pytest.Mark | None) -> _Case:
     settings = item.config.stash[_SETTINGS]
     params = getattr(getattr(item, "callspec", None), "params", {})
     try:
-        args = _bind(marker) if marker is not None else _bind(pytest.mark.fake_world.mark)
+        args, check = _marker_args(marker) if marker is not None else (_spec.bind((), {}), None)
         for name in ("world_size", "rank"):
             if name in params:
                 args[name] = params[name]
@@ -230,14 +282,51 @@ def _single_case(item: pytest.Item, marker: pytest.Mark | None) -> _Case:
                 "unittest.TestCase method or parametrizes world_size/rank "
                 "itself): give one world size, one rank and one mesh"
             )
-        specs = _spec.expand(
-            args,
-            default_world_size=settings.world_size,
-            default_backend=settings.backend,
-        )
+        specs = _spec.expand(args, default_world_size=settings.world_size, default_backend=settings.backend)
     except (TypeError, ValueError) as exc:
-        return _Case(None, _error_text(item.nodeid, exc))
-    return _Case(specs[0])
+        return _Case(None, _error_text(exc))
+    return _Case(specs[0], None, check)
+
+
+@pytest.hookimpl(trylast=True)  # after deselection (-k, -m): count what runs
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Note which items get a world, once, so the per-test hooks below cost
+    unmarked tests one stash lookup; and which cases form a sweep whose ranks
+    are compared."""
+    settings = config.stash[_SETTINGS]
+    sweeps: dict[str, list[pytest.Item]] = {}
+    checks: dict[str, bool] = {}
+    unswept = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        case = params.get(_CASE_PARAM)
+        if case is None:
+            marker = item.get_closest_marker(MARKER)
+            if marker is None:
+                continue
+            case = _single_case(item, marker)
+            if settings.all_ranks and "rank" not in marker.kwargs:
+                unswept.append(item.nodeid)
+        item.stash[_CASE] = case
+        spec = case.spec
+        wanted = settings.check_ranks if case.check_ranks is None else case.check_ranks
+        if spec is not None and case.id and spec.backend == "fakepg" and spec.record and (wanted or settings.trace_dir):
+            key = item.nodeid.replace(case.id, f"w{spec.world_size}-{spec.mesh_id}", 1)
+            sweeps.setdefault(key, []).append(item)
+            checks[key] = wanted
+    for key, members in sweeps.items():
+        if len({m.stash[_CASE].spec.rank for m in members}) > 1:  # type: ignore[union-attr]
+            for m in members:
+                m.stash[_SWEEP] = (key, len(members), checks[key])
+    if unswept:
+        warnings.warn(
+            pytest.PytestWarning(
+                f"--fake-world-ranks=all cannot sweep {len(unswept)} test(s) that are "
+                "unittest.TestCase methods or parametrize world_size/rank themselves; they "
+                f"run one rank each: {', '.join(unswept[:5])}{' ...' if len(unswept) > 5 else ''}"
+            ),
+            stacklevel=1,
+        )
 
 
 # -- bringing worlds up and down -------------------------------------------------
@@ -260,9 +349,11 @@ def _bring_up(item: pytest.Item, case: _Case) -> FakeWorld:
 
     if not device_available(spec.device):
         pytest.skip(f"fake_world(device={spec.device!r}) needs a {spec.device} device; none is available")
-    world = FakeWorld.from_spec(spec).start()
+    world = FakeWorld(spec).start()
     item.stash[_WORLD] = world
     try:
+        if _SWEEP in item.stash:
+            world.record_call_sites()
         item.config.hook.pytest_fake_world_setup(world=world, item=item)
     except BaseException:
         _take_down(item, world)
@@ -271,21 +362,25 @@ def _bring_up(item: pytest.Item, case: _Case) -> FakeWorld:
 
 
 def _take_down(item: pytest.Item, world: FakeWorld) -> None:
+    settings = item.config.stash[_SETTINGS]
+    unfired: list[str] = []
     try:
         item.config.hook.pytest_fake_world_teardown(world=world, item=item)
-        settings = item.config.stash[_SETTINGS]
         if (settings.report or settings.report_json) and world.spec.record:
-            log = world.collectives
-            item.config.stash[_REPORT][item.nodeid] = {
-                "world_size": world.world_size,
-                "rank": world.rank,
-                "mesh": world.spec.mesh_id,
-                "collectives": log.summary(),
-                "total": {"count": log.count(), "bytes": log.total_bytes()},
-            }
+            from . import report
+
+            entry = report.entry(world)
+            if entry is not None:
+                item.stash[_REPORT_ENTRY] = entry
+        unfired = world.unfired_faults()
     finally:
         del item.stash[_WORLD]
         world.stop()
+    if unfired:
+        message = f"{item.nodeid}: " + "; ".join(unfired)
+        if settings.strict:
+            pytest.fail(message, pytrace=False)
+        warnings.warn(FakeWorldFaultWarning(message), stacklevel=1)
 
 
 def _check_leaks(item: pytest.Item) -> None:
@@ -304,20 +399,6 @@ def _check_leaks(item: pytest.Item) -> None:
     warnings.warn(FakeWorldLeakWarning(message), stacklevel=1)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Note which items get a world, once, so the per-test hooks below cost
-    unmarked tests one stash lookup."""
-    for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        case = params.get(_CASE_PARAM)
-        if case is None:
-            marker = item.get_closest_marker(MARKER)
-            if marker is not None:
-                case = _single_case(item, marker)
-        if case is not None:
-            item.stash[_CASE] = case
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A marked test's world comes up before any fixture, so fixtures and the
@@ -328,7 +409,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     """After the test's fixtures are torn down: the world goes down, and a
     process group the test made itself is destroyed and reported."""
     try:
@@ -338,6 +419,68 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
         if world is not None:
             _take_down(item, world)
         _check_leaks(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Data for the controlling process rides on the reports (pytest-xdist
+    carries their attributes): the trace of a swept case on its call report,
+    the collectives report's entry on the teardown report."""
+    report = yield
+    if call.when == "call" and _SWEEP in item.stash:
+        world = item.stash.get(_WORLD, None)
+        if world is not None:
+            from . import consistency
+
+            report.fake_world_trace = consistency.trace(world, *item.stash[_SWEEP], item.nodeid)
+    elif call.when == "teardown":
+        entry = item.stash.get(_REPORT_ENTRY, None)
+        if entry is not None:
+            report.fake_world_report = entry
+    return report
+
+
+class _Gatherer:
+    """In the process that reports (the only one, or pytest-xdist's
+    controller, never a worker): collects report entries, and compares a
+    sweep's ranks once its last case is in. Registered per config, so its
+    hooks know their config."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.checker: Any = None
+
+    @pytest.hookimpl(tryfirst=True)  # before the terminal reporter and the failure count
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        trace = getattr(report, "fake_world_trace", None)
+        if trace is not None:
+            if self.checker is None:
+                from . import consistency
+
+                self.checker = consistency.Checker(self.config.stash[_SETTINGS].trace_dir)
+            self.checker.add(report, trace)
+        entry = getattr(report, "fake_world_report", None)
+        if entry is not None:
+            self.config.stash[_REPORT][report.nodeid] = entry
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    settings = config.stash.get(_SETTINGS, None)
+    if settings is None or not settings.report:
+        return
+    from . import report
+
+    report.render(terminalreporter, config.stash[_REPORT])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    settings = config.stash.get(_SETTINGS, None)
+    if settings is None or not settings.report_json or hasattr(config, "workerinput"):
+        return
+    from . import report
+
+    report.write_json(settings.report_json, config.stash[_REPORT])
 
 
 # -- fixtures ------------------------------------------------------------------
@@ -369,67 +512,19 @@ def world_size(fake_world: FakeWorld) -> int:
 
 
 @pytest.fixture
-def device_mesh(fake_world: FakeWorld) -> Any:
+def device_mesh(fake_world: FakeWorld) -> DeviceMesh:
     """The world's DeviceMesh: the one asked for with mesh=..., else a 1-D
     mesh over every rank."""
     return fake_world.device_mesh()
 
 
 @pytest.fixture
-def fake_store(fake_world: FakeWorld) -> Any:
+def fake_store(fake_world: FakeWorld) -> Store:
     """The store behind the fake world's process groups."""
     return fake_world.store
 
 
 @pytest.fixture
-def collectives(fake_world: FakeWorld) -> Any:
+def collectives(fake_world: FakeWorld) -> CollectiveLog:
     """The log of collectives the test ran (a CollectiveLog)."""
     return fake_world.collectives
-
-
-# -- report ------------------------------------------------------------------------
-
-
-def _human(nbytes: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024  # type: ignore[assignment]
-    raise AssertionError("unreachable")
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    settings = config.stash.get(_SETTINGS, None)
-    if settings is None or not settings.report:
-        return
-    report = config.stash[_REPORT]
-    tr = terminalreporter
-    tr.write_sep("=", "fake world collectives")
-    total_count = total_bytes = 0
-    for nodeid, entry in report.items():
-        tr.write_line(f"{nodeid} (world {entry['world_size']}, rank {entry['rank']})")
-        for op, stats in entry["collectives"].items():
-            tr.write_line(f"    {op:<34}{stats['count']:>8} calls {_human(stats['bytes']):>12}")
-        tr.write_line(f"    {'total':<34}{entry['total']['count']:>8} calls {_human(entry['total']['bytes']):>12}")
-        total_count += entry["total"]["count"]
-        total_bytes += entry["total"]["bytes"]
-    tr.write_line(f"{len(report)} tests ran {total_count} collectives, {_human(total_bytes)} in all")
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    config = session.config
-    settings = config.stash.get(_SETTINGS, None)
-    if settings is None or not settings.report_json:
-        return
-    report = config.stash[_REPORT]
-    document = {
-        "tests": report,
-        "total": {
-            "tests": len(report),
-            "count": sum(e["total"]["count"] for e in report.values()),
-            "bytes": sum(e["total"]["bytes"] for e in report.values()),
-        },
-    }
-    with open(settings.report_json, "w", encoding="utf-8") as fh:
-        json.dump(document, fh, indent=2)
-        fh.write("\n")

@@ -10,67 +10,49 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
+from .ops import NO_REDUCE_OP, OP_NAMES, op_code
+
 if TYPE_CHECKING:
     import torch
+    import torch.distributed as dist
 
-# Same order as fakepg::Op in csrc/fake_backend.hpp: the codes index this.
-OP_NAMES: tuple[str, ...] = (
-    "all_reduce",
-    "all_reduce_coalesced",
-    "all_gather",
-    "all_gather_into_tensor",
-    "all_gather_coalesced",
-    "all_gather_into_tensor_coalesced",
-    "reduce_scatter",
-    "reduce_scatter_tensor",
-    "reduce_scatter_tensor_coalesced",
-    "all_to_all",
-    "all_to_all_single",
-    "broadcast",
-    "reduce",
-    "gather",
-    "scatter",
-    "send",
-    "recv",
-    "barrier",
-)
-_OP_CODES = {name: i for i, name in enumerate(OP_NAMES)}
-_NO_REDUCE_OP = 255
+# Record flags, as csrc/world_state.hpp sets them.
+FAILED = 1
+ANY_SOURCE = 2
+
+
+def ranks_text(ranks: Sequence[int]) -> str:
+    """``0-7`` for a run of consecutive ranks, else ``0, 4`` (shortened
+    past eight ranks)."""
+    ranks = tuple(ranks)
+    if len(ranks) > 2 and ranks == tuple(range(ranks[0], ranks[0] + len(ranks))):
+        return f"{ranks[0]}-{ranks[-1]}"
+    if len(ranks) > 8:
+        return f"{', '.join(map(str, ranks[:8]))}, ... ({len(ranks)} ranks)"
+    return ", ".join(map(str, ranks))
 
 
 class CollectiveRecord(NamedTuple):
     """One collective as this rank issued it.
 
-    ``ranks`` are the global ranks of the group; ``group_rank`` is this rank's
-    rank within it. ``shapes`` are the input shapes, ``bytes`` their total
-    size. ``reduce_op`` is a ``torch.distributed.ReduceOp`` member or None;
-    ``peer`` the global rank of the root/peer or None. ``failed`` is True when
-    an injected fault fired for this call.
+    ``ranks`` are the global ranks of the group (a tuple); ``group_rank`` is
+    this rank's rank within it. ``shapes`` are the input shapes, ``bytes``
+    their total size. ``reduce_op`` is a ``torch.distributed.ReduceOp`` member
+    or None; ``peer`` the global rank of the root/peer or None. ``failed`` is
+    True when an injected fault fired for this call.
     """
 
     op: str
     group_name: str
     group_size: int
     group_rank: int
-    ranks: Sequence[int]
+    ranks: tuple[int, ...]
     shapes: tuple[tuple[int, ...], ...]
     dtype: torch.dtype | None
     bytes: int
-    reduce_op: Any
+    reduce_op: dist.ReduceOp.RedOpType | None
     peer: int | None
     failed: bool = False
-
-
-def _op_code(op: str | None) -> int:
-    if op is None:
-        return -1
-    try:
-        return _OP_CODES[op]
-    except KeyError:
-        from .spec import check_op
-
-        check_op(op)  # raises with the list of names and a suggestion
-        raise
 
 
 class CollectiveLog(Sequence[CollectiveRecord]):
@@ -82,13 +64,16 @@ class CollectiveLog(Sequence[CollectiveRecord]):
     stop recording for a while (e.g. around setup you do not want counted).
     """
 
-    __slots__ = ("_native", "_groups", "_reason")
+    __slots__ = ("_native", "_groups", "_reason", "_cleared")
 
     def __init__(self, native: Any, reason: str | None = None) -> None:
         self._native = native
-        self._groups: dict[int, tuple[str, int, int, Sequence[int]]] = {}
+        self._groups: dict[int, tuple[str, int, int, tuple[int, ...]]] = {}
         # Why this log is empty for good (a world on torch's stock backend).
         self._reason = reason
+        # What clear() forgot, per (group, op): [calls, bytes, failed], so the
+        # report still says what ran.
+        self._cleared: dict[tuple[int, int], list[int]] = {}
 
     @classmethod
     def disabled(cls, reason: str) -> CollectiveLog:
@@ -133,13 +118,12 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         for start in range(0, n, chunk):
             yield from self._decode(start, min(start + chunk, n))
 
-    def _group(self, index: int) -> tuple[str, int, int, Sequence[int]]:
+    def _group(self, index: int) -> tuple[str, int, int, tuple[int, ...]]:
+        # One tuple per group, shared by its records.
         group = self._groups.get(index)
         if group is None:
             name, rank, size, ranks = self._native.group(index)
-            # The default group's ranks are 0..size-1: a range, not a list of
-            # a million ints per record.
-            group = (name, rank, size, range(size) if ranks is None else tuple(ranks))
+            group = (name, rank, size, tuple(range(size)) if ranks is None else tuple(ranks))
             self._groups[index] = group
         return group
 
@@ -148,11 +132,11 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         group = self._group
         reduce_ops = _reduce_ops()
         out = []
-        for op, g, red, dtype, peer, shapes, nbytes, failed in self._native.records(start, stop):
+        for op, g, red, dtype, peer, shapes, nbytes, flags, _site in self._native.records(start, stop):
             name, grank, gsize, ranks = group(g)
             out.append(make(CollectiveRecord, (
                 OP_NAMES[op], name, gsize, grank, ranks, shapes, dtype, nbytes,
-                reduce_ops[red], None if peer < 0 else peer, failed,
+                reduce_ops[red], None if peer < 0 else peer, bool(flags & FAILED),
             )))
         return out
 
@@ -163,11 +147,11 @@ class CollectiveLog(Sequence[CollectiveRecord]):
 
     def count(self, op: str | None = None) -> int:  # type: ignore[override]
         """How many collectives ran, or how many of ``op``."""
-        return self._state().count(_op_code(op))
+        return self._state().count(op_code(op, "count"))
 
     def total_bytes(self, op: str | None = None) -> int:
         """Input bytes of every collective, or of ``op`` only."""
-        return self._state().total_bytes(_op_code(op))
+        return self._state().total_bytes(op_code(op, "total_bytes"))
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Per op: ``{"count": n, "bytes": b}``, ops in first-seen order."""
@@ -181,8 +165,31 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         return out
 
     def clear(self) -> None:
-        """Forget every record so far (call counts for faults go on)."""
-        self._state().clear_log()
+        """Forget every record so far (call counts for faults go on; the
+        collectives report still counts them)."""
+        state = self._state()
+        for group, op, calls, nbytes, failed in state.stats():
+            row = self._cleared.setdefault((group, op), [0, 0, 0])
+            row[0] += calls
+            row[1] += nbytes
+            row[2] += failed
+        state.clear_log()
+
+    def ran(self) -> list[tuple[str, tuple[int, ...], str, int, int, int]]:
+        """Everything that ran, cleared or not, per group and op in
+        first-seen order: (group name, the group's global ranks, op, calls,
+        bytes, failed calls). What the collectives report shows."""
+        totals = {key: list(row) for key, row in self._cleared.items()}
+        for group, op, calls, nbytes, failed in self._state().stats():
+            row = totals.setdefault((group, op), [0, 0, 0])
+            row[0] += calls
+            row[1] += nbytes
+            row[2] += failed
+        out = []
+        for (group, op), (calls, nbytes, failed) in totals.items():
+            name, _, _, ranks = self._group(group)
+            out.append((name, ranks, OP_NAMES[op], calls, nbytes, failed))
+        return out
 
     def __repr__(self) -> str:
         if self._native is None:
@@ -198,7 +205,7 @@ def _reduce_ops() -> dict[int, Any]:
     if not _REDUCE_OPS:
         import torch.distributed as dist
 
-        _REDUCE_OPS[_NO_REDUCE_OP] = None
+        _REDUCE_OPS[NO_REDUCE_OP] = None
         for member in dist.ReduceOp.RedOpType.__members__.values():
             _REDUCE_OPS[int(member)] = member
     return _REDUCE_OPS

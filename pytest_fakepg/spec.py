@@ -7,30 +7,19 @@ Every error names the argument, the value given and what is allowed.
 
 from __future__ import annotations
 
-import difflib
+import inspect
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from .records import OP_NAMES
+from ._backend import DEVICES
+from .ops import ALL_OPS, check_op
 
 VALUES = ("uniform", "copy")
 FAIL_AT = ("issue", "wait")
 BACKENDS = ("fakepg", "fake")
-DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "meta")
-ALL_OPS = "*"
-
-
-class _DefaultStr(str):
-    """A string default that can be told apart from the same value passed
-    explicitly: ``backend="fake"`` falls back on defaults silently but refuses
-    what the user asked for by name."""
-
-    __slots__ = ()
-
-
-DEFAULT_VALUES = _DefaultStr("uniform")
 
 
 @dataclass(frozen=True)
@@ -63,13 +52,20 @@ class WorldSpec:
         rank: int = 0,
         mesh: Any = None,
         device: str = "cpu",
-        values: str = DEFAULT_VALUES,
+        values: str | None = None,
         fail: Any = None,
         fail_at: str = "issue",
-        backend: str = "fakepg",
+        backend: str | None = None,
         record: bool | None = None,
     ) -> WorldSpec:
-        """Validate every argument (in signature order) and resolve defaults."""
+        """Validate every argument (in signature order) and resolve defaults.
+
+        The one definition of a world's arguments: ``FakeWorld(...)`` and
+        ``@pytest.mark.fake_world(...)`` bind to this signature. None means
+        "the default": ``values`` "uniform" (on torch's stock backend "copy"),
+        ``backend`` "fakepg" (for the marker: ``--fake-world-backend``),
+        ``record`` on for fakepg, off for the stock backend.
+        """
         if world_size is not None:
             world_size = check_world_size(world_size)
         shape, names = parse_mesh(mesh)
@@ -77,19 +73,18 @@ class WorldSpec:
         shape = resolve_mesh_shape(shape, world_size)
         rank = check_rank(rank, world_size)
         device = check_device(device)
-        backend = check_choice("backend", backend, BACKENDS)
+        backend = "fakepg" if backend is None else check_choice("backend", backend, BACKENDS)
         fail_at = check_choice("fail_at", fail_at, FAIL_AT)
-        explicit_values = not isinstance(values, _DefaultStr)
-        values = check_choice("values", values, VALUES)
+        if values is not None:
+            values = check_choice("values", values, VALUES)
         faults = parse_fail(fail, fail_at)
         if record is not None and not isinstance(record, bool):
             raise TypeError(f"record must be True or False, got {record!r}")
         if backend == "fake":
-            values, record = _fit_stock_backend(
-                values, explicit_values, record, faults
-            )
-        elif record is None:
-            record = True
+            values, record = _fit_stock_backend(values, record, faults)
+        else:
+            values = values or "uniform"
+            record = True if record is None else record
         return cls(
             world_size=world_size,
             rank=rank,
@@ -115,12 +110,12 @@ class WorldSpec:
 
 
 def _fit_stock_backend(
-    values: str, explicit_values: bool, record: bool | None, faults: tuple[FaultSpec, ...]
+    values: str | None, record: bool | None, faults: tuple[FaultSpec, ...]
 ) -> tuple[str, bool]:
     """torch's stock fake backend copies values, records nothing and can only
     fail every collective at issue. Defaults fall back to that; explicit asks
     it cannot honour are refused."""
-    if values == "uniform" and explicit_values:
+    if values == "uniform":
         raise ValueError(
             "values='uniform' needs the fakepg backend; torch's stock backend "
             "(backend='fake') only has values='copy'"
@@ -183,10 +178,10 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
 
 
 def check_device(device: Any) -> str:
-    if not isinstance(device, str) or device not in DEVICE_TYPES:
+    if not isinstance(device, str) or device not in DEVICES:
         raise ValueError(
-            f"device must be a torch device type, one of "
-            f"{', '.join(map(repr, DEVICE_TYPES))}; got {device!r}"
+            f"device must be one of {', '.join(map(repr, DEVICES))} (the device "
+            f"types the fakepg backend serves); got {device!r}"
         )
     return device
 
@@ -290,22 +285,6 @@ def resolve_mesh_shape(
     return shape
 
 
-def check_op(op: Any) -> str:
-    if op == ALL_OPS:
-        return op
-    if not isinstance(op, str) or op not in OP_NAMES:
-        hint = ""
-        if isinstance(op, str):
-            close = difflib.get_close_matches(op, OP_NAMES, n=1)
-            if close:
-                hint = f" (did you mean {close[0]!r}?)"
-        raise ValueError(
-            f"unknown collective {op!r} in fail{hint}; allowed: '*' or one of "
-            f"{', '.join(OP_NAMES)}"
-        )
-    return op
-
-
 def check_nth(op: str, nth: Any) -> int:
     if not _is_int(nth) or nth < 1:
         raise ValueError(
@@ -341,21 +320,20 @@ def parse_fail(fail: Any, at: str) -> tuple[FaultSpec, ...]:
 RANK_SWEEP = "all"
 
 
-def marker_signature(
-    world_size: Any = None,
-    *,
-    rank: Any = 0,
-    mesh: Any = None,
-    device: str = "cpu",
-    values: str = DEFAULT_VALUES,
-    fail: Any = None,
-    fail_at: str = "issue",
-    backend: str | None = None,
-    record: bool | None = None,
-) -> dict[str, Any]:
-    """``@pytest.mark.fake_world(...)``'s signature. Binding marker arguments
-    to it makes wrong or unknown keywords fail with Python's own message."""
-    return dict(locals())
+# The marker's signature: WorldSpec.build's, without cls. Binding marker
+# arguments to it makes wrong or unknown keywords fail with Python's own
+# message; world_size, rank and mesh may also be lists there (sweeps).
+SIGNATURE = inspect.signature(WorldSpec.build)
+
+
+def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Marker (or FakeWorld) arguments as a dict of every parameter."""
+    try:
+        bound = SIGNATURE.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{exc} (allowed: {', '.join(SIGNATURE.parameters)})") from None
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def expand(
@@ -387,8 +365,7 @@ def expand(
     if isinstance(ranks, list) and not ranks:
         raise ValueError("rank must not be an empty list")
     rest = {k: v for k, v in args.items() if k not in ("world_size", "rank", "mesh")}
-    if rest["backend"] is None:
-        rest["backend"] = default_backend
+    rest["backend"] = rest["backend"] or default_backend
     specs: list[WorldSpec] = []
     for size in size_list:
         for mesh in mesh_list:

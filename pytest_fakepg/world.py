@@ -1,58 +1,132 @@
 """FakeWorld: stand a fake distributed world up, and take it down without a
 trace. Usable without pytest.
 
-This is the only module that knows torch's global distributed state. torch is
-imported when a world starts, not when this module is imported, so loading
-the pytest plugin costs nothing in runs that never use a fake world.
+This module owns "the world that is up": the running world's native state,
+the factory torch calls to make each of its groups, and the group-name
+counter. It is the only module that changes torch's global state (private
+names go through _compat.py). torch is imported when a world starts, not when
+this module is imported, so loading the pytest plugin costs nothing in runs
+that never use a fake world.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
-from typing import Any
+import warnings
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import _backend
-from .records import OP_NAMES, CollectiveLog
-from .spec import (
-    ALL_OPS,
-    DEFAULT_VALUES,
-    FAIL_AT,
-    FaultSpec,
-    WorldSpec,
-    check_choice,
-    check_nth,
-    check_op,
-)
+from . import _backend, _compat
+from .ops import ALL_OPS, check_op, op_code
+from .records import CollectiveLog
+from .spec import FAIL_AT, SIGNATURE, FaultSpec, WorldSpec, check_choice, check_nth
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup, Store
+    from torch.distributed.device_mesh import DeviceMesh
+
+
+class FakeWorldWarning(UserWarning):
+    """Base class of pytest-fakepg's warnings."""
+
+
+class FakeWorldLeakWarning(FakeWorldWarning):
+    """A test left a process group of its own behind; the plugin destroyed it."""
+
+
+class FakeWorldFaultWarning(FakeWorldWarning):
+    """An armed fault never fired: the test did not test what it meant to."""
+
 
 # Variables a fake world must not inherit: TORCH_DISTRIBUTED_DEBUG=DETAIL
 # wraps every group in a gloo-checked wrapper that fake backends cannot serve.
 # TORCH_DIST_INIT_BARRIER=1 makes new_group wait in the store for every rank
 # of the world, which never arrive in a fake one.
 _HIDDEN_ENV = ("TORCH_DISTRIBUTED_DEBUG", "TORCH_DIST_INIT_BARRIER")
+# pytest's (and pytest-xdist's) bookkeeping: they set and unset these
+# themselves while a world is up; restoring them would undo their work.
+_PYTEST_ENV = ("PYTEST_CURRENT_TEST", "PYTEST_VERSION")
+_PYTEST_ENV_PREFIX = "PYTEST_XDIST_"
 
-# torch names groups "0", "1", ... from a counter that destroy_process_group
-# resets. Carrying the counter across worlds means no group name is ever
-# reused in a process, so a DeviceMesh or DTensor kept from an earlier world
-# fails to resolve its group instead of silently using the new world's.
+# torch's backend that `backend="fake"` names: groups a body asks for on it
+# (torchtitan does, for size-1 mesh dimensions) are served by fakepg while a
+# fakepg world is up. See NOTE [compat: backend plugins].
+_STOCK_FAKE = "fake"
+
+
+class _Running(NamedTuple):
+    native: Any  # the compiled WorldState shared by every group of the world
+    world_size: int
+
+
+# The world that is up (one at a time), read by _create_backend whenever torch
+# makes a group: the default group, new_group, DeviceMesh dimensions.
+_running: _Running | None = None
+# NOTE [Group names] torch names groups "0", "1", ... from a counter that
+# destroy_process_group resets. Carrying it across worlds means no group name
+# is ever reused in a process, so a DeviceMesh or DTensor kept from an earlier
+# world fails to resolve its group instead of silently using this world's.
 _next_group_number = 0
+
+
+def _create_backend(dist_opts: Any, _backend_options: Any) -> Any:
+    """The group factory torch calls for every fakepg (and, in a fakepg
+    world, every "fake") group."""
+    global _next_group_number
+    if _running is None:
+        raise RuntimeError(
+            "the fakepg backend makes groups only inside a fake world: use "
+            "`with pytest_fakepg.FakeWorld(...)` or the "
+            "@pytest.mark.fake_world marker instead of calling "
+            "init_process_group('fakepg') yourself"
+        )
+    name = dist_opts.group_id
+    if name.isdigit():  # a body that destroys its groups resets torch's counter
+        _next_group_number = max(_next_group_number, int(name) + 1)
+    ranks = dist_opts.global_ranks_in_group
+    size = dist_opts.group_size
+    # A group of every rank maps group ranks to global ranks one to one: pass
+    # no list, so a million ranks cost nothing.
+    if len(ranks) == size == _running.world_size:
+        ranks = []
+    return _backend.load().FakeBackend(_running.native, dist_opts.group_rank, size, name, ranks)
 
 
 class Fault:
     """An armed fault. ``disarm()`` it, or use it as a context manager."""
 
-    __slots__ = ("_world", "_id", "spec")
+    __slots__ = ("_world", "_id", "_calls_before", "_reported", "spec")
 
     def __init__(self, world: FakeWorld, fault_id: int, spec: FaultSpec) -> None:
         self._world = world
         self._id = fault_id
+        self._calls_before = world._native.call_count(op_code(spec.op))
+        self._reported = False
         self.spec = spec
 
     def disarm(self) -> None:
-        """Disarm the fault (a no-op once it fired, if it was one-shot)."""
-        native = self._world._native
-        if native is not None:
-            native.disarm_fault(self._id)
+        """Disarm the fault (a no-op once it fired, if it was one-shot).
+        Raises RuntimeError once its world is down."""
+        native = self._world._live_native("Fault.disarm()")
+        native.disarm_fault(self._id)
+        self._reported = True  # disarmed on purpose: nothing to report
+
+    def _never_fired(self) -> str | None:
+        """Why this fault is a test that tested nothing, or None."""
+        if self._reported:
+            return None
+        native, spec = self._world._native, self.spec
+        op = "any collective" if spec.op == ALL_OPS else spec.op
+        calls = native.call_count(op_code(spec.op))
+        if spec.nth is not None:
+            if not native.is_armed(self._id):
+                return None
+            made = f"{calls} call{'s' if calls != 1 else ''} of {op} {'was' if calls == 1 else 'were'} made"
+            return f"the fault armed for call {spec.nth} of {op} never fired: {made}"
+        if calls > self._calls_before:
+            return None
+        return f"the fault armed for every call of {op} never fired: no call of {op} was made after it was armed"
 
     def __enter__(self) -> Fault:
         return self
@@ -71,55 +145,35 @@ class FakeWorld:
     ``with FakeWorld(4, rank=1, mesh={"dp": 2, "tp": 2}) as world:`` brings up
     the default process group on the fake backend, a store and (if asked) a
     named DeviceMesh; leaving the block destroys every group and clears torch's
-    DeviceMesh/DTensor caches, the DTensor RNG tracker and the environment
-    changes, even when the block raised.
+    DeviceMesh/DTensor caches, the DTensor RNG tracker, compiled code bound to
+    the world's groups and the environment changes, even when the block raised.
 
-    Arguments are validated up front (``ValueError``/``TypeError`` naming the
-    argument, the value and what is allowed); see :class:`WorldSpec`.
+    Takes the arguments of :meth:`WorldSpec.build` (also the marker's), or one
+    :class:`WorldSpec`. They are validated up front (``ValueError``/
+    ``TypeError`` naming the argument, the value and what is allowed).
     """
 
-    def __init__(
-        self,
-        world_size: int | None = None,
-        *,
-        rank: int = 0,
-        mesh: Any = None,
-        device: str = "cpu",
-        values: str = DEFAULT_VALUES,
-        fail: Any = None,
-        fail_at: str = "issue",
-        backend: str = "fakepg",
-        record: bool | None = None,
-    ) -> None:
-        self.spec = WorldSpec.build(
-            world_size,
-            rank=rank,
-            mesh=mesh,
-            device=device,
-            values=values,
-            fail=fail,
-            fail_at=fail_at,
-            backend=backend,
-            record=record,
-        )
-        self._reset()
-
-    @classmethod
-    def from_spec(cls, spec: WorldSpec) -> FakeWorld:
-        world = cls.__new__(cls)
-        world.spec = spec
-        world._reset()
-        return world
-
-    def _reset(self) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if len(args) == 1 and not kwargs and isinstance(args[0], WorldSpec):
+            self.spec = args[0]
+        else:
+            self.spec = WorldSpec.build(*args, **kwargs)
         self._native: Any = None
-        self._pg: Any = None
-        self._store: Any = None
-        self._mesh: Any = None
-        self._flat_mesh: Any = None
+        self._pg: ProcessGroup | None = None
+        self._store: Store | None = None
+        self._mesh: DeviceMesh | None = None
+        self._flat_mesh: DeviceMesh | None = None
         self._log: CollectiveLog | None = None
-        self._env: dict[Any, Any] | None = None
+        self._faults: list[Fault] = []
+        self._sites: list[str] | None = None
+        self._saved: dict[str, Any] = {}
         self._up = False
+
+    # help() and IDEs show the world's arguments: WorldSpec.build's.
+    __init__.__signature__ = SIGNATURE.replace(  # type: ignore[attr-defined]
+        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *SIGNATURE.parameters.values()],
+        return_annotation=None,
+    )
 
     # -- what a test reads -------------------------------------------------
     @property
@@ -143,29 +197,28 @@ class FakeWorld:
         return self.spec.backend
 
     @property
-    def pg(self) -> Any:
+    def pg(self) -> ProcessGroup:
         """The default process group."""
         return self._require(self._pg, "pg")
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         return self._require(self._store, "store")
 
     @property
-    def mesh(self) -> Any:
+    def mesh(self) -> DeviceMesh | None:
         """The DeviceMesh asked for with ``mesh=``, or None."""
-        self._require(True, "mesh")
-        return self._mesh
+        return self._require(self._mesh, "mesh")
 
-    def device_mesh(self) -> Any:
+    def device_mesh(self) -> DeviceMesh:
         """The mesh asked for with ``mesh=``, else a 1-D mesh over every rank
         (made on first use)."""
-        self._require(True, "device_mesh")
-        if self._mesh is None:
-            if self._flat_mesh is None:
-                self._flat_mesh = _init_device_mesh(self.spec.device, (self.world_size,), None)
-            return self._flat_mesh
-        return self._mesh
+        self._require(None, "device_mesh")
+        if self._mesh is not None:
+            return self._mesh
+        if self._flat_mesh is None:
+            self._flat_mesh = _init_device_mesh(self.spec.device, (self.world_size,), None)
+        return self._flat_mesh
 
     @property
     def collectives(self) -> CollectiveLog:
@@ -175,6 +228,13 @@ class FakeWorld:
         if not self._up:
             raise RuntimeError(f"FakeWorld.{what} is only available while the world is up")
         return value
+
+    def _live_native(self, what: str) -> Any:
+        if not self._up:
+            raise RuntimeError(f"{what} needs a running world; this one is down")
+        if self._native is None:
+            raise RuntimeError(f"{what} needs a world on the fakepg backend; this one runs on torch's stock backend")
+        return self._native
 
     # -- faults --------------------------------------------------------------
     def fail(self, op: str = ALL_OPS, *, nth: int | None = None, at: str = "issue") -> Fault:
@@ -192,22 +252,67 @@ class FakeWorld:
                 "FakeWorld.fail() needs the fakepg backend; torch's stock "
                 "backend (backend='fake') cannot arm faults while a world is up"
             )
-        self._require(True, "fail")
+        native = self._live_native("FakeWorld.fail()")
+        if spec.nth is not None:
+            made = native.call_count(op_code(spec.op))
+            if spec.nth <= made:
+                what = "collectives" if spec.op == ALL_OPS else f"calls of {spec.op}"
+                raise ValueError(
+                    f"nth={spec.nth} is in the past: {made} {what} were already made in this "
+                    f"world (calls count from the world's start); use nth >= {made + 1}"
+                )
         return self._arm(spec)
 
     def _arm(self, spec: FaultSpec) -> Fault:
-        code = -1 if spec.op == ALL_OPS else OP_NAMES.index(spec.op)
-        fault_id = self._native.arm_fault(code, spec.nth or 0, spec.at == "wait")
-        return Fault(self, fault_id, spec)
+        fault_id = self._native.arm_fault(op_code(spec.op), spec.nth or 0, spec.at == "wait")
+        fault = Fault(self, fault_id, spec)
+        self._faults.append(fault)
+        return fault
 
     def calls(self, op: str | None = None) -> int:
         """Calls issued so far (counted even while recording is off): of
         ``op``, or of every collective (None or "*"). This is what ``nth``
         counts."""
+        native = self._live_native("FakeWorld.calls()")
+        return native.call_count(op_code(op, "calls"))
+
+    def unfired_faults(self) -> list[str]:
+        """Why each fault armed in this world (by argument or ``fail()``)
+        that was neither disarmed nor fired tested nothing. Each is reported
+        once: by this call, or else as a FakeWorldFaultWarning when the world
+        goes down."""
         if self._native is None:
-            raise RuntimeError("call counts need a running world on the fakepg backend")
-        op = ALL_OPS if op is None else check_op(op)
-        return self._native.call_count(-1 if op == ALL_OPS else OP_NAMES.index(op))
+            return []
+        out = []
+        for fault in self._faults:
+            reason = fault._never_fired()
+            if reason is not None:
+                fault._reported = True
+                out.append(reason)
+        return out
+
+    # -- what the consistency check reads ------------------------------------
+    def record_call_sites(self) -> None:
+        """Record, with every collective from now on, the line of user code
+        that issued it (the first frame outside torch and this package), as
+        ``file.py:LINE``: see ``call_sites()``. Costs a stack walk per call."""
+        native = self._live_native("FakeWorld.record_call_sites()")
+        if self._sites is None:
+            self._sites = []
+            native.set_site_source(_site_source(self._sites))
+
+    def call_sites(self) -> list[str]:
+        """The call sites recorded so far; a raw record's site indexes this."""
+        return list(self._sites or ())
+
+    def group_labels(self) -> dict[str, str]:
+        """Group name -> what to call it: the mesh dimension's name for a
+        DeviceMesh group, else its description ("default_pg", ...)."""
+        self._require(None, "group_labels")
+        labels = {}
+        for name, desc in _compat.group_descriptions().items():
+            labels[name] = desc[len("mesh_"):] if desc.startswith("mesh_") else desc
+        return labels
 
     # -- life cycle -------------------------------------------------------
     def __enter__(self) -> FakeWorld:
@@ -219,6 +324,7 @@ class FakeWorld:
 
     def start(self) -> FakeWorld:
         """Bring the world up. On any error, everything done so far is undone."""
+        global _running
         import torch.distributed as dist
 
         if self._up:
@@ -231,7 +337,7 @@ class FakeWorld:
                 f"(backend {dist.get_backend()!r}, world size {dist.get_world_size()}); "
                 "call torch.distributed.destroy_process_group() first"
             )
-        if _backend._active is not None:
+        if _running is not None:
             raise RuntimeError("another FakeWorld is already up in this process")
         spec = self.spec
         if not device_available(spec.device):
@@ -239,12 +345,17 @@ class FakeWorld:
                 f"device={spec.device!r} was asked for but no {spec.device} device is available"
             )
         if spec.backend == "fakepg":
-            _backend.register()  # before any state changes: a build error leaves nothing
-        self._env = _snapshot_env()
+            _backend.register(_create_backend)  # before any state changes: a build error leaves nothing
+        self._saved = {
+            "env": dict(_compat.environ_data()),
+            "excepthook": sys.excepthook,
+            "dynamo_frames": _compat.dynamo_frames(),
+        }
         self._up = True
         try:
             for name in _HIDDEN_ENV:
                 os.environ.pop(name, None)
+            self._install_object_collectives()
             self._store = dist.HashStore()
             self._init_default_group(dist)
             if spec.mesh_shape is not None:
@@ -257,26 +368,23 @@ class FakeWorld:
         return self
 
     def _init_default_group(self, dist: Any) -> None:
-        global _next_group_number
+        global _running
         spec = self.spec
         if spec.backend == "fakepg":
             self._native = _backend.load().WorldState(spec.values, spec.record)
-            _backend._active = _backend.ActiveWorld(self._native, spec.world_size)
+            _running = _Running(self._native, spec.world_size)
             self._log = CollectiveLog(self._native)
+            _compat.register_stock_fake()
+            self._saved["stock_fake"] = _compat.swap_backend_creator(_STOCK_FAKE, _create_backend)
             options = None
         else:
-            # torch registers its stock "fake" backend in this (small) module.
-            import torch.testing._internal.distributed.fake_pg  # noqa: F401
-            from torch._C._distributed_c10d import FakeProcessGroup
-
-            options = FakeProcessGroup.Options()
+            options = _compat.register_stock_fake()()
             options.error_on_collective = bool(spec.faults)
             self._log = CollectiveLog.disabled(
                 "it runs on torch's stock backend (backend='fake'), which records "
                 "nothing; use backend='fakepg'"
             )
-        c10d = dist.distributed_c10d
-        c10d._world.group_count = _next_group_number
+        _compat.set_group_count(_next_group_number)
         dist.init_process_group(
             backend=spec.backend,
             rank=spec.rank,
@@ -284,35 +392,59 @@ class FakeWorld:
             store=self._store,
             pg_options=options,
         )
-        self._pg = c10d._get_default_group()
+        self._pg = _compat.default_group()
+
+    def _install_object_collectives(self) -> None:
+        import torch.distributed as dist
+
+        from . import _objects
+
+        c10d = dist.distributed_c10d
+        originals = {name: getattr(c10d, name) for name in _objects.NAMES}
+        self._saved["objects"] = (originals, _objects.make(originals))
+        for module in (dist, c10d):
+            for name, replacement in self._saved["objects"][1].items():
+                setattr(module, name, replacement)
 
     def stop(self) -> None:
-        """Take the world down. Idempotent; runs every step even if one fails."""
-        global _next_group_number
+        """Take the world down. Idempotent; runs every step even if one fails.
+        A fault that never fired is reported as a FakeWorldFaultWarning."""
+        global _running, _next_group_number
         if not self._up:
             return
         import torch.distributed as dist
 
+        unfired = self.unfired_faults()
+        saved = self._saved
         try:
             if dist.is_initialized():
-                _next_group_number = max(
-                    _next_group_number, dist.distributed_c10d._world.group_count
-                )
+                _next_group_number = max(_next_group_number, _compat.group_count())
                 dist.destroy_process_group()
-            # A body that destroyed the groups itself reset torch's counter:
-            # the backend saw every name it made.
-            _next_group_number = max(_next_group_number, _backend.highest_group_number + 1)
         finally:
-            _backend._active = None
-            _clear_torch_caches()
-            _restore_env(self._env or {})
+            _running = None
+            if "stock_fake" in saved:
+                _compat.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
+            if "objects" in saved:
+                originals, ours = saved["objects"]
+                for module in (dist, dist.distributed_c10d):
+                    for name, original in originals.items():
+                        if getattr(module, name, None) is ours[name]:
+                            setattr(module, name, original)
+            _compat.clear_mesh_registries()
+            _compat.clear_dtensor_state()
+            if _compat.dynamo_frames() != saved["dynamo_frames"]:
+                # Code compiled in this world guards on its groups; in the
+                # next world it would only recompile, up to dynamo's limit.
+                _compat.reset_compiled_code()
+            sys.excepthook = saved["excepthook"]  # init_process_group wraps it
+            _restore_env(saved["env"])
+            if self._native is not None:
+                self._native.set_site_source(None)
             self._pg = self._store = self._mesh = self._flat_mesh = None
-            self._env = None
+            self._saved = {}
             self._up = False
-
-    @property
-    def is_up(self) -> bool:
-        return self._up
+        for reason in unfired:
+            warnings.warn(FakeWorldFaultWarning(reason), stacklevel=2)
 
     def __repr__(self) -> str:
         s = self.spec
@@ -324,7 +456,32 @@ class FakeWorld:
         )
 
 
-def _init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...] | None) -> Any:
+def _site_source(sites: list[str]) -> Any:
+    """The callable the backend calls per collective while call sites are
+    recorded: the first frame outside torch and this package, as an index
+    into ``sites`` ("file.py:LINE")."""
+    import torch
+
+    skip = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
+    index: dict[tuple[str, int], int] = {}
+
+    def site() -> int:
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(skip):
+            frame = frame.f_back
+        if frame is None:
+            return -1
+        key = (frame.f_code.co_filename, frame.f_lineno)
+        found = index.get(key)
+        if found is None:
+            found = index[key] = len(sites)
+            sites.append(f"{os.path.basename(key[0])}:{key[1]}")
+        return found
+
+    return site
+
+
+def _init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...] | None) -> DeviceMesh:
     """``init_device_mesh``, making only the groups this rank is in.
 
     NOTE [Only this rank's groups]
@@ -335,15 +492,15 @@ def _init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...
     group factory is swapped for one that finds this rank's row and creates that
     group alone. Everything else (the mesh tensor, coordinates, slicing, the
     group registry) is torch's own. Where torch's internals differ from what this
-    expects, the stock path runs instead.
+    expects, the stock path runs instead (NOTE [compat: mesh groups]).
     """
     from torch.distributed import device_mesh as dm
 
-    mesh_cls = getattr(dm, "DeviceMesh", None)
-    layout_cls = getattr(dm, "_MeshLayout", None)
-    original = vars(mesh_cls).get("_init_one_process_group") if mesh_cls is not None else None
-    if layout_cls is None or not isinstance(original, staticmethod):
+    found = _compat.mesh_group_factory()
+    if found is None:
         return dm.init_device_mesh(device, shape, mesh_dim_names=names)
+    mesh_cls, layout_cls = found
+    original = vars(mesh_cls)["_init_one_process_group"]
 
     def this_ranks_group(sub_layout: Any, rank_map: Any, dim_name: str, backend_override: Any) -> Any:
         import torch.distributed as dist
@@ -355,7 +512,7 @@ def _init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...
             return None
         if len(ranks) == dist.get_world_size():
             # as torch does for a default group that is not gloo
-            return dist.distributed_c10d._get_default_group().group_name
+            return _compat.default_group().group_name
         return dist.new_group(ranks=ranks, group_desc=f"mesh_{dim_name}").group_name
 
     mesh_cls._init_one_process_group = staticmethod(this_ranks_group)
@@ -407,61 +564,29 @@ def clean_up_foreign_state() -> str | None:
     dist = sys.modules.get("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return None
-    if _backend._active is not None:
+    if _running is not None:
         return None  # a FakeWorld is up: it owns the group
     found = f"backend {dist.get_backend()!r}, world size {dist.get_world_size()}"
     dist.destroy_process_group()
-    _clear_torch_caches()
+    _compat.clear_mesh_registries()
+    _compat.clear_dtensor_state()
     return found
 
 
-def _environ_data() -> dict[Any, Any]:
-    # os.environ keeps its encoded items in _data; copying and comparing that
-    # dict runs at C speed, where walking os.environ decodes every item (the
-    # largest cost of a world's life cycle before this).
-    data = getattr(os.environ, "_data", None)
-    return data if isinstance(data, dict) else dict(os.environ)
-
-
-def _snapshot_env() -> dict[Any, Any]:
-    return dict(_environ_data())
+def _is_pytest_variable(key: Any) -> bool:
+    name = os.fsdecode(key) if isinstance(key, bytes) else key
+    return name in _PYTEST_ENV or name.startswith(_PYTEST_ENV_PREFIX)
 
 
 def _restore_env(saved: dict[Any, Any]) -> None:
-    current = _environ_data()
+    """Put the environment back as ``saved`` (a copy of environ_data()),
+    leaving pytest's own variables as pytest has them now."""
+    current = _compat.environ_data()
     if current == saved:
         return
     decode = os.fsdecode if current is not os.environ else (lambda k: k)
-    for key in [k for k in current if k not in saved]:
+    for key in [k for k in current if k not in saved and not _is_pytest_variable(k)]:
         del os.environ[decode(key)]
     for key, value in saved.items():
-        if current.get(key) != value:
+        if current.get(key) != value and not _is_pytest_variable(key):
             os.environ[decode(key)] = decode(value)
-
-
-def _clear_torch_caches() -> None:
-    """Forget what torch cached about the world that just went down. Only
-    modules already imported are touched: nothing is imported to clear it."""
-    modules = sys.modules
-    device_mesh = modules.get("torch.distributed.device_mesh")
-    resources = getattr(device_mesh, "_mesh_resources", None)
-    if resources is not None:
-        for value in vars(resources).values():
-            if isinstance(value, (list, dict)):
-                value.clear()
-    random = modules.get("torch.distributed.tensor._random")
-    if random is not None and getattr(random, "_rng_tracker", None) is not None:
-        random._rng_tracker = None
-    api = modules.get("torch.distributed.tensor._api")
-    if api is not None:
-        propagator = api.DTensor._op_dispatcher.sharding_propagator
-        for name in ("propagate_op_sharding", "_propagate_tensor_meta_cached"):
-            cached = getattr(propagator, name, None)
-            clear = getattr(cached, "cache_clear", None)
-            if clear is not None:
-                clear()
-        import torch
-
-        clear_native = getattr(torch._C, "_clear_DTensor_sharding_propagator_cache", None)
-        if clear_native is not None:  # the C++ fast path's own cache
-            clear_native()

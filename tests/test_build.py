@@ -30,15 +30,15 @@ def test_cache_dir_is_keyed_by_torch_python_and_sources(tmp_path: Path, monkeypa
     directory = _backend.build_dir()
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
     assert directory.parent == tmp_path / f"torch-{torch.__version__}-{py}"
-    assert directory.name == _backend._source_hash(_backend._sources_dir())
+    assert directory.name == _backend._source_hash(_backend.sources_dir())
     assert len(directory.name) == 16
 
 
 def test_source_hash_changes_with_the_sources(tmp_path: Path) -> None:
     src = tmp_path / "csrc"
-    shutil.copytree(_backend._sources_dir(), src)
+    shutil.copytree(_backend.sources_dir(), src)
     before = _backend._source_hash(src)
-    with open(src / "fake_backend.cpp", "a") as fh:
+    with open(src / "backend.cpp", "a") as fh:
         fh.write("\n// changed\n")
     assert _backend._source_hash(src) != before
 
@@ -137,8 +137,10 @@ def test_concurrent_cold_builds_share_one_cache_and_corruption_is_rebuilt(tmp_pa
     assert result.stdout.strip() == "<CollectiveLog of 0 collectives>"
 
 
-def test_python_and_cpp_agree_on_op_names() -> None:
-    """records.OP_NAMES (read at collection, without torch) mirrors fakepg::Op."""
-    from pytest_fakepg.records import OP_NAMES
+def test_python_and_cpp_read_one_op_table() -> None:
+    """ops.OP_NAMES (read at collection, without torch) and the compiled
+    fakepg::Op come from csrc/ops.def; the codes a record carries agree."""
+    from pytest_fakepg.ops import OP_NAMES
 
+    assert OP_NAMES[:3] == ("all_reduce", "all_reduce_coalesced", "all_gather") and len(OP_NAMES) == 18
     assert tuple(_backend.load().op_names()) == OP_NAMES

@@ -20,7 +20,7 @@ class Row(NamedTuple):
 
 
 # Marker arguments: the test errors before its body runs, with
-# "<test id>: invalid @pytest.mark.fake_world(...): <message>".
+# "<message> [invalid @pytest.mark.fake_world(...)]" (the cause first).
 MARKER = [
     Row("world size of 0", "fake_world(0)", "world_size must be an int >= 1, got 0"),
     Row("world size not an int", "fake_world('4')", "world_size must be an int >= 1, got '4' (str)"),
@@ -48,11 +48,12 @@ MARKER = [
         "the call number for 'barrier' must be an int >= 1 (calls count from 1), got 0"),
     Row("unknown values", "fake_world(2, values='random')", "values must be one of 'uniform', 'copy', got 'random'"),
     Row("unknown fail_at", "fake_world(2, fail_at='later')", "fail_at must be one of 'issue', 'wait', got 'later'"),
-    Row("unknown device type", "fake_world(2, device='gpu')",
-        "device must be a torch device type, one of 'cpu', 'cuda', 'xpu', 'mps', 'hpu', 'mtia', 'meta'; got 'gpu'"),
+    Row("unsupported device type", "fake_world(2, device='xpu')",
+        "device must be one of 'cpu', 'cuda' (the device types the fakepg backend serves); got 'xpu'"),
     Row("unknown keyword", "fake_world(2, rnak=1)",
         "got an unexpected keyword argument 'rnak' (allowed: world_size, rank, mesh, device, values, fail, "
-        "fail_at, backend, record)"),
+        "fail_at, backend, record, check_ranks)"),
+    Row("check_ranks not a bool", "fake_world(2, check_ranks='no')", "check_ranks must be True or False, got 'no'"),
     Row("stock backend asked for uniform values", "fake_world(2, backend='fake', values='uniform')",
         "values='uniform' needs the fakepg backend; torch's stock backend (backend='fake') only has values='copy'"),
     Row("stock backend asked for a per-op fault", "fake_world(2, backend='fake', fail={'barrier': 2})",
@@ -75,9 +76,9 @@ MISUSE = [
          "fake_world(device='cuda') needs a cuda device; none is available"),
      "@pytest.mark.fake_world(8, device='cuda')\ndef test_it():\n    pass\n", ["-rs"], {"skipped": 1}),
     (Row("marker sweep on a unittest.TestCase", "fake_world([2, 4]) on a TestCase method",
-         "invalid @pytest.mark.fake_world(...): this test cannot be parametrized by the marker (it is a "
-         "unittest.TestCase method or parametrizes world_size/rank itself): give one world size, one rank "
-         "and one mesh"),
+         "this test cannot be parametrized by the marker (it is a unittest.TestCase method or parametrizes "
+         "world_size/rank itself): give one world size, one rank and one mesh [invalid "
+         "@pytest.mark.fake_world(...)]"),
      "import unittest\nclass T(unittest.TestCase):\n    @pytest.mark.fake_world([2, 4])\n"
      "    def test_it(self):\n        pass\n", [], {"errors": 1}),
     (Row("a process group left behind", "a test calls init_process_group and never destroys it",
@@ -99,8 +100,9 @@ MISUSE = [
     (Row("the fakepg backend without a world", "init_process_group('fakepg', ...) by hand",
          "the fakepg backend makes groups only inside a fake world: use `with pytest_fakepg.FakeWorld(...)` or "
          "the @pytest.mark.fake_world marker instead of calling init_process_group('fakepg') yourself"),
-     "import torch.distributed as dist\nfrom pytest_fakepg import _backend\ndef test_it():\n"
-     "    _backend.register()\n    dist.init_process_group('fakepg', rank=0, world_size=2, store=dist.HashStore())\n",
+     "import torch.distributed as dist\nfrom pytest_fakepg import FakeWorld\ndef test_it():\n"
+     "    FakeWorld(2).start().stop()  # the backend is registered from now on\n"
+     "    dist.init_process_group('fakepg', rank=0, world_size=2, store=dist.HashStore())\n",
      [], {"failed": 1}),
     (Row("a fixture where torch is not installed", "rank fixture, torch missing",
          "pytest-fakepg's fake worlds need torch, which could not be imported (No module named 'torch'); "
@@ -124,7 +126,9 @@ def test_invalid_marker_arguments_error_their_test_only(pytester: pytest.Pyteste
     result.assert_outcomes(passed=1, errors=len(MARKER))
     out = result.stdout.str()
     for i, row in enumerate(MARKER):
-        assert f"test_it.py::test_bad_{i}: invalid @pytest.mark.fake_world(...): {row.message}\n" in out, row.what
+        assert f"\n{row.message} [invalid @pytest.mark.fake_world(...)]\n" in out, row.what
+        # the short summary leads with the cause
+        assert f"ERROR test_it.py::test_bad_{i}[invalid-fake-world] - Failed: {row.message[:10]}" in out, row.what
     assert "body ran" not in out
 
 

@@ -203,7 +203,7 @@ def test_cuda_gives_the_cpu_values_and_records(name: str, values: str) -> None:
 
 
 def test_every_collective_is_covered() -> None:
-    from pytest_fakepg.records import OP_NAMES
+    from pytest_fakepg.ops import OP_NAMES
 
     assert set(OPS) == set(OP_NAMES)
 

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 from pytest_fakepg import FakeWorld
-from pytest_fakepg.records import OP_NAMES
+from pytest_fakepg.ops import OP_NAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

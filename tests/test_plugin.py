@@ -100,7 +100,10 @@ class TestAfter(unittest.TestCase):
         self.assertFalse(dist.is_initialized())
 """)
     result.assert_outcomes(passed=3, errors=1)
-    result.stdout.fnmatch_lines(["*test_cannot_sweep*cannot be parametrized by the marker*"])
+    result.stdout.fnmatch_lines([
+        "this test cannot be parametrized by the marker*",
+        "*ERROR test_it.py::TestSweep::test_cannot_sweep - Failed: this test cannot be*",
+    ])
 
 
 def test_fixtures_without_marker_get_default_world(pytester: pytest.Pytester) -> None:
@@ -232,40 +235,98 @@ def test_explicit_uniform_refused():
     result.stdout.fnmatch_lines(["*values='uniform' needs the fakepg backend*"])
 
 
-def test_ranks_option_sweeps_every_marked_test(pytester: pytest.Pytester) -> None:
+def test_ranks_option_sweeps_marked_tests_that_name_no_rank(pytester: pytest.Pytester) -> None:
     result = run(pytester, """
-@pytest.mark.fake_world(4, rank=1)
-def test_x(rank):
+import unittest
+
+@pytest.mark.fake_world(4)
+def test_swept(rank):
     assert dist.get_rank() == rank
+
+@pytest.mark.fake_world(4, rank=1)
+def test_names_its_rank(rank):
+    assert rank == 1
+
+@pytest.mark.fake_world(4, rank=[0, 3])
+def test_names_its_ranks(rank):
+    assert rank in (0, 3)
+
+@pytest.mark.fake_world(4)
+class TestOld(unittest.TestCase):
+    def test_one_rank(self):
+        self.assertEqual(dist.get_rank(), 0)
 """, "--fake-world-ranks=all", "-v")
-    result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*test_x[[]w4-r3[]] PASSED*"])
+    result.assert_outcomes(passed=4 + 1 + 2 + 1, warnings=1)
+    result.stdout.fnmatch_lines([
+        "*test_swept[[]w4-r3[]] PASSED*",
+        "*test_names_its_rank[[]w4-r1[]] PASSED*",
+        "*PytestWarning: --fake-world-ranks=all cannot sweep 1 test(s) that are unittest.TestCase methods "
+        "or parametrize world_size/rank themselves; they run one rank each: test_it.py::TestOld::test_one_rank",
+    ])
+    assert "test_names_its_rank[w4-r0]" not in result.stdout.str()
 
 
 def test_report_text_and_json(pytester: pytest.Pytester) -> None:
-    result = run(pytester, """
-@pytest.mark.fake_world(4, rank=[0, 1])
-def test_ops():
+    source = """
+@pytest.mark.fake_world(mesh={"dp": 2, "tp": 2}, rank=[0, 1], fail={"all_reduce": 3})
+def test_ops(device_mesh, collectives):
     dist.all_reduce(torch.ones(4))
-    dist.all_reduce(torch.ones(4))
+    dist.all_reduce(torch.ones(4), group=device_mesh.get_group("tp"))
+    collectives.clear()  # for the test's own assertions: the report keeps what ran
+    with pytest.raises(dist.DistBackendError):
+        dist.all_reduce(torch.ones(4))
     dist.barrier()
-""", "--fake-world-report", "--fake-world-report-json=report.json")
-    result.assert_outcomes(passed=2)
+
+@pytest.mark.fake_world(2)
+def test_no_collectives():
+    pass
+"""
+    result = run(pytester, source, "--fake-world-report", "--fake-world-report-json=report.json")
+    result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([
         "*= fake world collectives =*",
-        "test_it.py::test_ops[[]w4-r0[]] (world 4, rank 0)",
-        "    all_reduce * 2 calls *32 B",
-        "    barrier * 1 calls *0 B",
-        "    total * 3 calls *32 B",
-        "2 tests ran 6 collectives, 64 B in all",
+        "test_it.py::test_ops[[]w4-dp2xtp2-r0[]] (world 4, rank 0)",
+        "    group default_pg (ranks 0-3)",
+        "        all_reduce * 2 calls (1 failed) *32 B",
+        "        barrier * 1 call *0 B",
+        "    group tp (ranks 0, 1)",
+        "        all_reduce * 1 call *16 B",
+        "    total * 4 calls (1 failed) *48 B",
+        "test_it.py::test_ops[[]w4-dp2xtp2-r1[]] (world 4, rank 1)",
+        "all tests",
+        "    all_reduce * 6 calls (2 failed) *96 B",
+        "    barrier * 2 calls *0 B",
+        "2 tests ran 8 collectives, 2 failed by injected faults, 96 B in all",
     ])
+    assert "test_no_collectives" not in result.stdout.str()
     report = json.loads((pytester.path / "report.json").read_text())
-    assert report["total"] == {"tests": 2, "count": 6, "bytes": 64}
-    assert report["tests"]["test_it.py::test_ops[w4-r1]"] == {
-        "world_size": 4, "rank": 1, "mesh": None,
-        "collectives": {"all_reduce": {"count": 2, "bytes": 32}, "barrier": {"count": 1, "bytes": 0}},
-        "total": {"count": 3, "bytes": 32},
+    assert report["total"] == {"tests": 2, "count": 8, "bytes": 96, "failed": 2}
+    assert report["collectives"] == {
+        "all_reduce": {"count": 6, "bytes": 96, "failed": 2}, "barrier": {"count": 2, "bytes": 0, "failed": 0},
     }
+    entry = report["tests"]["test_it.py::test_ops[w4-dp2xtp2-r1]"]
+    assert (entry["world_size"], entry["rank"], entry["mesh"]) == (4, 1, "dp2xtp2")
+    assert entry["groups"] == [
+        {"label": "default_pg", "ranks": "0-3", "size": 4,
+         "ops": {"all_reduce": {"count": 2, "bytes": 32, "failed": 1}, "barrier": {"count": 1, "bytes": 0, "failed": 0}}},
+        {"label": "tp", "ranks": "0, 1", "size": 2, "ops": {"all_reduce": {"count": 1, "bytes": 16, "failed": 0}}},
+    ]
+    assert entry["total"] == {"count": 4, "bytes": 48, "failed": 1}
+
+    # The same report, byte for byte, when the cases run on two xdist workers.
+    pytest.importorskip("xdist")
+    result = run(pytester, source, "--fake-world-report", "--fake-world-report-json=xdist.json", "-n", "2")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["2 tests ran 8 collectives, 2 failed by injected faults, 96 B in all"])
+    assert json.loads((pytester.path / "xdist.json").read_text()) == report
+
+
+def test_report_json_path_is_checked_before_the_run(pytester: pytest.Pytester) -> None:
+    result = run(pytester, "def test_it():\n    raise AssertionError('ran')\n",
+                 "--fake-world-report-json=no/such/dir/r.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--fake-world-report-json=no/such/dir/r.json: the folder " in result.stderr.str()
+    assert "no/such/dir does not exist" in result.stderr.str()
 
 
 def test_hooks_from_conftest(pytester: pytest.Pytester) -> None:
@@ -316,8 +377,9 @@ def test_default_id():
 def test_markers_and_fixtures_are_documented(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--markers")
     result.stdout.fnmatch_lines([
-        "@pytest.mark.fake_world(world_size=None, *, rank=0, mesh=None, device='cpu', values='uniform', "
-        "fail=None, fail_at='issue', backend=None, record=None): run the test in a fake torch.distributed world*",
+        "@pytest.mark.fake_world(world_size=None, *, rank=0, mesh=None, device='cpu', values=None, "
+        "fail=None, fail_at='issue', backend=None, record=None, check_ranks=None): run the test in a fake "
+        "torch.distributed world*",
     ])
     result = pytester.runpytest_subprocess("--fixtures")
     for name in ("fake_world", "rank", "world_size", "device_mesh", "fake_store", "collectives"):

@@ -118,6 +118,8 @@ def test_body_that_destroys_the_group_itself(pristine: dict[str, Any]) -> None:
 
 
 def test_refuses_to_start_over_an_existing_default_group(pristine: dict[str, Any]) -> None:
+    import torch.testing._internal.distributed.fake_pg  # noqa: F401  registers "fake"
+
     dist.init_process_group("fake", rank=0, world_size=3, store=dist.HashStore())
     try:
         with pytest.raises(RuntimeError, match=r"default process group exists \(backend 'fake', world size 3\)"):
@@ -258,7 +260,8 @@ def test_stock_backend_refuses_what_it_cannot_do(kwargs: dict[str, Any], error: 
         ((), {"mesh": {"dp": -1}}, ValueError, "has a -1 size, which is inferred from world_size"),
         ((4,), {"mesh": (("dp", 2), ("dp", 2))}, ValueError, "'dp' appears more than once"),
         ((4,), {"mesh": {"2d": 4}}, ValueError, "names must be identifiers"),
-        ((4,), {"device": "gpu"}, ValueError, "device must be a torch device type, one of 'cpu', 'cuda'"),
+        ((4,), {"device": "gpu"}, ValueError, "device must be one of 'cpu', 'cuda' .* got 'gpu'"),
+        ((4,), {"device": "xpu"}, ValueError, "device must be one of 'cpu', 'cuda' .* got 'xpu'"),
         ((4,), {"values": "random"}, ValueError, "values must be one of 'uniform', 'copy', got 'random'"),
         ((4,), {"fail": "all_reduse"}, ValueError, "did you mean 'all_reduce'"),
         ((4,), {"fail": {"barrier": 0}}, ValueError, "call number for 'barrier' must be an int >= 1"),
@@ -291,9 +294,8 @@ def test_cuda_world_without_a_gpu_says_so() -> None:
 
 
 def test_fakepg_backend_outside_a_world_is_refused() -> None:
-    from pytest_fakepg import _backend
-
-    _backend.register()
+    with FakeWorld(2):  # registers the backend
+        pass
     with pytest.raises(RuntimeError, match="makes groups only inside a fake world"):
         dist.init_process_group("fakepg", rank=0, world_size=2, store=dist.HashStore())
     if dist.is_initialized():  # pragma: no cover - torch version dependent

@@ -1,169 +1,18 @@
-#include "fake_backend.hpp"
+#include "backend.hpp"
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <cstring>
+
+#include "compat.hpp"
+#include "text.hpp"
+#include "values.hpp"
 
 namespace fakepg {
 
 namespace {
-
-constexpr const char* kOpNames[kNumOps] = {
-    "all_reduce",
-    "all_reduce_coalesced",
-    "all_gather",
-    "all_gather_into_tensor",
-    "all_gather_coalesced",
-    "all_gather_into_tensor_coalesced",
-    "reduce_scatter",
-    "reduce_scatter_tensor",
-    "reduce_scatter_tensor_coalesced",
-    "all_to_all",
-    "all_to_all_single",
-    "broadcast",
-    "reduce",
-    "gather",
-    "scatter",
-    "send",
-    "recv",
-    "barrier",
-};
-
-std::exception_ptr makeDistBackendError(const std::string& msg) {
-  try {
-    C10_THROW_ERROR(DistBackendError, msg);
-  } catch (...) {
-    return std::current_exception();
-  }
-}
-
-using RedOp = c10d::ReduceOp::RedOpType;
-
-// NOTE [Fast paths]
-// A fake collective's Python call costs a few microseconds; one ATen op
-// (dispatch, TensorIterator) costs as much again. For plain contiguous CPU
-// tensors the backend therefore writes outputs directly: memcpy for copies,
-// a typed loop for scaling. Everything else (CUDA, strided, conjugate views,
-// mixed dtypes) goes through ATen. Like a real backend's kernels, neither
-// path is seen by autograd.
-bool plainCpu(const at::Tensor& t) {
-  return t.is_cpu() && t.layout() == at::kStrided && t.is_contiguous() &&
-         !t.is_conj() && !t.is_neg();
-}
-
-bool plainPair(const at::Tensor& dst, const at::Tensor& src) {
-  return plainCpu(dst) && plainCpu(src) &&
-         dst.scalar_type() == src.scalar_type();
-}
-
-// dst[0 : src.numel()) = src, both flat.
-void copyFlat(const at::Tensor& dst, const at::Tensor& src) {
-  if (plainPair(dst, src) && dst.numel() == src.numel()) {
-    std::memmove(dst.data_ptr(), src.data_ptr(), src.nbytes());
-  } else {
-    dst.copy_(src.reshape(dst.sizes()));
-  }
-}
-
-bool loopScalable(at::ScalarType type) {
-  switch (type) {
-    case at::kByte:
-    case at::kChar:
-    case at::kShort:
-    case at::kInt:
-    case at::kLong:
-    case at::kHalf:
-    case at::kBFloat16:
-    case at::kFloat:
-    case at::kDouble:
-      return true;
-    default:
-      return false;
-  }
-}
-
-// t *= factor, in place.
-void scale(at::Tensor& t, int64_t factor) {
-  if (factor == 1 || t.scalar_type() == at::kBool) {
-    return;
-  }
-  if (plainCpu(t) && loopScalable(t.scalar_type())) {
-    AT_DISPATCH_ALL_TYPES_AND2(
-        at::kHalf, at::kBFloat16, t.scalar_type(), "fakepg_scale", [&] {
-          auto* p = t.data_ptr<scalar_t>();
-          const auto f = static_cast<scalar_t>(factor);
-          for (int64_t i = 0, n = t.numel(); i < n; ++i) {
-            p[i] = static_cast<scalar_t>(p[i] * f);
-          }
-        });
-    return;
-  }
-  t.mul_(factor);
-}
-
-// NOTE [Uniform values]
-// In a `uniform` world every rank is taken to hold exactly the data this rank
-// holds. A collective then has a result that one rank can compute alone:
-// reducing n equal values x gives n*x for SUM, x for AVG/MIN/MAX/BAND/BOR,
-// x^n for PRODUCT, x or 0 for BXOR (odd or even n) and f*n*x for PREMUL_SUM.
-// The reduction happens in place on `t`.
-void reduceUniform(at::Tensor& t, const c10d::ReduceOp& op, int64_t n) {
-  switch (op.op_) {
-    case RedOp::SUM:
-      scale(t, n);
-      return;
-    case RedOp::AVG:
-    case RedOp::MIN:
-    case RedOp::MAX:
-    case RedOp::BAND:
-    case RedOp::BOR:
-      return;
-    case RedOp::PRODUCT:
-      if (n != 1 && t.scalar_type() != at::kBool) {
-        t.pow_(n);
-      }
-      return;
-    case RedOp::BXOR:
-      if (n % 2 == 0) {
-        t.zero_();
-      }
-      return;
-    case RedOp::PREMUL_SUM: {
-      // torch 2.11 names it NCCLPreMulSumSupplement; later releases keep
-      // that name as an alias of PreMulSumSupplement.
-      auto* sup =
-          dynamic_cast<c10d::NCCLPreMulSumSupplement*>(op.supplement_.get());
-      TORCH_CHECK(sup, "fakepg: PREMUL_SUM without a scaling factor");
-      if (sup->tensor_factor.defined()) {
-        t.mul_(sup->tensor_factor.to(t.device()) * n);
-      } else {
-        t.mul_(sup->double_factor * static_cast<double>(n));
-      }
-      return;
-    }
-    default:
-      TORCH_CHECK(
-          false,
-          cat("fakepg: unsupported reduce op ", static_cast<int>(op.op_)));
-  }
-}
-
-int64_t bytesOf(const std::vector<at::Tensor>& ts) {
-  int64_t b = 0;
-  for (const auto& t : ts) {
-    b += static_cast<int64_t>(t.numel()) * t.element_size();
-  }
-  return b;
-}
-
-// A flat 1-D view when possible (no copy for contiguous tensors).
-at::Tensor flat(const at::Tensor& t) {
-  return t.reshape({-1});
-}
 
 void checkNumel(
     const char* op,
@@ -190,25 +39,14 @@ void checkNumel(
           small.numel() * n));
 }
 
-// Fill every one of `n` equal chunks of `out` with `in`, in one kernel.
-void fillChunks(const at::Tensor& out, const at::Tensor& in, int64_t n) {
-  if (out.numel() == 0) {
-    return;
-  }
-  if (plainPair(out, in)) {
-    auto* dst = static_cast<char*>(out.data_ptr());
-    const auto* src = static_cast<const char*>(in.data_ptr());
-    const auto bytes = in.nbytes();
-    for (int64_t i = 0; i < n; ++i) {
-      std::memcpy(dst + i * bytes, src, bytes);
-    }
-  } else if (out.is_contiguous()) {
-    out.view({n, -1}).copy_(in.reshape({1, -1}));
-  } else {
-    for (auto& c : flat(out).chunk(n)) {
-      c.copy_(flat(in));
-    }
-  }
+void checkSameCount(
+    const char* op,
+    size_t outputs,
+    size_t inputs,
+    const char* what) {
+  TORCH_CHECK(
+      outputs == inputs,
+      cat("fakepg ", op, ": ", outputs, " outputs for ", inputs, " ", what));
 }
 
 // NOTE [One-tensor coalesced calls]
@@ -226,133 +64,6 @@ uint8_t redOf(const c10d::ReduceOp& op) {
 
 }  // namespace
 
-const char* opName(Op op) {
-  return kOpNames[static_cast<int>(op)];
-}
-
-// ---------------------------------------------------------------------------
-// WorldState
-
-int WorldState::addGroup(GroupInfo info) {
-  groups_.push_back(std::move(info));
-  return static_cast<int>(groups_.size() - 1);
-}
-
-int64_t WorldState::armFault(int op, int64_t nth, FailAt at) {
-  TORCH_CHECK(op >= -1 && op < kNumOps, cat("fakepg: no op with code ", op));
-  TORCH_CHECK(nth >= 0, cat("fakepg: nth must be >= 0, got ", nth));
-  faults_.push_back(Fault{next_fault_id_, op, nth, at});
-  return next_fault_id_++;
-}
-
-bool WorldState::disarmFault(int64_t id) {
-  auto it = std::find_if(faults_.begin(), faults_.end(), [id](const Fault& f) {
-    return f.id == id;
-  });
-  if (it == faults_.end()) {
-    return false;
-  }
-  faults_.erase(it);
-  return true;
-}
-
-std::exception_ptr WorldState::begin(
-    Op op,
-    int group,
-    const std::vector<at::Tensor>& inputs,
-    uint8_t reduce_op,
-    int32_t peer) {
-  const int code = static_cast<int>(op);
-  const int64_t nth_of_op = ++calls_[code];
-  const int64_t nth_overall = ++total_calls_;
-
-  const Fault* fired = nullptr;
-  for (const auto& f : faults_) {
-    if (f.op != -1 && f.op != code) {
-      continue;
-    }
-    const int64_t n = f.op == -1 ? nth_overall : nth_of_op;
-    if (f.nth == 0 || f.nth == n) {
-      fired = &f;
-      break;
-    }
-  }
-
-  if (record_) {
-    Record r{};
-    r.op = op;
-    r.reduce_op = reduce_op;
-    r.dtype = inputs.empty() ? int8_t(-1)
-                             : static_cast<int8_t>(inputs[0].scalar_type());
-    r.failed = fired ? 1 : 0;
-    r.group = group;
-    r.peer = peer;
-    r.ntensors = static_cast<uint32_t>(inputs.size());
-    r.shape_offset = shapes_.size();
-    r.bytes = bytesOf(inputs);
-    for (const auto& t : inputs) {
-      const auto sizes = t.sizes();
-      shapes_.push_back(static_cast<int64_t>(sizes.size()));
-      shapes_.insert(shapes_.end(), sizes.begin(), sizes.end());
-    }
-    records_.push_back(r);
-  }
-
-  if (!fired) {
-    return nullptr;
-  }
-  const auto& g = groups_.at(group);
-  auto error = makeDistBackendError(
-      cat("fakepg: injected fault in ",
-          kOpNames[code],
-          " (call ",
-          nth_of_op,
-          " of ",
-          kOpNames[code],
-          " in this world, group '",
-          g.name,
-          "' of size ",
-          g.size,
-          ")"));
-  const FailAt at = fired->at;
-  if (fired->nth != 0) {
-    // One-shot: the n-th call fails, later calls succeed.
-    disarmFault(fired->id);
-  }
-  if (at == FailAt::issue) {
-    std::rethrow_exception(error);
-  }
-  return error;
-}
-
-std::vector<int64_t> WorldState::shapesOf(const Record& r) const {
-  auto first = shapes_.begin() + static_cast<std::ptrdiff_t>(r.shape_offset);
-  auto last = first;
-  for (uint32_t i = 0; i < r.ntensors; ++i) {
-    last += 1 + *last;
-  }
-  return std::vector<int64_t>(first, last);
-}
-
-int64_t WorldState::count(int op) const {
-  if (op < 0) {
-    return static_cast<int64_t>(records_.size());
-  }
-  return std::count_if(records_.begin(), records_.end(), [op](const Record& r) {
-    return static_cast<int>(r.op) == op;
-  });
-}
-
-int64_t WorldState::totalBytes(int op) const {
-  int64_t total = 0;
-  for (const auto& r : records_) {
-    if (op < 0 || static_cast<int>(r.op) == op) {
-      total += r.bytes;
-    }
-  }
-  return total;
-}
-
 // ---------------------------------------------------------------------------
 // FakeWork
 
@@ -365,6 +76,7 @@ FakeWork::FakeWork(
     : c10d::Work(rank, type),
       outputs_(std::move(outputs)),
       source_rank_(source_rank) {
+  // See NOTE [compat: completed Work].
   completed_ = true;
   exception_ = std::move(error);
 }
@@ -415,22 +127,18 @@ FakeBackend::FakeBackend(
   TORCH_CHECK(
       rank >= 0 && rank < size,
       cat("fakepg: rank ", rank, " is outside a group of size ", size));
-  if (global_ranks.empty()) {
-    // The default group: global ranks are the group ranks. Store nothing;
-    // globalRank() maps identity. Keeps a million-rank world cheap.
-    group_ = world_->addGroup(GroupInfo{std::move(group_name), rank, size, {}});
-  } else {
-    TORCH_CHECK(
-        static_cast<int>(global_ranks.size()) == size,
-        cat("fakepg: group of size ",
-            size,
-            " given ",
-            global_ranks.size(),
-            " global ranks"));
-    global_ranks_ = global_ranks;
-    group_ = world_->addGroup(
-        GroupInfo{std::move(group_name), rank, size, std::move(global_ranks)});
-  }
+  TORCH_CHECK(
+      global_ranks.empty() || static_cast<int>(global_ranks.size()) == size,
+      cat("fakepg: group of size ",
+          size,
+          " given ",
+          global_ranks.size(),
+          " global ranks"));
+  // An empty list is a group of every rank: global ranks are group ranks,
+  // and a million-rank world stores none of them.
+  global_ranks_ = global_ranks;
+  group_ = world_->addGroup(
+      GroupInfo{std::move(group_name), rank, size, std::move(global_ranks)});
 }
 
 void FakeBackend::checkRoot(const char* op, int64_t root) const {
@@ -458,8 +166,10 @@ std::exception_ptr FakeBackend::begin(
     Op op,
     const std::vector<at::Tensor>& inputs,
     uint8_t reduce_op,
-    int32_t peer) {
-  return world_->begin(op, group_, inputs, reduce_op, peer);
+    int32_t peer,
+    bool any_source) {
+  ++seq_;
+  return world_->begin(op, group_, inputs, reduce_op, peer, any_source);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::done(
@@ -470,6 +180,16 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::done(
       rank_, type, std::move(outputs), std::move(error));
 }
 
+void FakeBackend::reduceAll(
+    std::vector<at::Tensor>& tensors,
+    const c10d::ReduceOp& op) {
+  if (uniform()) {
+    for (auto& t : tensors) {
+      reduceUniform(t, op, size_);
+    }
+  }
+}
+
 // NOTE [Writing outputs]
 // Real backends write outputs from kernels autograd never sees, so every
 // write below runs under AutoDispatchBelowAutograd (outputs may be views of
@@ -478,7 +198,8 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::done(
 // failed communication would.
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::broadcast(
-    std::vector<at::Tensor>& tensors, const c10d::BroadcastOptions& opts) {
+    std::vector<at::Tensor>& tensors,
+    const c10d::BroadcastOptions& opts) {
   // Every rank already holds the root's data (uniform) or keeps its own
   // (copy): nothing to write either way.
   checkRoot("broadcast", opts.rootRank);
@@ -488,19 +209,19 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::broadcast(
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce(
-    std::vector<at::Tensor>& tensors, const c10d::AllreduceOptions& opts) {
+    std::vector<at::Tensor>& tensors,
+    const c10d::AllreduceOptions& opts) {
   auto err = begin(Op::all_reduce, tensors, redOf(opts.reduceOp));
-  if (!err && uniform()) {
+  if (!err) {
     at::AutoDispatchBelowAutograd guard;
-    for (auto& t : tensors) {
-      reduceUniform(t, opts.reduceOp, size_);
-    }
+    reduceAll(tensors, opts.reduceOp);
   }
   return done(c10d::OpType::ALLREDUCE, tensors, err);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_sparse(
-    std::vector<at::Tensor>& tensors, const c10d::AllreduceOptions& opts) {
+    std::vector<at::Tensor>& tensors,
+    const c10d::AllreduceOptions& opts) {
   auto err = begin(Op::all_reduce, tensors, redOf(opts.reduceOp));
   return done(c10d::OpType::ALLREDUCE, tensors, err);
 }
@@ -512,17 +233,16 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_coalesced(
       coalescedOr(Op::all_reduce, Op::all_reduce_coalesced, tensors.size()),
       tensors,
       redOf(opts.reduceOp));
-  if (!err && uniform()) {
+  if (!err) {
     at::AutoDispatchBelowAutograd guard;
-    for (auto& t : tensors) {
-      reduceUniform(t, opts.reduceOp, size_);
-    }
+    reduceAll(tensors, opts.reduceOp);
   }
   return done(c10d::OpType::ALLREDUCE_COALESCED, tensors, err);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::reduce(
-    std::vector<at::Tensor>& tensors, const c10d::ReduceOptions& opts) {
+    std::vector<at::Tensor>& tensors,
+    const c10d::ReduceOptions& opts) {
   checkRoot("reduce", opts.rootRank);
   auto err = begin(
       Op::reduce, tensors, redOf(opts.reduceOp), globalRank(opts.rootRank));
@@ -581,18 +301,20 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
           size_,
           "), got ",
           outputs.size()));
+  for (const auto& list : outputs) {
+    TORCH_CHECK(
+        list.size() == inputs.size(),
+        cat("fakepg all_gather_coalesced: each output list must have one "
+            "tensor per input (",
+            inputs.size(),
+            "), got ",
+            list.size()));
+  }
   auto err = begin(Op::all_gather_coalesced, inputs);
   std::vector<at::Tensor> flat_outputs;
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (auto& list : outputs) {
-      TORCH_CHECK(
-          list.size() == inputs.size(),
-          cat("fakepg all_gather_coalesced: each output list must have one "
-              "tensor per input (",
-              inputs.size(),
-              "), got ",
-              list.size()));
       for (size_t i = 0; i < inputs.size(); ++i) {
         copyFlat(list[i], inputs[i]);
         flat_outputs.push_back(list[i]);
@@ -606,21 +328,10 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_into_tensor_coalesced(
     std::vector<at::Tensor>& outputs,
     std::vector<at::Tensor>& inputs,
     const c10d::AllgatherOptions& /* opts */) {
-  TORCH_CHECK(
-      outputs.size() == inputs.size(),
-      cat("fakepg all_gather_into_tensor_coalesced: ",
-          outputs.size(),
-          " outputs for ",
-          inputs.size(),
-          " inputs"));
+  const char* name = "all_gather_into_tensor_coalesced";
+  checkSameCount(name, outputs.size(), inputs.size(), "inputs");
   for (size_t i = 0; i < outputs.size(); ++i) {
-    checkNumel(
-        "all_gather_into_tensor_coalesced",
-        outputs[i],
-        inputs[i],
-        size_,
-        "output",
-        "input");
+    checkNumel(name, outputs[i], inputs[i], size_, "output", "input");
   }
   auto err = begin(
       coalescedOr(
@@ -698,13 +409,8 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter(
     std::vector<at::Tensor>& outputs,
     std::vector<std::vector<at::Tensor>>& inputs,
     const c10d::ReduceScatterOptions& opts) {
-  TORCH_CHECK(
-      outputs.size() == inputs.size(),
-      cat("fakepg reduce_scatter: ",
-          outputs.size(),
-          " outputs for ",
-          inputs.size(),
-          " input lists"));
+  checkSameCount("reduce_scatter", outputs.size(), inputs.size(), "input lists");
+  std::vector<at::Tensor> recorded;
   for (const auto& list : inputs) {
     TORCH_CHECK(
         static_cast<int>(list.size()) == size_,
@@ -713,19 +419,14 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter(
             " tensors but the group has ",
             size_,
             " ranks"));
-  }
-  std::vector<at::Tensor> recorded;
-  for (const auto& list : inputs) {
     recorded.insert(recorded.end(), list.begin(), list.end());
   }
   auto err = begin(Op::reduce_scatter, recorded, redOf(opts.reduceOp));
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (size_t i = 0; i < outputs.size(); ++i) {
-      copyFlat(outputs[i], inputs[i][rank_]);
-      if (uniform()) {
-        reduceUniform(outputs[i], opts.reduceOp, size_);
-      }
+      reduceScatterChunk(
+          outputs[i], inputs[i][rank_], 0, opts.reduceOp, size_, uniform());
     }
   }
   return done(c10d::OpType::REDUCE_SCATTER, outputs, err);
@@ -739,18 +440,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::_reduce_scatter_base(
   auto err = begin(Op::reduce_scatter_tensor, {input}, redOf(opts.reduceOp));
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
-    const auto m = output.numel();
-    if (plainPair(output, input)) {
-      std::memmove(
-          output.data_ptr(),
-          static_cast<const char*>(input.data_ptr()) + rank_ * output.nbytes(),
-          output.nbytes());
-    } else {
-      copyFlat(output, flat(input).narrow(0, rank_ * m, m));
-    }
-    if (uniform()) {
-      reduceUniform(output, opts.reduceOp, size_);
-    }
+    reduceScatterChunk(output, input, rank_, opts.reduceOp, size_, uniform());
   }
   return done(c10d::OpType::_REDUCE_SCATTER_BASE, {output}, err);
 }
@@ -759,21 +449,10 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter_tensor_coalesced(
     std::vector<at::Tensor>& outputs,
     std::vector<at::Tensor>& inputs,
     const c10d::ReduceScatterOptions& opts) {
-  TORCH_CHECK(
-      outputs.size() == inputs.size(),
-      cat("fakepg reduce_scatter_tensor_coalesced: ",
-          outputs.size(),
-          " outputs for ",
-          inputs.size(),
-          " inputs"));
+  const char* name = "reduce_scatter_tensor_coalesced";
+  checkSameCount(name, outputs.size(), inputs.size(), "inputs");
   for (size_t i = 0; i < outputs.size(); ++i) {
-    checkNumel(
-        "reduce_scatter_tensor_coalesced",
-        inputs[i],
-        outputs[i],
-        size_,
-        "input",
-        "output");
+    checkNumel(name, inputs[i], outputs[i], size_, "input", "output");
   }
   auto err = begin(
       coalescedOr(
@@ -785,31 +464,21 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter_tensor_coalesced(
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (size_t i = 0; i < outputs.size(); ++i) {
-      const auto m = outputs[i].numel();
-      copyFlat(outputs[i], flat(inputs[i]).narrow(0, rank_ * m, m));
-      if (uniform()) {
-        reduceUniform(outputs[i], opts.reduceOp, size_);
-      }
+      reduceScatterChunk(
+          outputs[i], inputs[i], rank_, opts.reduceOp, size_, uniform());
     }
   }
   return done(c10d::OpType::COALESCED, outputs, err);
 }
 
-// NOTE [all_to_all under uniform values]
-// Peer j sends this rank the chunk of its input meant for this rank. With
-// every rank holding the same input and the same split sizes, that chunk is
-// this rank's own input chunk number `rank`, so output chunk j is input chunk
-// `rank` for every j, and every output split must equal
-// input_split_sizes[rank]. Anything else could not happen in a real uniform
-// world and is rejected.
 c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
     at::Tensor& output,
     at::Tensor& input,
     std::vector<int64_t>& outputSplitSizes,
     std::vector<int64_t>& inputSplitSizes,
     const c10d::AllToAllOptions& /* opts */) {
-  c10d::checkSplitSizes(inputSplitSizes, input, size_);
-  c10d::checkSplitSizes(outputSplitSizes, output, size_);
+  compat::checkSplitSizes(inputSplitSizes, input, size_);
+  compat::checkSplitSizes(outputSplitSizes, output, size_);
   auto equalSplits = [this](const at::Tensor& t) {
     return std::vector<int64_t>(size_, t.dim() ? t.size(0) / size_ : 0);
   };
@@ -818,6 +487,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
   const auto out_splits =
       outputSplitSizes.empty() ? equalSplits(output) : outputSplitSizes;
   if (uniform()) {
+    // See NOTE [all_to_all under uniform values].
     for (int j = 0; j < size_; ++j) {
       TORCH_CHECK(
           out_splits[j] == in_splits[rank_],
@@ -838,48 +508,13 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     if (uniform()) {
-      int64_t in_off = 0;
-      for (int j = 0; j < rank_; ++j) {
-        in_off += in_splits[j];
-      }
-      // Every output split equals in_splits[rank_] (checked above), so the
-      // output is this rank's chunk repeated once per peer.
-      if (plainPair(output, input) && input.size(0) > 0) {
-        const auto row = input.nbytes() / input.size(0);
-        const auto* src =
-            static_cast<const char*>(input.data_ptr()) + in_off * row;
-        const auto bytes = in_splits[rank_] * row;
-        auto* dst = static_cast<char*>(output.data_ptr());
-        for (int j = 0; j < size_; ++j) {
-          std::memcpy(dst + j * bytes, src, bytes);
-        }
-      } else {
-        fillChunks(output, input.narrow(0, in_off, in_splits[rank_]), size_);
-      }
-    } else if (outputSplitSizes.empty() && inputSplitSizes.empty()) {
-      output.copy_(input);
+      allToAllUniform(output, input, in_splits, rank_, size_);
     } else {
-      // torch's stock fake approximation: each output slot repeats the start
-      // of the input. Deterministic but arbitrary values.
-      const auto in_rows = input.size(0);
-      int64_t out_off = 0;
-      for (int j = 0; j < size_; ++j) {
-        int64_t remaining = out_splits[j];
-        TORCH_CHECK(
-            remaining == 0 || in_rows > 0,
-            cat("fakepg all_to_all_single: the input is empty but "
-                "output_split_sizes[",
-                j,
-                "] > 0"));
-        int64_t dst = out_off;
-        while (remaining > 0) {
-          const auto chunk = std::min(remaining, in_rows);
-          output.narrow(0, dst, chunk).copy_(input.narrow(0, 0, chunk));
-          dst += chunk;
-          remaining -= chunk;
-        }
-        out_off += out_splits[j];
-      }
+      allToAllCopy(
+          output,
+          input,
+          out_splits,
+          outputSplitSizes.empty() && inputSplitSizes.empty());
     }
   }
   return done(c10d::OpType::ALLTOALL_BASE, {output}, err);
@@ -925,13 +560,17 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall(
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::send(
-    std::vector<at::Tensor>& tensors, int dstRank, int /* tag */) {
+    std::vector<at::Tensor>& tensors,
+    int dstRank,
+    int /* tag */) {
   auto err = begin(Op::send, tensors, kNoReduceOp, globalRank(dstRank));
   return done(c10d::OpType::SEND, tensors, err);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::recv(
-    std::vector<at::Tensor>& tensors, int srcRank, int /* tag */) {
+    std::vector<at::Tensor>& tensors,
+    int srcRank,
+    int /* tag */) {
   // See NOTE [Data this rank cannot know].
   auto err = begin(Op::recv, tensors, kNoReduceOp, globalRank(srcRank));
   return done(c10d::OpType::RECV, tensors, err);
@@ -943,9 +582,11 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::recv(
 // peer and report it through the work's sourceRank(), which is what
 // torch.distributed.recv(src=None) returns.
 c10::intrusive_ptr<c10d::Work> FakeBackend::recvAnysource(
-    std::vector<at::Tensor>& tensors, int /* tag */) {
+    std::vector<at::Tensor>& tensors,
+    int /* tag */) {
   const int source = size_ == 1 ? 0 : (rank_ == 0 ? 1 : 0);
-  auto err = begin(Op::recv, tensors, kNoReduceOp, globalRank(source));
+  auto err =
+      begin(Op::recv, tensors, kNoReduceOp, globalRank(source), true);
   return c10::make_intrusive<FakeWork>(
       rank_, c10d::OpType::RECVANYSOURCE, tensors, err, source);
 }

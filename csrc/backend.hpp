@@ -1,185 +1,17 @@
 // pytest-fakepg: a fake c10d backend for testing distributed PyTorch code in
-// one process. See ../README.md and the NOTE blocks below.
+// one process. FakeBackend serves one group; the world it belongs to is a
+// WorldState (world_state.hpp), what it writes comes from values.hpp.
 #pragma once
 
-#include <array>
-#include <cstdint>
-#include <string>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
-#include <type_traits>
+
+#include <string>
 #include <vector>
 
+#include "world_state.hpp"
+
 namespace fakepg {
-
-// NOTE [No iostreams]
-// Messages are built by concatenation, never with c10::str or TORCH_CHECK's
-// variadic form: those instantiate std::ostream code inside this library, and
-// where the compiler that builds it is not the one whose libstdc++ is loaded
-// at run time (seen on a CUDA image whose CXX is a newer GCC than the system's)
-// that code crashes. TORCH_CHECK(cond, std::string) formats nothing itself.
-inline void append(std::string& s, const char* x) {
-  s += x;
-}
-inline void append(std::string& s, const std::string& x) {
-  s += x;
-}
-inline void append(std::string& s, c10::IntArrayRef xs) {
-  s += '[';
-  for (size_t i = 0; i < xs.size(); ++i) {
-    s += (i ? ", " : "") + std::to_string(xs[i]);
-  }
-  s += ']';
-}
-template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
-void append(std::string& s, T x) {
-  s += std::to_string(x);
-}
-template <typename... Args>
-std::string cat(const Args&... args) {
-  std::string s;
-  (append(s, args), ...);
-  return s;
-}
-
-// The collectives a user calls in torch.distributed, under those names.
-// The Python side (pytest_fakepg/records.py) keeps the same order in OP_NAMES.
-enum class Op : uint8_t {
-  all_reduce = 0,
-  all_reduce_coalesced,
-  all_gather,
-  all_gather_into_tensor,
-  all_gather_coalesced,
-  all_gather_into_tensor_coalesced,
-  reduce_scatter,
-  reduce_scatter_tensor,
-  reduce_scatter_tensor_coalesced,
-  all_to_all,
-  all_to_all_single,
-  broadcast,
-  reduce,
-  gather,
-  scatter,
-  send,
-  recv,
-  barrier,
-  kCount,
-};
-constexpr int kNumOps = static_cast<int>(Op::kCount);
-const char* opName(Op op);
-
-constexpr uint8_t kNoReduceOp = 255;
-constexpr int32_t kNoPeer = -1;
-
-// One collective, as recorded. Fixed size: the log is a flat vector of these
-// plus one flat vector of shape data, so recording allocates nothing per call
-// (amortised) and Python reads it back without a per-call object.
-struct Record {
-  Op op;
-  uint8_t reduce_op;      // c10d::ReduceOp::RedOpType, or kNoReduceOp
-  int8_t dtype;           // c10::ScalarType, or -1 when the op has no tensor
-  uint8_t failed;         // 1 when an injected fault fired for this call
-  int32_t group;          // index into WorldState::groups()
-  int32_t peer;           // global rank of the peer/root, or kNoPeer
-  uint32_t ntensors;      // number of input shapes recorded
-  uint64_t shape_offset;  // into WorldState::shapes_: per tensor, ndim, dims
-  int64_t bytes;          // total bytes of the input tensors
-};
-
-struct GroupInfo {
-  std::string name;
-  int rank;  // this rank's rank in the group
-  int size;
-  std::vector<int64_t> ranks;  // the global ranks in the group
-};
-
-enum class FailAt : uint8_t { issue = 0, wait = 1 };
-
-struct Fault {
-  int64_t id;
-  int op;       // an Op, or -1 for every collective
-  int64_t nth;  // 0: every call; n >= 1: only the n-th call, then disarmed
-  FailAt at;
-};
-
-enum class Values : uint8_t { uniform = 0, copy = 1 };
-
-// NOTE [World state]
-// Everything that belongs to one fake world rather than to one group: the
-// value semantics, the log, the per-op call counters and the armed faults.
-// Every backend of the world (the default group and each sub-group) holds the
-// same WorldState, so a fault armed for "all_reduce" fires on a DeviceMesh
-// sub-group too, and call numbers count across groups. Single-threaded by
-// design, like the rest of a fake world.
-class WorldState : public torch::CustomClassHolder {
- public:
-  explicit WorldState(Values values, bool record)
-      : values_(values), record_(record) {}
-
-  Values values() const {
-    return values_;
-  }
-  bool recording() const {
-    return record_;
-  }
-  void setRecording(bool on) {
-    record_ = on;
-  }
-
-  int addGroup(GroupInfo info);
-  const std::vector<GroupInfo>& groups() const {
-    return groups_;
-  }
-  const GroupInfo& group(int index) const {
-    return groups_.at(index);
-  }
-
-  // Faults.
-  int64_t armFault(int op, int64_t nth, FailAt at);
-  bool disarmFault(int64_t id);
-  int64_t callCount(int op) const {
-    return op < 0 ? total_calls_ : calls_.at(op);
-  }
-
-  // Called once per collective, before any output is written. Counts the
-  // call, records it, and returns the injected error when a fault fires:
-  // thrown right away for FailAt::issue, handed to the work for FailAt::wait.
-  std::exception_ptr begin(
-      Op op,
-      int group,
-      const std::vector<at::Tensor>& inputs,
-      uint8_t reduce_op,
-      int32_t peer);
-
-  // The log.
-  size_t size() const {
-    return records_.size();
-  }
-  const Record& record(size_t i) const {
-    return records_.at(i);
-  }
-  std::vector<int64_t> shapesOf(const Record& r) const;
-  int64_t count(int op) const;
-  int64_t totalBytes(int op) const;
-  void clearLog() {
-    records_.clear();
-    shapes_.clear();
-  }
-  const std::vector<Record>& records() const {
-    return records_;
-  }
-
- private:
-  Values values_;
-  bool record_;
-  std::vector<GroupInfo> groups_;
-  std::vector<Record> records_;
-  std::vector<int64_t> shapes_;
-  std::array<int64_t, kNumOps> calls_{};
-  int64_t total_calls_ = 0;
-  std::vector<Fault> faults_;
-  int64_t next_fault_id_ = 1;
-};
 
 // Work that is complete the moment it is created. It holds the outputs for
 // result() and getFuture(), or the injected error for wait()/getFuture().
@@ -217,7 +49,10 @@ class FakeWork : public c10d::Work {
 class FakeBackend : public c10d::Backend {
  public:
   struct Options : c10d::Backend::Options {
-    explicit Options() : c10d::Backend::Options("fakepg") {}
+    Options() : c10d::Backend::Options("fakepg") {}
+    c10::intrusive_ptr<Options> clone() const {
+      return c10::make_intrusive<Options>(*this);
+    }
   };
 
   FakeBackend(
@@ -232,6 +67,17 @@ class FakeBackend : public c10d::Backend {
   }
   c10::intrusive_ptr<c10d::Backend::Options> getBackendOptions() override {
     return c10::make_intrusive<Options>();
+  }
+  // Nothing in a fake world waits, so there is nothing to time out.
+  void setTimeout(std::chrono::milliseconds /* timeout */) override {}
+
+  // NOTE [Sequence numbers]
+  // One counter per group, as NCCL and gloo keep: the number of collectives
+  // issued on this group so far. Every rank of a consistent program has the
+  // same number at the same point.
+  void setSequenceNumberForGroup() override {}
+  uint64_t getSequenceNumberForGroup() override {
+    return seq_;
   }
 
   c10::intrusive_ptr<c10d::Work> broadcast(
@@ -254,6 +100,7 @@ class FakeBackend : public c10d::Backend {
       std::vector<std::vector<at::Tensor>>& outputs,
       std::vector<at::Tensor>& inputs,
       const c10d::AllgatherOptions& opts = c10d::AllgatherOptions()) override;
+  // See NOTE [compat: deprecated overrides].
   c10::intrusive_ptr<c10d::Work> _allgather_base(
       at::Tensor& output,
       at::Tensor& input,
@@ -279,6 +126,7 @@ class FakeBackend : public c10d::Backend {
       std::vector<std::vector<at::Tensor>>& inputs,
       const c10d::ReduceScatterOptions& opts =
           c10d::ReduceScatterOptions()) override;
+  // See NOTE [compat: deprecated overrides].
   c10::intrusive_ptr<c10d::Work> _reduce_scatter_base(
       at::Tensor& output,
       at::Tensor& input,
@@ -317,7 +165,8 @@ class FakeBackend : public c10d::Backend {
       Op op,
       const std::vector<at::Tensor>& inputs,
       uint8_t reduce_op = kNoReduceOp,
-      int32_t peer = kNoPeer);
+      int32_t peer = kNoPeer,
+      bool any_source = false);
   void checkRoot(const char* op, int64_t root) const;
   int32_t globalRank(int64_t group_rank) const;
   c10::intrusive_ptr<c10d::Work> done(
@@ -327,10 +176,14 @@ class FakeBackend : public c10d::Backend {
   bool uniform() const {
     return world_->values() == Values::uniform;
   }
+  // Every tensor of `tensors` reduced in place over the group, in uniform
+  // worlds; as it was in copy worlds.
+  void reduceAll(std::vector<at::Tensor>& tensors, const c10d::ReduceOp& op);
 
   c10::intrusive_ptr<WorldState> world_;
   int group_;
   std::vector<int64_t> global_ranks_;
+  uint64_t seq_ = 0;
 };
 
 }  // namespace fakepg

@@ -1,0 +1,44 @@
+// Every c10d name the backend relies on that is not part of c10d's stable
+// Backend interface, in one place. Checked against torch 2.11, 2.13 and
+// 2.14.1; see each NOTE for what happens when one moves.
+#pragma once
+
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Utils.hpp>
+
+#include <cstdint>
+#include <vector>
+
+namespace fakepg::compat {
+
+// NOTE [compat: split sizes]
+// c10d::checkSplitSizes (c10d/Utils.hpp) is the validator gloo and NCCL run on
+// all_to_all_single's split sizes, so users get the message they know. It is
+// an internal helper; should it go, copy its 15 lines here.
+inline void checkSplitSizes(
+    const std::vector<int64_t>& split_sizes,
+    const at::Tensor& tensor,
+    int group_size) {
+  c10d::checkSplitSizes(split_sizes, tensor, group_size);
+}
+
+// NOTE [compat: PREMUL_SUM]
+// The scaling factor of a PREMUL_SUM reduce op rides in a supplement. torch
+// 2.11 names its type NCCLPreMulSumSupplement; later releases rename it
+// PreMulSumSupplement and keep the old name as an alias, so the old name
+// compiles everywhere this project supports.
+using PreMulSumSupplement = c10d::NCCLPreMulSumSupplement;
+
+// NOTE [compat: completed Work]
+// c10d::Work has no constructor that makes completed work: the backend sets
+// the protected members `completed_` and `exception_` from its subclass
+// (backend.cpp, FakeWork), as torch's own FakeWork does. Present in every
+// release since 1.x.
+
+// NOTE [compat: deprecated overrides]
+// `_allgather_base` and `_reduce_scatter_base` are deprecated names, yet
+// c10d's dispatcher still routes all_gather_into_tensor and
+// reduce_scatter_tensor of a single tensor to them (2.11 to 2.14.1), so the
+// backend overrides them. Drop them when c10d stops calling them.
+
+}  // namespace fakepg::compat

@@ -1,0 +1,186 @@
+#include "world_state.hpp"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
+#include "text.hpp"
+
+namespace fakepg {
+
+namespace {
+
+constexpr const char* kOpNames[kNumOps] = {
+#define FAKEPG_OP(name) #name,
+#include "ops.def"
+#undef FAKEPG_OP
+};
+
+std::exception_ptr makeDistBackendError(const std::string& msg) {
+  try {
+    C10_THROW_ERROR(DistBackendError, msg);
+  } catch (...) {
+    return std::current_exception();
+  }
+}
+
+int64_t bytesOf(const std::vector<at::Tensor>& ts) {
+  int64_t b = 0;
+  for (const auto& t : ts) {
+    b += static_cast<int64_t>(t.numel()) * t.element_size();
+  }
+  return b;
+}
+
+}  // namespace
+
+const char* opName(Op op) {
+  return kOpNames[static_cast<int>(op)];
+}
+
+int WorldState::addGroup(GroupInfo info) {
+  groups_.push_back(std::move(info));
+  return static_cast<int>(groups_.size() - 1);
+}
+
+int64_t WorldState::armFault(int op, int64_t nth, FailAt at) {
+  TORCH_CHECK(op >= -1 && op < kNumOps, cat("fakepg: no op with code ", op));
+  TORCH_CHECK(nth >= 0, cat("fakepg: nth must be >= 0, got ", nth));
+  faults_.push_back(Fault{next_fault_id_, op, nth, at});
+  return next_fault_id_++;
+}
+
+bool WorldState::disarmFault(int64_t id) {
+  auto it = std::find_if(faults_.begin(), faults_.end(), [id](const Fault& f) {
+    return f.id == id;
+  });
+  if (it == faults_.end()) {
+    return false;
+  }
+  faults_.erase(it);
+  return true;
+}
+
+bool WorldState::isArmed(int64_t id) const {
+  return std::any_of(faults_.begin(), faults_.end(), [id](const Fault& f) {
+    return f.id == id;
+  });
+}
+
+void WorldState::recordCall(
+    Op op,
+    int group,
+    const std::vector<at::Tensor>& inputs,
+    uint8_t reduce_op,
+    int32_t peer,
+    uint8_t flags) {
+  Record r{};
+  r.op = op;
+  r.reduce_op = reduce_op;
+  r.dtype = inputs.empty() ? int8_t(-1)
+                           : static_cast<int8_t>(inputs[0].scalar_type());
+  r.flags = flags;
+  r.group = group;
+  r.peer = peer;
+  r.ntensors = static_cast<uint32_t>(inputs.size());
+  r.shape_offset = shapes_.size();
+  r.bytes = bytesOf(inputs);
+  for (const auto& t : inputs) {
+    const auto sizes = t.sizes();
+    shapes_.push_back(static_cast<int64_t>(sizes.size()));
+    shapes_.insert(shapes_.end(), sizes.begin(), sizes.end());
+  }
+  if (site_source_ || !sites_.empty()) {
+    sites_.resize(records_.size(), kNoSite);
+    sites_.push_back(site_source_ ? site_source_() : kNoSite);
+  }
+  records_.push_back(r);
+}
+
+std::exception_ptr WorldState::begin(
+    Op op,
+    int group,
+    const std::vector<at::Tensor>& inputs,
+    uint8_t reduce_op,
+    int32_t peer,
+    bool any_source) {
+  const int code = static_cast<int>(op);
+  const int64_t nth_of_op = ++calls_[code];
+  const int64_t nth_overall = ++total_calls_;
+
+  const Fault* fired = nullptr;
+  for (const auto& f : faults_) {
+    if (f.op != -1 && f.op != code) {
+      continue;
+    }
+    const int64_t n = f.op == -1 ? nth_overall : nth_of_op;
+    if (f.nth == 0 || f.nth == n) {
+      fired = &f;
+      break;
+    }
+  }
+  if (record_) {
+    recordCall(
+        op,
+        group,
+        inputs,
+        reduce_op,
+        peer,
+        (fired ? kFailed : 0) | (any_source ? kAnySource : 0));
+  }
+  if (!fired) {
+    return nullptr;
+  }
+  const auto& g = groups_.at(group);
+  auto error = makeDistBackendError(
+      cat("fakepg: injected fault in ",
+          kOpNames[code],
+          " (call ",
+          nth_of_op,
+          " of ",
+          kOpNames[code],
+          " in this world, group '",
+          g.name,
+          "' of size ",
+          g.size,
+          ")"));
+  const FailAt at = fired->at;
+  if (fired->nth != 0) {
+    // One-shot: the n-th call fails, later calls succeed.
+    disarmFault(fired->id);
+  }
+  if (at == FailAt::issue) {
+    std::rethrow_exception(error);
+  }
+  return error;
+}
+
+std::vector<int64_t> WorldState::shapesOf(const Record& r) const {
+  auto first = shapes_.begin() + static_cast<std::ptrdiff_t>(r.shape_offset);
+  auto last = first;
+  for (uint32_t i = 0; i < r.ntensors; ++i) {
+    last += 1 + *last;
+  }
+  return std::vector<int64_t>(first, last);
+}
+
+int64_t WorldState::count(int op) const {
+  if (op < 0) {
+    return static_cast<int64_t>(records_.size());
+  }
+  return std::count_if(records_.begin(), records_.end(), [op](const Record& r) {
+    return static_cast<int>(r.op) == op;
+  });
+}
+
+int64_t WorldState::totalBytes(int op) const {
+  int64_t total = 0;
+  for (const auto& r : records_) {
+    if (op < 0 || static_cast<int>(r.op) == op) {
+      total += r.bytes;
+    }
+  }
+  return total;
+}
+
+}  // namespace fakepg

@@ -1,0 +1,167 @@
+// One fake world's state, shared by every group's backend: the log, the call
+// counters and the armed faults. See NOTE [World state].
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/custom_class.h>
+
+#include <array>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace fakepg {
+
+// The collectives, from csrc/ops.def: Op::all_reduce, ...
+enum class Op : uint8_t {
+#define FAKEPG_OP(name) name,
+#include "ops.def"
+#undef FAKEPG_OP
+  kCount,
+};
+constexpr int kNumOps = static_cast<int>(Op::kCount);
+const char* opName(Op op);
+
+constexpr uint8_t kNoReduceOp = 255;
+constexpr int32_t kNoPeer = -1;
+constexpr int32_t kNoSite = -1;
+constexpr uint8_t kFailed = 1;     // an injected fault fired for this call
+constexpr uint8_t kAnySource = 2;  // a recv from any source
+
+// One collective, as recorded. Fixed size: the log is a flat vector of these
+// plus one flat vector of shape data, so recording allocates nothing per call
+// (amortised) and Python reads it back without a per-call object.
+struct Record {
+  Op op;
+  uint8_t reduce_op;      // c10d::ReduceOp::RedOpType, or kNoReduceOp
+  int8_t dtype;           // c10::ScalarType, or -1 when the op has no tensor
+  uint8_t flags;          // kFailed | kAnySource
+  int32_t group;          // index into the world's groups
+  int32_t peer;           // global rank of the peer/root, or kNoPeer
+  uint32_t ntensors;      // number of input shapes recorded
+  uint64_t shape_offset;  // into WorldState::shapes_: per tensor, ndim, dims
+  int64_t bytes;          // total bytes of the input tensors
+};
+
+struct GroupInfo {
+  std::string name;
+  int rank;  // this rank's rank in the group
+  int size;
+  std::vector<int64_t> ranks;  // global ranks; empty for 0..size-1
+};
+
+enum class FailAt : uint8_t { issue = 0, wait = 1 };
+
+struct Fault {
+  int64_t id;
+  int op;       // an Op, or -1 for every collective
+  int64_t nth;  // 0: every call; n >= 1: only the n-th call, then disarmed
+  FailAt at;
+};
+
+enum class Values : uint8_t { uniform = 0, copy = 1 };
+
+// NOTE [World state]
+// Everything that belongs to one fake world rather than to one group: the
+// value semantics, the log, the per-op call counters and the armed faults.
+// Every backend of the world (the default group and each sub-group) holds the
+// same WorldState, so a fault armed for "all_reduce" fires on a DeviceMesh
+// sub-group too, and call numbers count across groups. Single-threaded by
+// design, like the rest of a fake world.
+class WorldState : public torch::CustomClassHolder {
+ public:
+  WorldState(Values values, bool record) : values_(values), record_(record) {}
+
+  Values values() const {
+    return values_;
+  }
+  bool recording() const {
+    return record_;
+  }
+  void setRecording(bool on) {
+    record_ = on;
+  }
+
+  int addGroup(GroupInfo info);
+  const GroupInfo& group(int index) const {
+    return groups_.at(index);
+  }
+  size_t numGroups() const {
+    return groups_.size();
+  }
+
+  // Faults.
+  int64_t armFault(int op, int64_t nth, FailAt at);
+  bool disarmFault(int64_t id);
+  bool isArmed(int64_t id) const;
+  int64_t callCount(int op) const {
+    return op < 0 ? total_calls_ : calls_.at(op);
+  }
+
+  // NOTE [Call sites]
+  // A consistency check across ranks names the user's line that issued each
+  // collective. Finding it means walking the Python stack, so it happens only
+  // while a site source is set (by Python, when a check will run): a
+  // callable that returns the site's number, kept beside each record.
+  void setSiteSource(std::function<int32_t()> source) {
+    site_source_ = std::move(source);
+  }
+
+  // Called once per collective, before any output is written. Counts the
+  // call, records it, and returns the injected error when a fault fires:
+  // thrown right away for FailAt::issue, handed to the work for FailAt::wait.
+  std::exception_ptr begin(
+      Op op,
+      int group,
+      const std::vector<at::Tensor>& inputs,
+      uint8_t reduce_op,
+      int32_t peer,
+      bool any_source = false);
+
+  // The log.
+  size_t size() const {
+    return records_.size();
+  }
+  const Record& record(size_t i) const {
+    return records_.at(i);
+  }
+  int32_t site(size_t i) const {
+    return i < sites_.size() ? sites_[i] : kNoSite;
+  }
+  std::vector<int64_t> shapesOf(const Record& r) const;
+  int64_t count(int op) const;
+  int64_t totalBytes(int op) const;
+  void clearLog() {
+    records_.clear();
+    shapes_.clear();
+    sites_.clear();
+  }
+  const std::vector<Record>& records() const {
+    return records_;
+  }
+
+ private:
+  void recordCall(
+      Op op,
+      int group,
+      const std::vector<at::Tensor>& inputs,
+      uint8_t reduce_op,
+      int32_t peer,
+      uint8_t flags);
+
+  Values values_;
+  bool record_;
+  std::vector<GroupInfo> groups_;
+  std::vector<Record> records_;
+  std::vector<int64_t> shapes_;
+  std::vector<int32_t> sites_;  // beside records_ once a site source was set
+  std::function<int32_t()> site_source_;
+  std::array<int64_t, kNumOps> calls_{};
+  int64_t total_calls_ = 0;
+  std::vector<Fault> faults_;
+  int64_t next_fault_id_ = 1;
+};
+
+}  // namespace fakepg

@@ -1,0 +1,286 @@
+"""Consistency across ranks: do the ranks of a sweep issue the same
+collectives?
+
+NOTE [Traces and the check]
+A swept case leaves a *trace*: its collectives in order, each with its group
+(identified by the group's global ranks and its place among groups with the
+same ranks, since each rank creates only its own groups and names differ),
+op, shapes, dtype, reduce op, peer and call site. Traces are plain data: they
+ride on the case's report, so the check runs where reports meet (the only
+process, or pytest-xdist's controller) once the last case of a sweep is in.
+
+The check follows what a real backend needs to match calls (c10d's
+ProcessGroupWrapper fingerprint, Flight Recorder's matching rules): group by
+group, call by call, every member must issue the same op, with the same root
+or peer, reduce op and dtype, and the same input shapes where the op needs
+them; calls whose sizes may differ per rank (all_gather and reduce_scatter
+lists, all_to_all, gather and scatter) are matched without shapes. Point to
+point, each send from a to b pairs in order with a recv on b from a (or from
+any source), of the same numel and dtype. A call some member never makes is a
+divergence: on a cluster it waits forever. Only ranks that ran are compared.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .ops import OP_NAMES
+from .records import ANY_SOURCE, ranks_text
+
+if TYPE_CHECKING:
+    import pytest
+
+    from .world import FakeWorld
+
+# Ops whose inputs must have equal shapes on every rank.
+SAME_SHAPES = frozenset({
+    "all_reduce", "all_reduce_coalesced", "all_gather_into_tensor", "all_gather_into_tensor_coalesced",
+    "reduce_scatter_tensor", "reduce_scatter_tensor_coalesced", "broadcast", "reduce",
+})
+ROOTED_FROM = frozenset({"broadcast", "scatter"})
+ROOTED_TO = frozenset({"reduce", "gather"})
+P2P = frozenset({"send", "recv"})
+
+
+class Call(NamedTuple):
+    group: int  # index into the trace's groups
+    op: str
+    shapes: list[list[int]]
+    dtype: str | None
+    reduce_op: str | None
+    peer: int | None
+    any_source: bool
+    site: str | None
+
+
+def trace(world: FakeWorld, key: str, cases: int, check: bool, nodeid: str) -> dict[str, Any]:
+    """``world``'s collectives so far, as plain data (see the NOTE)."""
+    from .records import _reduce_ops
+
+    log = world.collectives
+    labels = world.group_labels()
+    sites = world.call_sites()
+    reduce_ops = _reduce_ops()
+    groups = []
+    seen: dict[tuple[int, ...], int] = {}
+    for index in range(log._native.num_groups()):
+        name, _, size, ranks = log._group(index)
+        ordinal = seen.get(ranks, 0)
+        seen[ranks] = ordinal + 1
+        whole = ranks == tuple(range(world.world_size))
+        groups.append([None if whole else list(ranks), ordinal, labels.get(name, ""), name])
+    calls = []
+    for op, g, red, dtype, peer, shapes, _, flags, site in log._native.records(0, len(log)):
+        reduce_op = reduce_ops[red]
+        calls.append([
+            g, OP_NAMES[op], [list(s) for s in shapes], None if dtype is None else str(dtype).replace("torch.", ""),
+            None if reduce_op is None else reduce_op.name, None if peer < 0 else peer,
+            bool(flags & ANY_SOURCE), sites[site] if 0 <= site < len(sites) else None,
+        ])
+    return {
+        "key": key, "cases": cases, "check": check, "nodeid": nodeid, "rank": world.rank,
+        "world_size": world.world_size, "groups": groups, "calls": calls,
+    }
+
+
+# -- describing calls ------------------------------------------------------------
+
+
+def describe(call: Call) -> str:
+    parts = [call.op]
+    if call.shapes:
+        if len(call.shapes) > 4:
+            parts.append(f"{len(call.shapes)} tensors of {call.dtype}")
+        else:
+            parts.append(", ".join(f"{call.dtype}{s}" for s in call.shapes))
+    if call.reduce_op is not None:
+        parts.append(call.reduce_op)
+    if call.op in ROOTED_FROM or (call.op == "recv" and not call.any_source):
+        parts.append(f"from rank {call.peer}")
+    elif call.op == "recv":
+        parts.append("from any rank")
+    elif call.op in ROOTED_TO or call.op == "send":
+        parts.append(f"to rank {call.peer}")
+    text = " ".join(parts)
+    return f"{text} at {call.site}" if call.site else text
+
+
+def _mismatch(a: Call, b: Call) -> str | None:
+    """What a cluster does when these two calls meet, or None if they match."""
+    if a.op != b.op:
+        return "on a cluster both ranks wait forever for the other's call"
+    if (a.op in ROOTED_FROM or a.op in ROOTED_TO) and a.peer != b.peer:
+        return "on a cluster the ranks wait for different roots: a hang"
+    if a.reduce_op != b.reduce_op:
+        return "on a cluster the ranks reduce with different ops: the result is undefined"
+    if a.dtype != b.dtype:
+        return "on a cluster this is a dtype mismatch: gloo raises, NCCL reads the bytes as the wrong type"
+    if a.op in SAME_SHAPES and a.shapes != b.shapes:
+        return "on a cluster this is a size mismatch: gloo raises, NCCL hangs or corrupts data"
+    return None
+
+
+def _numel(call: Call) -> int:
+    n = 0
+    for shape in call.shapes:
+        size = 1
+        for d in shape:
+            size *= d
+        n += size
+    return n
+
+
+# -- the check ---------------------------------------------------------------------
+
+
+class _Trace:
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.rank: int = data["rank"]
+        size = data["world_size"]
+        self.groups = [
+            (tuple(range(size)) if ranks is None else tuple(ranks), ordinal, label, name)
+            for ranks, ordinal, label, name in data["groups"]
+        ]
+        self.calls = [Call(*c) for c in data["calls"]]
+
+    def group_key(self, call: Call) -> tuple[tuple[int, ...], int]:
+        ranks, ordinal, _, _ = self.groups[call.group]
+        return ranks, ordinal
+
+    def group_text(self, call: Call) -> str:
+        ranks, _, label, name = self.groups[call.group]
+        named = label if label and label != "undefined" else f"'{name}'"
+        return f"group {named} (ranks {ranks_text(ranks)})"
+
+
+def check(traces: dict[int, dict[str, Any]]) -> str | None:
+    """The first divergence among the ranks' traces, as a message, or None."""
+    ranks = {r: _Trace(t) for r, t in sorted(traces.items())}
+    return _check_groups(ranks) or _check_p2p(ranks)
+
+
+def _check_groups(ranks: dict[int, _Trace]) -> str | None:
+    order: list[tuple[tuple[int, ...], int]] = []
+    calls: dict[tuple[tuple[int, ...], int], dict[int, list[Call]]] = {}
+    for r, t in ranks.items():
+        for call in t.calls:
+            if call.op in P2P:
+                continue
+            key = t.group_key(call)
+            if key not in calls:
+                calls[key] = {}
+                order.append(key)
+            calls[key].setdefault(r, []).append(call)
+    for key in order:
+        members = [m for m in key[0] if m in ranks]
+        if len(members) < 2:
+            continue
+        seqs = {m: calls[key].get(m, []) for m in members}
+        for i in range(max(len(s) for s in seqs.values())):
+            first = members[0]
+            for other in members[1:]:
+                a = seqs[first][i] if i < len(seqs[first]) else None
+                b = seqs[other][i] if i < len(seqs[other]) else None
+                if a is not None and b is not None:
+                    outcome = _mismatch(a, b)
+                    if outcome is None:
+                        continue
+                    return _message(ranks, key, i, (first, a), (other, b), outcome)
+                if a is None and b is None:
+                    continue
+                waiting = other if a is None else first
+                outcome = f"on a cluster rank {waiting} waits forever"
+                return _message(ranks, key, i, (first, a), (other, b), outcome)
+    return None
+
+
+def _message(
+    ranks: dict[int, _Trace],
+    key: tuple[tuple[int, ...], int],
+    i: int,
+    x: tuple[int, Call | None],
+    y: tuple[int, Call | None],
+    outcome: str,
+) -> str:
+    known = x if x[1] is not None else y
+    group = ranks[known[0]].group_text(known[1])  # type: ignore[arg-type]
+
+    def side(rank: int, call: Call | None) -> str:
+        if call is not None:
+            return f"rank {rank} {describe(call)}"
+        return f"rank {rank} issued no call {i + 1} on this group"
+
+    return (
+        f"ranks {x[0]} and {y[0]} diverge on {group} at its call {i + 1}: "
+        f"{side(*x)}; {side(*y)} - {outcome}"
+    )
+
+
+def _check_p2p(ranks: dict[int, _Trace]) -> str | None:
+    sends: dict[tuple[int, int], list[Call]] = {}
+    for r, t in ranks.items():
+        for call in t.calls:
+            if call.op == "send" and call.peer in ranks:
+                sends.setdefault((r, call.peer), []).append(call)
+    for b, t in ranks.items():
+        for call in t.calls:
+            if call.op != "recv":
+                continue
+            if call.any_source:
+                senders = sorted(a for (a, dst), q in sends.items() if dst == b and q)
+                if not senders:
+                    continue  # its sender may be a rank that did not run
+                a = senders[0]
+            else:
+                a = call.peer
+                if a not in ranks:
+                    continue
+            queue = sends.get((a, b), [])
+            if not queue:
+                return (
+                    f"ranks {a} and {b} diverge on point-to-point {a} -> {b}: rank {b} {describe(call)}; "
+                    f"rank {a} sent nothing more to rank {b} - on a cluster rank {b} waits forever"
+                )
+            send = queue.pop(0)
+            if _numel(send) != _numel(call) or send.dtype != call.dtype:
+                kind = "dtype" if send.dtype != call.dtype else "size"
+                return (
+                    f"ranks {a} and {b} diverge on point-to-point {a} -> {b}: rank {a} {describe(send)}; "
+                    f"rank {b} {describe(call)} - on a cluster this is a {kind} mismatch: the receiver "
+                    "gets the wrong bytes, or both ranks hang"
+                )
+    for (a, b), queue in sends.items():
+        if queue:
+            return (
+                f"ranks {a} and {b} diverge on point-to-point {a} -> {b}: rank {a} {describe(queue[0])}; "
+                f"rank {b} posted no matching recv - on a cluster rank {a} waits forever"
+            )
+    return None
+
+
+class Checker:
+    """Collects the traces of swept cases as their reports come in; when a
+    sweep is complete, checks it and fails the case that completed it."""
+
+    def __init__(self, trace_dir: str | None) -> None:
+        self.trace_dir = trace_dir
+        self.pending: dict[str, dict[int, dict[str, Any]]] = {}
+
+    def add(self, report: pytest.TestReport, data: dict[str, Any]) -> None:
+        traces = self.pending.setdefault(data["key"], {})
+        traces[data["rank"]] = data
+        if len(traces) < data["cases"]:
+            return
+        del self.pending[data["key"]]
+        if self.trace_dir is not None:
+            from . import flight_recorder
+
+            flight_recorder.write(self.trace_dir, traces)
+        message = check(traces) if data["check"] else None
+        if message is None:
+            return
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = f"fake world ranks diverge: {message}"
+        else:
+            report.sections.append(("fake world ranks diverge", message))

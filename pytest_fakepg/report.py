@@ -1,0 +1,128 @@
+"""The collectives report (``--fake-world-report``, ``--fake-world-report-json``).
+
+Each test's entry is made where its world goes down (``entry``), as plain
+data: it rides to the controlling process on the test's report under
+pytest-xdist, so the text and JSON reports are the same with and without
+``-n``. ``render`` and ``write_json`` turn the entries into the report.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from .records import ranks_text
+
+if TYPE_CHECKING:
+    import pytest
+
+    from .world import FakeWorld
+
+
+def entry(world: FakeWorld) -> dict[str, Any] | None:
+    """What ``world`` ran, by group and op (cleared records included), or
+    None if it ran no collective."""
+    ran = world.collectives.ran()
+    if not ran:
+        return None
+    labels = world.group_labels()
+    # Groups by what they are (label and global ranks), not by name: names
+    # depend on what ran before in the process.
+    groups: dict[str, dict[str, Any]] = {}
+    ops: dict[str, dict[str, int]] = {}
+    for name, ranks, op, calls, nbytes, failed in ran:
+        label = labels.get(name, "")
+        label = "" if label == "undefined" else label
+        group = groups.setdefault(
+            f"{label} {ranks}", {"label": label, "ranks": ranks_text(ranks), "size": len(ranks), "ops": {}}
+        )
+        group["ops"][op] = {"count": calls, "bytes": nbytes, "failed": failed}
+        total = ops.setdefault(op, {"count": 0, "bytes": 0, "failed": 0})
+        total["count"] += calls
+        total["bytes"] += nbytes
+        total["failed"] += failed
+    return {
+        "world_size": world.world_size,
+        "rank": world.rank,
+        "mesh": world.spec.mesh_id,
+        "groups": list(groups.values()),
+        "collectives": ops,
+        "total": {
+            "count": sum(o["count"] for o in ops.values()),
+            "bytes": sum(o["bytes"] for o in ops.values()),
+            "failed": sum(o["failed"] for o in ops.values()),
+        },
+    }
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
+def _calls(stats: dict[str, int]) -> str:
+    text = _plural(stats["count"], "call")
+    return f"{text} ({stats['failed']} failed)" if stats.get("failed") else text
+
+
+def _line(indent: int, name: str, stats: dict[str, int]) -> str:
+    return f"{' ' * indent}{name:<{40 - indent}}{_calls(stats):>22} {_human(stats['bytes']):>11}"
+
+
+def _run_totals(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    totals: dict[str, dict[str, int]] = {}
+    for e in entries.values():
+        for op, stats in e["collectives"].items():
+            row = totals.setdefault(op, {"count": 0, "bytes": 0, "failed": 0})
+            for key in row:
+                row[key] += stats.get(key, 0)
+    return totals
+
+
+def render(tr: pytest.TerminalReporter, entries: dict[str, dict[str, Any]]) -> None:
+    tr.write_sep("=", "fake world collectives")
+    for nodeid, e in sorted(entries.items()):
+        tr.write_line(f"{nodeid} (world {e['world_size']}, rank {e['rank']})")
+        for group in e["groups"]:
+            label = f"{group['label']} " if group["label"] else ""
+            tr.write_line(f"    group {label}(ranks {group['ranks']})")
+            for op, stats in group["ops"].items():
+                tr.write_line(_line(8, op, stats))
+        tr.write_line(_line(4, "total", e["total"]))
+    totals = _run_totals(entries)
+    if totals:
+        tr.write_line("all tests")
+        for op, stats in sorted(totals.items()):
+            tr.write_line(_line(4, op, stats))
+    count = sum(s["count"] for s in totals.values())
+    nbytes = sum(s["bytes"] for s in totals.values())
+    failed = sum(s["failed"] for s in totals.values())
+    failures = f", {failed} failed by injected faults" if failed else ""
+    tr.write_line(
+        f"{_plural(len(entries), 'test')} ran {_plural(count, 'collective')}{failures}, "
+        f"{_human(nbytes)} in all"
+    )
+
+
+def write_json(path: str, entries: dict[str, dict[str, Any]]) -> None:
+    totals = _run_totals(entries)
+    document = {
+        "tests": dict(sorted(entries.items())),
+        "collectives": dict(sorted(totals.items())),
+        "total": {
+            "tests": len(entries),
+            "count": sum(s["count"] for s in totals.values()),
+            "bytes": sum(s["bytes"] for s in totals.values()),
+            "failed": sum(s["failed"] for s in totals.values()),
+        },
+    }
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(document, fh, indent=2)
+        fh.write("\n")
