@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_collectives  # noqa: E402
+import bench_compile  # noqa: E402
 import bench_pytest  # noqa: E402
 import bench_scale  # noqa: E402
 
@@ -38,6 +39,8 @@ def main() -> None:
     bench_collectives.main(["--rounds", "5" if args.quick else "15"])
     print("\n### Plugin cost on a run with no fake worlds\n")
     print(bench_pytest.plugin_cost(3000 if not args.quick else 1000))
+    print("\n### Compiled code across worlds\n")
+    bench_compile.main([])
     print("\n### Scale\n")
     bench_scale.main(["--calls", "200000" if args.quick else "1000000"])
 

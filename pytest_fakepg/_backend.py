@@ -175,13 +175,13 @@ def _compile(directory: Path, *, verbose: bool, quiet: bool) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     _remove_outputs(directory)
     if not quiet:
-        # sys.__stderr__, not sys.stderr: pytest captures the latter, and a
-        # first run would sit silent for the whole build.
+        # Under pytest the plugin suspends output capture around the first
+        # load, so this line reaches the terminal (see plugin._bring_up).
         print(
             f"pytest-fakepg: compiling the fakepg c10d backend for torch "
-            f"{torch.__version__} (first use with this torch; about 45 s "
+            f"{torch.__version__} (first use with this torch; about 50 s "
             f"on 2 cores) into {directory}",
-            file=sys.__stderr__ or sys.stderr,
+            file=sys.stderr,
             flush=True,
         )
     src = sources_dir()
@@ -207,6 +207,10 @@ def _compile(directory: Path, *, verbose: bool, quiet: bool) -> None:
     tmp = directory / f"{_DONE_MARKER}.{os.getpid()}"
     tmp.write_text(f"{so.stat().st_size} {_file_digest(so)}\n")
     os.replace(tmp, directory / _DONE_MARKER)
+
+
+def is_loaded() -> bool:
+    return _module is not None
 
 
 def load() -> ModuleType:

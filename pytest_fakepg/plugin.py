@@ -349,6 +349,8 @@ def _bring_up(item: pytest.Item, case: _Case) -> FakeWorld:
 
     if not device_available(spec.device):
         pytest.skip(f"fake_world(device={spec.device!r}) needs a {spec.device} device; none is available")
+    if spec.backend == "fakepg":
+        _load_backend(item.config)
     world = FakeWorld(spec).start()
     item.stash[_WORLD] = world
     try:
@@ -359,6 +361,22 @@ def _bring_up(item: pytest.Item, case: _Case) -> FakeWorld:
         _take_down(item, world)
         raise
     return world
+
+
+def _load_backend(config: pytest.Config) -> None:
+    """The first world of a run loads the backend, and may compile it: with
+    output capture suspended, so the one line saying so reaches the terminal
+    instead of a run that sits silent for a minute."""
+    from . import _backend
+
+    if _backend.is_loaded():
+        return
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        _backend.load()
+        return
+    with capture.global_and_fixture_disabled():
+        _backend.load()
 
 
 def _take_down(item: pytest.Item, world: FakeWorld) -> None:

@@ -355,7 +355,7 @@ class FakeWorld:
         try:
             for name in _HIDDEN_ENV:
                 os.environ.pop(name, None)
-            self._install_object_collectives()
+            self._install_patches()
             self._store = dist.HashStore()
             self._init_default_group(dist)
             if spec.mesh_shape is not None:
@@ -394,17 +394,25 @@ class FakeWorld:
         )
         self._pg = _compat.default_group()
 
-    def _install_object_collectives(self) -> None:
+    def _patch(self, owner: Any, name: str, replacement: Any) -> None:
+        """Replace ``owner.name`` while the world is up; stop() puts the
+        original back unless someone replaced it again meanwhile."""
+        self._saved.setdefault("patches", []).append((owner, name, getattr(owner, name), replacement))
+        setattr(owner, name, replacement)
+
+    def _install_patches(self) -> None:
         import torch.distributed as dist
 
         from . import _objects
 
         c10d = dist.distributed_c10d
-        originals = {name: getattr(c10d, name) for name in _objects.NAMES}
-        self._saved["objects"] = (originals, _objects.make(originals))
+        replacements = _objects.make({name: getattr(c10d, name) for name in _objects.NAMES})
         for module in (dist, c10d):
-            for name, replacement in self._saved["objects"][1].items():
-                setattr(module, name, replacement)
+            for name, replacement in replacements.items():
+                self._patch(module, name, replacement)
+        if self.spec.backend == "fakepg":
+            self._patch(dist.ProcessGroup, "_get_sequence_number_for_group",
+                        _sequence_numbers(dist.ProcessGroup._get_sequence_number_for_group))
 
     def stop(self) -> None:
         """Take the world down. Idempotent; runs every step even if one fails.
@@ -424,12 +432,9 @@ class FakeWorld:
             _running = None
             if "stock_fake" in saved:
                 _compat.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
-            if "objects" in saved:
-                originals, ours = saved["objects"]
-                for module in (dist, dist.distributed_c10d):
-                    for name, original in originals.items():
-                        if getattr(module, name, None) is ours[name]:
-                            setattr(module, name, original)
+            for owner, name, original, replacement in reversed(saved.get("patches", [])):
+                if getattr(owner, name, None) is replacement:
+                    setattr(owner, name, original)
             _compat.clear_mesh_registries()
             _compat.clear_dtensor_state()
             if _compat.dynamo_frames() != saved["dynamo_frames"]:
@@ -454,6 +459,29 @@ class FakeWorld:
             f"<FakeWorld rank {s.rank} of {s.world_size}{mesh} on {s.device}, "
             f"{s.backend}/{s.values}, {state}>"
         )
+
+
+def _sequence_numbers(original: Any) -> Any:
+    """``ProcessGroup._get_sequence_number_for_group`` for fakepg groups.
+
+    NOTE [Sequence numbers of custom backends] c10d's ProcessGroup answers
+    only for gloo, NCCL, XCCL and UCC groups and refuses every other backend
+    before asking it (2.11-2.14.1); fakepg keeps a counter per group (see
+    backend.hpp), which this asks directly. Other groups get torch's answer."""
+    import torch
+
+    fake_backend = _backend.load().FakeBackend
+
+    def get_sequence_number_for_group(pg: Any) -> int:
+        try:
+            backend = pg._get_backend(torch.device("cpu"))
+        except RuntimeError:  # a group with no CPU backend is not fakepg's
+            backend = None
+        if isinstance(backend, fake_backend):
+            return backend._get_sequence_number_for_group()
+        return original(pg)
+
+    return get_sequence_number_for_group
 
 
 def _site_source(sites: list[str]) -> Any:

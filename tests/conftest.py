@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pytest
+import torch
 
 from pytest_fakepg import FakeWorld
+
+HEADER = "import pytest, torch, torch.distributed as dist\n"
+RunTests = Callable[..., pytest.RunResult]
 
 # Rank 5 of a world of 8 laid out as {"dp": 2, "tp": 4}:
 #   [[0, 1, 2, 3],
@@ -47,6 +52,26 @@ def group(request: pytest.FixtureRequest, values: str) -> Iterator[Group]:
         else:
             pg = world.mesh["tp"].get_group()
             yield Group(world, pg, 4, 1, (4, 5, 6, 7), values, "tp")
+
+
+def arange(*shape: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.Tensor:
+    """1, 2, 3, ... in `shape`: values that show which element went where."""
+    n = 1
+    for s in shape:
+        n *= s
+    return torch.arange(1, n + 1, dtype=dtype, device=device).reshape(shape)
+
+
+@pytest.fixture
+def run_tests(pytester: pytest.Pytester) -> RunTests:
+    """Write `source` (after `header`) as test_it.py and run pytest on it in a
+    subprocess: torch's distributed state is per process."""
+
+    def run(source: str, *args: str, header: str = HEADER) -> pytest.RunResult:
+        pytester.makepyfile(test_it=header + source)
+        return pytester.runpytest_subprocess("-p", "no:randomly", "-W", "ignore::FutureWarning", *args)
+
+    return run
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -17,6 +17,18 @@ import json, os
 import pytest
 
 _state = {"violations": [], "outcomes": {}, "count": 0, "rss_after_100": None}
+_EXCEPTHOOK = __import__("sys").excepthook
+_ORIGINALS = {}
+
+
+def _originals(dist):
+    """What a world patches while it is up, as torch had it."""
+    if not _ORIGINALS:
+        c10d = dist.distributed_c10d
+        for name in ("broadcast_object_list", "scatter_object_list", "recv_object_list"):
+            _ORIGINALS[name] = getattr(c10d, name)
+        _ORIGINALS["seq"] = dist.ProcessGroup._get_sequence_number_for_group
+    return _ORIGINALS
 
 
 def _rss_mb():
@@ -37,6 +49,20 @@ def _pristine():
     world = dist.distributed_c10d._world
     if world.pg_map or world.pg_names or world.tags_to_pg:
         problems.append(f"{len(world.pg_map)} registered groups")
+    for name in ("pg_group_ranks", "pg_backend_config", "pg_to_tag", "pg_coalesce_state"):
+        if getattr(world, name, None):
+            problems.append(f"_world.{name} not empty")
+    if sys.excepthook is not _EXCEPTHOOK:
+        problems.append("sys.excepthook replaced")
+    originals = _originals(dist)
+    for name in ("broadcast_object_list", "scatter_object_list", "recv_object_list"):
+        if getattr(dist, name) is not originals[name] or getattr(dist.distributed_c10d, name) is not originals[name]:
+            problems.append(f"torch.distributed.{name} replaced")
+    if dist.ProcessGroup._get_sequence_number_for_group is not originals["seq"]:
+        problems.append("ProcessGroup._get_sequence_number_for_group replaced")
+    plugin = dist.Backend._plugins.get("FAKE")
+    if plugin is not None and plugin.creator_fn.__module__.startswith("pytest_fakepg"):
+        problems.append("backend 'fake' still served by fakepg")
     dm = sys.modules.get("torch.distributed.device_mesh")
     if dm is not None and dm._mesh_resources.mesh_stack:
         problems.append("mesh stack not empty")

@@ -110,7 +110,32 @@ def test_prebuild_command_reports_the_cache() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"fakepg backend ready in {_backend.build_dir()} (")
     where = subprocess.run([sys.executable, "-m", "pytest_fakepg", "where"], capture_output=True, text=True)
-    assert where.stdout.strip() == str(_backend.build_dir())
+    assert where.stdout.splitlines() == [
+        f"cache root:      {_backend.cache_root()}",
+        f"build directory: {_backend.build_dir()}",
+    ]
+
+
+@pytest.mark.parametrize("args", [[], ["--help"]])
+def test_the_command_without_a_command_prints_its_help(args: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "pytest_fakepg", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m pytest_fakepg [-h] {build,where}")
+    assert "python -m pytest_fakepg build   compile the backend" in result.stdout
+    assert "`" not in result.stdout
+
+
+def test_the_plugin_loads_where_fcntl_does_not_exist(tmp_path: Path) -> None:
+    """fcntl is POSIX-only: importing it when pytest loads the plugin would
+    break every pytest run on Windows."""
+    result = run_python(
+        "import sys; sys.modules['fcntl'] = None  # as on Windows\n"
+        "import pytest_fakepg.plugin, pytest_fakepg._backend as b\n"
+        "with b._build_lock(b.cache_root() / 'x'): print('locked')",
+        PYTEST_FAKEPG_CACHE=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "locked"
 
 
 def test_concurrent_cold_builds_share_one_cache_and_corruption_is_rebuilt(tmp_path: Path) -> None:

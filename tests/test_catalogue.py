@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 import pytest
 
+from .conftest import RunTests
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -111,18 +113,13 @@ MISUSE = [
 ]
 
 
-def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
-    pytester.makepyfile(test_it="import pytest\n" + source)
-    return pytester.runpytest_subprocess("-p", "no:randomly", "-W", "ignore::FutureWarning", *args)
-
-
-def test_invalid_marker_arguments_error_their_test_only(pytester: pytest.Pytester) -> None:
+def test_invalid_marker_arguments_error_their_test_only(run_tests: RunTests) -> None:
     source = "".join(
         f"\n@pytest.mark.{row.written}\ndef test_bad_{i}():\n    raise AssertionError('body ran')\n"
         for i, row in enumerate(MARKER)
     )
     source += "\n@pytest.mark.fake_world(2)\ndef test_good():\n    pass\n"
-    result = run(pytester, source)
+    result = run_tests(source, header="import pytest\n")
     result.assert_outcomes(passed=1, errors=len(MARKER))
     out = result.stdout.str()
     for i, row in enumerate(MARKER):
@@ -133,14 +130,14 @@ def test_invalid_marker_arguments_error_their_test_only(pytester: pytest.Pyteste
 
 
 @pytest.mark.parametrize("row", OPTIONS, ids=[r.what for r in OPTIONS])
-def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester, row: Row) -> None:
-    result = run(pytester, "def test_it():\n    pass\n", *row.written.split())
+def test_bad_option_values_are_usage_errors(run_tests: RunTests, row: Row) -> None:
+    result = run_tests("def test_it():\n    pass\n", *row.written.split(), header="import pytest\n")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert f"ERROR: {row.message}" in result.stderr.str()
 
 
 @pytest.mark.parametrize(("row", "source", "args", "outcomes"), MISUSE, ids=[m[0].what for m in MISUSE])
-def test_misuse(pytester: pytest.Pytester, row: Row, source: str, args: list[str], outcomes: dict[str, int]) -> None:
+def test_misuse(pytester: pytest.Pytester, run_tests: RunTests, row: Row, source: str, args: list[str], outcomes: dict[str, int]) -> None:
     if "cuda" in row.what:
         import torch
 
@@ -149,7 +146,7 @@ def test_misuse(pytester: pytest.Pytester, row: Row, source: str, args: list[str
     if "torch is not installed" in row.what:
         # Shadow torch in the test's directory (which pytest puts first on sys.path).
         pytester.mkpydir("torch").joinpath("__init__.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
-    result = run(pytester, source, *args)
+    result = run_tests(source, *args, header="import pytest\n")
     result.assert_outcomes(**outcomes)
     assert row.message in result.stdout.str().replace("\n", " ") or row.message in result.stdout.str()
 

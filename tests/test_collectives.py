@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from pytest_fakepg import CollectiveRecord
 
-from .conftest import Group
+from .conftest import Group, arange
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch 2.13 renames
 
@@ -31,13 +31,6 @@ def only_record(g: Group, op: str, **expected: Any) -> CollectiveRecord:
     for field, value in expected.items():
         assert getattr(rec, field) == value, field
     return rec
-
-
-def arange(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    n = 1
-    for s in shape:
-        n *= s
-    return torch.arange(1, n + 1, dtype=dtype).reshape(shape)
 
 
 # -- all_reduce ---------------------------------------------------------------
@@ -390,3 +383,70 @@ def test_one_tensor_coalesced_calls_are_recorded_as_the_plain_op() -> None:
         assert gathered.tolist() == [1.0, 2.0] * 4
         assert scattered.tolist() == [16.0, 20.0]  # chunk 2 = [4, 5], times 4
         assert world.collectives.ops == ["all_gather_into_tensor", "reduce_scatter_tensor"]
+
+
+def test_record_ranks_are_a_tuple_on_every_group(group: Group) -> None:
+    dist.barrier(group=group.pg)
+    ranks = group.world.collectives[0].ranks
+    assert type(ranks) is tuple and ranks == tuple(group.ranks)
+
+
+def test_sequence_numbers_count_each_groups_collectives(group: Group) -> None:
+    pg = group.pg if group.pg is not None else group.world.pg
+    before = pg._get_sequence_number_for_group()
+    dist.barrier(group=group.pg)
+    dist.all_reduce(torch.ones(1), group=group.pg)
+    assert pg._get_sequence_number_for_group() == before + 2
+
+
+# -- object collectives on a rank that cannot know the data ------------------------
+# NOTE [Objects this rank cannot know]: the uniform answer, or a clear error.
+
+
+@pytest.mark.parametrize("values", ["uniform", "copy"])
+def test_broadcast_object_list_off_the_source_keeps_this_ranks_objects(values: str) -> None:
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(4, rank=2, values=values) as world:
+        box = [{"lr": 0.1}, "x" * 1000]
+        mine = list(box)
+        dist.broadcast_object_list(box, src=0)
+        assert box == mine and box[0] is not mine[0]  # fresh copies, as received
+        assert world.collectives.ops == ["broadcast", "broadcast"]
+        sizes, payload = world.collectives
+        assert (sizes.peer, sizes.dtype, payload.dtype) == (0, torch.int64, torch.uint8)
+    with FakeWorld(4, rank=0) as world:  # on the source: torch's own
+        box = [{"lr": 0.1}, "x" * 1000]
+        dist.broadcast_object_list(box, src=0)
+        assert [r.shapes for r in world.collectives] == [sizes.shapes, payload.shapes]
+
+
+def test_recv_object_list_keeps_this_ranks_objects() -> None:
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(2, rank=1) as world:
+        box = [[1, 2, 3]]
+        assert dist.recv_object_list(box, src=0) == 0
+        assert box == [[1, 2, 3]]
+        assert world.collectives.ops == ["recv", "recv"]
+
+
+def test_scatter_object_list_takes_this_ranks_entry_or_says_why_not() -> None:
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(3, rank=2) as world:
+        out = [None]
+        dist.scatter_object_list(out, ["a", "bb", "ccc"], src=0)
+        assert out == ["ccc"]
+        assert world.collectives.ops == ["broadcast", "scatter", "scatter"]
+        with pytest.raises(ValueError, match=r"the objects that group rank 0 scatters exist only on that rank"):
+            dist.scatter_object_list(out, None, src=0)
+
+
+def test_all_gather_object_gives_this_ranks_object_everywhere() -> None:
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(3, rank=1):
+        out = [None] * 3
+        dist.all_gather_object(out, {"rank": 1})
+        assert out == [{"rank": 1}] * 3

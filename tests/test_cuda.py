@@ -12,6 +12,8 @@ import torch.distributed as dist
 
 from pytest_fakepg import FakeWorld
 
+from .conftest import arange
+
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is available"),
     pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning"),
@@ -21,10 +23,7 @@ N = 4  # group size: the "tp" dimension of {"dp": 2, "tp": 4}
 
 
 def x(*shape: int, device: str) -> torch.Tensor:
-    n = 1
-    for s in shape:
-        n *= s
-    return torch.arange(1.0, n + 1, device=device).reshape(shape)
+    return arange(*shape, device=device)
 
 
 # op -> (run on (pg, device) returning the tensors whose values matter)

@@ -10,8 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import FakeWorld, FakeWorldFaultWarning
 from pytest_fakepg.ops import OP_NAMES
+
+from .conftest import RunTests
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -216,3 +218,70 @@ def test_fail_validates_arguments() -> None:
             world.fail("barrier", nth=0)
         with pytest.raises(ValueError, match="at must be one of 'issue', 'wait'"):
             world.fail("barrier", at="later")
+
+
+def test_a_fault_that_never_fires_is_reported_when_the_world_goes_down() -> None:
+    with pytest.warns(FakeWorldFaultWarning) as caught:
+        with FakeWorld(2, fail={"all_reduce": 5}) as world:
+            dist.all_reduce(torch.ones(1))
+            dist.all_reduce(torch.ones(1))
+            world.fail("barrier")  # every call: never called either
+            with world.fail("send", nth=1):  # disarmed on purpose: not reported
+                pass
+    assert [str(w.message) for w in caught] == [
+        "the fault armed for call 5 of all_reduce never fired: 2 calls of all_reduce were made",
+        "the fault armed for every call of barrier never fired: no call of barrier was made after it was armed",
+    ]
+
+
+def test_a_fault_that_fired_is_not_reported(recwarn: pytest.WarningsRecorder) -> None:
+    with FakeWorld(2, fail={"barrier": 1}) as world:
+        with pytest.raises(dist.DistBackendError):
+            dist.barrier()
+        world.fail("all_reduce")
+        with pytest.raises(dist.DistBackendError):
+            dist.all_reduce(torch.ones(1))
+    assert not [w for w in recwarn if issubclass(w.category, FakeWorldFaultWarning)]
+
+
+def test_nth_already_in_the_past_is_refused_when_armed() -> None:
+    with FakeWorld(2) as world:
+        for _ in range(3):
+            dist.barrier()
+        with pytest.raises(ValueError, match=r"nth=3 is in the past: 3 calls of barrier were already made .* use nth >= 4"):
+            world.fail("barrier", nth=3)
+        world.fail("barrier", nth=4).disarm()
+        with pytest.raises(ValueError, match=r"nth=2 is in the past: 3 collectives were already made"):
+            world.fail("*", nth=2)
+
+
+def test_a_world_that_is_down_refuses_calls_and_disarm() -> None:
+    with FakeWorld(2) as world:
+        fault = world.fail("barrier")
+        fault.disarm()
+    with pytest.raises(RuntimeError, match=r"FakeWorld.calls\(\) needs a running world; this one is down"):
+        world.calls()
+    with pytest.raises(RuntimeError, match=r"Fault.disarm\(\) needs a running world; this one is down"):
+        fault.disarm()
+    with pytest.raises(RuntimeError, match=r"FakeWorld.fail\(\) needs a running world"):
+        world.fail("barrier")
+
+
+def test_unfired_faults_under_the_plugin_warn_or_with_strict_fail(run_tests: RunTests) -> None:
+    source = """
+@pytest.mark.fake_world(2, fail={"all_reduce": 5})
+def test_two_calls():
+    dist.all_reduce(torch.ones(1))
+    dist.all_reduce(torch.ones(1))
+"""
+    result = run_tests(source)
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines([
+        "*FakeWorldFaultWarning: test_it.py::test_two_calls[[]w2-r0[]]: the fault armed for call 5 of "
+        "all_reduce never fired: 2 calls of all_reduce were made",
+    ])
+    result = run_tests(source, "--fake-world-strict")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*the fault armed for call 5 of all_reduce never fired*"])
+    result = run_tests(source, "-W", "error::pytest_fakepg.FakeWorldFaultWarning")
+    assert result.ret != 0 and "FakeWorldFaultWarning" in result.stdout.str()

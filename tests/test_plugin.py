@@ -8,20 +8,14 @@ import json
 
 import pytest
 
+from .conftest import RunTests
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-HEADER = """
-import pytest, torch, torch.distributed as dist
-"""
 
 
-def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
-    pytester.makepyfile(test_it=HEADER + source)
-    return pytester.runpytest_subprocess("-p", "no:randomly", "-W", "ignore::FutureWarning", *args)
-
-
-def test_marker_on_function_brings_up_world_without_fixtures(pytester: pytest.Pytester) -> None:
-    result = run(pytester, """
+def test_marker_on_function_brings_up_world_without_fixtures(run_tests: RunTests) -> None:
+    result = run_tests("""
 @pytest.mark.fake_world(4, rank=0)
 def test_all_reduce():
     t = torch.ones(3, 3)
@@ -33,8 +27,8 @@ def test_all_reduce():
     result.stdout.fnmatch_lines(["*test_all_reduce[[]w4-r0[]] PASSED*"])
 
 
-def test_sweep_counts_and_ids(pytester: pytest.Pytester) -> None:
-    result = run(pytester, """
+def test_sweep_counts_and_ids(pytester: pytest.Pytester, run_tests: RunTests) -> None:
+    result = run_tests("""
 @pytest.mark.fake_world([2, 8], rank="all")
 def test_sweep(rank, world_size):
     assert (dist.get_rank(), dist.get_world_size()) == (rank, world_size)
@@ -55,8 +49,8 @@ def test_meshes(device_mesh, world_size):
     pytester.runpytest_subprocess("-W", "ignore::FutureWarning").assert_outcomes(passed=14)
 
 
-def test_marker_on_class_module_and_closest_wins(pytester: pytest.Pytester) -> None:
-    result = run(pytester, """
+def test_marker_on_class_module_and_closest_wins(run_tests: RunTests) -> None:
+    result = run_tests("""
 pytestmark = pytest.mark.fake_world(3)
 
 def test_module_level(world_size):
@@ -74,8 +68,8 @@ class TestClass:
     result.assert_outcomes(passed=3)
 
 
-def test_unittest_testcase_methods_and_classes(pytester: pytest.Pytester) -> None:
-    result = run(pytester, """
+def test_unittest_testcase_methods_and_classes(run_tests: RunTests) -> None:
+    result = run_tests("""
 import unittest
 
 @pytest.mark.fake_world(4, rank=2)
@@ -106,9 +100,9 @@ class TestAfter(unittest.TestCase):
     ])
 
 
-def test_fixtures_without_marker_get_default_world(pytester: pytest.Pytester) -> None:
+def test_fixtures_without_marker_get_default_world(pytester: pytest.Pytester, run_tests: RunTests) -> None:
     pytester.makeini("[pytest]\nfake_world_size = 3\n")
-    result = run(pytester, """
+    result = run_tests("""
 def test_fixtures(fake_world, rank, world_size, device_mesh, fake_store, collectives):
     assert (rank, world_size) == (0, 3)
     assert fake_world.world_size == 3 and device_mesh.mesh.tolist() == [0, 1, 2]
@@ -133,8 +127,8 @@ def test_plain():
     result.assert_outcomes(passed=6)
 
 
-def test_collective_log_fixture_counts(pytester: pytest.Pytester) -> None:
-    result = run(pytester, """
+def test_collective_log_fixture_counts(run_tests: RunTests) -> None:
+    result = run_tests("""
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 class MLP(torch.nn.Module):
@@ -159,8 +153,8 @@ def test_tp_plan(device_mesh, collectives):
     result.assert_outcomes(passed=1)
 
 
-def test_fault_marker(pytester: pytest.Pytester) -> None:
-    result = run(pytester, """
+def test_fault_marker(run_tests: RunTests) -> None:
+    result = run_tests("""
 @pytest.mark.fake_world(8, fail={"all_gather_into_tensor": 3})
 def test_third_call_raises(fake_world):
     out = torch.empty(8)
@@ -179,8 +173,8 @@ def test_at_wait():
     result.assert_outcomes(passed=2)
 
 
-def test_teardown_after_failing_and_erroring_tests(pytester: pytest.Pytester) -> None:
-    result = run(pytester, """
+def test_teardown_after_failing_and_erroring_tests(run_tests: RunTests) -> None:
+    result = run_tests("""
 @pytest.fixture
 def broken():
     raise RuntimeError("fixture broke")
@@ -202,7 +196,7 @@ def test_next_is_clean():
     result.assert_outcomes(passed=1, failed=1, errors=1)
 
 
-def test_leaked_process_group_warns_then_strict_errors(pytester: pytest.Pytester) -> None:
+def test_leaked_process_group_warns_then_strict_errors(run_tests: RunTests) -> None:
     source = """
 def test_leaks():
     import torch.testing._internal.distributed.fake_pg  # registers "fake"
@@ -212,15 +206,19 @@ def test_leaks():
 def test_next_gets_world():
     assert dist.get_backend() == "fakepg"
 """
-    result = run(pytester, source)
+    result = run_tests(source)
     result.assert_outcomes(passed=2, warnings=1)
     result.stdout.fnmatch_lines(["*FakeWorldLeakWarning: test_it.py::test_leaks left a default process group behind (backend 'fake', world size 2)*"])
-    result = run(pytester, source, "--fake-world-strict")
+    result = run_tests(source, "--fake-world-strict")
     result.assert_outcomes(passed=2, errors=1)
+    # the warning's class is importable where -W looks for it
+    result = run_tests(source, "-W", "error::pytest_fakepg.FakeWorldLeakWarning")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*FakeWorldLeakWarning: test_it.py::test_leaks left a default process group*"])
 
 
-def test_backend_option_runs_everything_on_stock_backend(pytester: pytest.Pytester) -> None:
-    result = run(pytester, """
+def test_backend_option_runs_everything_on_stock_backend(run_tests: RunTests) -> None:
+    result = run_tests("""
 @pytest.mark.fake_world(2)
 def test_copy_values():
     t = torch.ones(1)
@@ -235,8 +233,8 @@ def test_explicit_uniform_refused():
     result.stdout.fnmatch_lines(["*values='uniform' needs the fakepg backend*"])
 
 
-def test_ranks_option_sweeps_marked_tests_that_name_no_rank(pytester: pytest.Pytester) -> None:
-    result = run(pytester, """
+def test_ranks_option_sweeps_marked_tests_that_name_no_rank(run_tests: RunTests) -> None:
+    result = run_tests("""
 import unittest
 
 @pytest.mark.fake_world(4)
@@ -266,7 +264,7 @@ class TestOld(unittest.TestCase):
     assert "test_names_its_rank[w4-r0]" not in result.stdout.str()
 
 
-def test_report_text_and_json(pytester: pytest.Pytester) -> None:
+def test_report_text_and_json(pytester: pytest.Pytester, run_tests: RunTests) -> None:
     source = """
 @pytest.mark.fake_world(mesh={"dp": 2, "tp": 2}, rank=[0, 1], fail={"all_reduce": 3})
 def test_ops(device_mesh, collectives):
@@ -281,7 +279,7 @@ def test_ops(device_mesh, collectives):
 def test_no_collectives():
     pass
 """
-    result = run(pytester, source, "--fake-world-report", "--fake-world-report-json=report.json")
+    result = run_tests(source, "--fake-world-report", "--fake-world-report-json=report.json")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([
         "*= fake world collectives =*",
@@ -315,21 +313,21 @@ def test_no_collectives():
 
     # The same report, byte for byte, when the cases run on two xdist workers.
     pytest.importorskip("xdist")
-    result = run(pytester, source, "--fake-world-report", "--fake-world-report-json=xdist.json", "-n", "2")
+    result = run_tests(source, "--fake-world-report", "--fake-world-report-json=xdist.json", "-n", "2")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["2 tests ran 8 collectives, 2 failed by injected faults, 96 B in all"])
     assert json.loads((pytester.path / "xdist.json").read_text()) == report
 
 
-def test_report_json_path_is_checked_before_the_run(pytester: pytest.Pytester) -> None:
-    result = run(pytester, "def test_it():\n    raise AssertionError('ran')\n",
+def test_report_json_path_is_checked_before_the_run(run_tests: RunTests) -> None:
+    result = run_tests("def test_it():\n    raise AssertionError('ran')\n",
                  "--fake-world-report-json=no/such/dir/r.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--fake-world-report-json=no/such/dir/r.json: the folder " in result.stderr.str()
     assert "no/such/dir does not exist" in result.stderr.str()
 
 
-def test_hooks_from_conftest(pytester: pytest.Pytester) -> None:
+def test_hooks_from_conftest(pytester: pytest.Pytester, run_tests: RunTests) -> None:
     pytester.makeconftest("""
 import torch, torch.distributed as dist
 seen = []
@@ -348,7 +346,7 @@ def pytest_fake_world_make_id(spec, definition):
 def pytest_sessionfinish(session):
     print("\\nSEEN", seen)
 """)
-    result = run(pytester, """
+    result = run_tests("""
 @pytest.mark.fake_world(2, rank="all")
 def test_renamed():
     dist.all_reduce(torch.ones(1))
