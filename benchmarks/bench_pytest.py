@@ -141,7 +141,9 @@ def run_style(name: str, n: int, ws: int, workdir: Path) -> list[float]:
 
 def sweep(workdir: Path, ranks: int = 1024, collect: int = 10_000) -> dict[str, float]:
     """rank="all" over one world: per-case cost against a single marked test
-    run in the same command, and the time to collect `collect` cases."""
+    run in the same command, with the check across ranks on and off (each
+    case issues two collectives, so the check has calls to record and
+    compare), and the time to collect `collect` cases."""
     import time
 
     single = statistics.median(run_style("fake_world marker", 300, 4, workdir))
@@ -151,7 +153,8 @@ def sweep(workdir: Path, ranks: int = 1024, collect: int = 10_000) -> dict[str, 
     (case / "test_sweep.py").write_text(HEADER + textwrap.dedent(f"""
         @pytest.mark.fake_world({ranks}, rank="all")
         def test_sweep(rank):
-            assert dist.get_rank() == rank
+            dist.all_reduce(torch.ones(4))
+            dist.barrier()
         """))
     (case / "test_collect.py").write_text(HEADER + textwrap.dedent(f"""
         @pytest.mark.fake_world({collect}, rank="all")
@@ -160,15 +163,19 @@ def sweep(workdir: Path, ranks: int = 1024, collect: int = 10_000) -> dict[str, 
         """))
     env = {**os.environ, "BENCH_OUT": str(case / "times.json"), "PYTHONPATH": str(case)}
     base = [sys.executable, "-m", "pytest", "-q", *QUIET_PLUGINS, "-W", "ignore"]
-    subprocess.run([*base, "-p", "bench_timer", "test_sweep.py"], cwd=case, env=env, check=True,
-                   capture_output=True)
-    per_case = statistics.median(json.loads((case / "times.json").read_text()))
+    per_case: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(3):  # alternate, so drift hits both alike
+        for check in (True, False):
+            subprocess.run([*base, "-p", "bench_timer", "-o", f"fake_world_check_ranks={check}", "test_sweep.py"],
+                           cwd=case, env=env, check=True, capture_output=True)
+            per_case[check].append(statistics.median(json.loads((case / "times.json").read_text())))
+    on, off = statistics.median(per_case[True]), statistics.median(per_case[False])
     start = time.perf_counter()
     subprocess.run([*base, "--collect-only", "test_collect.py"], cwd=case, env=env, check=True,
                    capture_output=True)
     collect_s = time.perf_counter() - start
-    return {"single_ms": single * 1e3, "per_case_ms": per_case * 1e3, "collect_s": collect_s,
-            "ranks": ranks, "collect": collect}
+    return {"single_ms": single * 1e3, "per_case_ms": on * 1e3, "per_case_off_ms": off * 1e3,
+            "collect_s": collect_s, "ranks": ranks, "collect": collect}
 
 
 def plugin_cost(tests: int = 3000, rounds: int = 3) -> str:
@@ -236,10 +243,11 @@ def main(argv: list[str] | None = None) -> str:
         lines.append(f"| {ws} | {name} | {value:.3f} | {above:.3f} | {ratio:.2f}x | {vs_marker:.2f}x |")
     lines += [] if sw is None else [
         "",
-        f"Sweep: rank=\"all\" over a world of {sw['ranks']:,}: {sw['per_case_ms']:.3f} ms per case against "
-        f"{sw['single_ms']:.3f} ms for a single marked test in the same command "
-        f"({sw['per_case_ms'] / sw['single_ms']:.2f}x); collecting {sw['collect']:,} generated cases "
-        f"(pytest --collect-only, start-up included): {sw['collect_s']:.1f} s.",
+        f"Sweep: rank=\"all\" over a world of {sw['ranks']:,}, each case issuing 2 collectives: "
+        f"{sw['per_case_ms']:.3f} ms per case with the check across ranks on, {sw['per_case_off_ms']:.3f} ms "
+        f"with it off (**{sw['per_case_ms'] / sw['per_case_off_ms']:.2f}x**), against {sw['single_ms']:.3f} ms "
+        f"for a single marked test with no collectives in the same command; collecting {sw['collect']:,} "
+        f"generated cases (pytest --collect-only, start-up included): {sw['collect_s']:.1f} s.",
     ]
     text = "\n".join(lines)
     print(text)

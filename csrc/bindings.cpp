@@ -119,6 +119,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           [](WorldState& w, py::object fn) {
             w.setSiteSource(fakepg::siteSource(std::move(fn)));
           })
+      .def("set_in_object_collective", &WorldState::setInObjectCollective)
       .def("__len__", &WorldState::size)
       .def(
           "records",

@@ -126,7 +126,8 @@ std::exception_ptr WorldState::begin(
         inputs,
         reduce_op,
         peer,
-        (fired ? kFailed : 0) | (any_source ? kAnySource : 0));
+        (fired ? kFailed : 0) | (any_source ? kAnySource : 0) |
+            (in_object_collective_ ? kObject : 0));
   }
   if (!fired) {
     return nullptr;

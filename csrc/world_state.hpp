@@ -29,6 +29,7 @@ constexpr int32_t kNoPeer = -1;
 constexpr int32_t kNoSite = -1;
 constexpr uint8_t kFailed = 1;     // an injected fault fired for this call
 constexpr uint8_t kAnySource = 2;  // a recv from any source
+constexpr uint8_t kObject = 4;     // issued by an object collective
 
 // One collective, as recorded. Fixed size: the log is a flat vector of these
 // plus one flat vector of shape data, so recording allocates nothing per call
@@ -109,6 +110,15 @@ class WorldState : public torch::CustomClassHolder {
     site_source_ = std::move(source);
   }
 
+  // NOTE [Object collectives] all_gather_object, broadcast_object_list and
+  // the like move pickled bytes whose sizes follow each rank's objects (a
+  // receiver sizes its buffer from what the sender said). Calls issued while
+  // this is set carry kObject, and the check across ranks does not compare
+  // their sizes.
+  void setInObjectCollective(bool on) {
+    in_object_collective_ = on;
+  }
+
   // Called once per collective, before any output is written. Counts the
   // call, records it, and returns the injected error when a fault fires:
   // thrown right away for FailAt::issue, handed to the work for FailAt::wait.
@@ -158,6 +168,7 @@ class WorldState : public torch::CustomClassHolder {
   std::vector<int64_t> shapes_;
   std::vector<int32_t> sites_;  // beside records_ once a site source was set
   std::function<int32_t()> site_source_;
+  bool in_object_collective_ = false;
   std::array<int64_t, kNumOps> calls_{};
   int64_t total_calls_ = 0;
   std::vector<Fault> faults_;

@@ -16,16 +16,28 @@ issues. ``scatter_object_list`` on a non-source rank needs the input list to
 have a uniform answer; without one it raises, saying why. On the source rank
 torch's own function runs.
 
+All six object collectives (these three, ``all_gather_object``,
+``gather_object`` and ``send_object_list``) mark the calls they issue as
+object calls (NOTE [Object collectives] in csrc/world_state.hpp): their byte
+counts follow each rank's objects, so the check across ranks does not
+compare them.
+
 Code that bound the function before the world started (``from
 torch.distributed import broadcast_object_list`` at import time) keeps torch's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import pickle
+from collections.abc import Callable, Iterator
 from typing import Any
 
-NAMES = ("broadcast_object_list", "scatter_object_list", "recv_object_list")
+NAMES = (
+    "all_gather_object", "gather_object", "broadcast_object_list",
+    "scatter_object_list", "send_object_list", "recv_object_list",
+)
 
 
 def _serialize(objects: list[Any]) -> tuple[Any, Any, list[Any]]:
@@ -53,9 +65,30 @@ def _group_root(group: Any, src: int | None, group_src: int | None) -> tuple[Any
     return group, group_src
 
 
-def make(originals: dict[str, Any]) -> dict[str, Any]:
-    """The replacements, each falling back to ``originals[name]``."""
+def make(originals: dict[str, Any], native: Any) -> dict[str, Any]:
+    """The replacements of ``originals`` (torch's, by name in NAMES); their
+    calls are marked on ``native`` (a WorldState, or None on torch's stock
+    backend)."""
     import torch.distributed as dist
+
+    @contextlib.contextmanager
+    def object_calls() -> Iterator[None]:
+        if native is None:
+            yield
+            return
+        native.set_in_object_collective(True)
+        try:
+            yield
+        finally:
+            native.set_in_object_collective(False)
+
+    def marked(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with object_calls():
+                return fn(*args, **kwargs)
+
+        return call
 
     def broadcast_object_list(
         object_list: list[Any],
@@ -121,8 +154,9 @@ def make(originals: dict[str, Any]) -> dict[str, Any]:
         object_list[:] = _copies(object_list)
         return sender
 
-    return {
+    ours = {
         "broadcast_object_list": broadcast_object_list,
         "scatter_object_list": scatter_object_list,
         "recv_object_list": recv_object_list,
     }
+    return {name: marked(ours.get(name, originals[name])) for name in NAMES}

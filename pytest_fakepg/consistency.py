@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .ops import OP_NAMES
-from .records import ANY_SOURCE, ranks_text
+from .records import ANY_SOURCE, OBJECT, ranks_text
 
 if TYPE_CHECKING:
     import pytest
@@ -51,6 +51,7 @@ class Call(NamedTuple):
     peer: int | None
     any_source: bool
     site: str | None
+    object_call: bool  # sizes follow each rank's objects: not compared
 
 
 def trace(world: FakeWorld, key: str, cases: int, check: bool, nodeid: str) -> dict[str, Any]:
@@ -62,20 +63,20 @@ def trace(world: FakeWorld, key: str, cases: int, check: bool, nodeid: str) -> d
     sites = world.call_sites()
     reduce_ops = _reduce_ops()
     groups = []
-    seen: dict[tuple[int, ...], int] = {}
+    seen: dict[tuple[int, ...] | None, int] = {}
     for index in range(log._native.num_groups()):
-        name, _, size, ranks = log._group(index)
-        ordinal = seen.get(ranks, 0)
-        seen[ranks] = ordinal + 1
-        whole = ranks == tuple(range(world.world_size))
-        groups.append([None if whole else list(ranks), ordinal, labels.get(name, ""), name])
+        name, _, _, ranks = log._native.group(index)  # ranks None: every rank, 0..n-1
+        members = None if ranks is None or len(ranks) == world.world_size else tuple(ranks)
+        ordinal = seen.get(members, 0)
+        seen[members] = ordinal + 1
+        groups.append([None if members is None else ranks, ordinal, labels.get(name, ""), name])
     calls = []
     for op, g, red, dtype, peer, shapes, _, flags, site in log._native.records(0, len(log)):
         reduce_op = reduce_ops[red]
         calls.append([
             g, OP_NAMES[op], [list(s) for s in shapes], None if dtype is None else str(dtype).replace("torch.", ""),
             None if reduce_op is None else reduce_op.name, None if peer < 0 else peer,
-            bool(flags & ANY_SOURCE), sites[site] if 0 <= site < len(sites) else None,
+            bool(flags & ANY_SOURCE), sites[site] if 0 <= site < len(sites) else None, bool(flags & OBJECT),
         ])
     return {
         "key": key, "cases": cases, "check": check, "nodeid": nodeid, "rank": world.rank,
@@ -105,17 +106,18 @@ def describe(call: Call) -> str:
     return f"{text} at {call.site}" if call.site else text
 
 
-def _mismatch(a: Call, b: Call) -> str | None:
-    """What a cluster does when these two calls meet, or None if they match."""
+def _mismatch(a: Call, b: Call, rank_a: int, rank_b: int) -> str | None:
+    """What a cluster does when rank_a's call ``a`` meets rank_b's ``b``, or
+    None if they match."""
     if a.op != b.op:
-        return "on a cluster both ranks wait forever for the other's call"
+        return f"on a cluster rank {rank_a} waits forever in {a.op}, rank {rank_b} in {b.op}"
     if (a.op in ROOTED_FROM or a.op in ROOTED_TO) and a.peer != b.peer:
         return "on a cluster the ranks wait for different roots: a hang"
     if a.reduce_op != b.reduce_op:
         return "on a cluster the ranks reduce with different ops: the result is undefined"
     if a.dtype != b.dtype:
         return "on a cluster this is a dtype mismatch: gloo raises, NCCL reads the bytes as the wrong type"
-    if a.op in SAME_SHAPES and a.shapes != b.shapes:
+    if a.op in SAME_SHAPES and a.shapes != b.shapes and not (a.object_call or b.object_call):
         return "on a cluster this is a size mismatch: gloo raises, NCCL hangs or corrupts data"
     return None
 
@@ -182,7 +184,7 @@ def _check_groups(ranks: dict[int, _Trace]) -> str | None:
                 a = seqs[first][i] if i < len(seqs[first]) else None
                 b = seqs[other][i] if i < len(seqs[other]) else None
                 if a is not None and b is not None:
-                    outcome = _mismatch(a, b)
+                    outcome = _mismatch(a, b, first, other)
                     if outcome is None:
                         continue
                     return _message(ranks, key, i, (first, a), (other, b), outcome)
@@ -242,7 +244,8 @@ def _check_p2p(ranks: dict[int, _Trace]) -> str | None:
                     f"rank {a} sent nothing more to rank {b} - on a cluster rank {b} waits forever"
                 )
             send = queue.pop(0)
-            if _numel(send) != _numel(call) or send.dtype != call.dtype:
+            sized = not (send.object_call or call.object_call)
+            if (sized and _numel(send) != _numel(call)) or send.dtype != call.dtype:
                 kind = "dtype" if send.dtype != call.dtype else "size"
                 return (
                     f"ranks {a} and {b} diverge on point-to-point {a} -> {b}: rank {a} {describe(send)}; "

@@ -311,7 +311,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         spec = case.spec
         wanted = settings.check_ranks if case.check_ranks is None else case.check_ranks
         if spec is not None and case.id and spec.backend == "fakepg" and spec.record and (wanted or settings.trace_dir):
-            key = item.nodeid.replace(case.id, f"w{spec.world_size}-{spec.mesh_id}", 1)
+            world = f"w{spec.world_size}-{spec.mesh_id}" if spec.mesh_id else f"w{spec.world_size}"
+            key = item.nodeid.replace(case.id, world, 1)
             sweeps.setdefault(key, []).append(item)
             checks[key] = wanted
     for key, members in sweeps.items():

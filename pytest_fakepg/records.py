@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 # Record flags, as csrc/world_state.hpp sets them.
 FAILED = 1
 ANY_SOURCE = 2
+OBJECT = 4  # issued by an object collective: NOTE [Object collectives]
 
 
 def ranks_text(ranks: Sequence[int]) -> str:

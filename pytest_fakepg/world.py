@@ -11,6 +11,7 @@ that never use a fake world.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -355,9 +356,9 @@ class FakeWorld:
         try:
             for name in _HIDDEN_ENV:
                 os.environ.pop(name, None)
-            self._install_patches()
             self._store = dist.HashStore()
             self._init_default_group(dist)
+            self._install_patches()
             if spec.mesh_shape is not None:
                 self._mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
             for fault in spec.faults if spec.backend == "fakepg" else ():
@@ -406,7 +407,7 @@ class FakeWorld:
         from . import _objects
 
         c10d = dist.distributed_c10d
-        replacements = _objects.make({name: getattr(c10d, name) for name in _objects.NAMES})
+        replacements = _objects.make({name: getattr(c10d, name) for name in _objects.NAMES}, self._native)
         for module in (dist, c10d):
             for name, replacement in replacements.items():
                 self._patch(module, name, replacement)
@@ -484,13 +485,19 @@ def _sequence_numbers(original: Any) -> Any:
     return get_sequence_number_for_group
 
 
+@functools.cache
+def _not_user_code() -> tuple[str, ...]:
+    """Where torch's and this package's frames come from."""
+    import torch
+
+    return (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
+
+
 def _site_source(sites: list[str]) -> Any:
     """The callable the backend calls per collective while call sites are
     recorded: the first frame outside torch and this package, as an index
     into ``sites`` ("file.py:LINE")."""
-    import torch
-
-    skip = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
+    skip = _not_user_code()
     index: dict[tuple[str, int], int] = {}
 
     def site() -> int:

@@ -1,0 +1,140 @@
+"""A swept test's traces as Flight Recorder dumps (``--fake-world-trace-dir``).
+
+One folder per swept test, one pickled dump per rank (``rank_<r>``), in the
+format torch's analyzer reads, so that
+
+    python -m torch.distributed.flight_recorder.fr_trace DIR/<test>
+
+analyses a fake run with the tool people use on real ones. The fields are
+c10d's (torch/csrc/distributed/c10d/FlightRecorder.hpp, dump version 2.10,
+the one torch 2.11 to 2.14.1 write); every call is "completed", since a fake
+call never waits. Group names in a dump are the same on every rank (a group
+is known by its global ranks and creation order; see consistency.py), and
+calls of object collectives carry no sizes (their byte counts follow each
+rank's objects: NOTE [Object collectives]).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from typing import Any
+
+from .consistency import Call, _Trace
+
+VERSION = "2.10"
+
+# Our op names -> the names c10d's NCCL backend records.
+_FR_NAMES = {
+    "all_reduce": "all_reduce",
+    "all_reduce_coalesced": "allreduce_coalesced",
+    "all_gather": "all_gather",
+    "all_gather_into_tensor": "_all_gather_base",
+    "all_gather_coalesced": "ALLGATHER_coalesced",
+    "all_gather_into_tensor_coalesced": "all_gather_into_tensor_coalesced",
+    "reduce_scatter": "reduce_scatter",
+    "reduce_scatter_tensor": "_reduce_scatter_base",
+    "reduce_scatter_tensor_coalesced": "reduce_scatter_tensor_coalesced",
+    "all_to_all": "all_to_all",
+    "all_to_all_single": "all_to_all_single",
+    "broadcast": "broadcast",
+    "reduce": "reduce",
+    "gather": "gather",
+    "scatter": "scatter",
+    "barrier": "barrier",
+    "send": "send",
+    "recv": "recv",
+}
+# torch dtype names -> c10 ScalarType names, as dumps spell them.
+_DTYPES = {
+    "float32": "Float", "float64": "Double", "float16": "Half", "bfloat16": "BFloat16",
+    "int64": "Long", "int32": "Int", "int16": "Short", "int8": "Char", "uint8": "Byte", "bool": "Bool",
+    "complex64": "ComplexFloat", "complex128": "ComplexDouble",
+}
+
+
+def _sizes(call: Call, rank_in_group: int, size: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(input sizes, output sizes) as a real backend would record them."""
+    if call.object_call:
+        return [], []
+    shapes = [list(s) for s in call.shapes]
+    op = call.op
+    if op in ("all_gather_into_tensor", "all_gather_into_tensor_coalesced"):
+        return shapes, [[s[0] * size, *s[1:]] if s else [size] for s in shapes]
+    if op in ("reduce_scatter_tensor", "reduce_scatter_tensor_coalesced"):
+        return shapes, [[s[0] // size, *s[1:]] if s else [] for s in shapes]
+    if op == "all_gather":
+        return shapes, shapes * size
+    if op == "reduce_scatter":
+        return shapes, shapes[rank_in_group:rank_in_group + 1]
+    if op == "gather":  # outputs exist on the root only, and are not matched
+        return shapes, []
+    if op == "scatter":
+        return [], shapes[rank_in_group:rank_in_group + 1] if len(shapes) == size else shapes
+    return shapes, shapes
+
+
+def write(root: str, traces: dict[int, dict[str, Any]]) -> str:
+    """Write one dump per rank of ``traces`` (one sweep) under ``root``;
+    return the sweep's folder."""
+    parsed = {r: _Trace(t) for r, t in sorted(traces.items())}
+    key = next(iter(traces.values()))["key"]
+    folder = os.path.join(root, re.sub(r"[^\w.\-\[\]]+", "_", key))
+    os.makedirs(folder, exist_ok=True)
+    # One name per group for every rank: in order of first appearance.
+    names: dict[tuple[tuple[int, ...], int], str] = {}
+    for t in parsed.values():
+        for ranks, ordinal, _, _ in t.groups:
+            names.setdefault((ranks, ordinal), str(len(names)))
+    for rank, t in parsed.items():
+        config = {}
+        for ranks, ordinal, label, _ in t.groups:
+            name = names[(ranks, ordinal)]
+            config[name] = {"name": name, "desc": label or "undefined", "ranks": str(list(ranks))}
+        entries = []
+        collective_seq: dict[str, int] = {}
+        p2p_seq: dict[str, int] = {}
+        for i, call in enumerate(t.calls):
+            ranks, ordinal, label, _ = t.groups[call.group]
+            name = names[(ranks, ordinal)]
+            me = ranks.index(rank) if rank in ranks else -1
+            is_p2p = call.op in ("send", "recv")
+            if is_p2p:
+                p2p_seq[name] = p2p_seq.get(name, 0) + 1
+                peer = ranks.index(call.peer) if call.peer in ranks else -1
+                fr_name = f"send {me}->{peer}" if call.op == "send" else f"recv {me}<-{peer}"
+            else:
+                collective_seq[name] = collective_seq.get(name, 0) + 1
+                fr_name = _FR_NAMES[call.op]
+            inputs, outputs = _sizes(call, me, len(ranks))
+            dtype = _DTYPES.get(call.dtype or "", call.dtype or "")
+            filename, _, line = (call.site or ":0").rpartition(":")
+            entries.append({
+                "record_id": i,
+                "pg_id": call.group,
+                "process_group": (name, label or "undefined"),
+                "collective_seq_id": collective_seq.get(name, 0),
+                "p2p_seq_id": p2p_seq.get(name, 0),
+                "op_id": i + 1,
+                "profiling_name": f"nccl:{fr_name}",
+                "time_created_ns": i + 1,
+                "input_sizes": inputs,
+                "input_dtypes": [dtype] * len(inputs),
+                "output_sizes": outputs,
+                "output_dtypes": [dtype] * len(outputs),
+                "state": "completed",
+                "time_discovered_started_ns": i + 1,
+                "time_discovered_completed_ns": i + 1,
+                "retired": True,
+                "timeout_ms": 0,
+                "duration_ms": 0.0,
+                "is_p2p": is_p2p,
+                "frames": [{"name": "", "filename": filename, "line": int(line or 0)}] if call.site else [],
+                "thread_id": "0",
+                "thread_name": "fake world",
+            })
+        dump = {"version": VERSION, "pg_config": config, "pg_status": {}, "entries": entries}
+        with open(os.path.join(folder, f"rank_{rank}"), "wb") as fh:
+            pickle.dump(dump, fh)
+    return folder
