@@ -75,30 +75,49 @@ at::Tensor flat(const at::Tensor& t) {
 
 }  // namespace
 
-void copyFlat(const at::Tensor& dst, const at::Tensor& src) {
-  if (plainPair(dst, src) && dst.numel() == src.numel()) {
-    std::memmove(dst.data_ptr(), src.data_ptr(), src.nbytes());
-  } else {
+// The `numel` elements of flat(t) from `offset`: the bytes in place for a
+// plain tensor (no view is made), else an ATen view.
+const char* plainBytesAt(const at::Tensor& t, int64_t offset) {
+  return static_cast<const char*>(t.data_ptr()) + offset * t.element_size();
+}
+
+void copyFlat(const at::Tensor& dst, const at::Tensor& src, int64_t offset) {
+  const auto n = dst.numel();
+  if (plainPair(dst, src) && offset + n <= src.numel()) {
+    std::memmove(dst.data_ptr(), plainBytesAt(src, offset), dst.nbytes());
+  } else if (offset == 0 && n == src.numel()) {
     dst.copy_(src.reshape(dst.sizes()));
+  } else {
+    dst.copy_(flat(src).narrow(0, offset, n).reshape(dst.sizes()));
   }
 }
 
-void fillChunks(const at::Tensor& out, const at::Tensor& in, int64_t n) {
+void fillChunks(
+    const at::Tensor& out,
+    const at::Tensor& in,
+    int64_t n,
+    int64_t offset) {
   if (out.numel() == 0) {
     return;
   }
-  if (plainPair(out, in)) {
+  const auto chunk = out.numel() / n;
+  if (plainPair(out, in) && offset + chunk <= in.numel()) {
     auto* dst = static_cast<char*>(out.data_ptr());
-    const auto* src = static_cast<const char*>(in.data_ptr());
-    const auto bytes = in.nbytes();
+    const auto* src = plainBytesAt(in, offset);
+    const auto bytes = chunk * in.element_size();
     for (int64_t i = 0; i < n; ++i) {
       std::memcpy(dst + i * bytes, src, bytes);
     }
-  } else if (out.is_contiguous()) {
-    out.view({n, -1}).copy_(in.reshape({1, -1}));
+    return;
+  }
+  const auto piece = offset == 0 && chunk == in.numel()
+      ? in.reshape({1, -1})
+      : flat(in).narrow(0, offset, chunk).reshape({1, -1});
+  if (out.is_contiguous()) {
+    out.view({n, -1}).copy_(piece);
   } else {
     for (auto& c : flat(out).chunk(n)) {
-      c.copy_(flat(in));
+      c.copy_(piece.reshape({-1}));
     }
   }
 }
@@ -154,8 +173,7 @@ void reduceScatterChunk(
     const c10d::ReduceOp& op,
     int64_t n,
     bool uniform) {
-  const auto m = out.numel();
-  copyFlat(out, flat(in).narrow(0, index * m, m));
+  copyFlat(out, in, index * out.numel());
   if (uniform) {
     reduceUniform(out, op, n);
   }
@@ -173,11 +191,12 @@ void allToAllUniform(
     const std::vector<int64_t>& in_splits,
     int rank,
     int size) {
-  int64_t offset = 0;
+  int64_t rows = 0;
   for (int j = 0; j < rank; ++j) {
-    offset += in_splits[j];
+    rows += in_splits[j];
   }
-  fillChunks(output, input.narrow(0, offset, in_splits[rank]), size);
+  const auto row = input.dim() ? input.numel() / std::max<int64_t>(input.size(0), 1) : 1;
+  fillChunks(output, input, size, rows * row);
 }
 
 void allToAllCopy(

@@ -10,11 +10,16 @@
 
 namespace fakepg {
 
-// dst[0 : src.numel()) = src, both read flat.
-void copyFlat(const at::Tensor& dst, const at::Tensor& src);
+// dst = flat(src)[offset : offset + dst.numel()), dst read flat too.
+void copyFlat(const at::Tensor& dst, const at::Tensor& src, int64_t offset = 0);
 
-// Every one of `n` equal chunks of `out` = `in`.
-void fillChunks(const at::Tensor& out, const at::Tensor& in, int64_t n);
+// Every one of `n` equal chunks of `out` = flat(in)[offset : offset +
+// out.numel() / n).
+void fillChunks(
+    const at::Tensor& out,
+    const at::Tensor& in,
+    int64_t n,
+    int64_t offset = 0);
 
 // Reduce `t` in place as `n` ranks holding `t` each would: NOTE [Uniform
 // values].

@@ -450,3 +450,9 @@ def test_all_gather_object_gives_this_ranks_object_everywhere() -> None:
         out = [None] * 3
         dist.all_gather_object(out, {"rank": 1})
         assert out == [{"rank": 1}] * 3
+
+
+def test_outputs_larger_than_the_input_are_refused_not_read_past(group: Group) -> None:
+    """The direct-memory path copies only what the input holds."""
+    with pytest.raises(RuntimeError, match=r"exceeds dimension size \(2\)"):
+        dist.all_gather([torch.empty(5) for _ in range(group.size)], torch.ones(2), group=group.pg)

@@ -343,3 +343,20 @@ def test_million_rank_mesh_creates_only_this_ranks_groups() -> None:
         t = torch.ones(2)
         dist.all_reduce(t, group=mesh.get_group("dp"))
         assert t.tolist() == [8192.0, 8192.0]
+
+
+def test_the_public_signatures_agree() -> None:
+    """One definition of a world's arguments: FakeWorld, WorldSpec.build and
+    the marker (which adds check_ranks) take the same, with the same defaults."""
+    import inspect
+
+    from pytest_fakepg import plugin
+
+    build = list(inspect.signature(WorldSpec.build).parameters.values())
+    assert list(inspect.signature(FakeWorld).parameters.values()) == build
+    marker = list(plugin._MARKER_SIGNATURE.parameters.values())
+    assert marker[:-1] == build and marker[-1].name == "check_ranks"
+    assert [p.name for p in build] == [
+        "world_size", "rank", "mesh", "device", "values", "fail", "fail_at", "backend", "record",
+    ]
+    assert FakeWorld(WorldSpec.build(4, rank=1)).spec == FakeWorld(4, rank=1).spec
