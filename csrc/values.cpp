@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -73,6 +74,16 @@ at::Tensor flat(const at::Tensor& t) {
   return t.reshape({-1});
 }
 
+// NOTE [In-place collectives]
+// FSDP2 all-gathers in place: its input is a view of its own chunk of the
+// output. ATen refuses a copy between partly overlapping tensors, so the
+// source is copied first when it overlaps the destination.
+at::Tensor apart(const at::Tensor& src, const at::Tensor& dst) {
+  return at::get_overlap_status(dst, src) == at::MemOverlapStatus::Partial
+      ? src.clone()
+      : src;
+}
+
 }  // namespace
 
 // The `numel` elements of flat(t) from `offset`: the bytes in place for a
@@ -86,9 +97,9 @@ void copyFlat(const at::Tensor& dst, const at::Tensor& src, int64_t offset) {
   if (plainPair(dst, src) && offset + n <= src.numel()) {
     std::memmove(dst.data_ptr(), plainBytesAt(src, offset), dst.nbytes());
   } else if (offset == 0 && n == src.numel()) {
-    dst.copy_(src.reshape(dst.sizes()));
+    dst.copy_(apart(src, dst).reshape(dst.sizes()));
   } else {
-    dst.copy_(flat(src).narrow(0, offset, n).reshape(dst.sizes()));
+    dst.copy_(apart(flat(src).narrow(0, offset, n), dst).reshape(dst.sizes()));
   }
 }
 
@@ -106,13 +117,15 @@ void fillChunks(
     const auto* src = plainBytesAt(in, offset);
     const auto bytes = chunk * in.element_size();
     for (int64_t i = 0; i < n; ++i) {
-      std::memcpy(dst + i * bytes, src, bytes);
+      std::memmove(dst + i * bytes, src, bytes);  // src may be a chunk of out
     }
     return;
   }
-  const auto piece = offset == 0 && chunk == in.numel()
-      ? in.reshape({1, -1})
-      : flat(in).narrow(0, offset, chunk).reshape({1, -1});
+  const auto piece = apart(
+      offset == 0 && chunk == in.numel()
+          ? in.reshape({1, -1})
+          : flat(in).narrow(0, offset, chunk).reshape({1, -1}),
+      out);
   if (out.is_contiguous()) {
     out.view({n, -1}).copy_(piece);
   } else {

@@ -42,7 +42,7 @@ _FR_NAMES = {
     "reduce": "reduce",
     "gather": "gather",
     "scatter": "scatter",
-    "barrier": "barrier",
+    "barrier": "all_reduce_barrier",  # NCCL's barrier is an all_reduce
     "send": "send",
     "recv": "recv",
 }

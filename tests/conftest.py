@@ -62,6 +62,13 @@ def arange(*shape: int, dtype: torch.dtype = torch.float32, device: str = "cpu")
     return torch.arange(1, n + 1, dtype=dtype, device=device).reshape(shape)
 
 
+@pytest.fixture(autouse=True)
+def _autoload_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pytester's subprocesses use installed plugins (xdist, randomly, timeout)
+    # even when this suite runs with PYTEST_DISABLE_PLUGIN_AUTOLOAD (.ci/gpu).
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+
+
 @pytest.fixture
 def run_tests(pytester: pytest.Pytester) -> RunTests:
     """Write `source` (after `header`) as test_it.py and run pytest on it in a

@@ -456,3 +456,21 @@ def test_outputs_larger_than_the_input_are_refused_not_read_past(group: Group) -
     """The direct-memory path copies only what the input holds."""
     with pytest.raises(RuntimeError, match=r"exceeds dimension size \(2\)"):
         dist.all_gather([torch.empty(5) for _ in range(group.size)], torch.ones(2), group=group.pg)
+
+
+@pytest.mark.parametrize("op", ["all_gather_into_tensor", "all_gather"])
+def test_in_place_all_gather_whose_input_is_a_view_of_the_output(group: Group, op: str) -> None:
+    """NOTE [In-place collectives]: FSDP2 all-gathers into the buffer its
+    input is a chunk of. A negated view takes the ATen path, which refuses
+    partly overlapping copies unless the backend copies the source first."""
+    out = arange(group.size * 3)
+    chunk = out[group.rank * 3 : group.rank * 3 + 3]
+    mine = -chunk.clone()
+    inp = torch._neg_view(chunk)
+    if op == "all_gather_into_tensor":
+        dist.all_gather_into_tensor(out, inp, group=group.pg)
+        assert torch.equal(out, mine.repeat(group.size))
+    else:
+        outs = list(out.view(group.size, 3).unbind())
+        dist.all_gather(outs, inp, group=group.pg)
+        assert torch.equal(out, mine.repeat(group.size))

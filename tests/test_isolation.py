@@ -24,13 +24,6 @@ def assert_pristine():
 """
 
 
-@pytest.fixture(autouse=True)
-def _autoload_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The runs below use installed plugins (xdist, randomly, timeout) even when
-    # this suite itself runs with PYTEST_DISABLE_PLUGIN_AUTOLOAD (as .ci/gpu does).
-    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-
-
 def test_environment_set_by_a_test_is_restored(run_tests: RunTests) -> None:
     result = run_tests("""
 @pytest.mark.fake_world(4, rank=2)

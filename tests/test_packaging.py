@@ -6,6 +6,7 @@ installed sources on first use."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,8 +30,14 @@ def run(*cmd: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
 def dists(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``python -m build``: the sdist, then a wheel built from that sdist."""
     pytest.importorskip("build")
+    # From a copy: building writes pytest_fakepg.egg-info into the tree, which
+    # later pytest runs would find as a second installed plugin.
+    src = tmp_path_factory.mktemp("src") / "pytest-fakepg"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".tox", "__pycache__", "*.egg-info", "build", "dist", ".ci-cache", ".whl", ".gl",
+        ".pytest_cache"))
     out = tmp_path_factory.mktemp("dist")
-    run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT)
+    run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, src)
     return out
 
 

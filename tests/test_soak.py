@@ -17,9 +17,8 @@ import pytest
 from .soak import generate
 
 
-def test_soak(pytester: pytest.Pytester, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_soak(pytester: pytest.Pytester, request: pytest.FixtureRequest) -> None:
     pytest.importorskip("pytest_randomly")  # the suite runs in random order
-    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     tests = request.config.getoption("--soak-tests")
     expected = generate(pytester.path, tests, seed=20261126)
     out = pytester.path / "soak.json"
