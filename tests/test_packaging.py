@@ -77,7 +77,9 @@ def test_wheel_from_the_sdist_builds_its_backend_in_a_fresh_venv(dists: Path, tm
         "    assert t.tolist() == [4.0, 4.0] and collectives.ops == ['all_reduce']\n"
         "    open('imported-from', 'w').write(pytest_fakepg.__file__)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Nothing from this run's setup: no source tree on the path, no plugin
+    # named by PYTEST_PLUGINS (.ci/gpu sets it) beside the wheel's entry point.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_PLUGINS")}
     env["PYTEST_FAKEPG_CACHE"] = str(tmp_path / "cache")  # a cold build
     # Output capture on, as a user runs it: the one line about the cold build
     # still reaches the terminal.
