@@ -50,7 +50,10 @@ class FakeBackend : public c10d::Backend {
  public:
   struct Options : c10d::Backend::Options {
     Options() : c10d::Backend::Options("fakepg") {}
-    c10::intrusive_ptr<Options> clone() const {
+    // A virtual of the base from torch 2.14 on (splitting a group clones its
+    // options; the base's would slice), a plain method before: so no
+    // `override`. See NOTE [compat: Options::clone].
+    c10::intrusive_ptr<c10d::Backend::Options> clone() const {
       return c10::make_intrusive<Options>(*this);
     }
   };

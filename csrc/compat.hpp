@@ -41,4 +41,9 @@ using PreMulSumSupplement = c10d::NCCLPreMulSumSupplement;
 // reduce_scatter_tensor of a single tensor to them (2.11 to 2.14.1), so the
 // backend overrides them. Drop them when c10d stops calling them.
 
+// NOTE [compat: Options::clone]
+// c10d::Backend::Options gained `virtual intrusive_ptr<Options> clone()` in
+// torch 2.14; FakeBackend::Options defines the same signature without
+// `override`, so it overrides there and compiles alone before.
+
 }  // namespace fakepg::compat
