@@ -199,14 +199,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _marker_args(marker: pytest.Mark) -> tuple[dict[str, Any], bool | None]:
     """The marker's world arguments, bound, and its check_ranks."""
-    kwargs = dict(marker.kwargs)
-    check = kwargs.pop("check_ranks", None)
+    args = _spec.bind(marker.args, marker.kwargs, _MARKER_SIGNATURE)
+    check = args.pop("check_ranks")
     if check is not None and not isinstance(check, bool):
         raise TypeError(f"check_ranks must be True or False, got {check!r}")
-    try:
-        args = _spec.bind(marker.args, kwargs)
-    except TypeError as exc:
-        raise TypeError(str(exc).replace("record)", "record, check_ranks)")) from None
     return args, check
 
 

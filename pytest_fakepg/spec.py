@@ -326,12 +326,15 @@ RANK_SWEEP = "all"
 SIGNATURE = inspect.signature(WorldSpec.build)
 
 
-def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Marker (or FakeWorld) arguments as a dict of every parameter."""
+def bind(
+    args: tuple[Any, ...], kwargs: dict[str, Any], signature: inspect.Signature = SIGNATURE
+) -> dict[str, Any]:
+    """Arguments bound to ``signature`` (a world's, or the marker's which
+    extends it) as a dict of every parameter."""
     try:
-        bound = SIGNATURE.bind(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
-        raise TypeError(f"{exc} (allowed: {', '.join(SIGNATURE.parameters)})") from None
+        raise TypeError(f"{exc} (allowed: {', '.join(signature.parameters)})") from None
     bound.apply_defaults()
     return dict(bound.arguments)
 
