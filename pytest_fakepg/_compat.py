@@ -8,6 +8,7 @@ private API, and nothing here is imported before a world starts.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 
+@functools.cache
 def _c10d() -> Any:
     import torch.distributed.distributed_c10d as c10d
 
@@ -55,6 +57,7 @@ def group_descriptions() -> dict[str, str]:
 # -- backends --------------------------------------------------------------------
 
 
+@functools.cache
 def register_stock_fake() -> Any:
     """torch registers its stock ``fake`` backend only when this test module
     is imported (2.11-2.14.1); returns ``FakeProcessGroup.Options``."""

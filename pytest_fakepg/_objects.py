@@ -65,14 +65,15 @@ def _group_root(group: Any, src: int | None, group_src: int | None) -> tuple[Any
     return group, group_src
 
 
-def make(originals: dict[str, Any], native: Any) -> dict[str, Any]:
+def make(originals: dict[str, Any], current_native: Callable[[], Any]) -> dict[str, Any]:
     """The replacements of ``originals`` (torch's, by name in NAMES); their
-    calls are marked on ``native`` (a WorldState, or None on torch's stock
-    backend)."""
+    calls are marked on ``current_native()`` (the running world's
+    WorldState, or None on torch's stock backend). Made once per process."""
     import torch.distributed as dist
 
     @contextlib.contextmanager
     def object_calls() -> Iterator[None]:
+        native = current_native()
         if native is None:
             yield
             return

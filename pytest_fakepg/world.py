@@ -15,6 +15,7 @@ import functools
 import inspect
 import os
 import sys
+import types
 import warnings
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -395,25 +396,32 @@ class FakeWorld:
         )
         self._pg = _compat.default_group()
 
-    def _patch(self, owner: Any, name: str, replacement: Any) -> None:
-        """Replace ``owner.name`` while the world is up; stop() puts the
-        original back unless someone replaced it again meanwhile."""
-        self._saved.setdefault("patches", []).append((owner, name, getattr(owner, name), replacement))
-        setattr(owner, name, replacement)
-
     def _install_patches(self) -> None:
-        import torch.distributed as dist
-
-        from . import _objects
-
-        c10d = dist.distributed_c10d
-        replacements = _objects.make({name: getattr(c10d, name) for name in _objects.NAMES}, self._native)
-        for module in (dist, c10d):
-            for name, replacement in replacements.items():
-                self._patch(module, name, replacement)
+        """Replace what _object_collectives() and _sequence_numbers() name
+        while the world is up; stop() puts each original back unless someone
+        replaced it again meanwhile."""
+        patches = list(_object_collectives())
         if self.spec.backend == "fakepg":
-            self._patch(dist.ProcessGroup, "_get_sequence_number_for_group",
-                        _sequence_numbers(dist.ProcessGroup._get_sequence_number_for_group))
+            patches.append(_sequence_numbers())
+        saved = self._saved["patches"] = []
+        for owner, replacements in patches:
+            saved.append((owner, {name: getattr(owner, name) for name in replacements}, replacements))
+            if isinstance(owner, types.ModuleType):
+                vars(owner).update(replacements)  # one dict update, not a setattr each
+            else:
+                for name, replacement in replacements.items():
+                    setattr(owner, name, replacement)
+
+    @staticmethod
+    def _remove_patches(patches: list[tuple[Any, dict[str, Any], dict[str, Any]]]) -> None:
+        for owner, originals, replacements in reversed(patches):
+            if isinstance(owner, types.ModuleType):
+                space = vars(owner)
+                space.update({n: o for n, o in originals.items() if space.get(n) is replacements[n]})
+                continue
+            for name, original in originals.items():
+                if getattr(owner, name, None) is replacements[name]:
+                    setattr(owner, name, original)
 
     def stop(self) -> None:
         """Take the world down. Idempotent; runs every step even if one fails.
@@ -433,9 +441,7 @@ class FakeWorld:
             _running = None
             if "stock_fake" in saved:
                 _compat.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
-            for owner, name, original, replacement in reversed(saved.get("patches", [])):
-                if getattr(owner, name, None) is replacement:
-                    setattr(owner, name, original)
+            self._remove_patches(saved.get("patches", []))
             _compat.clear_mesh_registries()
             _compat.clear_dtensor_state()
             if _compat.dynamo_frames() != saved["dynamo_frames"]:
@@ -462,7 +468,27 @@ class FakeWorld:
         )
 
 
-def _sequence_numbers(original: Any) -> Any:
+def _running_native() -> Any:
+    return None if _running is None else _running.native
+
+
+@functools.cache
+def _object_collectives() -> tuple[tuple[Any, dict[str, Any]], ...]:
+    """(module, {name: replacement}) for torch.distributed's object
+    collectives, in both modules that export them: NOTE [Objects this rank
+    cannot know]. Made once per process; they find the running world when
+    called."""
+    import torch.distributed as dist
+
+    from . import _objects
+
+    c10d = dist.distributed_c10d
+    replacements = _objects.make({name: getattr(c10d, name) for name in _objects.NAMES}, _running_native)
+    return (dist, replacements), (c10d, replacements)
+
+
+@functools.cache
+def _sequence_numbers() -> tuple[Any, dict[str, Any]]:
     """``ProcessGroup._get_sequence_number_for_group`` for fakepg groups.
 
     NOTE [Sequence numbers of custom backends] c10d's ProcessGroup answers
@@ -470,7 +496,9 @@ def _sequence_numbers(original: Any) -> Any:
     before asking it (2.11-2.14.1); fakepg keeps a counter per group (see
     backend.hpp), which this asks directly. Other groups get torch's answer."""
     import torch
+    import torch.distributed as dist
 
+    original = dist.ProcessGroup._get_sequence_number_for_group
     fake_backend = _backend.load().FakeBackend
 
     def get_sequence_number_for_group(pg: Any) -> int:
@@ -482,7 +510,7 @@ def _sequence_numbers(original: Any) -> Any:
             return backend._get_sequence_number_for_group()
         return original(pg)
 
-    return get_sequence_number_for_group
+    return dist.ProcessGroup, {"_get_sequence_number_for_group": get_sequence_number_for_group}
 
 
 @functools.cache
