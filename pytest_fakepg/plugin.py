@@ -311,10 +311,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             key = item.nodeid.replace(case.id, world, 1)
             sweeps.setdefault(key, []).append(item)
             checks[key] = wanted
+    swept = False
     for key, members in sweeps.items():
         if len({m.stash[_CASE].spec.rank for m in members}) > 1:  # type: ignore[union-attr]
+            swept = True
             for m in members:
                 m.stash[_SWEEP] = (key, len(members), checks[key])
+    reporting = settings.report or settings.report_json
+    if (swept or reporting) and not config.pluginmanager.has_plugin("fakepg-carrier"):
+        config.pluginmanager.register(_Carrier(), "fakepg-carrier")
     if unswept:
         warnings.warn(
             pytest.PytestWarning(
@@ -436,23 +441,28 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         _check_leaks(item)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-    """Data for the controlling process rides on the reports (pytest-xdist
-    carries their attributes): the trace of a swept case on its call report,
-    the collectives report's entry on the teardown report."""
-    report = yield
-    if call.when == "call" and _SWEEP in item.stash:
-        world = item.stash.get(_WORLD, None)
-        if world is not None:
-            from . import consistency
+class _Carrier:
+    """Puts data for the process that reports on the test reports, where
+    pytest-xdist carries their attributes: the trace of a swept case on its
+    call report, the collectives report's entry on the teardown report.
+    Registered only in runs that need it, so other runs pay nothing per test."""
 
-            report.fake_world_trace = consistency.trace(world, *item.stash[_SWEEP], item.nodeid)
-    elif call.when == "teardown":
-        entry = item.stash.get(_REPORT_ENTRY, None)
-        if entry is not None:
-            report.fake_world_report = entry
-    return report
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, Any, Any]:
+        report = yield
+        if call.when == "call" and _SWEEP in item.stash:
+            world = item.stash.get(_WORLD, None)
+            if world is not None:
+                from . import consistency
+
+                report.fake_world_trace = consistency.trace(world, *item.stash[_SWEEP], item.nodeid)
+        elif call.when == "teardown":
+            entry = item.stash.get(_REPORT_ENTRY, None)
+            if entry is not None:
+                report.fake_world_report = entry
+        return report
 
 
 class _Gatherer:
