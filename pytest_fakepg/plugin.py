@@ -290,8 +290,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     unmarked tests one stash lookup; and which cases form a sweep whose ranks
     are compared."""
     settings = config.stash[_SETTINGS]
-    sweeps: dict[str, list[pytest.Item]] = {}
-    checks: dict[str, bool] = {}
+    # key -> (compare the ranks?, the sweep's cases)
+    sweeps: dict[str, tuple[bool, list[pytest.Item]]] = {}
     unswept = []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -309,14 +309,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if spec is not None and case.id and spec.backend == "fakepg" and spec.record and (wanted or settings.trace_dir):
             world = f"w{spec.world_size}-{spec.mesh_id}" if spec.mesh_id else f"w{spec.world_size}"
             key = item.nodeid.replace(case.id, world, 1)
-            sweeps.setdefault(key, []).append(item)
-            checks[key] = wanted
+            sweeps.setdefault(key, (wanted, []))[1].append(item)
     swept = False
-    for key, members in sweeps.items():
+    for key, (check, members) in sweeps.items():
         if len({m.stash[_CASE].spec.rank for m in members}) > 1:  # type: ignore[union-attr]
             swept = True
             for m in members:
-                m.stash[_SWEEP] = (key, len(members), checks[key])
+                m.stash[_SWEEP] = (key, len(members), check)
     reporting = settings.report or settings.report_json
     if (swept or reporting) and not config.pluginmanager.has_plugin("fakepg-carrier"):
         config.pluginmanager.register(_Carrier(), "fakepg-carrier")

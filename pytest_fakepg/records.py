@@ -169,11 +169,7 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         """Forget every record so far (call counts for faults go on; the
         collectives report still counts them)."""
         state = self._state()
-        for group, op, calls, nbytes, failed in state.stats():
-            row = self._cleared.setdefault((group, op), [0, 0, 0])
-            row[0] += calls
-            row[1] += nbytes
-            row[2] += failed
+        _add_stats(self._cleared, state.stats())
         state.clear_log()
 
     def ran(self) -> list[tuple[str, tuple[int, ...], str, int, int, int]]:
@@ -181,11 +177,7 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         first-seen order: (group name, the group's global ranks, op, calls,
         bytes, failed calls). What the collectives report shows."""
         totals = {key: list(row) for key, row in self._cleared.items()}
-        for group, op, calls, nbytes, failed in self._state().stats():
-            row = totals.setdefault((group, op), [0, 0, 0])
-            row[0] += calls
-            row[1] += nbytes
-            row[2] += failed
+        _add_stats(totals, self._state().stats())
         out = []
         for (group, op), (calls, nbytes, failed) in totals.items():
             name, _, _, ranks = self._group(group)
@@ -196,6 +188,14 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         if self._native is None:
             return f"<CollectiveLog disabled: {self._reason}>"
         return f"<CollectiveLog of {len(self)} collectives>"
+
+
+def _add_stats(totals: dict[tuple[int, int], list[int]], stats: list[tuple[int, ...]]) -> None:
+    """Add the backend's per-(group, op) rows of [calls, bytes, failed] into ``totals``."""
+    for group, op, *values in stats:
+        row = totals.setdefault((group, op), [0, 0, 0])
+        for i, value in enumerate(values):
+            row[i] += value
 
 
 _REDUCE_OPS: dict[int, Any] = {}
