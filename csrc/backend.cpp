@@ -137,8 +137,57 @@ FakeBackend::FakeBackend(
   // An empty list is a group of every rank: global ranks are group ranks,
   // and a million-rank world stores none of them.
   global_ranks_ = global_ranks;
-  group_ = world_->addGroup(
-      GroupInfo{std::move(group_name), rank, size, std::move(global_ranks)});
+  if (world_->values() == Values::exact) {
+    exchange_ = world_->exchange(group_name, global_ranks, size);
+  }
+  const int global_rank = global_ranks.empty()
+      ? rank
+      : static_cast<int>(global_ranks.at(rank));
+  group_ = world_->addGroup(GroupInfo{
+      std::move(group_name), rank, size, std::move(global_ranks), global_rank});
+}
+
+Contribution FakeBackend::part(
+    Op op,
+    std::vector<at::Tensor> in,
+    std::vector<at::Tensor> out) const {
+  Contribution c;
+  c.op = op;
+  c.rank = rank_;
+  c.global_rank = globalRank(rank_);
+  c.in = std::move(in);
+  c.out = std::move(out);
+  return c;
+}
+
+c10::intrusive_ptr<ExactWork> FakeBackend::exactWork(
+    Op op,
+    c10d::OpType type,
+    std::vector<at::Tensor> results,
+    std::exception_ptr fault) {
+  const auto& g = world_->group(group_);
+  auto work = c10::make_intrusive<ExactWork>(
+      world_->scheduler(),
+      globalRank(rank_),
+      type,
+      std::move(results),
+      cat(opName(op), "\x1f", g.name, "\x1f", world_->lastSite()),
+      std::move(fault));
+  if (coalescing_) {
+    coalesced_.push_back(work);
+  }
+  return work;
+}
+
+c10::intrusive_ptr<c10d::Work> FakeBackend::post(
+    Contribution c,
+    c10d::OpType type,
+    std::vector<at::Tensor> results,
+    std::exception_ptr fault) {
+  auto work = exactWork(c.op, type, std::move(results), std::move(fault));
+  c.work = work;
+  exchange_->post(++collectives_, std::move(c));
+  return work;
 }
 
 void FakeBackend::checkRoot(const char* op, int64_t root) const {
@@ -205,6 +254,11 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::broadcast(
   checkRoot("broadcast", opts.rootRank);
   auto err =
       begin(Op::broadcast, tensors, kNoReduceOp, globalRank(opts.rootRank));
+  if (exact()) {
+    auto c = part(Op::broadcast, tensors, tensors);
+    c.root = opts.rootRank;
+    return post(std::move(c), c10d::OpType::BROADCAST, tensors, err);
+  }
   return done(c10d::OpType::BROADCAST, tensors, err);
 }
 
@@ -212,6 +266,12 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce(
     std::vector<at::Tensor>& tensors,
     const c10d::AllreduceOptions& opts) {
   auto err = begin(Op::all_reduce, tensors, redOf(opts.reduceOp));
+  if (exact()) {
+    auto c = part(Op::all_reduce, tensors, tensors);
+    c.reduce = opts.reduceOp;
+    c.reduces = true;
+    return post(std::move(c), c10d::OpType::ALLREDUCE, tensors, err);
+  }
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     reduceAll(tensors, opts.reduceOp);
@@ -229,10 +289,15 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_sparse(
 c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_coalesced(
     std::vector<at::Tensor>& tensors,
     const c10d::AllreduceCoalescedOptions& opts) {
-  auto err = begin(
-      coalescedOr(Op::all_reduce, Op::all_reduce_coalesced, tensors.size()),
-      tensors,
-      redOf(opts.reduceOp));
+  const auto op =
+      coalescedOr(Op::all_reduce, Op::all_reduce_coalesced, tensors.size());
+  auto err = begin(op, tensors, redOf(opts.reduceOp));
+  if (exact()) {
+    auto c = part(op, tensors, tensors);
+    c.reduce = opts.reduceOp;
+    c.reduces = true;
+    return post(std::move(c), c10d::OpType::ALLREDUCE_COALESCED, tensors, err);
+  }
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     reduceAll(tensors, opts.reduceOp);
@@ -246,6 +311,13 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce(
   checkRoot("reduce", opts.rootRank);
   auto err = begin(
       Op::reduce, tensors, redOf(opts.reduceOp), globalRank(opts.rootRank));
+  if (exact()) {
+    auto c = part(Op::reduce, {tensors.at(opts.rootTensor)}, {tensors.at(opts.rootTensor)});
+    c.reduce = opts.reduceOp;
+    c.reduces = true;
+    c.root = opts.rootRank;
+    return post(std::move(c), c10d::OpType::REDUCE, tensors, err);
+  }
   if (!err && uniform() && rank_ == opts.rootRank) {
     // Only the root's result is defined; other ranks keep their input.
     at::AutoDispatchBelowAutograd guard;
@@ -269,6 +341,13 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather(
           size_,
           " ranks"));
   auto err = begin(Op::all_gather, inputs);
+  if (exact()) {
+    return post(
+        part(Op::all_gather, inputs, outputs[0]),
+        c10d::OpType::ALLGATHER,
+        outputs[0],
+        err);
+  }
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (auto& t : outputs[0]) {
@@ -284,6 +363,13 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::_allgather_base(
     const c10d::AllgatherOptions& /* opts */) {
   checkNumel("all_gather_into_tensor", output, input, size_, "output", "input");
   auto err = begin(Op::all_gather_into_tensor, {input});
+  if (exact()) {
+    return post(
+        part(Op::all_gather_into_tensor, {input}, {output}),
+        c10d::OpType::_ALLGATHER_BASE,
+        {output},
+        err);
+  }
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     fillChunks(output, input, size_);
@@ -311,6 +397,17 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
             list.size()));
   }
   auto err = begin(Op::all_gather_coalesced, inputs);
+  if (exact()) {
+    std::vector<at::Tensor> outs;
+    for (auto& list : outputs) {
+      outs.insert(outs.end(), list.begin(), list.end());
+    }
+    return post(
+        part(Op::all_gather_coalesced, inputs, outs),
+        c10d::OpType::ALLGATHER_COALESCED,
+        outs,
+        err);
+  }
   std::vector<at::Tensor> flat_outputs;
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
@@ -333,12 +430,14 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_into_tensor_coalesced(
   for (size_t i = 0; i < outputs.size(); ++i) {
     checkNumel(name, outputs[i], inputs[i], size_, "output", "input");
   }
-  auto err = begin(
-      coalescedOr(
-          Op::all_gather_into_tensor,
-          Op::all_gather_into_tensor_coalesced,
-          inputs.size()),
-      inputs);
+  const auto op = coalescedOr(
+      Op::all_gather_into_tensor,
+      Op::all_gather_into_tensor_coalesced,
+      inputs.size());
+  auto err = begin(op, inputs);
+  if (exact()) {
+    return post(part(op, inputs, outputs), c10d::OpType::COALESCED, outputs, err);
+  }
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (size_t i = 0; i < outputs.size(); ++i) {
@@ -363,6 +462,12 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gather(
             " tensors"));
   }
   auto err = begin(Op::gather, inputs, kNoReduceOp, globalRank(opts.rootRank));
+  if (exact()) {
+    auto outs = root ? outputs[0] : std::vector<at::Tensor>{};
+    auto c = part(Op::gather, inputs, outs);
+    c.root = opts.rootRank;
+    return post(std::move(c), c10d::OpType::GATHER, outs, err);
+  }
   std::vector<at::Tensor> outs;
   if (!err && root) {
     at::AutoDispatchBelowAutograd guard;
@@ -398,6 +503,12 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::scatter(
       root ? inputs[0] : outputs,
       kNoReduceOp,
       globalRank(opts.rootRank));
+  if (exact()) {
+    auto c = part(
+        Op::scatter, root ? inputs[0] : std::vector<at::Tensor>{}, outputs);
+    c.root = opts.rootRank;
+    return post(std::move(c), c10d::OpType::SCATTER, outputs, err);
+  }
   if (!err && root) {
     at::AutoDispatchBelowAutograd guard;
     copyFlat(outputs[0], inputs[0][rank_]);
@@ -422,6 +533,12 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter(
     recorded.insert(recorded.end(), list.begin(), list.end());
   }
   auto err = begin(Op::reduce_scatter, recorded, redOf(opts.reduceOp));
+  if (exact()) {
+    auto c = part(Op::reduce_scatter, recorded, outputs);
+    c.reduce = opts.reduceOp;
+    c.reduces = true;
+    return post(std::move(c), c10d::OpType::REDUCE_SCATTER, outputs, err);
+  }
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (size_t i = 0; i < outputs.size(); ++i) {
@@ -438,6 +555,13 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::_reduce_scatter_base(
     const c10d::ReduceScatterOptions& opts) {
   checkNumel("reduce_scatter_tensor", input, output, size_, "input", "output");
   auto err = begin(Op::reduce_scatter_tensor, {input}, redOf(opts.reduceOp));
+  if (exact()) {
+    auto c = part(Op::reduce_scatter_tensor, {input}, {output});
+    c.reduce = opts.reduceOp;
+    c.reduces = true;
+    return post(
+        std::move(c), c10d::OpType::_REDUCE_SCATTER_BASE, {output}, err);
+  }
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     reduceScatterChunk(output, input, rank_, opts.reduceOp, size_, uniform());
@@ -454,13 +578,17 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter_tensor_coalesced(
   for (size_t i = 0; i < outputs.size(); ++i) {
     checkNumel(name, inputs[i], outputs[i], size_, "input", "output");
   }
-  auto err = begin(
-      coalescedOr(
-          Op::reduce_scatter_tensor,
-          Op::reduce_scatter_tensor_coalesced,
-          inputs.size()),
-      inputs,
-      redOf(opts.reduceOp));
+  const auto op = coalescedOr(
+      Op::reduce_scatter_tensor,
+      Op::reduce_scatter_tensor_coalesced,
+      inputs.size());
+  auto err = begin(op, inputs, redOf(opts.reduceOp));
+  if (exact()) {
+    auto c = part(op, inputs, outputs);
+    c.reduce = opts.reduceOp;
+    c.reduces = true;
+    return post(std::move(c), c10d::OpType::COALESCED, outputs, err);
+  }
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (size_t i = 0; i < outputs.size(); ++i) {
@@ -486,6 +614,13 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
       inputSplitSizes.empty() ? equalSplits(input) : inputSplitSizes;
   const auto out_splits =
       outputSplitSizes.empty() ? equalSplits(output) : outputSplitSizes;
+  if (exact()) {
+    auto err = begin(Op::all_to_all_single, {input});
+    auto c = part(Op::all_to_all_single, {input}, {output});
+    c.in_splits = in_splits;
+    c.out_splits = out_splits;
+    return post(std::move(c), c10d::OpType::ALLTOALL_BASE, {output}, err);
+  }
   if (uniform()) {
     // See NOTE [all_to_all under uniform values].
     for (int j = 0; j < size_; ++j) {
@@ -550,6 +685,13 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall(
     }
   }
   auto err = begin(Op::all_to_all, inputs);
+  if (exact()) {
+    return post(
+        part(Op::all_to_all, inputs, outputs),
+        c10d::OpType::ALLTOALL,
+        outputs,
+        err);
+  }
   if (!err) {
     at::AutoDispatchBelowAutograd guard;
     for (int j = 0; j < size_; ++j) {
@@ -562,17 +704,28 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall(
 c10::intrusive_ptr<c10d::Work> FakeBackend::send(
     std::vector<at::Tensor>& tensors,
     int dstRank,
-    int /* tag */) {
+    int tag) {
   auto err = begin(Op::send, tensors, kNoReduceOp, globalRank(dstRank));
+  if (exact()) {
+    auto c = part(Op::send, tensors, {});
+    c.tag = tag;
+    auto work = exactWork(Op::send, c10d::OpType::SEND, tensors, err);
+    c.work = work;
+    exchange_->send(std::move(c), dstRank);
+    return work;
+  }
   return done(c10d::OpType::SEND, tensors, err);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::recv(
     std::vector<at::Tensor>& tensors,
     int srcRank,
-    int /* tag */) {
+    int tag) {
   // See NOTE [Data this rank cannot know].
   auto err = begin(Op::recv, tensors, kNoReduceOp, globalRank(srcRank));
+  if (exact()) {
+    return exactRecv(tensors, srcRank, tag, c10d::OpType::RECV, err);
+  }
   return done(c10d::OpType::RECV, tensors, err);
 }
 
@@ -581,9 +734,27 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::recv(
 // this one (rank 1 for rank 0; itself in a group of one), record it as the
 // peer and report it through the work's sourceRank(), which is what
 // torch.distributed.recv(src=None) returns.
+c10::intrusive_ptr<c10d::Work> FakeBackend::exactRecv(
+    std::vector<at::Tensor>& tensors,
+    int srcRank,
+    int tag,
+    c10d::OpType type,
+    std::exception_ptr err) {
+  auto c = part(Op::recv, {}, tensors);
+  c.tag = tag;
+  auto work = exactWork(Op::recv, type, tensors, err);
+  c.work = work;
+  exchange_->recv(std::move(c), srcRank);
+  return work;
+}
+
 c10::intrusive_ptr<c10d::Work> FakeBackend::recvAnysource(
     std::vector<at::Tensor>& tensors,
-    int /* tag */) {
+    int tag) {
+  if (exact()) {
+    auto err = begin(Op::recv, tensors, kNoReduceOp, kNoPeer, true);
+    return exactRecv(tensors, -1, tag, c10d::OpType::RECVANYSOURCE, err);
+  }
   const int source = size_ == 1 ? 0 : (rank_ == 0 ? 1 : 0);
   auto err =
       begin(Op::recv, tensors, kNoReduceOp, globalRank(source), true);
@@ -594,10 +765,35 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::recvAnysource(
 c10::intrusive_ptr<c10d::Work> FakeBackend::barrier(
     const c10d::BarrierOptions& /* opts */) {
   auto err = begin(Op::barrier, {});
+  if (exact()) {
+    return post(part(Op::barrier, {}, {}), c10d::OpType::BARRIER, {}, err);
+  }
   return done(c10d::OpType::BARRIER, {}, err);
 }
 
+void FakeBackend::startCoalescing() {
+  coalescing_ = true;
+  coalesced_.clear();
+}
+
 c10::intrusive_ptr<c10d::Work> FakeBackend::endCoalescing() {
+  coalescing_ = false;
+  if (exact()) {
+    // Complete when every op issued since startCoalescing() is.
+    auto work = c10::make_intrusive<ExactWork>(
+        world_->scheduler(),
+        globalRank(rank_),
+        c10d::OpType::COALESCED,
+        std::vector<at::Tensor>{},
+        std::string(),
+        nullptr);
+    work->finish(nullptr);
+    for (auto& part : coalesced_) {
+      work->addPart(std::move(part));
+    }
+    coalesced_.clear();
+    return work;
+  }
   // Every coalesced op already ran (and was recorded) when it was issued.
   return done(c10d::OpType::COALESCED, {}, nullptr);
 }

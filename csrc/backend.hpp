@@ -6,9 +6,11 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "exact.hpp"
 #include "world_state.hpp"
 
 namespace fakepg {
@@ -159,7 +161,7 @@ class FakeBackend : public c10d::Backend {
   c10::intrusive_ptr<c10d::Work> barrier(
       const c10d::BarrierOptions& opts = c10d::BarrierOptions()) override;
 
-  void startCoalescing() override {}
+  void startCoalescing() override;
   c10::intrusive_ptr<c10d::Work> endCoalescing() override;
 
  private:
@@ -170,6 +172,12 @@ class FakeBackend : public c10d::Backend {
       uint8_t reduce_op = kNoReduceOp,
       int32_t peer = kNoPeer,
       bool any_source = false);
+  c10::intrusive_ptr<c10d::Work> exactRecv(
+      std::vector<at::Tensor>& tensors,
+      int srcRank,
+      int tag,
+      c10d::OpType type,
+      std::exception_ptr err);
   void checkRoot(const char* op, int64_t root) const;
   int32_t globalRank(int64_t group_rank) const;
   c10::intrusive_ptr<c10d::Work> done(
@@ -179,6 +187,26 @@ class FakeBackend : public c10d::Backend {
   bool uniform() const {
     return world_->values() == Values::uniform;
   }
+  // Exact worlds: NOTE [Exact worlds]. A member's part of a collective, and
+  // its posting to the group's exchange (the work completes when every
+  // member has posted).
+  bool exact() const {
+    return exchange_ != nullptr;
+  }
+  Contribution part(
+      Op op,
+      std::vector<at::Tensor> in,
+      std::vector<at::Tensor> out) const;
+  c10::intrusive_ptr<ExactWork> exactWork(
+      Op op,
+      c10d::OpType type,
+      std::vector<at::Tensor> results,
+      std::exception_ptr fault);
+  c10::intrusive_ptr<c10d::Work> post(
+      Contribution c,
+      c10d::OpType type,
+      std::vector<at::Tensor> results,
+      std::exception_ptr fault);
   // Every tensor of `tensors` reduced in place over the group, in uniform
   // worlds; as it was in copy worlds.
   void reduceAll(std::vector<at::Tensor>& tensors, const c10d::ReduceOp& op);
@@ -187,6 +215,10 @@ class FakeBackend : public c10d::Backend {
   int group_;
   std::vector<int64_t> global_ranks_;
   uint64_t seq_ = 0;
+  std::shared_ptr<Exchange> exchange_;  // exact worlds only
+  uint64_t collectives_ = 0;  // collectives posted to exchange_
+  bool coalescing_ = false;
+  std::vector<c10::intrusive_ptr<ExactWork>> coalesced_;
 };
 
 }  // namespace fakepg

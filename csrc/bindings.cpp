@@ -45,7 +45,7 @@ py::tuple groupTuple(const GroupInfo& g) {
   } else {
     ranks = py::cast(g.ranks);
   }
-  return py::make_tuple(g.name, g.rank, g.size, ranks);
+  return py::make_tuple(g.name, g.rank, g.size, ranks, g.global_rank);
 }
 
 // A Python callable the backend calls from C++, where c10d has released the
@@ -66,6 +66,27 @@ std::function<int32_t()> siteSource(py::object fn) {
     } catch (py::error_already_set& e) {
       e.discard_as_unraisable("pytest-fakepg's call-site source");
       return kNoSite;
+    }
+  };
+}
+
+// The exact world's switch hook: NOTE [The baton]. Errors it raises go
+// where the rank's program would see them, so it must not raise.
+std::function<void(int, bool)> switchHook(py::object fn) {
+  if (fn.is_none()) {
+    return nullptr;
+  }
+  std::shared_ptr<py::object> held(
+      new py::object(std::move(fn)), [](py::object* p) {
+        py::gil_scoped_acquire gil;
+        delete p;
+      });
+  return [held](int rank, bool resuming) {
+    py::gil_scoped_acquire gil;
+    try {
+      (*held)(rank, resuming);
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("pytest-fakepg's rank switch");
     }
   };
 }
@@ -91,29 +112,75 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
   py::class_<WorldState, c10::intrusive_ptr<WorldState>>(m, "WorldState")
       .def(
-          py::init([](const std::string& values, bool record) {
+          py::init([](const std::string& values, bool record, int world_size) {
             TORCH_CHECK(
-                values == "uniform" || values == "copy",
+                values == "uniform" || values == "copy" || values == "exact",
                 fakepg::cat(
-                    "values must be 'uniform' or 'copy', got '", values, "'"));
-            return c10::make_intrusive<WorldState>(
-                values == "uniform" ? Values::uniform : Values::copy, record);
+                    "values must be 'uniform', 'copy' or 'exact', got '",
+                    values,
+                    "'"));
+            const auto v = values == "uniform" ? Values::uniform
+                : values == "copy"             ? Values::copy
+                                               : Values::exact;
+            return c10::make_intrusive<WorldState>(v, record, world_size);
           }),
           py::arg("values"),
-          py::arg("record"))
+          py::arg("record"),
+          py::arg("world_size") = 1)
       .def_property(
           "recording", &WorldState::recording, &WorldState::setRecording)
       .def(
           "arm_fault",
-          [](WorldState& w, int op, int64_t nth, bool at_wait) {
-            return w.armFault(op, nth, at_wait ? FailAt::wait : FailAt::issue);
+          [](WorldState& w, int op, int64_t nth, bool at_wait, int rank) {
+            return w.armFault(
+                op, nth, at_wait ? FailAt::wait : FailAt::issue, rank);
           },
           py::arg("op"),
           py::arg("nth"),
-          py::arg("at_wait"))
+          py::arg("at_wait"),
+          py::arg("rank") = -1)
       .def("disarm_fault", &WorldState::disarmFault)
       .def("is_armed", &WorldState::isArmed)
-      .def("call_count", &WorldState::callCount)
+      .def(
+          "call_count",
+          &WorldState::callCount,
+          py::arg("op"),
+          py::arg("rank") = -1)
+      // Exact worlds: NOTE [The baton]. enter() blocks, so without the GIL.
+      .def("start_run", &WorldState::startRun)
+      .def(
+          "enter",
+          [](WorldState& w, int rank) { return w.scheduler()->enter(rank); },
+          py::call_guard<py::gil_scoped_release>())
+      .def(
+          "leave",
+          [](WorldState& w, int rank) { w.scheduler()->leave(rank); },
+          py::call_guard<py::gil_scoped_release>())
+      .def(
+          "abort",
+          [](WorldState& w, const std::string& reason) {
+            w.scheduler()->abort(reason);
+          })
+      .def(
+          "deadlocked",
+          [](WorldState& w) { return w.scheduler()->deadlocked(); })
+      .def(
+          "rank_states",
+          [](WorldState& w) { return w.scheduler()->states(); })
+      .def(
+          "waiting",
+          [](WorldState& w) {
+            py::list out;
+            for (const auto& s : w.scheduler()->waiting()) {
+              out.append(py::bytes(s));
+            }
+            return out;
+          })
+      .def(
+          "set_switch_hook",
+          [](WorldState& w, py::object fn) {
+            w.scheduler()->setSwitchHook(fakepg::switchHook(std::move(fn)));
+          })
       .def(
           "set_site_source",
           [](WorldState& w, py::object fn) {
@@ -122,15 +189,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("set_in_object_collective", &WorldState::setInObjectCollective)
       .def("__len__", &WorldState::size)
       .def(
+          "size_of",
+          [](const WorldState& w, int rank) {
+            return rank < 0 ? w.size() : w.indicesOf(rank).size();
+          })
+      .def(
           "records",
-          [](const WorldState& w, size_t start, size_t stop) {
+          [](const WorldState& w, size_t start, size_t stop, int rank) {
             // Many records in one call: (op, group, reduce_op, dtype, peer,
-            // shapes, bytes, flags, site) each.
-            stop = std::min(stop, w.size());
+            // shapes, bytes, flags, site) each; of `rank`'s records only,
+            // counted among them, when rank >= 0.
+            std::vector<size_t> picked;
+            if (rank >= 0) {
+              picked = w.indicesOf(rank);
+            }
+            const size_t n = rank >= 0 ? picked.size() : w.size();
+            stop = std::min(stop, n);
             py::list out(stop > start ? stop - start : 0);
-            for (size_t i = start; i < stop; ++i) {
+            for (size_t j = start; j < stop; ++j) {
+              const size_t i = rank >= 0 ? picked[j] : j;
               const auto& r = w.record(i);
-              out[i - start] = py::make_tuple(
+              out[j - start] = py::make_tuple(
                   static_cast<int>(r.op),
                   r.group,
                   static_cast<int>(r.reduce_op),
@@ -142,26 +221,35 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                   w.site(i));
             }
             return out;
-          })
+          },
+          py::arg("start"),
+          py::arg("stop"),
+          py::arg("rank") = -1)
       .def(
           "op_codes",
-          [](const WorldState& w) {
+          [](const WorldState& w, int rank) {
             std::string codes;
             codes.reserve(w.size());
             for (const auto& r : w.records()) {
-              codes.push_back(static_cast<char>(r.op));
+              if (w.issuedBy(r, rank)) {
+                codes.push_back(static_cast<char>(r.op));
+              }
             }
             return py::bytes(codes);
-          })
+          },
+          py::arg("rank") = -1)
       .def(
           "stats",
-          [](const WorldState& w) {
+          [](const WorldState& w, int rank) {
             // Per (group, op) in first-seen order: [group, op, calls, bytes,
             // failed calls].
             std::map<std::pair<int, int>, size_t> index;
             py::list out;
             std::vector<std::array<int64_t, 5>> rows;
             for (const auto& r : w.records()) {
+              if (!w.issuedBy(r, rank)) {
+                continue;
+              }
               const auto key = std::make_pair(r.group, static_cast<int>(r.op));
               auto it = index.find(key);
               if (it == index.end()) {
@@ -177,10 +265,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
               out.append(py::make_tuple(row[0], row[1], row[2], row[3], row[4]));
             }
             return out;
-          })
-      .def("count", &WorldState::count)
-      .def("total_bytes", &WorldState::totalBytes)
-      .def("clear_log", &WorldState::clearLog)
+          },
+          py::arg("rank") = -1)
+      .def("count", &WorldState::count, py::arg("op"), py::arg("rank") = -1)
+      .def(
+          "total_bytes",
+          &WorldState::totalBytes,
+          py::arg("op"),
+          py::arg("rank") = -1)
+      .def("clear_log", &WorldState::clearLog, py::arg("rank") = -1)
       .def("num_groups", &WorldState::numGroups)
       .def("group", [](const WorldState& w, int i) {
         return fakepg::groupTuple(w.group(i));
@@ -191,6 +284,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // c10d's Work on every call (about a tenth of a fake all_reduce).
   py::class_<fakepg::FakeWork, c10d::Work, c10::intrusive_ptr<fakepg::FakeWork>>(
       m, "FakeWork");
+  py::class_<fakepg::ExactWork, c10d::Work, c10::intrusive_ptr<fakepg::ExactWork>>(
+      m, "ExactWork");
 
   py::class_<FakeBackend, c10d::Backend, c10::intrusive_ptr<FakeBackend>>(
       m, "FakeBackend")

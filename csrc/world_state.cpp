@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "exact.hpp"
 #include "text.hpp"
 
 namespace fakepg {
@@ -16,14 +17,6 @@ constexpr const char* kOpNames[kNumOps] = {
 #undef FAKEPG_OP
 };
 
-std::exception_ptr makeDistBackendError(const std::string& msg) {
-  try {
-    C10_THROW_ERROR(DistBackendError, msg);
-  } catch (...) {
-    return std::current_exception();
-  }
-}
-
 int64_t bytesOf(const std::vector<at::Tensor>& ts) {
   int64_t b = 0;
   for (const auto& t : ts) {
@@ -34,8 +27,96 @@ int64_t bytesOf(const std::vector<at::Tensor>& ts) {
 
 }  // namespace
 
+std::exception_ptr distBackendError(const std::string& msg) {
+  try {
+    C10_THROW_ERROR(DistBackendError, msg);
+  } catch (...) {
+    return std::current_exception();
+  }
+}
+
 const char* opName(Op op) {
   return kOpNames[static_cast<int>(op)];
+}
+
+WorldState::WorldState(Values values, bool record, int world_size)
+    : values_(values),
+      record_(record),
+      slots_(values == Values::exact ? world_size : 1),
+      calls_(slots_),
+      total_calls_(slots_, 0) {
+  TORCH_CHECK(world_size >= 1, cat("fakepg: world size ", world_size));
+  if (values == Values::exact) {
+    scheduler_ = c10::make_intrusive<Scheduler>(world_size);
+  }
+}
+
+WorldState::~WorldState() = default;
+
+std::shared_ptr<Exchange> WorldState::exchange(
+    const std::string& name,
+    const std::vector<int64_t>& ranks,
+    int size) {
+  // A group is the same group on every member when its name and its ranks
+  // agree (DeviceMesh gives groups of different ranks the same name).
+  std::string key = name;
+  for (auto r : ranks) {
+    key += "," + std::to_string(r);
+  }
+  auto& found = exchanges_[key];
+  if (!found) {
+    found = std::make_shared<Exchange>("'" + name + "'", size);
+  }
+  return found;
+}
+
+void WorldState::startRun() {
+  TORCH_CHECK(scheduler_, "fakepg: only exact worlds run their ranks");
+  exchanges_.clear();
+  scheduler_->start();
+}
+
+int64_t WorldState::callCount(int op, int rank) const {
+  int64_t n = 0;
+  for (int s = 0; s < slots_; ++s) {
+    if (rank < 0 || slots_ == 1 || s == rank) {
+      n += op < 0 ? total_calls_[s] : calls_[s].at(op);
+    }
+  }
+  return n;
+}
+
+std::vector<size_t> WorldState::indicesOf(int rank) const {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < records_.size(); ++i) {
+    if (issuedBy(records_[i], rank)) {
+      out.push_back(i);
+    }
+  }
+  return out;
+}
+
+void WorldState::clearLog(int rank) {
+  if (rank < 0) {
+    records_.clear();
+    shapes_.clear();
+    sites_.clear();
+    return;
+  }
+  // Shapes of the records dropped stay in shapes_ until the log is cleared
+  // whole: records keep their offsets.
+  std::vector<Record> kept;
+  std::vector<int32_t> kept_sites;
+  for (size_t i = 0; i < records_.size(); ++i) {
+    if (!issuedBy(records_[i], rank)) {
+      kept.push_back(records_[i]);
+      if (!sites_.empty()) {
+        kept_sites.push_back(site(i));
+      }
+    }
+  }
+  records_ = std::move(kept);
+  sites_ = std::move(kept_sites);
 }
 
 int WorldState::addGroup(GroupInfo info) {
@@ -43,10 +124,10 @@ int WorldState::addGroup(GroupInfo info) {
   return static_cast<int>(groups_.size() - 1);
 }
 
-int64_t WorldState::armFault(int op, int64_t nth, FailAt at) {
+int64_t WorldState::armFault(int op, int64_t nth, FailAt at, int rank) {
   TORCH_CHECK(op >= -1 && op < kNumOps, cat("fakepg: no op with code ", op));
   TORCH_CHECK(nth >= 0, cat("fakepg: nth must be >= 0, got ", nth));
-  faults_.push_back(Fault{next_fault_id_, op, nth, at});
+  faults_.push_back(Fault{next_fault_id_, op, nth, at, rank});
   return next_fault_id_++;
 }
 
@@ -92,7 +173,7 @@ void WorldState::recordCall(
   }
   if (site_source_ || !sites_.empty()) {
     sites_.resize(records_.size(), kNoSite);
-    sites_.push_back(site_source_ ? site_source_() : kNoSite);
+    sites_.push_back(last_site_);
   }
   records_.push_back(r);
 }
@@ -105,12 +186,15 @@ std::exception_ptr WorldState::begin(
     int32_t peer,
     bool any_source) {
   const int code = static_cast<int>(op);
-  const int64_t nth_of_op = ++calls_[code];
-  const int64_t nth_overall = ++total_calls_;
+  const int issuer = groups_.at(group).global_rank;
+  const int slot = slots_ == 1 ? 0 : issuer;
+  const int64_t nth_of_op = ++calls_[slot][code];
+  const int64_t nth_overall = ++total_calls_[slot];
+  last_site_ = site_source_ ? site_source_() : kNoSite;
 
   const Fault* fired = nullptr;
   for (const auto& f : faults_) {
-    if (f.op != -1 && f.op != code) {
+    if ((f.op != -1 && f.op != code) || (f.rank >= 0 && f.rank != issuer)) {
       continue;
     }
     const int64_t n = f.op == -1 ? nth_overall : nth_of_op;
@@ -133,14 +217,16 @@ std::exception_ptr WorldState::begin(
     return nullptr;
   }
   const auto& g = groups_.at(group);
-  auto error = makeDistBackendError(
+  auto error = distBackendError(
       cat("fakepg: injected fault in ",
           kOpNames[code],
           " (call ",
           nth_of_op,
           " of ",
           kOpNames[code],
-          " in this world, group '",
+          slots_ == 1 ? std::string(" in this world")
+                      : cat(" by rank ", issuer),
+          ", group '",
           g.name,
           "' of size ",
           g.size,
@@ -165,19 +251,20 @@ std::vector<int64_t> WorldState::shapesOf(const Record& r) const {
   return std::vector<int64_t>(first, last);
 }
 
-int64_t WorldState::count(int op) const {
-  if (op < 0) {
+int64_t WorldState::count(int op, int rank) const {
+  if (op < 0 && rank < 0) {
     return static_cast<int64_t>(records_.size());
   }
-  return std::count_if(records_.begin(), records_.end(), [op](const Record& r) {
-    return static_cast<int>(r.op) == op;
-  });
+  return std::count_if(
+      records_.begin(), records_.end(), [this, op, rank](const Record& r) {
+        return (op < 0 || static_cast<int>(r.op) == op) && issuedBy(r, rank);
+      });
 }
 
-int64_t WorldState::totalBytes(int op) const {
+int64_t WorldState::totalBytes(int op, int rank) const {
   int64_t total = 0;
   for (const auto& r : records_) {
-    if (op < 0 || static_cast<int>(r.op) == op) {
+    if ((op < 0 || static_cast<int>(r.op) == op) && issuedBy(r, rank)) {
       total += r.bytes;
     }
   }

@@ -9,10 +9,18 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace fakepg {
+
+class Scheduler;  // exact.hpp
+class Exchange;   // exact.hpp
+
+// A c10::DistBackendError carrying `msg`, as an exception_ptr.
+std::exception_ptr distBackendError(const std::string& msg);
 
 // The collectives, from csrc/ops.def: Op::all_reduce, ...
 enum class Op : uint8_t {
@@ -48,9 +56,10 @@ struct Record {
 
 struct GroupInfo {
   std::string name;
-  int rank;  // this rank's rank in the group
+  int rank;  // the issuing rank's rank in the group
   int size;
   std::vector<int64_t> ranks;  // global ranks; empty for 0..size-1
+  int global_rank;  // the issuing rank's global rank
 };
 
 enum class FailAt : uint8_t { issue = 0, wait = 1 };
@@ -60,9 +69,10 @@ struct Fault {
   int op;       // an Op, or -1 for every collective
   int64_t nth;  // 0: every call; n >= 1: only the n-th call, then disarmed
   FailAt at;
+  int rank;  // the global rank it fires on, or -1 for any
 };
 
-enum class Values : uint8_t { uniform = 0, copy = 1 };
+enum class Values : uint8_t { uniform = 0, copy = 1, exact = 2 };
 
 // NOTE [World state]
 // Everything that belongs to one fake world rather than to one group: the
@@ -70,10 +80,13 @@ enum class Values : uint8_t { uniform = 0, copy = 1 };
 // Every backend of the world (the default group and each sub-group) holds the
 // same WorldState, so a fault armed for "all_reduce" fires on a DeviceMesh
 // sub-group too, and call numbers count across groups. Single-threaded by
-// design, like the rest of a fake world.
+// design, like the rest of a fake world: in an exact world every rank's
+// backends share it, and only the rank holding the baton runs (NOTE [The
+// baton]); call numbers then count per rank, as each process would.
 class WorldState : public torch::CustomClassHolder {
  public:
-  WorldState(Values values, bool record) : values_(values), record_(record) {}
+  WorldState(Values values, bool record, int world_size = 1);
+  ~WorldState() override;
 
   Values values() const {
     return values_;
@@ -93,13 +106,25 @@ class WorldState : public torch::CustomClassHolder {
     return groups_.size();
   }
 
-  // Faults.
-  int64_t armFault(int op, int64_t nth, FailAt at);
+  // Exact worlds: the scheduler of the ranks, and the exchange of the group
+  // `name` over global `ranks` (empty: every rank), made on first use.
+  const c10::intrusive_ptr<Scheduler>& scheduler() const {
+    return scheduler_;
+  }
+  std::shared_ptr<Exchange> exchange(
+      const std::string& name,
+      const std::vector<int64_t>& ranks,
+      int size);
+  // A new run of every rank: no exchange of an earlier one is reused.
+  void startRun();
+
+  // Faults. `rank`: the global rank a fault fires on (-1: any).
+  int64_t armFault(int op, int64_t nth, FailAt at, int rank = -1);
   bool disarmFault(int64_t id);
   bool isArmed(int64_t id) const;
-  int64_t callCount(int op) const {
-    return op < 0 ? total_calls_ : calls_.at(op);
-  }
+  // Calls of `op` (-1: of every op) by `rank` (-1: by every rank; only exact
+  // worlds count per rank).
+  int64_t callCount(int op, int rank = -1) const;
 
   // NOTE [Call sites]
   // A consistency check across ranks names the user's line that issued each
@@ -129,11 +154,20 @@ class WorldState : public torch::CustomClassHolder {
       uint8_t reduce_op,
       int32_t peer,
       bool any_source = false);
+  // The call site of the last call begin() saw, or kNoSite.
+  int32_t lastSite() const {
+    return last_site_;
+  }
 
-  // The log.
+  // The log. Functions taking `rank` read the records of that global rank
+  // only (-1: every record).
   size_t size() const {
     return records_.size();
   }
+  bool issuedBy(const Record& r, int rank) const {
+    return rank < 0 || groups_[r.group].global_rank == rank;
+  }
+  std::vector<size_t> indicesOf(int rank) const;
   const Record& record(size_t i) const {
     return records_.at(i);
   }
@@ -141,13 +175,9 @@ class WorldState : public torch::CustomClassHolder {
     return i < sites_.size() ? sites_[i] : kNoSite;
   }
   std::vector<int64_t> shapesOf(const Record& r) const;
-  int64_t count(int op) const;
-  int64_t totalBytes(int op) const;
-  void clearLog() {
-    records_.clear();
-    shapes_.clear();
-    sites_.clear();
-  }
+  int64_t count(int op, int rank = -1) const;
+  int64_t totalBytes(int op, int rank = -1) const;
+  void clearLog(int rank = -1);
   const std::vector<Record>& records() const {
     return records_;
   }
@@ -163,14 +193,18 @@ class WorldState : public torch::CustomClassHolder {
 
   Values values_;
   bool record_;
+  int slots_;  // call counters: one per rank in exact worlds, else one
+  c10::intrusive_ptr<Scheduler> scheduler_;
+  std::map<std::string, std::shared_ptr<Exchange>> exchanges_;
+  int32_t last_site_ = kNoSite;
   std::vector<GroupInfo> groups_;
   std::vector<Record> records_;
   std::vector<int64_t> shapes_;
   std::vector<int32_t> sites_;  // beside records_ once a site source was set
   std::function<int32_t()> site_source_;
   bool in_object_collective_ = false;
-  std::array<int64_t, kNumOps> calls_{};
-  int64_t total_calls_ = 0;
+  std::vector<std::array<int64_t, kNumOps>> calls_;
+  std::vector<int64_t> total_calls_;
   std::vector<Fault> faults_;
   int64_t next_fault_id_ = 1;
 };

@@ -197,3 +197,78 @@ def environ_data() -> dict[Any, Any]:
     3.10-3.13; elsewhere a decoded copy, slower and equal."""
     data = getattr(os.environ, "_data", None)
     return data if isinstance(data, dict) else dict(os.environ)
+
+
+# -- exact worlds ------------------------------------------------------------------
+
+
+def install_thread_local_world() -> Any:
+    """NOTE [compat: per-rank c10d state] c10d keeps a process's groups in the
+    module global ``distributed_c10d._world`` (a ``_World``), read at every
+    call. An exact world runs each rank on its own thread, so the global is
+    replaced by a ``_World`` whose state is per thread, as torch's own
+    MultiThreadedTestCase does (its ThreadLocalWorld); the properties made
+    per thread are the ones ``_World`` defines with stored state (2.11 to
+    2.14.1). Functional collectives find groups by name in a C++ registry,
+    made per thread by ``_set_thread_isolation_mode``; DeviceMesh's registry
+    is a ``threading.local`` already. Returns what ``uninstall`` needs."""
+    import threading
+
+    import torch
+
+    c10d = _c10d()
+    world_cls = c10d._World
+    stored = {"default_pg": None, "group_count": 0}
+    fresh = {
+        "pg_map": dict, "pg_names": dict, "pg_group_ranks": dict, "pg_backend_config": dict,
+        "tags_to_pg": dict, "pg_to_tag": dict, "pg_coalesce_state": dict, "comms": list,
+    }
+    local = threading.local()
+
+    def state() -> dict[str, Any]:
+        data = getattr(local, "data", None)
+        if data is None:
+            data = local.data = {**stored, **{k: make() for k, make in fresh.items()}}
+        return data
+
+    def prop(name: str) -> property:
+        def get(self: Any) -> Any:
+            return state()[name]
+
+        def put(self: Any, value: Any) -> None:
+            state()[name] = value
+
+        return property(get, put if name in stored else None)
+
+    names = [n for n in (*stored, *fresh) if isinstance(vars(world_cls).get(n), property)]
+    per_thread = type("_PerThreadWorld", (world_cls,), {n: prop(n) for n in names})
+    world = per_thread.__new__(per_thread)
+    saved = (c10d._world, torch._C._distributed_c10d._get_thread_isolation_mode()
+             if hasattr(torch._C._distributed_c10d, "_get_thread_isolation_mode") else False,
+             torch.autograd.set_multithreading_enabled(False))
+    c10d._world = world
+    torch._C._distributed_c10d._set_thread_isolation_mode(True)
+    return saved
+
+
+def uninstall_thread_local_world(saved: Any) -> None:
+    import torch
+
+    world, isolation, multithreading = saved
+    _c10d()._world = world
+    torch._C._distributed_c10d._set_thread_isolation_mode(isolation)
+    multithreading.__exit__(None, None, None)
+
+
+def dtensor_rng_tracker() -> Any:
+    """DTensor's RNG tracker (a module global; None until first used), or
+    None when DTensor is not loaded. NOTE [compat: DTensor RNG tracker]: per
+    process in torch, so an exact world swaps it per rank."""
+    module = sys.modules.get("torch.distributed.tensor._random")
+    return None if module is None else getattr(module, "_rng_tracker", None)
+
+
+def set_dtensor_rng_tracker(tracker: Any) -> None:
+    module = sys.modules.get("torch.distributed.tensor._random")
+    if module is not None and hasattr(module, "_rng_tracker"):
+        module._rng_tracker = tracker

@@ -56,32 +56,54 @@ class Call(NamedTuple):
 
 def trace(world: FakeWorld, key: str, cases: int, check: bool, nodeid: str) -> dict[str, Any]:
     """``world``'s collectives so far, as plain data (see the NOTE)."""
-    from .records import _reduce_ops
-
-    log = world.collectives
-    labels = world.group_labels()
-    sites = world.call_sites()
-    reduce_ops = _reduce_ops()
-    groups = []
-    seen: dict[tuple[int, ...] | None, int] = {}
-    for index in range(log._native.num_groups()):
-        name, _, _, ranks = log._native.group(index)  # ranks None: every rank, 0..n-1
-        members = None if ranks is None or len(ranks) == world.world_size else tuple(ranks)
-        ordinal = seen.get(members, 0)
-        seen[members] = ordinal + 1
-        groups.append([None if members is None else ranks, ordinal, labels.get(name, ""), name])
-    calls = []
-    for op, g, red, dtype, peer, shapes, _, flags, site in log._native.records(0, len(log)):
-        reduce_op = reduce_ops[red]
-        calls.append([
-            g, OP_NAMES[op], [list(s) for s in shapes], None if dtype is None else str(dtype).replace("torch.", ""),
-            None if reduce_op is None else reduce_op.name, None if peer < 0 else peer,
-            bool(flags & ANY_SOURCE), sites[site] if 0 <= site < len(sites) else None, bool(flags & OBJECT),
-        ])
+    groups, calls = _trace_data(world, -1)
     return {
         "key": key, "cases": cases, "check": check, "nodeid": nodeid, "rank": world.rank,
         "world_size": world.world_size, "groups": groups, "calls": calls,
     }
+
+
+def exact_traces(world: FakeWorld, since: list[int]) -> dict[int, dict[str, Any]]:
+    """Every rank's trace of an exact world, by rank, from its record
+    ``since[rank]`` on: what check() reads."""
+    out = {}
+    for rank in range(world.world_size):
+        groups, calls = _trace_data(world, rank, since[rank])
+        out[rank] = {"rank": rank, "world_size": world.world_size, "groups": groups, "calls": calls}
+    return out
+
+
+def _trace_data(world: FakeWorld, rank: int, since: int = 0) -> tuple[list[Any], list[Any]]:
+    """The groups and calls of ``rank`` (-1: of the world's one rank), from
+    its record ``since`` on."""
+    from .records import _reduce_ops
+
+    native = world._native
+    labels = world.group_labels()
+    sites = world.call_sites()
+    reduce_ops = _reduce_ops()
+    groups = []
+    index_of: dict[int, int] = {}
+    seen: dict[tuple[int, ...] | None, int] = {}
+    for index in range(native.num_groups()):
+        name, _, _, ranks, issuer = native.group(index)  # ranks None: every rank, 0..n-1
+        if rank >= 0 and issuer != rank:
+            continue
+        members = None if ranks is None or len(ranks) == world.world_size else tuple(ranks)
+        ordinal = seen.get(members, 0)
+        seen[members] = ordinal + 1
+        index_of[index] = len(groups)
+        groups.append([None if members is None else ranks, ordinal, labels.get(name, ""), name])
+    calls = []
+    for op, g, red, dtype, peer, shapes, _, flags, site in native.records(since, len(native), rank):
+        reduce_op = reduce_ops[red]
+        calls.append([
+            index_of[g], OP_NAMES[op], [list(s) for s in shapes],
+            None if dtype is None else str(dtype).replace("torch.", ""),
+            None if reduce_op is None else reduce_op.name, None if peer < 0 else peer,
+            bool(flags & ANY_SOURCE), sites[site] if 0 <= site < len(sites) else None, bool(flags & OBJECT),
+        ])
+    return groups, calls
 
 
 # -- describing calls ------------------------------------------------------------

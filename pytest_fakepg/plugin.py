@@ -350,6 +350,8 @@ def _bring_up(item: pytest.Item, case: _Case) -> FakeWorld:
 
     if not device_available(spec.device):
         pytest.skip(f"fake_world(device={spec.device!r}) needs a {spec.device} device; none is available")
+    if spec.values == "exact":
+        _check_exact_item(item)
     if spec.backend == "fakepg":
         _load_backend(item.config)
     world = FakeWorld(spec).start()
@@ -362,6 +364,70 @@ def _bring_up(item: pytest.Item, case: _Case) -> FakeWorld:
         _take_down(item, world)
         raise
     return world
+
+
+# Fixtures whose value differs per rank in an exact world: the test body gets
+# each rank's own (pytest_pyfunc_call); a fixture cannot take them.
+_PER_RANK = ("rank", "device_mesh", "collectives")
+
+
+class _PerRank:
+    """What a per-rank fixture holds in an exact world outside any rank."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}: one per rank, given to the test body of an exact world>"
+
+
+def _check_exact_item(item: pytest.Item) -> None:
+    """An exact world runs the test function once per rank; fixtures run once,
+    outside every rank, so none may take a per-rank fixture."""
+    import unittest
+
+    cls = getattr(item, "cls", None)
+    if not isinstance(item, pytest.Function) or (cls is not None and issubclass(cls, unittest.TestCase)):
+        pytest.fail(
+            f"values='exact' runs a test function once per rank; {item.name} is not a plain "
+            "test function (a unittest.TestCase method?) [invalid @pytest.mark.fake_world(...)]",
+            pytrace=False,
+        )
+    for name, defs in item._fixtureinfo.name2fixturedefs.items():
+        fixture = defs[-1]
+        if getattr(fixture.func, "__module__", None) == __name__:
+            continue
+        taken = [a for a in fixture.argnames if a in _PER_RANK]
+        if taken:
+            pytest.fail(
+                f"fixture {name!r} takes {taken[0]!r}, which differs per rank in an exact world "
+                "(values='exact'): fixtures run once, outside every rank, and only the test "
+                f"body runs per rank. Take {taken[0]!r} in the test function instead.",
+                pytrace=False,
+            )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """An exact world runs the test function as every rank's program, each
+    rank with its own rank, device_mesh and collectives."""
+    __tracebackhide__ = True
+    world = pyfuncitem.stash.get(_WORLD, None)
+    if world is None or not world.exact:
+        return None
+    funcargs = pyfuncitem.funcargs
+    names = pyfuncitem._fixtureinfo.argnames
+    per_rank = [n for n in names if n in _PER_RANK]
+
+    def program() -> None:
+        __tracebackhide__ = True
+        kwargs = {n: funcargs[n] for n in names}
+        for n in per_rank:
+            kwargs[n] = world.rank if n == "rank" else world.device_mesh() if n == "device_mesh" else world.collectives
+        pyfuncitem.obj(**kwargs)
+
+    world.run(program)
+    return True
 
 
 def _load_backend(config: pytest.Config) -> None:
@@ -525,7 +591,10 @@ def fake_world(request: pytest.FixtureRequest) -> FakeWorld:
 
 @pytest.fixture
 def rank(fake_world: FakeWorld) -> int:
-    """This process's rank in the fake world."""
+    """This process's rank in the fake world; in an exact world, each rank's
+    test body gets its own."""
+    if fake_world.exact:
+        return _PerRank("rank")  # type: ignore[return-value]
     return fake_world.rank
 
 
@@ -538,7 +607,9 @@ def world_size(fake_world: FakeWorld) -> int:
 @pytest.fixture
 def device_mesh(fake_world: FakeWorld) -> DeviceMesh:
     """The world's DeviceMesh: the one asked for with mesh=..., else a 1-D
-    mesh over every rank."""
+    mesh over every rank. In an exact world, each rank's test body gets its own."""
+    if fake_world.exact:
+        return _PerRank("device_mesh")  # type: ignore[return-value]
     return fake_world.device_mesh()
 
 
@@ -550,5 +621,8 @@ def fake_store(fake_world: FakeWorld) -> Store:
 
 @pytest.fixture
 def collectives(fake_world: FakeWorld) -> CollectiveLog:
-    """The log of collectives the test ran (a CollectiveLog)."""
+    """The log of collectives the test ran (a CollectiveLog); in an exact
+    world, each rank's test body gets the log of what that rank issued."""
+    if fake_world.exact:
+        return _PerRank("collectives")  # type: ignore[return-value]
     return fake_world.collectives

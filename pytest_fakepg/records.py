@@ -40,7 +40,8 @@ class CollectiveRecord(NamedTuple):
     this rank's rank within it. ``shapes`` are the input shapes, ``bytes``
     their total size. ``reduce_op`` is a ``torch.distributed.ReduceOp`` member
     or None; ``peer`` the global rank of the root/peer or None. ``failed`` is
-    True when an injected fault fired for this call.
+    True when an injected fault fired for this call. ``rank`` is the global
+    rank that issued it (in an exact world, each rank issues its own).
     """
 
     op: str
@@ -54,6 +55,7 @@ class CollectiveRecord(NamedTuple):
     reduce_op: dist.ReduceOp.RedOpType | None
     peer: int | None
     failed: bool = False
+    rank: int = 0
 
 
 class CollectiveLog(Sequence[CollectiveRecord]):
@@ -63,12 +65,15 @@ class CollectiveLog(Sequence[CollectiveRecord]):
     ``ops`` (the op names in order), ``count(op=None)``,
     ``total_bytes(op=None)`` and ``clear()``. Set ``recording`` to False to
     stop recording for a while (e.g. around setup you do not want counted).
+    In an exact world, each rank's log holds what that rank issued; the
+    world's (``FakeWorld.collectives`` outside the ranks) holds every rank's.
     """
 
-    __slots__ = ("_native", "_groups", "_reason", "_cleared")
+    __slots__ = ("_native", "_groups", "_reason", "_cleared", "_rank")
 
-    def __init__(self, native: Any, reason: str | None = None) -> None:
+    def __init__(self, native: Any, reason: str | None = None, rank: int = -1) -> None:
         self._native = native
+        self._rank = rank  # the issuing rank whose records this is; -1: all
         self._groups: dict[int, tuple[str, int, int, tuple[int, ...]]] = {}
         # Why this log is empty for good (a world on torch's stock backend).
         self._reason = reason
@@ -94,7 +99,9 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         self._state().recording = bool(on)
 
     def __len__(self) -> int:
-        return len(self._state())
+        if self._rank < 0:
+            return len(self._state())
+        return self._state().size_of(self._rank)
 
     @overload
     def __getitem__(self, index: int) -> CollectiveRecord: ...
@@ -119,12 +126,12 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         for start in range(0, n, chunk):
             yield from self._decode(start, min(start + chunk, n))
 
-    def _group(self, index: int) -> tuple[str, int, int, tuple[int, ...]]:
+    def _group(self, index: int) -> tuple[str, int, int, tuple[int, ...], int]:
         # One tuple per group, shared by its records.
         group = self._groups.get(index)
         if group is None:
-            name, rank, size, ranks = self._native.group(index)
-            group = (name, rank, size, tuple(range(size)) if ranks is None else tuple(ranks))
+            name, rank, size, ranks, issuer = self._native.group(index)
+            group = (name, rank, size, tuple(range(size)) if ranks is None else tuple(ranks), issuer)
             self._groups[index] = group
         return group
 
@@ -133,35 +140,35 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         group = self._group
         reduce_ops = _reduce_ops()
         out = []
-        for op, g, red, dtype, peer, shapes, nbytes, flags, _site in self._native.records(start, stop):
-            name, grank, gsize, ranks = group(g)
+        for op, g, red, dtype, peer, shapes, nbytes, flags, _site in self._native.records(start, stop, self._rank):
+            name, grank, gsize, ranks, issuer = group(g)
             out.append(make(CollectiveRecord, (
                 OP_NAMES[op], name, gsize, grank, ranks, shapes, dtype, nbytes,
-                reduce_ops[red], None if peer < 0 else peer, bool(flags & FAILED),
+                reduce_ops[red], None if peer < 0 else peer, bool(flags & FAILED), issuer,
             )))
         return out
 
     @property
     def ops(self) -> list[str]:
         """The op names in the order they ran."""
-        return [OP_NAMES[c] for c in self._state().op_codes()]
+        return [OP_NAMES[c] for c in self._state().op_codes(self._rank)]
 
     def count(self, op: str | None = None) -> int:  # type: ignore[override]
         """How many collectives ran, or how many of ``op``."""
-        return self._state().count(op_code(op, "count"))
+        return self._state().count(op_code(op, "count"), self._rank)
 
     def total_bytes(self, op: str | None = None) -> int:
         """Input bytes of every collective, or of ``op`` only."""
-        return self._state().total_bytes(op_code(op, "total_bytes"))
+        return self._state().total_bytes(op_code(op, "total_bytes"), self._rank)
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Per op: ``{"count": n, "bytes": b}``, ops in first-seen order."""
         state = self._state()
         out: dict[str, dict[str, int]] = {}
-        for code in dict.fromkeys(state.op_codes()):
+        for code in dict.fromkeys(state.op_codes(self._rank)):
             out[OP_NAMES[code]] = {
-                "count": state.count(code),
-                "bytes": state.total_bytes(code),
+                "count": state.count(code, self._rank),
+                "bytes": state.total_bytes(code, self._rank),
             }
         return out
 
@@ -169,18 +176,18 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         """Forget every record so far (call counts for faults go on; the
         collectives report still counts them)."""
         state = self._state()
-        _add_stats(self._cleared, state.stats())
-        state.clear_log()
+        _add_stats(self._cleared, state.stats(self._rank))
+        state.clear_log(self._rank)
 
     def ran(self) -> list[tuple[str, tuple[int, ...], str, int, int, int]]:
         """Everything that ran, cleared or not, per group and op in
         first-seen order: (group name, the group's global ranks, op, calls,
         bytes, failed calls). What the collectives report shows."""
         totals = {key: list(row) for key, row in self._cleared.items()}
-        _add_stats(totals, self._state().stats())
+        _add_stats(totals, self._state().stats(self._rank))
         out = []
         for (group, op), (calls, nbytes, failed) in totals.items():
-            name, _, _, ranks = self._group(group)
+            name, _, _, ranks, _ = self._group(group)
             out.append((name, ranks, OP_NAMES[op], calls, nbytes, failed))
         return out
 

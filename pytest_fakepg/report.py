@@ -43,7 +43,7 @@ def entry(world: FakeWorld) -> dict[str, Any] | None:
         total["failed"] += failed
     return {
         "world_size": world.world_size,
-        "rank": world.rank,
+        "rank": None if world.exact else world.rank,
         "mesh": world.spec.mesh_id,
         "groups": list(groups.values()),
         "collectives": ops,
@@ -89,7 +89,8 @@ def _run_totals(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]
 def render(tr: pytest.TerminalReporter, entries: dict[str, dict[str, Any]]) -> None:
     tr.write_sep("=", "fake world collectives")
     for nodeid, e in sorted(entries.items()):
-        tr.write_line(f"{nodeid} (world {e['world_size']}, rank {e['rank']})")
+        who = 'every rank, exact' if e['rank'] is None else f"rank {e['rank']}"
+        tr.write_line(f"{nodeid} (world {e['world_size']}, {who})")
         for group in e["groups"]:
             label = f"{group['label']} " if group["label"] else ""
             tr.write_line(f"    group {label}(ranks {group['ranks']})")

@@ -17,7 +17,7 @@ from typing import Any
 from ._backend import DEVICES
 from .ops import ALL_OPS, check_op
 
-VALUES = ("uniform", "copy")
+VALUES = ("uniform", "copy", "exact")
 FAIL_AT = ("issue", "wait")
 BACKENDS = ("fakepg", "fake")
 
@@ -80,6 +80,8 @@ class WorldSpec:
         faults = parse_fail(fail, fail_at)
         if record is not None and not isinstance(record, bool):
             raise TypeError(f"record must be True or False, got {record!r}")
+        if values == "exact":
+            _fit_exact(rank, backend)
         if backend == "fake":
             values, record = _fit_stock_backend(values, record, faults)
         else:
@@ -107,6 +109,22 @@ class WorldSpec:
                 f"{n}{s}" for n, s in zip(self.mesh_dim_names, self.mesh_shape)
             )
         return "x".join(str(s) for s in self.mesh_shape)
+
+
+def _fit_exact(rank: int, backend: str) -> None:
+    """An exact world runs every rank (NOTE [Exact worlds] in csrc/exact.cpp),
+    and only fakepg can compute across ranks."""
+    if backend != "fakepg":
+        raise ValueError(
+            "values='exact' needs the fakepg backend; torch's stock backend "
+            "(backend='fake') only has values='copy'"
+        )
+    if rank != 0:
+        raise ValueError(
+            f"rank={rank} was given with values='exact', which runs every rank "
+            "of the world in one test; leave rank out (the rank fixture and "
+            "dist.get_rank() give each rank its own)"
+        )
 
 
 def _fit_stock_backend(
@@ -351,7 +369,13 @@ def expand(
     ValueError/TypeError on the first invalid argument."""
     sizes = args["world_size"]
     meshes = args["mesh"]
-    ranks = RANK_SWEEP if all_ranks else args["rank"]
+    exact = args.get("values") == "exact"
+    if exact and (isinstance(args["rank"], (list, str))):
+        raise ValueError(
+            f"rank={args['rank']!r} was given with values='exact', which runs every "
+            "rank of the world in one test; leave rank out"
+        )
+    ranks = RANK_SWEEP if all_ranks and not exact else args["rank"]
     mesh_list = meshes if isinstance(meshes, list) else [meshes]
     if not mesh_list:
         raise ValueError("mesh must not be an empty list")
@@ -386,6 +410,8 @@ def expand(
 
 
 def case_id(spec: WorldSpec) -> str:
-    """``w8-r3``, ``w8-dp2xtp4-r0``: world size, mesh (if any), rank."""
+    """``w8-r3``, ``w8-dp2xtp4-r0``: world size, mesh (if any), rank; for an
+    exact world, which runs every rank, ``w8-exact``."""
     mesh = spec.mesh_id
-    return f"w{spec.world_size}-{mesh}-r{spec.rank}" if mesh else f"w{spec.world_size}-r{spec.rank}"
+    who = "exact" if spec.values == "exact" else f"r{spec.rank}"
+    return f"w{spec.world_size}-{mesh}-{who}" if mesh else f"w{spec.world_size}-{who}"

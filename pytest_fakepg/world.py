@@ -11,12 +11,15 @@ that never use a fake world.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
 import sys
+import threading
 import types
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _backend, _compat
@@ -39,6 +42,10 @@ class FakeWorldLeakWarning(FakeWorldWarning):
 
 class FakeWorldFaultWarning(FakeWorldWarning):
     """An armed fault never fired: the test did not test what it meant to."""
+
+
+class FakeWorldDeadlock(RuntimeError):
+    """The ranks of an exact world can make no progress: on a cluster, a hang."""
 
 
 # Variables a fake world must not inherit: TORCH_DISTRIBUTED_DEBUG=DETAIL
@@ -98,12 +105,13 @@ def _create_backend(dist_opts: Any, _backend_options: Any) -> Any:
 class Fault:
     """An armed fault. ``disarm()`` it, or use it as a context manager."""
 
-    __slots__ = ("_world", "_id", "_calls_before", "_reported", "spec")
+    __slots__ = ("_world", "_ids", "_calls_before", "_reported", "spec")
 
-    def __init__(self, world: FakeWorld, fault_id: int, spec: FaultSpec) -> None:
+    def __init__(self, world: FakeWorld, ids: list[tuple[int, int]], spec: FaultSpec) -> None:
         self._world = world
-        self._id = fault_id
-        self._calls_before = world._native.call_count(op_code(spec.op))
+        self._ids = ids  # (rank it fires on or -1 for any, native id)
+        native = world._native
+        self._calls_before = [native.call_count(op_code(spec.op), rank) for rank, _ in ids]
         self._reported = False
         self.spec = spec
 
@@ -111,7 +119,8 @@ class Fault:
         """Disarm the fault (a no-op once it fired, if it was one-shot).
         Raises RuntimeError once its world is down."""
         native = self._world._live_native("Fault.disarm()")
-        native.disarm_fault(self._id)
+        for _, fault_id in self._ids:
+            native.disarm_fault(fault_id)
         self._reported = True  # disarmed on purpose: nothing to report
 
     def _never_fired(self) -> str | None:
@@ -120,15 +129,20 @@ class Fault:
             return None
         native, spec = self._world._native, self.spec
         op = "any collective" if spec.op == ALL_OPS else spec.op
-        calls = native.call_count(op_code(spec.op))
-        if spec.nth is not None:
-            if not native.is_armed(self._id):
-                return None
-            made = f"{calls} call{'s' if calls != 1 else ''} of {op} {'was' if calls == 1 else 'were'} made"
-            return f"the fault armed for call {spec.nth} of {op} never fired: {made}"
-        if calls > self._calls_before:
-            return None
-        return f"the fault armed for every call of {op} never fired: no call of {op} was made after it was armed"
+        for (rank, fault_id), before in zip(self._ids, self._calls_before):
+            on = "" if rank < 0 else f" on rank {rank}"
+            calls = native.call_count(op_code(spec.op), rank)
+            if spec.nth is not None:
+                if not native.is_armed(fault_id):
+                    continue
+                made = f"{calls} call{'s' if calls != 1 else ''} of {op} {'was' if calls == 1 else 'were'} made"
+                return f"the fault armed for call {spec.nth} of {op}{on} never fired: {made}"
+            if calls == before:
+                return (
+                    f"the fault armed for every call of {op}{on} never fired: no call of "
+                    f"{op} was made after it was armed"
+                )
+        return None
 
     def __enter__(self) -> Fault:
         return self
@@ -170,6 +184,10 @@ class FakeWorld:
         self._sites: list[str] | None = None
         self._saved: dict[str, Any] = {}
         self._up = False
+        # Exact worlds: what each rank's thread sees (NOTE [Exact worlds]),
+        # and the group labels each rank had, kept for reports.
+        self._local = threading.local()
+        self._labels: dict[str, str] = {}
 
     # help() and IDEs show the world's arguments: WorldSpec.build's.
     __init__.__signature__ = SIGNATURE.replace(  # type: ignore[attr-defined]
@@ -179,7 +197,15 @@ class FakeWorld:
 
     # -- what a test reads -------------------------------------------------
     @property
+    def exact(self) -> bool:
+        """Whether every rank runs (``values="exact"``)."""
+        return self.spec.values == "exact"
+
+    @property
     def rank(self) -> int:
+        """This rank; in an exact world, the rank whose program is running."""
+        if self.exact:
+            return self._this_rank("rank").rank
         return self.spec.rank
 
     @property
@@ -201,30 +227,51 @@ class FakeWorld:
     @property
     def pg(self) -> ProcessGroup:
         """The default process group."""
+        if self.exact:
+            return self._this_rank("pg").pg
         return self._require(self._pg, "pg")
 
     @property
     def store(self) -> Store:
+        """The store; one for every rank, in an exact world."""
         return self._require(self._store, "store")
 
     @property
     def mesh(self) -> DeviceMesh | None:
         """The DeviceMesh asked for with ``mesh=``, or None."""
+        if self.exact:
+            return self._this_rank("mesh").mesh
         return self._require(self._mesh, "mesh")
 
     def device_mesh(self) -> DeviceMesh:
         """The mesh asked for with ``mesh=``, else a 1-D mesh over every rank
         (made on first use)."""
+        holder: Any = self._this_rank("device_mesh") if self.exact else self
         self._require(None, "device_mesh")
-        if self._mesh is not None:
-            return self._mesh
-        if self._flat_mesh is None:
-            self._flat_mesh = _init_device_mesh(self.spec.device, (self.world_size,), None)
-        return self._flat_mesh
+        if holder._mesh is not None:
+            return holder._mesh
+        if holder._flat_mesh is None:
+            holder._flat_mesh = _init_device_mesh(self.spec.device, (self.world_size,), None)
+        return holder._flat_mesh
 
     @property
     def collectives(self) -> CollectiveLog:
+        """The collectives issued: in an exact world, inside a rank's program
+        this rank's, elsewhere every rank's (each record says its rank)."""
+        if self.exact and getattr(self._local, "rank", None) is not None:
+            return self._local.log
         return self._require(self._log, "collectives")
+
+    def _this_rank(self, what: str) -> Any:
+        """The running rank's state, in an exact world."""
+        self._require(None, what)
+        if getattr(self._local, "rank", None) is None:
+            raise RuntimeError(
+                f"FakeWorld.{what} differs per rank in an exact world (values='exact') and is "
+                "only available inside a rank's program (the test body, or a function given "
+                "to FakeWorld.run), not in fixtures or outside run()"
+            )
+        return self._local
 
     def _require(self, value: Any, what: str) -> Any:
         if not self._up:
@@ -256,7 +303,7 @@ class FakeWorld:
             )
         native = self._live_native("FakeWorld.fail()")
         if spec.nth is not None:
-            made = native.call_count(op_code(spec.op))
+            made = max(native.call_count(op_code(spec.op), r) for r in self._fault_ranks())
             if spec.nth <= made:
                 what = "collectives" if spec.op == ALL_OPS else f"calls of {spec.op}"
                 raise ValueError(
@@ -265,18 +312,32 @@ class FakeWorld:
                 )
         return self._arm(spec)
 
+    def _fault_ranks(self) -> list[int]:
+        """The ranks a fault armed now fires on: in an exact world, the running
+        rank inside its program, else each rank (with its own call count, as
+        in a real world where every process arms its own); else any (-1)."""
+        if not self.exact:
+            return [-1]
+        rank = getattr(self._local, "rank", None)
+        return list(range(self.world_size)) if rank is None else [rank]
+
     def _arm(self, spec: FaultSpec) -> Fault:
-        fault_id = self._native.arm_fault(op_code(spec.op), spec.nth or 0, spec.at == "wait")
-        fault = Fault(self, fault_id, spec)
+        ids = [
+            (rank, self._native.arm_fault(op_code(spec.op), spec.nth or 0, spec.at == "wait", rank))
+            for rank in self._fault_ranks()
+        ]
+        fault = Fault(self, ids, spec)
         self._faults.append(fault)
         return fault
 
     def calls(self, op: str | None = None) -> int:
         """Calls issued so far (counted even while recording is off): of
         ``op``, or of every collective (None or "*"). This is what ``nth``
-        counts."""
+        counts: in an exact world, per rank (this rank's inside its program,
+        every rank's together elsewhere)."""
         native = self._live_native("FakeWorld.calls()")
-        return native.call_count(op_code(op, "calls"))
+        rank = getattr(self._local, "rank", None)
+        return native.call_count(op_code(op, "calls"), -1 if rank is None else rank)
 
     def unfired_faults(self) -> list[str]:
         """Why each fault armed in this world (by argument or ``fail()``)
@@ -311,7 +372,7 @@ class FakeWorld:
         """Group name -> what to call it: the mesh dimension's name for a
         DeviceMesh group, else its description ("default_pg", ...)."""
         self._require(None, "group_labels")
-        labels = {}
+        labels = dict(self._labels)
         for name, desc in _compat.group_descriptions().items():
             labels[name] = desc[len("mesh_"):] if desc.startswith("mesh_") else desc
         return labels
@@ -358,9 +419,12 @@ class FakeWorld:
             for name in _HIDDEN_ENV:
                 os.environ.pop(name, None)
             self._store = dist.HashStore()
-            self._init_default_group(dist)
+            if self.exact:
+                self._start_exact()
+            else:
+                self._init_default_group(dist)
             self._install_patches()
-            if spec.mesh_shape is not None:
+            if spec.mesh_shape is not None and not self.exact:
                 self._mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
             for fault in spec.faults if spec.backend == "fakepg" else ():
                 self._arm(fault)
@@ -396,11 +460,74 @@ class FakeWorld:
         )
         self._pg = _compat.default_group()
 
+    def _start_exact(self) -> None:
+        """An exact world: no group in this thread; each rank makes its own
+        in run() (NOTE [compat: per-rank c10d state])."""
+        global _running
+        spec = self.spec
+        self._native = _backend.load().WorldState("exact", spec.record, spec.world_size)
+        _running = _Running(self._native, spec.world_size)
+        self._log = CollectiveLog(self._native)
+        _compat.register_stock_fake()
+        self._saved["stock_fake"] = _compat.swap_backend_creator(_STOCK_FAKE, _create_backend)
+        self._saved["per_thread"] = _compat.install_thread_local_world()
+        self.record_call_sites()  # a hang is reported with each rank's line
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+        """Run ``fn(*args, **kwargs)`` as the program of every rank of an
+        exact world (``values="exact"``), and return each rank's result, by
+        rank. Each rank runs on its own thread with its own default group
+        (and mesh, if asked for), its own RNG stream and its own DTensor RNG
+        tracker; one rank runs at a time, switching where a rank waits for
+        the others. The first rank to raise stops the world and its error is
+        raised here; a program that would hang raises FakeWorldDeadlock."""
+        from . import _exact
+
+        __tracebackhide__ = True
+        self._require(None, "run")
+        if not self.exact:
+            raise RuntimeError(
+                f"FakeWorld.run() runs every rank of an exact world; this world has "
+                f"values={self.values!r} (use values='exact')"
+            )
+        if getattr(self._local, "rank", None) is not None:
+            raise RuntimeError("FakeWorld.run() was called inside a rank's program; call it from outside")
+        return _exact.run(self, lambda rank: fn(*args, **kwargs))
+
+    @contextlib.contextmanager
+    def _rank_program(self, rank: int, first_group: int) -> Any:
+        """In rank ``rank``'s thread: its default group, mesh and log for the
+        length of its program."""
+        global _next_group_number
+        import torch.distributed as dist
+
+        local, spec = self._local, self.spec
+        _compat.set_group_count(first_group)  # every rank names groups alike
+        dist.init_process_group(backend="fakepg", rank=rank, world_size=spec.world_size, store=self._store)
+        local.rank = rank
+        local.pg = _compat.default_group()
+        local.log = CollectiveLog(self._native, rank=rank)
+        local._mesh = local.mesh = local._flat_mesh = None
+        try:
+            if spec.mesh_shape is not None:
+                local._mesh = local.mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
+            yield
+        finally:
+            try:
+                self._labels.update(self.group_labels())
+                if dist.is_initialized():
+                    _next_group_number = max(_next_group_number, _compat.group_count())
+                    dist.destroy_process_group()
+            finally:
+                _compat.clear_mesh_registries()
+                local.__dict__.clear()
+
     def _install_patches(self) -> None:
         """Replace what _object_collectives() and _sequence_numbers() name
         while the world is up; stop() puts each original back unless someone
-        replaced it again meanwhile."""
-        patches = list(_object_collectives())
+        replaced it again meanwhile. An exact world runs torch's own object
+        collectives: every rank has its objects."""
+        patches = [] if self.exact else list(_object_collectives())
         if self.spec.backend == "fakepg":
             patches.append(_sequence_numbers())
         saved = self._saved["patches"] = []
@@ -439,6 +566,8 @@ class FakeWorld:
                 dist.destroy_process_group()
         finally:
             _running = None
+            if "per_thread" in saved:
+                _compat.uninstall_thread_local_world(saved["per_thread"])
             if "stock_fake" in saved:
                 _compat.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
             self._remove_patches(saved.get("patches", []))

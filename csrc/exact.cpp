@@ -1,0 +1,803 @@
+#include "exact.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <c10/util/Exception.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <optional>
+
+#include "compat.hpp"
+#include "text.hpp"
+#include "values.hpp"
+
+namespace py = pybind11;
+
+namespace fakepg {
+
+// NOTE [Exact worlds]
+// In an exact world (values="exact") the test's program runs once per rank,
+// each rank on its own thread with its own torch.distributed state, one rank
+// at a time (NOTE [The baton]). Every group's backends on its member ranks
+// share an Exchange. A collective's call only deposits the member's tensors
+// there and returns work; the member that completes the set computes the
+// result from every member's inputs, writes every member's outputs and
+// completes every member's work. A rank that waits on work not yet complete
+// hands the baton on. Point to point, a send and a recv complete together
+// when they match (same peers and tag, in posting order), as with NCCL and
+// gloo, whose sends wait for the receiver.
+
+// ---------------------------------------------------------------------------
+// Scheduler
+
+Scheduler::Scheduler(int world_size)
+    : n_(world_size), state_(world_size, kNew), waiting_on_(world_size) {}
+
+void Scheduler::start() {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::fill(state_.begin(), state_.end(), kNew);
+  std::fill(waiting_on_.begin(), waiting_on_.end(), nullptr);
+  current_ = 0;
+  aborted_ = deadlocked_ = false;
+  reason_.clear();
+  dead_states_.clear();
+  dead_waiting_.clear();
+}
+
+bool Scheduler::enter(int rank) {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return aborted_ || current_ == rank; });
+  if (aborted_) {
+    state_[rank] = kDone;
+    return false;
+  }
+  state_[rank] = kReady;
+  return true;
+}
+
+void Scheduler::leave(int rank) {
+  std::lock_guard<std::mutex> lk(mu_);
+  state_[rank] = kDone;
+  waiting_on_[rank] = nullptr;
+  if (current_ == rank) {
+    passBaton(rank);
+  }
+}
+
+void Scheduler::abort(const std::string& reason) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!aborted_) {
+    aborted_ = true;
+    reason_ = reason;
+  }
+  current_ = -1;
+  cv_.notify_all();
+}
+
+bool Scheduler::aborted() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return aborted_;
+}
+
+bool Scheduler::deadlocked() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return deadlocked_;
+}
+
+int Scheduler::current() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return current_;
+}
+
+std::vector<int> Scheduler::states() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (deadlocked_) {
+    return dead_states_;
+  }
+  return std::vector<int>(state_.begin(), state_.end());
+}
+
+std::vector<std::string> Scheduler::waiting() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (deadlocked_) {
+    return dead_waiting_;
+  }
+  std::vector<std::string> out;
+  for (auto* w : waiting_on_) {
+    out.push_back(w ? w->what() : std::string());
+  }
+  return out;
+}
+
+bool Scheduler::runnable(int rank) const {
+  return state_[rank] == kNew ||
+      (state_[rank] == kBlocked && waiting_on_[rank]->done());
+}
+
+void Scheduler::passBaton(int rank) {
+  for (int k = 1; k <= n_; ++k) {
+    const int r = (rank + k) % n_;
+    if (runnable(r)) {
+      current_ = r;
+      cv_.notify_all();
+      return;
+    }
+  }
+  current_ = -1;
+  if (std::any_of(state_.begin(), state_.end(), [](State s) {
+        return s != kDone;
+      })) {
+    dead_states_.assign(state_.begin(), state_.end());
+    dead_waiting_.clear();
+    for (auto* w : waiting_on_) {
+      dead_waiting_.push_back(w ? w->what() : std::string());
+    }
+    aborted_ = deadlocked_ = true;
+    reason_ =
+        "fakepg: deadlock in an exact world: no rank can run (each waits for "
+        "a call another rank never makes)";
+  }
+  cv_.notify_all();
+}
+
+void Scheduler::throwIfAborted() const {
+  if (aborted_) {
+    std::rethrow_exception(distBackendError(reason_));
+  }
+}
+
+void Scheduler::block(int rank, ExactWork* work) {
+  // c10d releases the GIL around wait(); functional collectives' wait_tensor
+  // may not. Either way the other ranks need it while this one waits.
+  const bool had_gil = PyGILState_Check() != 0;
+  if (hook_) {
+    py::gil_scoped_acquire gil;
+    hook_(rank, false);
+  }
+  {
+    std::optional<py::gil_scoped_release> release;
+    if (had_gil) {
+      release.emplace();
+    }
+    std::unique_lock<std::mutex> lk(mu_);
+    throwIfAborted();
+    TORCH_CHECK(
+        current_ == rank,
+        cat("fakepg: rank ",
+            rank,
+            " waited on its work from a thread that is not running it "
+            "(exact worlds run one rank at a time; wait on work in the "
+            "rank's own program)"));
+    state_[rank] = kBlocked;
+    waiting_on_[rank] = work;
+    passBaton(rank);
+    cv_.wait(lk, [&] { return aborted_ || current_ == rank; });
+    waiting_on_[rank] = nullptr;
+    throwIfAborted();
+    state_[rank] = kReady;
+  }
+  if (hook_) {
+    py::gil_scoped_acquire gil;
+    hook_(rank, true);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// ExactWork
+
+ExactWork::ExactWork(
+    c10::intrusive_ptr<Scheduler> scheduler,
+    int global_rank,
+    c10d::OpType type,
+    std::vector<at::Tensor> outputs,
+    std::string what,
+    std::exception_ptr fault)
+    : c10d::Work(global_rank, type),
+      scheduler_(std::move(scheduler)),
+      global_rank_(global_rank),
+      outputs_(std::move(outputs)),
+      what_(std::move(what)),
+      fault_(std::move(fault)) {}
+
+bool ExactWork::done() const {
+  return done_ &&
+      std::all_of(parts_.begin(), parts_.end(), [](const auto& p) {
+           return p->done();
+         });
+}
+
+bool ExactWork::isCompleted() {
+  return done();
+}
+
+bool ExactWork::isSuccess() const {
+  return done() && !exception();
+}
+
+std::exception_ptr ExactWork::exception() const {
+  if (error_) {
+    return error_;
+  }
+  for (const auto& p : parts_) {
+    if (auto e = p->exception()) {
+      return e;
+    }
+  }
+  return nullptr;
+}
+
+int ExactWork::sourceRank() const {
+  TORCH_CHECK(
+      source_rank_ >= 0,
+      "sourceRank() may only be called on work objects that correspond to a "
+      "recv-from-any call");
+  return source_rank_;
+}
+
+void ExactWork::finish(std::exception_ptr error, int source_rank) {
+  error_ = error ? std::move(error) : fault_;
+  source_rank_ = source_rank;
+  done_ = true;
+}
+
+std::string ExactWork::what() const {
+  for (const auto& p : parts_) {
+    if (!p->done()) {
+      return p->what();
+    }
+  }
+  return what_;
+}
+
+void ExactWork::addPart(c10::intrusive_ptr<ExactWork> part) {
+  parts_.push_back(std::move(part));
+}
+
+bool ExactWork::wait(std::chrono::milliseconds /* timeout */) {
+  if (!done()) {
+    scheduler_->block(global_rank_, this);
+  }
+  if (auto e = exception()) {
+    std::rethrow_exception(e);
+  }
+  return true;
+}
+
+// NOTE [Futures of exact work]
+// A future completes on its own, with no one calling wait(): DDP waits on
+// its buckets' futures from C++, where no rank could hand the baton on. So
+// getFuture() first waits for the work (running the other ranks), and
+// returns a completed future.
+c10::intrusive_ptr<c10::ivalue::Future> ExactWork::getFuture() {
+  std::exception_ptr error;
+  try {
+    wait();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  std::vector<c10::Device> devices;
+  for (const auto& t : outputs_) {
+    if (!t.is_cpu() && std::find(devices.begin(), devices.end(), t.device()) ==
+                           devices.end()) {
+      devices.push_back(t.device());
+    }
+  }
+  auto fut = c10::make_intrusive<c10::ivalue::Future>(
+      c10::ListType::create(c10::TensorType::get()), std::move(devices));
+  if (error) {
+    fut->setError(error);
+  } else {
+    fut->markCompleted(c10::IValue(outputs_));
+  }
+  return fut;
+}
+
+// ---------------------------------------------------------------------------
+// Exchange
+
+namespace {
+
+using RedOp = c10d::ReduceOp::RedOpType;
+
+at::Tensor flatOf(const at::Tensor& t) {
+  return t.reshape({-1});
+}
+
+// The reduction of `ts` (equal numel) under `op`, as a new contiguous tensor.
+at::Tensor reduceExact(
+    const std::vector<at::Tensor>& ts,
+    const c10d::ReduceOp& op) {
+  at::Tensor acc = flatOf(ts[0]).clone();
+  const auto n = static_cast<int64_t>(ts.size());
+  for (int64_t i = 1; i < n; ++i) {
+    const auto x = flatOf(ts[i]);
+    switch (op.op_) {
+      case RedOp::SUM:
+      case RedOp::AVG:
+      case RedOp::PREMUL_SUM:
+        acc.add_(x);
+        break;
+      case RedOp::PRODUCT:
+        acc.mul_(x);
+        break;
+      case RedOp::MIN:
+        acc = at::minimum(acc, x);
+        break;
+      case RedOp::MAX:
+        acc = at::maximum(acc, x);
+        break;
+      case RedOp::BAND:
+        acc.bitwise_and_(x);
+        break;
+      case RedOp::BOR:
+        acc.bitwise_or_(x);
+        break;
+      case RedOp::BXOR:
+        acc.bitwise_xor_(x);
+        break;
+      default:
+        TORCH_CHECK(
+            false,
+            cat("fakepg: unsupported reduce op ", static_cast<int>(op.op_)));
+    }
+  }
+  if (op.op_ == RedOp::AVG) {
+    if (at::isFloatingType(acc.scalar_type()) ||
+        at::isComplexType(acc.scalar_type())) {
+      acc.div_(n);
+    } else {
+      acc.div_(n, "trunc");
+    }
+  } else if (op.op_ == RedOp::PREMUL_SUM) {
+    auto* sup =
+        dynamic_cast<compat::PreMulSumSupplement*>(op.supplement_.get());
+    TORCH_CHECK(sup, "fakepg: PREMUL_SUM without a scaling factor");
+    if (sup->tensor_factor.defined()) {
+      acc.mul_(sup->tensor_factor.to(acc.device()));
+    } else {
+      acc.mul_(sup->double_factor);
+    }
+  }
+  return acc;
+}
+
+// torch's Python names ("float32"), as the check across ranks writes them.
+std::string dtypeText(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return "float32";
+    case at::kDouble:
+      return "float64";
+    case at::kHalf:
+      return "float16";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kLong:
+      return "int64";
+    case at::kInt:
+      return "int32";
+    case at::kShort:
+      return "int16";
+    case at::kChar:
+      return "int8";
+    case at::kByte:
+      return "uint8";
+    case at::kBool:
+      return "bool";
+    case at::kComplexFloat:
+      return "complex64";
+    case at::kComplexDouble:
+      return "complex128";
+    default:
+      return c10::toString(t);
+  }
+}
+
+std::string tensorsText(const std::vector<at::Tensor>& ts) {
+  if (ts.empty()) {
+    return "";
+  }
+  std::string s = dtypeText(ts[0].scalar_type());
+  if (ts.size() > 4) {
+    return cat(ts.size(), " tensors of ", s);
+  }
+  std::string out;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    out += i ? ", " : "";
+    out += dtypeText(ts[i].scalar_type());
+    append(out, ts[i].sizes());
+  }
+  return out;
+}
+
+std::string callText(const Contribution& c) {
+  auto t = tensorsText(c.in);
+  return cat("rank ", c.global_rank, " ", opName(c.op), t.empty() ? "" : " ", t);
+}
+
+void synchronizeIfDevice(const std::vector<Contribution>& members) {
+  for (const auto& m : members) {
+    for (const auto* list : {&m.in, &m.out}) {
+      for (const auto& t : *list) {
+        if (t.defined() && !t.is_cpu() && !t.is_meta()) {
+          // One GPU serves every rank, each on its own thread and streams:
+          // the inputs must be ready before they are read, and the outputs
+          // written before any rank reads them.
+          c10::impl::VirtualGuardImpl impl(t.device().type());
+          impl.synchronizeDevice(t.device().index());
+          return;
+        }
+      }
+    }
+  }
+}
+
+int64_t sumOf(const std::vector<int64_t>& xs) {
+  int64_t s = 0;
+  for (auto x : xs) {
+    s += x;
+  }
+  return s;
+}
+
+}  // namespace
+
+void Exchange::post(uint64_t seq, Contribution c) {
+  if (size_ == 1) {
+    std::vector<Contribution> members;
+    members.push_back(std::move(c));
+    complete(seq, members);
+    return;
+  }
+  auto& slot = slots_[seq];
+  slot.members.push_back(std::move(c));
+  if (static_cast<int>(slot.members.size()) == size_) {
+    auto members = std::move(slot.members);
+    slots_.erase(seq);
+    complete(seq, members);
+  }
+}
+
+// The check every real backend makes before it moves a byte: the same op,
+// root, reduce op and dtype everywhere, and sizes that fit.
+static std::string mismatch(
+    const std::vector<Contribution>& m,
+    const std::string& label,
+    uint64_t seq) {
+  const auto& a = m[0];
+  for (size_t i = 1; i < m.size(); ++i) {
+    const auto& b = m[i];
+    const char* what = nullptr;
+    if (a.op != b.op) {
+      what = "the ranks issue different collectives: on a cluster each waits forever";
+    } else if (a.root != b.root) {
+      what = "the ranks name different roots: on a cluster this hangs";
+    } else if (a.reduces && a.reduce.op_ != b.reduce.op_) {
+      what = "the ranks reduce with different ops: the result is undefined";
+    } else if (
+        !a.in.empty() && !b.in.empty() &&
+        a.in[0].scalar_type() != b.in[0].scalar_type()) {
+      what = "a dtype mismatch: gloo raises, NCCL reads the wrong bytes";
+    } else if (a.in.size() != b.in.size() && a.op != Op::scatter) {
+      what = "the ranks pass different numbers of tensors";
+    } else {
+      const bool sized = a.op == Op::all_reduce ||
+          a.op == Op::all_reduce_coalesced || a.op == Op::broadcast ||
+          a.op == Op::reduce || a.op == Op::all_gather_into_tensor ||
+          a.op == Op::all_gather_into_tensor_coalesced ||
+          a.op == Op::reduce_scatter_tensor ||
+          a.op == Op::reduce_scatter_tensor_coalesced;
+      for (size_t k = 0; sized && k < a.in.size(); ++k) {
+        if (a.in[k].numel() != b.in[k].numel()) {
+          what = "a size mismatch: gloo raises, NCCL hangs or corrupts data";
+        }
+      }
+    }
+    if (what) {
+      return cat(
+          "fakepg: ranks ",
+          a.global_rank,
+          " and ",
+          b.global_rank,
+          " diverge on group ",
+          label,
+          " at its call ",
+          seq,
+          ": ",
+          callText(a),
+          "; ",
+          callText(b),
+          " - ",
+          what);
+    }
+  }
+  return "";
+}
+
+void Exchange::complete(uint64_t seq, std::vector<Contribution>& m) {
+  std::sort(m.begin(), m.end(), [](const auto& a, const auto& b) {
+    return a.rank < b.rank;
+  });
+  const int n = size_;
+  std::exception_ptr error;
+  auto bad = mismatch(m, label_, seq);
+  if (!bad.empty()) {
+    error = distBackendError(bad);
+  } else {
+    try {
+      at::AutoDispatchBelowAutograd guard;
+      synchronizeIfDevice(m);
+      auto writes = [&](int i) { return !m[i].work->fault(); };
+      const auto& first = m[0];
+      switch (first.op) {
+        case Op::all_reduce:
+        case Op::all_reduce_coalesced:
+          for (size_t k = 0; k < first.in.size(); ++k) {
+            std::vector<at::Tensor> xs;
+            for (const auto& c : m) {
+              xs.push_back(c.in[k]);
+            }
+            const auto r = reduceExact(xs, first.reduce);
+            for (int i = 0; i < n; ++i) {
+              if (writes(i)) {
+                copyFlat(m[i].out[k], r);
+              }
+            }
+          }
+          break;
+        case Op::reduce: {
+          std::vector<at::Tensor> xs;
+          for (const auto& c : m) {
+            xs.push_back(c.in[0]);
+          }
+          const auto r = reduceExact(xs, first.reduce);
+          if (writes(first.root)) {
+            copyFlat(m[first.root].out[0], r);
+          }
+          break;
+        }
+        case Op::broadcast:
+          for (size_t k = 0; k < first.in.size(); ++k) {
+            const auto& src = m[first.root].in[k];
+            for (int i = 0; i < n; ++i) {
+              if (i != first.root && writes(i)) {
+                copyFlat(m[i].out[k], src);
+              }
+            }
+          }
+          break;
+        case Op::all_gather:
+        case Op::all_gather_coalesced:
+        case Op::gather: {
+          // Output j (of each input k) of a receiving member is member j's
+          // input k; outputs are laid out [j * inputs + k].
+          std::vector<std::vector<at::Tensor>> staged(n);
+          for (int j = 0; j < n; ++j) {
+            for (const auto& t : m[j].in) {
+              staged[j].push_back(t.clone());
+            }
+          }
+          for (int i = 0; i < n; ++i) {
+            if (!writes(i) || m[i].out.empty()) {
+              continue;
+            }
+            const size_t per = first.in.size();
+            for (int j = 0; j < n; ++j) {
+              for (size_t k = 0; k < per; ++k) {
+                copyFlat(m[i].out[j * per + k], staged[j][k]);
+              }
+            }
+          }
+          break;
+        }
+        case Op::all_gather_into_tensor:
+        case Op::all_gather_into_tensor_coalesced:
+          for (size_t k = 0; k < first.in.size(); ++k) {
+            std::vector<at::Tensor> xs;
+            for (const auto& c : m) {
+              xs.push_back(flatOf(c.in[k]));
+            }
+            const auto all = at::cat(xs);
+            for (int i = 0; i < n; ++i) {
+              if (writes(i)) {
+                copyFlat(m[i].out[k], all);
+              }
+            }
+          }
+          break;
+        case Op::scatter: {
+          const auto& src = m[first.root].in;
+          std::vector<at::Tensor> staged;
+          for (const auto& t : src) {
+            staged.push_back(t.clone());
+          }
+          for (int i = 0; i < n; ++i) {
+            if (writes(i)) {
+              copyFlat(m[i].out[0], staged.at(i));
+            }
+          }
+          break;
+        }
+        case Op::reduce_scatter: {
+          // in is laid out [k * n + r]: input list k, chunk for rank r.
+          const size_t lists = first.out.size();
+          std::vector<std::vector<at::Tensor>> results(n);
+          for (int i = 0; i < n; ++i) {
+            for (size_t k = 0; k < lists; ++k) {
+              std::vector<at::Tensor> xs;
+              for (const auto& c : m) {
+                xs.push_back(c.in.at(k * n + i));
+              }
+              results[i].push_back(reduceExact(xs, first.reduce));
+            }
+          }
+          for (int i = 0; i < n; ++i) {
+            for (size_t k = 0; writes(i) && k < lists; ++k) {
+              copyFlat(m[i].out[k], results[i][k]);
+            }
+          }
+          break;
+        }
+        case Op::reduce_scatter_tensor:
+        case Op::reduce_scatter_tensor_coalesced: {
+          std::vector<std::vector<at::Tensor>> results(n);
+          for (size_t k = 0; k < first.in.size(); ++k) {
+            std::vector<at::Tensor> xs;
+            for (const auto& c : m) {
+              xs.push_back(c.in[k]);
+            }
+            const auto r = reduceExact(xs, first.reduce);
+            const auto chunk = r.numel() / n;
+            for (int i = 0; i < n; ++i) {
+              results[i].push_back(r.narrow(0, i * chunk, chunk));
+            }
+          }
+          for (int i = 0; i < n; ++i) {
+            for (size_t k = 0; writes(i) && k < first.in.size(); ++k) {
+              copyFlat(m[i].out[k], results[i][k]);
+            }
+          }
+          break;
+        }
+        case Op::all_to_all_single: {
+          // Member i's output split j is member j's input split i.
+          for (int i = 0; i < n; ++i) {
+            for (int j = 0; j < n; ++j) {
+              TORCH_CHECK(
+                  m[i].out_splits[j] == m[j].in_splits[i],
+                  cat("fakepg all_to_all_single: rank ",
+                      m[i].global_rank,
+                      " expects ",
+                      m[i].out_splits[j],
+                      " rows from rank ",
+                      m[j].global_rank,
+                      ", which sends it ",
+                      m[j].in_splits[i],
+                      " - on a cluster this is a size mismatch"));
+            }
+          }
+          std::vector<std::vector<at::Tensor>> pieces(n);
+          for (int j = 0; j < n; ++j) {
+            const auto& in = m[j].in[0];
+            int64_t off = 0;
+            for (int i = 0; i < n; ++i) {
+              const auto rows = m[j].in_splits[i];
+              pieces[j].push_back(
+                  in.dim() ? in.narrow(0, off, rows).clone() : in.clone());
+              off += rows;
+            }
+          }
+          for (int i = 0; i < n; ++i) {
+            if (!writes(i)) {
+              continue;
+            }
+            const auto& out = m[i].out[0];
+            int64_t off = 0;
+            for (int j = 0; j < n; ++j) {
+              const auto rows = m[i].out_splits[j];
+              if (out.dim()) {
+                out.narrow(0, off, rows).copy_(pieces[j][i]);
+              } else {
+                out.copy_(pieces[j][i]);
+              }
+              off += rows;
+            }
+          }
+          break;
+        }
+        case Op::all_to_all: {
+          std::vector<std::vector<at::Tensor>> staged(n);
+          for (int j = 0; j < n; ++j) {
+            for (const auto& t : m[j].in) {
+              staged[j].push_back(t.clone());
+            }
+          }
+          for (int i = 0; i < n; ++i) {
+            for (int j = 0; writes(i) && j < n; ++j) {
+              copyFlat(m[i].out[j], staged[j][i]);
+            }
+          }
+          break;
+        }
+        case Op::barrier:
+          break;
+        default:
+          TORCH_CHECK(
+              false,
+              cat("fakepg: ", opName(first.op), " has no exact semantics"));
+      }
+      synchronizeIfDevice(m);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  for (auto& c : m) {
+    c.work->finish(error);
+  }
+}
+
+void Exchange::match(Contribution& s, Contribution& r) {
+  std::exception_ptr error;
+  const auto& src = s.in.at(0);
+  const auto& dst = r.out.at(0);
+  if (src.numel() != dst.numel() || src.scalar_type() != dst.scalar_type()) {
+    error = distBackendError(cat(
+        "fakepg: ranks ",
+        s.global_rank,
+        " and ",
+        r.global_rank,
+        " diverge on point-to-point ",
+        s.global_rank,
+        " -> ",
+        r.global_rank,
+        ": rank ",
+        s.global_rank,
+        " sends ",
+        tensorsText(s.in),
+        "; rank ",
+        r.global_rank,
+        " receives into ",
+        tensorsText(r.out),
+        " - on a cluster the receiver gets the wrong bytes, or both hang"));
+  } else if (!r.work->fault() && !s.work->fault()) {
+    at::AutoDispatchBelowAutograd guard;
+    std::vector<Contribution> both{s, r};
+    synchronizeIfDevice(both);
+    copyFlat(dst, src);
+    synchronizeIfDevice(both);
+  }
+  s.work->finish(error);
+  r.work->finish(error, s.rank);
+}
+
+void Exchange::send(Contribution c, int dst) {
+  c.root = dst;
+  for (auto it = recvs_.begin(); it != recvs_.end(); ++it) {
+    auto& [r, src] = *it;
+    if (r.rank == dst && (src == c.rank || src < 0) && r.tag == c.tag) {
+      auto recv = std::move(r);
+      recvs_.erase(it);
+      match(c, recv);
+      return;
+    }
+  }
+  sends_.push_back(std::move(c));
+}
+
+void Exchange::recv(Contribution c, int src) {
+  c.root = src;
+  for (auto it = sends_.begin(); it != sends_.end(); ++it) {
+    if (it->root == c.rank && (src < 0 || it->rank == src) &&
+        it->tag == c.tag) {
+      auto send = std::move(*it);
+      sends_.erase(it);
+      match(send, c);
+      return;
+    }
+  }
+  recvs_.emplace_back(std::move(c), src);
+}
+
+}  // namespace fakepg

@@ -1,0 +1,184 @@
+// Exact values: every rank of the world runs, each on its own thread, and a
+// collective computes its result from every member's inputs. See NOTE [Exact
+// worlds] in exact.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/ivalue.h>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "world_state.hpp"
+
+namespace fakepg {
+
+class ExactWork;
+
+// NOTE [The baton]
+// The ranks of an exact world run one at a time: the rank holding the baton
+// runs, every other rank waits for it. A rank passes the baton on only when it
+// must wait for other ranks (a collective not yet complete) or when its
+// program ends; the next rank to run is the first runnable one after it, in
+// rank order. So a run is deterministic, every per-process state torch keeps
+// (the RNG, DTensor's RNG tracker) can be swapped at the one place ranks
+// change, and a hang is simply "no rank can run": it is reported at once.
+class Scheduler : public c10::intrusive_ptr_target {
+ public:
+  explicit Scheduler(int world_size);
+
+  // Called from Python (GIL released) by rank threads. start() readies a run
+  // of every rank with rank 0 first; enter() waits for the baton and returns
+  // false if the run was stopped before this rank ran; leave() ends the rank.
+  void start();
+  bool enter(int rank);
+  void leave(int rank);
+  // Stop the run: every waiting rank wakes and raises `reason`.
+  void abort(const std::string& reason);
+  bool aborted() const;
+  // Whether the run stopped because no rank could run.
+  bool deadlocked() const;
+
+  // Wait until `work` completes, running other ranks meanwhile (from inside
+  // Work::wait). Throws when the run is stopped.
+  void block(int rank, ExactWork* work);
+  // Called with the GIL, by the rank itself, when it stops (false) and
+  // resumes (true) running: where per-process state is saved and restored.
+  void setSwitchHook(std::function<void(int, bool)> hook) {
+    hook_ = std::move(hook);
+  }
+  // The rank whose thread holds the baton, or -1.
+  int current() const;
+  // Per rank: 0 not started, 1 running or runnable, 2 waiting, 3 finished;
+  // after a deadlock, as it was found.
+  std::vector<int> states() const;
+  // The work each waiting rank waits for, described (empty if none); after a
+  // deadlock, as it was found.
+  std::vector<std::string> waiting() const;
+
+ private:
+  enum State : int { kNew = 0, kReady = 1, kBlocked = 2, kDone = 3 };
+  bool runnable(int rank) const;
+  // With mu_ held: hand the baton to the next runnable rank after `rank`, or
+  // stop the run as deadlocked if ranks remain and none can run.
+  void passBaton(int rank);
+  void throwIfAborted() const;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  int n_;
+  int current_ = -1;
+  std::vector<State> state_;
+  std::vector<ExactWork*> waiting_on_;
+  bool aborted_ = false;
+  bool deadlocked_ = false;
+  std::string reason_;
+  // What every rank was doing when the run deadlocked (states(), waiting()).
+  std::vector<int> dead_states_;
+  std::vector<std::string> dead_waiting_;
+  std::function<void(int, bool)> hook_;
+};
+
+// A collective's or point-to-point op's work in an exact world: complete
+// once every member has issued it (or its peer has, for send/recv).
+class ExactWork : public c10d::Work {
+ public:
+  ExactWork(
+      c10::intrusive_ptr<Scheduler> scheduler,
+      int global_rank,
+      c10d::OpType type,
+      std::vector<at::Tensor> outputs,
+      std::string what,
+      std::exception_ptr fault = nullptr);
+
+  bool isCompleted() override;
+  bool isSuccess() const override;
+  std::exception_ptr exception() const override;
+  std::vector<at::Tensor> result() override {
+    return outputs_;
+  }
+  int sourceRank() const override;
+  void synchronize() override {}
+  bool wait(std::chrono::milliseconds timeout = kNoTimeout) override;
+  // Waits for completion first (NOTE [Futures of exact work]).
+  c10::intrusive_ptr<c10::ivalue::Future> getFuture() override;
+
+  // By the exchange, when the op completes (with `error` if it failed).
+  void finish(std::exception_ptr error, int source_rank = -1);
+  // Work of a coalesced batch: complete when every part is.
+  void addPart(c10::intrusive_ptr<ExactWork> part);
+  bool done() const;
+  // What a rank waiting on this work waits for: "op\x1fgroup\x1fsite" (the
+  // first part not complete, for a coalesced batch).
+  std::string what() const;
+  // The error an injected fault deferred to wait() (outputs are not written).
+  std::exception_ptr fault() const {
+    return fault_;
+  }
+
+ private:
+  c10::intrusive_ptr<Scheduler> scheduler_;
+  int global_rank_;
+  std::vector<at::Tensor> outputs_;
+  std::string what_;
+  std::exception_ptr fault_;
+  std::exception_ptr error_;
+  bool done_ = false;
+  int source_rank_ = -1;
+  std::vector<c10::intrusive_ptr<ExactWork>> parts_;
+};
+
+// What one member brings to a collective.
+struct Contribution {
+  Op op;
+  int rank;  // in the group
+  int32_t global_rank;
+  c10d::ReduceOp reduce;
+  bool reduces = false;
+  int64_t root = -1;  // in the group
+  std::vector<at::Tensor> in;
+  std::vector<at::Tensor> out;
+  std::vector<int64_t> in_splits;   // all_to_all_single, one per rank
+  std::vector<int64_t> out_splits;  // all_to_all_single, one per rank
+  int tag = 0;
+  c10::intrusive_ptr<ExactWork> work;
+};
+
+// One group of an exact world as every member sees it: where the members'
+// calls meet. Shared by the group's backends on every member rank.
+class Exchange {
+ public:
+  Exchange(std::string label, int size) : label_(std::move(label)), size_(size) {}
+
+  // The `seq`-th collective of the group (from 1), issued by one member.
+  void post(uint64_t seq, Contribution c);
+  // Point to point: `c.rank` sends to / receives from a group rank (-1 for
+  // any source on recv).
+  void send(Contribution c, int dst);
+  void recv(Contribution c, int src);
+
+ private:
+  struct Slot {
+    std::vector<Contribution> members;  // in arrival order
+  };
+  void complete(uint64_t seq, std::vector<Contribution>& members);
+  static void match(Contribution& send, Contribution& recv);
+
+  std::string label_;
+  int size_;
+  std::map<uint64_t, Slot> slots_;
+  std::deque<Contribution> sends_;  // unmatched, in posting order
+  std::deque<std::pair<Contribution, int>> recvs_;  // unmatched, with source
+};
+
+}  // namespace fakepg
