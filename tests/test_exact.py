@@ -1,0 +1,461 @@
+"""values="exact": every rank runs, and collectives compute exactly."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+import torch.nn as nn
+
+from pytest_fakepg import FakeWorld
+from pytest_fakepg.world import FakeWorldDeadlock
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch 2.13 renames
+exact = pytest.mark.fake_world(4, values="exact")
+
+
+# -- collectives ------------------------------------------------------------------
+
+
+@exact
+def test_all_reduce_adds_every_ranks_value(rank: int) -> None:
+    t = torch.tensor([float(rank), 1.0])
+    dist.all_reduce(t)
+    assert t.tolist() == [6.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    ("op", "expected"),
+    [
+        (dist.ReduceOp.SUM, 10.0),
+        (dist.ReduceOp.AVG, 2.5),
+        (dist.ReduceOp.PRODUCT, 24.0),
+        (dist.ReduceOp.MIN, 1.0),
+        (dist.ReduceOp.MAX, 4.0),
+    ],
+)
+@exact
+def test_reduce_ops(rank: int, op: dist.ReduceOp, expected: float) -> None:
+    t = torch.tensor([rank + 1.0])
+    dist.all_reduce(t, op=op)
+    assert t.item() == expected
+
+
+@exact
+def test_bitwise_and_premul_sum(rank: int) -> None:
+    t = torch.tensor([1 << rank, 3])
+    dist.all_reduce(t, op=dist.ReduceOp.BOR)
+    assert t.tolist() == [15, 3]
+    t = torch.tensor([rank + 1.0])
+    dist.all_reduce(t, op=dist._make_nccl_premul_sum(0.5))
+    assert t.item() == 5.0
+
+
+@exact
+def test_rooted_collectives(rank: int) -> None:
+    t = torch.tensor([float(rank)])
+    dist.broadcast(t, src=2)
+    assert t.item() == 2.0
+    t = torch.tensor([float(rank)])
+    dist.reduce(t, dst=1)
+    assert t.item() == (6.0 if rank == 1 else float(rank))
+    gathered = [torch.zeros(1) for _ in range(4)] if rank == 3 else None
+    dist.gather(torch.tensor([rank * 10.0]), gathered, dst=3)
+    if rank == 3:
+        assert [g.item() for g in gathered] == [0.0, 10.0, 20.0, 30.0]
+    out = torch.zeros(1)
+    dist.scatter(out, [torch.tensor([i + 100.0]) for i in range(4)] if rank == 0 else None, src=0)
+    assert out.item() == 100.0 + rank
+
+
+@exact
+def test_gathers_and_scatters(rank: int) -> None:
+    out = [torch.zeros(2) for _ in range(4)]
+    dist.all_gather(out, torch.full((2,), float(rank)))
+    assert [o[0].item() for o in out] == [0.0, 1.0, 2.0, 3.0]
+    flat = torch.zeros(8)
+    dist.all_gather_into_tensor(flat, torch.tensor([rank, -rank], dtype=torch.float))
+    assert flat.tolist() == [0, 0, 1, -1, 2, -2, 3, -3]
+    inp = torch.arange(8, dtype=torch.float) + 100 * rank
+    piece = torch.zeros(2)
+    dist.reduce_scatter_tensor(piece, inp)
+    # element i of the sum over ranks r of arange(8) + 100 r is 4 i + 600
+    assert piece.tolist() == [4 * (2 * rank) + 600, 4 * (2 * rank + 1) + 600]
+    lists = [torch.full((1,), float(rank * 4 + j)) for j in range(4)]
+    mine = torch.zeros(1)
+    dist.reduce_scatter(mine, lists)
+    assert mine.item() == sum(r * 4 + rank for r in range(4))
+
+
+@exact
+def test_all_to_all_single_with_uneven_splits(rank: int) -> None:
+    # Rank r sends j+1 rows of value 10r+j to rank j.
+    in_splits = [j + 1 for j in range(4)]
+    inp = torch.cat([torch.full((j + 1,), float(10 * rank + j)) for j in range(4)])
+    out_splits = [rank + 1] * 4
+    out = torch.zeros(sum(out_splits))
+    dist.all_to_all_single(out, inp, out_splits, in_splits)
+    assert out.tolist() == [float(10 * r + rank) for r in range(4) for _ in range(rank + 1)]
+    outs = [torch.zeros(1) for _ in range(4)]
+    dist.all_to_all(outs, [torch.tensor([float(10 * rank + j)]) for j in range(4)])
+    assert [o.item() for o in outs] == [float(10 * r + rank) for r in range(4)]
+
+
+@pytest.mark.fake_world(values="exact", mesh={"dp": 2, "tp": 2})
+def test_mesh_sub_groups_reduce_their_own_members(rank: int, device_mesh) -> None:
+    t = torch.tensor([float(rank)])
+    dist.all_reduce(t, group=device_mesh["tp"].get_group())
+    assert t.item() == (1.0 if rank < 2 else 5.0)  # tp groups: {0, 1}, {2, 3}
+    t = torch.tensor([float(rank)])
+    dist.all_reduce(t, group=device_mesh["dp"].get_group())
+    assert t.item() == (2.0 if rank % 2 == 0 else 4.0)  # dp groups: {0, 2}, {1, 3}
+
+
+@exact
+def test_new_group_of_some_ranks(rank: int) -> None:
+    odd = dist.new_group([1, 3])
+    if rank % 2:
+        t = torch.tensor([float(rank)])
+        dist.all_reduce(t, group=odd)
+        assert t.item() == 4.0
+
+
+@exact
+def test_functional_collectives(rank: int) -> None:
+    t = funcol.all_reduce(torch.tensor([float(rank)]), "sum", dist.group.WORLD)
+    assert t.item() == 6.0
+    g = funcol.all_gather_tensor(torch.tensor([float(rank)]), 0, dist.group.WORLD)
+    assert g.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@exact
+def test_async_work_completes_when_every_rank_has_issued(rank: int) -> None:
+    t = torch.tensor([float(rank)])
+    work = dist.all_reduce(t, async_op=True)
+    work.wait()
+    assert work.is_completed() and t.item() == 6.0
+    fut = dist.all_reduce(torch.ones(1), async_op=True).get_future()
+    assert fut.value()[0].item() == 4.0
+
+
+# -- rank-dependent programs ---------------------------------------------------------
+
+
+@exact
+def test_rank_dependent_branches(rank: int) -> None:
+    assert dist.get_rank() == rank
+    t = torch.tensor([1.0])
+    if rank == 0:
+        dist.broadcast(torch.tensor([42.0]), src=0)
+    else:
+        dist.broadcast(t, src=0)
+        assert t.item() == 42.0
+
+
+@exact
+def test_send_recv(rank: int) -> None:
+    if rank == 0:
+        for dst in (1, 2, 3):
+            dist.send(torch.tensor([dst * 1.5]), dst=dst)
+    else:
+        buf = torch.zeros(1)
+        dist.recv(buf, src=0)
+        assert buf.item() == rank * 1.5
+
+
+@exact
+def test_recv_from_any_source_names_the_sender(rank: int) -> None:
+    if rank == 0:
+        got = sorted(dist.recv(torch.zeros(1)) for _ in range(3))
+        assert got == [1, 2, 3]
+    else:
+        dist.send(torch.tensor([float(rank)]), dst=0)
+
+
+@exact
+def test_batch_isend_irecv_ring(rank: int) -> None:
+    send = torch.tensor([float(rank)])
+    recv = torch.zeros(1)
+    ops = [dist.P2POp(dist.isend, send, (rank + 1) % 4), dist.P2POp(dist.irecv, recv, (rank - 1) % 4)]
+    for work in dist.batch_isend_irecv(ops):
+        work.wait()
+    assert recv.item() == (rank - 1) % 4
+
+
+@exact
+def test_object_collectives(rank: int) -> None:
+    objs = [None] * 4
+    dist.all_gather_object(objs, {"rank": rank, "pad": "x" * rank})
+    assert objs == [{"rank": r, "pad": "x" * r} for r in range(4)]
+    box = [f"from {rank}"]
+    dist.broadcast_object_list(box, src=3)
+    assert box == ["from 3"]
+
+
+# -- RNG ---------------------------------------------------------------------------
+
+
+def test_each_rank_gets_the_stream_a_separate_process_would() -> None:
+    torch.manual_seed(7)
+    expected = [torch.rand(3) for _ in range(2)]  # what seed 7 gives, twice over
+
+    def program() -> tuple[torch.Tensor, torch.Tensor, float]:
+        rank = dist.get_rank()
+        torch.manual_seed(7 if rank == 1 else rank)
+        first = torch.rand(3)
+        dist.barrier()  # every other rank draws meanwhile
+        random.seed(rank)
+        return first, torch.rand(3), random.random()
+
+    with FakeWorld(3, values="exact") as world:
+        results = world.run(program)
+    assert torch.equal(results[1][0], expected[0]) and torch.equal(results[1][1], expected[1])
+    random.seed(2)
+    assert results[2][2] == random.random()
+    assert not torch.equal(results[0][0], results[2][0])
+
+
+@pytest.mark.filterwarnings("ignore:DTensor random operators:UserWarning")
+@exact
+def test_dtensor_random_ops_match_one_process(rank: int) -> None:
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    mesh = dist.device_mesh.init_device_mesh("cpu", (4,))
+    torch.manual_seed(0)
+    d = distribute_tensor(torch.zeros(8), mesh, [Replicate()])
+    d.uniform_()
+    full = d.full_tensor()
+    gathered = [torch.zeros(8) for _ in range(4)]
+    dist.all_gather(gathered, full)
+    assert all(torch.equal(g, gathered[0]) for g in gathered)  # replicas agree
+
+
+# -- DTensor and parity --------------------------------------------------------------
+
+
+@exact
+def test_dtensor_distribute_redistribute_full_tensor(rank: int) -> None:
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = dist.device_mesh.init_device_mesh("cpu", (4,))
+    full = torch.arange(16, dtype=torch.float).reshape(4, 4)
+    d = distribute_tensor(full, mesh, [Shard(0)])
+    assert d.to_local().tolist() == [full[rank].tolist()]
+    assert torch.equal(d.full_tensor(), full)
+    r = (d * (rank + 1)).redistribute(mesh, [Replicate()])  # a local op that differs per rank
+    assert torch.equal(r.to_local(), full * torch.arange(1, 5, dtype=torch.float).reshape(4, 1))
+    assert torch.equal(d.sum().full_tensor(), full.sum())
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(8, 16)
+        self.w2 = nn.Linear(16, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(torch.relu(self.w1(x)))
+
+
+def _reference(steps: int, batch: torch.Tensor) -> tuple[MLP, list[float]]:
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    for _ in range(steps):
+        loss = model(batch).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return model, losses
+
+
+@exact
+def test_tensor_parallel_matches_one_device(rank: int) -> None:
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    batch = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    reference, losses = _reference(3, batch)
+    torch.manual_seed(0)
+    model = MLP()
+    mesh = dist.device_mesh.init_device_mesh("cpu", (4,))
+    parallelize_module(model, mesh, {"w1": ColwiseParallel(), "w2": RowwiseParallel()})
+    assert model.w1.weight.to_local().shape == (4, 8)  # each rank holds a quarter
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(3):
+        loss = model(batch).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        assert loss.item() == pytest.approx(losses[step], rel=1e-5)
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(model.get_parameter(name).full_tensor(), p.detach())
+
+
+@exact
+def test_fsdp2_matches_one_device(rank: int) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    batch = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    reference, losses = _reference(3, batch)
+    torch.manual_seed(0)
+    model = MLP()
+    mesh = dist.device_mesh.init_device_mesh("cpu", (4,))
+    fully_shard(model.w1, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mine = batch[rank * 2 : rank * 2 + 2]  # each rank its own quarter of the batch
+    for step in range(3):
+        loss = model(mine).pow(2).mean()
+        loss.backward()  # FSDP2 averages gradients over the ranks
+        opt.step()
+        opt.zero_grad()
+        total = loss.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        assert total.item() == pytest.approx(losses[step], rel=1e-5)
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(model.get_parameter(name).full_tensor(), p.detach())
+
+
+# -- faults and records --------------------------------------------------------------
+
+
+@pytest.mark.fake_world(2, values="exact", fail={"all_reduce": 2})
+def test_marker_fault_fires_on_every_rank(rank: int, collectives) -> None:
+    dist.all_reduce(torch.ones(1))
+    with pytest.raises(dist.DistBackendError, match=f"call 2 of all_reduce by rank {rank}"):
+        dist.all_reduce(torch.ones(1))
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    assert t.item() == 2.0
+    assert [r.failed for r in collectives] == [False, True, False]
+    assert {r.rank for r in collectives} == {rank}
+
+
+@pytest.mark.fake_world(3, values="exact")
+def test_fault_armed_by_one_rank_fires_on_that_rank(rank: int, fake_world) -> None:
+    if rank == 1:
+        fake_world.fail("all_reduce", at="wait")
+    t = torch.ones(1)
+    work = dist.all_reduce(t, async_op=True)
+    if rank == 1:
+        with pytest.raises(dist.DistBackendError, match="injected fault"):
+            work.wait()
+        assert t.item() == 1.0  # a failed call writes nothing
+    else:
+        work.wait()
+        assert t.item() == 3.0  # the others still got every rank's value
+
+
+def test_world_log_says_which_rank_issued_each_record() -> None:
+    with FakeWorld(3, values="exact") as world:
+        def program() -> None:
+            alone = dist.new_group([1])  # every rank makes it, as c10d requires
+            if dist.get_rank() == 1:
+                dist.barrier(group=alone)
+            else:
+                dist.all_reduce(torch.ones(2), group=dist.new_group([0, 2]))
+
+        world.run(program)
+        log = world.collectives
+        assert sorted((r.rank, r.op) for r in log) == [(0, "all_reduce"), (1, "barrier"), (2, "all_reduce")]
+        assert world.calls("all_reduce") == 2
+
+
+# -- hangs and errors -----------------------------------------------------------------
+
+
+def test_skipped_collective_fails_at_once_naming_each_rank() -> None:
+    def program() -> None:
+        if dist.get_rank() != 2:
+            dist.all_reduce(torch.ones(1))
+
+    with FakeWorld(3, values="exact") as world:
+        start = time.perf_counter()
+        with pytest.raises(FakeWorldDeadlock) as info:
+            world.run(program)
+        assert time.perf_counter() - start < 1.0
+    text = str(info.value)
+    assert "rank 0 waits in all_reduce on group default_pg at test_exact.py:" in text
+    assert "rank 2 finished its program" in text
+    assert "ranks 0 and 2 diverge on group default_pg (ranks 0-2) at its call 1" in text
+
+
+def test_recv_no_one_sends_to_is_a_deadlock() -> None:
+    def program() -> None:
+        if dist.get_rank() == 1:
+            dist.recv(torch.zeros(1), src=0)
+
+    with FakeWorld(2, values="exact") as world, pytest.raises(FakeWorldDeadlock) as info:
+        world.run(program)
+    assert "rank 1 waits in recv on group default_pg" in str(info.value)
+    assert "rank 0 finished its program" in str(info.value)
+
+
+def test_shape_mismatch_fails_every_rank_with_both_calls() -> None:
+    def program() -> None:
+        dist.all_reduce(torch.ones(dist.get_rank() + 1))
+
+    with FakeWorld(2, values="exact") as world, pytest.raises(dist.DistBackendError) as info:
+        world.run(program)
+    assert "rank 0 all_reduce float32[1]; rank 1 all_reduce float32[2] - a size mismatch" in str(info.value)
+
+
+def test_first_rank_to_raise_stops_the_world_and_is_reported() -> None:
+    def program() -> None:
+        if dist.get_rank() == 1:
+            raise KeyError("only on rank 1")
+        dist.barrier()
+
+    with FakeWorld(3, values="exact") as world, pytest.raises(KeyError) as info:
+        world.run(program)
+    assert "raised by rank 1 of an exact fake world of 3" in info.value.__notes__[0]
+
+
+def test_world_is_clean_after_an_exact_run() -> None:
+    c10d = dist.distributed_c10d
+    before = c10d._world
+    with FakeWorld(2, values="exact") as world:
+        assert world.run(dist.get_rank) == [0, 1]
+        with pytest.raises(RuntimeError, match="only available inside a rank's program"):
+            world.rank
+    assert c10d._world is before and not dist.is_initialized()
+    with FakeWorld(2) as world:  # a uniform world after it works as ever
+        t = torch.ones(1)
+        dist.all_reduce(t)
+        assert t.item() == 2.0
+
+
+def test_64_ranks() -> None:
+    with FakeWorld(64, values="exact") as world:
+        def program() -> float:
+            t = torch.tensor([float(dist.get_rank())])
+            dist.all_reduce(t)
+            return t.item()
+
+        assert world.run(program) == [float(sum(range(64)))] * 64
+
+
+# -- misuse ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rank": 1}, "rank=1 was given with values='exact'"),
+        ({"backend": "fake"}, "values='exact' needs the fakepg backend"),
+    ],
+)
+def test_exact_argument_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FakeWorld(2, values="exact", **kwargs)
+
+
+def test_run_needs_an_exact_world() -> None:
+    with FakeWorld(2) as world, pytest.raises(RuntimeError, match="values='uniform'"):
+        world.run(print)
