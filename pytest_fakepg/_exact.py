@@ -95,8 +95,14 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
     try:
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException:  # Ctrl-C while the ranks run: stop them first
+            native.abort("fakepg: the exact world was interrupted")
+            for t in threads:
+                t.join()
+            raise
     finally:
         native.set_switch_hook(None)
         entry.restore()

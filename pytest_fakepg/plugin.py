@@ -301,7 +301,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if marker is None:
                 continue
             case = _single_case(item, marker)
-            if settings.all_ranks and "rank" not in marker.kwargs:
+            exact = case.spec is not None and case.spec.values == "exact"  # runs every rank already
+            if settings.all_ranks and "rank" not in marker.kwargs and not exact:
                 unswept.append(item.nodeid)
         item.stash[_CASE] = case
         spec = case.spec

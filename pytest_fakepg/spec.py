@@ -396,8 +396,9 @@ def expand(
     specs: list[WorldSpec] = []
     for size in size_list:
         for mesh in mesh_list:
-            # Validate the world once at rank 0, then sweep its ranks.
-            base = WorldSpec.build(size, rank=0, mesh=mesh, **rest)
+            # Validate the world once at rank 0, then sweep its ranks (an
+            # exact world has none to sweep: its one rank is validated).
+            base = WorldSpec.build(size, rank=ranks if exact else 0, mesh=mesh, **rest)
             if ranks == RANK_SWEEP:
                 rank_list: list[Any] = list(range(base.world_size))
             elif isinstance(ranks, list):

@@ -77,6 +77,8 @@ _running: _Running | None = None
 # is ever reused in a process, so a DeviceMesh or DTensor kept from an earlier
 # world fails to resolve its group instead of silently using this world's.
 _next_group_number = 0
+# Serialises the teardown of an exact world's ranks (FakeWorld._rank_program).
+_TEARDOWN = threading.Lock()
 
 
 def _create_backend(dist_opts: Any, _backend_options: Any) -> Any:
@@ -513,14 +515,17 @@ class FakeWorld:
                 local._mesh = local.mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
             yield
         finally:
-            try:
-                self._labels.update(self.group_labels())
-                if dist.is_initialized():
-                    _next_group_number = max(_next_group_number, _compat.group_count())
-                    dist.destroy_process_group()
-            finally:
-                _compat.clear_mesh_registries()
-                local.__dict__.clear()
+            # Once a run is stopped, its ranks unwind together: one at a time
+            # through torch's teardown, as they ran.
+            with _TEARDOWN:
+                try:
+                    self._labels.update(self.group_labels())
+                    if dist.is_initialized():
+                        _next_group_number = max(_next_group_number, _compat.group_count())
+                        dist.destroy_process_group()
+                finally:
+                    _compat.clear_mesh_registries()
+                    local.__dict__.clear()
 
     def _install_patches(self) -> None:
         """Replace what _object_collectives() and _sequence_numbers() name

@@ -48,7 +48,15 @@ MARKER = [
         "scatter, send, recv, barrier"),
     Row("call number below 1", "fake_world(2, fail={'barrier': 0})",
         "the call number for 'barrier' must be an int >= 1 (calls count from 1), got 0"),
-    Row("unknown values", "fake_world(2, values='random')", "values must be one of 'uniform', 'copy', got 'random'"),
+    Row("unknown values", "fake_world(2, values='random')",
+        "values must be one of 'uniform', 'copy', 'exact', got 'random'"),
+    Row("a rank given to an exact world", "fake_world(4, rank=1, values='exact')",
+        "rank=1 was given with values='exact', which runs every rank of the world in one test; leave rank out "
+        "(the rank fixture and dist.get_rank() give each rank its own)"),
+    Row("a rank sweep of an exact world", "fake_world(4, rank='all', values='exact')",
+        "rank='all' was given with values='exact', which runs every rank of the world in one test; leave rank out"),
+    Row("stock backend asked for exact values", "fake_world(2, backend='fake', values='exact')",
+        "values='exact' needs the fakepg backend; torch's stock backend (backend='fake') only has values='copy'"),
     Row("unknown fail_at", "fake_world(2, fail_at='later')", "fail_at must be one of 'issue', 'wait', got 'later'"),
     Row("unsupported device type", "fake_world(2, device='xpu')",
         "device must be one of 'cpu', 'cuda' (the device types the fakepg backend serves); got 'xpu'"),
@@ -106,6 +114,22 @@ MISUSE = [
      "    FakeWorld(2).start().stop()  # the backend is registered from now on\n"
      "    dist.init_process_group('fakepg', rank=0, world_size=2, store=dist.HashStore())\n",
      [], {"failed": 1}),
+    (Row("a fixture of yours taking rank in an exact world", "fake_world(2, values='exact'), fixture(rank)",
+         "fixture 'mine' takes 'rank', which differs per rank in an exact world (values='exact'): fixtures run "
+         "once, outside every rank, and only the test body runs per rank. Take 'rank' in the test function "
+         "instead."),
+     "@pytest.fixture\ndef mine(rank):\n    return rank\n@pytest.mark.fake_world(2, values='exact')\n"
+     "def test_it(mine):\n    pass\n", [], {"errors": 1}),
+    (Row("an exact world on a unittest.TestCase", "fake_world(2, values='exact') on a TestCase method",
+         "values='exact' runs a test function once per rank; test_it is not a plain test function (a "
+         "unittest.TestCase method?) [invalid @pytest.mark.fake_world(...)]"),
+     "import unittest\nclass T(unittest.TestCase):\n    @pytest.mark.fake_world(2, values='exact')\n"
+     "    def test_it(self):\n        pass\n", [], {"errors": 1}),
+    (Row("a per-rank attribute outside the ranks", "world.rank of an exact world in a fixture",
+         "FakeWorld.rank differs per rank in an exact world (values='exact') and is only available inside a "
+         "rank's program (the test body, or a function given to FakeWorld.run), not in fixtures or outside run()"),
+     "@pytest.fixture\ndef mine(fake_world):\n    return fake_world.rank\n"
+     "@pytest.mark.fake_world(2, values='exact')\ndef test_it(mine):\n    pass\n", [], {"errors": 1}),
     (Row("a fixture where torch is not installed", "rank fixture, torch missing",
          "pytest-fakepg's fake worlds need torch, which could not be imported (No module named 'torch'); "
          "install it, e.g. pip install torch"),
