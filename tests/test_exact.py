@@ -459,3 +459,72 @@ def test_exact_argument_errors(kwargs: dict, message: str) -> None:
 def test_run_needs_an_exact_world() -> None:
     with FakeWorld(2) as world, pytest.raises(RuntimeError, match="values='uniform'"):
         world.run(print)
+
+
+# -- under pytest ----------------------------------------------------------------------
+
+
+def test_fixtures_per_rank_and_shared(run_tests) -> None:
+    result = run_tests(
+        """
+        import json
+        SEEN = []
+
+        @pytest.fixture
+        def made_once():
+            SEEN.append("fixture")
+            return []
+
+        @pytest.mark.fake_world(3, values="exact", mesh=(3,))
+        def test_it(rank, world_size, device_mesh, collectives, fake_world, fake_store, tmp_path, made_once):
+            made_once.append(rank)
+            assert fake_world.rank == rank == dist.get_rank() == device_mesh.get_rank()
+            (tmp_path / f"rank{rank}").write_text("x")
+            fake_store.set(f"k{rank}", "v")
+            dist.all_reduce(torch.ones(1))  # rank 2 completes it, and goes on first
+            assert collectives.ops == ["all_reduce"] and collectives[0].rank == rank
+            if rank == 2:
+                assert sorted(made_once) == [0, 1, 2] and SEEN == ["fixture"]
+                assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1", "rank2"]
+                assert fake_store.get("k0") == b"v"
+
+        def test_after():
+            assert SEEN == ["fixture"]
+        """.replace("\n        ", "\n"),
+        "--fake-world-ranks=all", "-v",
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_it[[]w3-3-exact[]] PASSED*"])
+
+
+def test_a_deadlock_fails_the_test_with_the_report(run_tests) -> None:
+    result = run_tests(
+        """
+        @pytest.mark.fake_world(2, values="exact")
+        def test_it(rank):
+            if rank == 0:
+                dist.all_reduce(torch.ones(1))
+        """.replace("\n        ", "\n"),
+        "-n", "2",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*FakeWorldDeadlock: no rank can run*",
+        "*rank 0 waits in all_reduce on group default_pg at test_it.py:6",
+        "*rank 1 finished its program",
+        "*ranks 0 and 1 diverge on group default_pg (ranks 0, 1) at its call 1*",
+    ])
+
+
+def test_report_counts_every_ranks_calls(run_tests) -> None:
+    result = run_tests(
+        """
+        @pytest.mark.fake_world(2, values="exact")
+        def test_it():
+            dist.all_reduce(torch.ones(4))
+        """.replace("\n        ", "\n"),
+        "--fake-world-report",
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_it.py::test_it[[]w2-exact[]] (world 2, every rank, exact)",
+                                 "*all_reduce*2 calls*"])
