@@ -72,7 +72,7 @@ std::function<int32_t()> siteSource(py::object fn) {
 
 // The exact world's switch hook: NOTE [The baton]. Errors it raises go
 // where the rank's program would see them, so it must not raise.
-std::function<void(int, bool)> switchHook(py::object fn) {
+std::function<void(int, int)> switchHook(py::object fn) {
   if (fn.is_none()) {
     return nullptr;
   }
@@ -81,10 +81,10 @@ std::function<void(int, bool)> switchHook(py::object fn) {
         py::gil_scoped_acquire gil;
         delete p;
       });
-  return [held](int rank, bool resuming) {
+  return [held](int from, int to) {
     py::gil_scoped_acquire gil;
     try {
-      (*held)(rank, resuming);
+      (*held)(from, to);
     } catch (py::error_already_set& e) {
       e.discard_as_unraisable("pytest-fakepg's rank switch");
     }
@@ -151,6 +151,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(
           "enter",
           [](WorldState& w, int rank) { return w.scheduler()->enter(rank); },
+          py::call_guard<py::gil_scoped_release>())
+      .def(
+          "go",
+          [](WorldState& w) { w.scheduler()->go(); },
           py::call_guard<py::gil_scoped_release>())
       .def(
           "leave",

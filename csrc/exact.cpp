@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <optional>
 
 #include "compat.hpp"
@@ -33,22 +34,77 @@ namespace fakepg {
 // Scheduler
 
 Scheduler::Scheduler(int world_size)
-    : n_(world_size), state_(world_size, kNew), waiting_on_(world_size) {}
+    : n_(world_size), state_(world_size, kNew), waiting_on_(world_size) {
+  for (int r = 0; r < world_size; ++r) {
+    gates_.push_back(std::make_unique<Gate>());
+  }
+}
+
+Scheduler::Gate::Gate() {
+  sem_init(&sem_, 0, 0);
+}
+
+Scheduler::Gate::~Gate() {
+  sem_destroy(&sem_);
+}
+
+void Scheduler::Gate::open() {
+  sem_post(&sem_);
+}
+
+void Scheduler::Gate::wait() {
+  while (sem_wait(&sem_) != 0 && errno == EINTR) {
+  }
+}
+
+void Scheduler::Gate::reset() {
+  while (sem_trywait(&sem_) == 0) {
+  }
+}
+
+void Scheduler::wakeAll() {
+  for (auto& gate : gates_) {
+    gate->open();
+  }
+}
+
+void Scheduler::awaitTurn(int rank) {
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (aborted_ || current_ == rank) {
+        return;
+      }
+    }
+    gates_[rank]->wait();
+  }
+}
 
 void Scheduler::start() {
   std::lock_guard<std::mutex> lk(mu_);
   std::fill(state_.begin(), state_.end(), kNew);
   std::fill(waiting_on_.begin(), waiting_on_.end(), nullptr);
-  current_ = 0;
+  current_ = -1;
   aborted_ = deadlocked_ = false;
   reason_.clear();
   dead_states_.clear();
   dead_waiting_.clear();
+  for (auto& gate : gates_) {
+    gate->reset();  // wake-ups left over from a stopped run
+  }
+}
+
+void Scheduler::go() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!aborted_) {
+    current_ = 0;
+  }
+  gates_[0]->open();
 }
 
 bool Scheduler::enter(int rank) {
-  std::unique_lock<std::mutex> lk(mu_);
-  cv_.wait(lk, [&] { return aborted_ || current_ == rank; });
+  awaitTurn(rank);
+  std::lock_guard<std::mutex> lk(mu_);
   if (aborted_) {
     state_[rank] = kDone;
     return false;
@@ -58,12 +114,17 @@ bool Scheduler::enter(int rank) {
 }
 
 void Scheduler::leave(int rank) {
-  std::lock_guard<std::mutex> lk(mu_);
-  state_[rank] = kDone;
-  waiting_on_[rank] = nullptr;
-  if (current_ == rank) {
-    passBaton(rank);
+  int next;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    state_[rank] = kDone;
+    waiting_on_[rank] = nullptr;
+    if (current_ != rank) {
+      return;
+    }
+    next = pickNext(rank);
   }
+  handTo(-1, next);
 }
 
 void Scheduler::abort(const std::string& reason) {
@@ -73,7 +134,7 @@ void Scheduler::abort(const std::string& reason) {
     reason_ = reason;
   }
   current_ = -1;
-  cv_.notify_all();
+  wakeAll();
 }
 
 bool Scheduler::aborted() const {
@@ -116,13 +177,11 @@ bool Scheduler::runnable(int rank) const {
       (state_[rank] == kBlocked && waiting_on_[rank]->done());
 }
 
-void Scheduler::passBaton(int rank) {
+int Scheduler::pickNext(int rank) {
   for (int k = 1; k <= n_; ++k) {
     const int r = (rank + k) % n_;
     if (runnable(r)) {
-      current_ = r;
-      cv_.notify_all();
-      return;
+      return r;
     }
   }
   current_ = -1;
@@ -138,8 +197,29 @@ void Scheduler::passBaton(int rank) {
     reason_ =
         "fakepg: deadlock in an exact world: no rank can run (each waits for "
         "a call another rank never makes)";
+    wakeAll();
   }
-  cv_.notify_all();
+  return -1;
+}
+
+void Scheduler::handTo(int from, int next) {
+  if (next < 0) {
+    return;
+  }
+  if (hook_ && next != from) {
+    // Still the only rank running: the process-wide state is swapped here,
+    // once, before the next rank wakes.
+    py::gil_scoped_acquire gil;
+    hook_(from, next);
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (aborted_) {
+      return;
+    }
+    current_ = next;
+  }
+  gates_[next]->open();
 }
 
 void Scheduler::throwIfAborted() const {
@@ -151,17 +231,13 @@ void Scheduler::throwIfAborted() const {
 void Scheduler::block(int rank, ExactWork* work) {
   // c10d releases the GIL around wait(); functional collectives' wait_tensor
   // may not. Either way the other ranks need it while this one waits.
-  const bool had_gil = PyGILState_Check() != 0;
-  if (hook_) {
-    py::gil_scoped_acquire gil;
-    hook_(rank, false);
+  std::optional<py::gil_scoped_release> release;
+  if (PyGILState_Check()) {
+    release.emplace();
   }
+  int next;
   {
-    std::optional<py::gil_scoped_release> release;
-    if (had_gil) {
-      release.emplace();
-    }
-    std::unique_lock<std::mutex> lk(mu_);
+    std::lock_guard<std::mutex> lk(mu_);
     throwIfAborted();
     TORCH_CHECK(
         current_ == rank,
@@ -172,16 +248,16 @@ void Scheduler::block(int rank, ExactWork* work) {
             "rank's own program)"));
     state_[rank] = kBlocked;
     waiting_on_[rank] = work;
-    passBaton(rank);
-    cv_.wait(lk, [&] { return aborted_ || current_ == rank; });
-    waiting_on_[rank] = nullptr;
-    throwIfAborted();
-    state_[rank] = kReady;
+    next = pickNext(rank);
   }
-  if (hook_) {
-    py::gil_scoped_acquire gil;
-    hook_(rank, true);
+  if (next != rank) {
+    handTo(rank, next);
   }
+  awaitTurn(rank);
+  std::lock_guard<std::mutex> lk(mu_);
+  waiting_on_[rank] = nullptr;
+  throwIfAborted();
+  state_[rank] = kReady;
 }
 
 // ---------------------------------------------------------------------------

@@ -8,7 +8,8 @@
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
-#include <condition_variable>
+#include <semaphore.h>
+
 #include <cstdint>
 #include <deque>
 #include <exception>
@@ -38,9 +39,13 @@ class Scheduler : public c10::intrusive_ptr_target {
   explicit Scheduler(int world_size);
 
   // Called from Python (GIL released) by rank threads. start() readies a run
-  // of every rank with rank 0 first; enter() waits for the baton and returns
-  // false if the run was stopped before this rank ran; leave() ends the rank.
+  // of every rank, go() hands rank 0 the baton (once every rank's thread is
+  // waiting in enter(): a thread that starts while a rank runs Python waits
+  // for the interpreter's switch interval); enter() waits for the baton and
+  // returns false if the run was stopped before this rank ran; leave() ends
+  // the rank.
   void start();
+  void go();
   bool enter(int rank);
   void leave(int rank);
   // Stop the run: every waiting rank wakes and raises `reason`.
@@ -52,9 +57,10 @@ class Scheduler : public c10::intrusive_ptr_target {
   // Wait until `work` completes, running other ranks meanwhile (from inside
   // Work::wait). Throws when the run is stopped.
   void block(int rank, ExactWork* work);
-  // Called with the GIL, by the rank itself, when it stops (false) and
-  // resumes (true) running: where per-process state is saved and restored.
-  void setSwitchHook(std::function<void(int, bool)> hook) {
+  // Called with the GIL at each switch, by the rank that stops running,
+  // before the next one wakes: hook(from, to) saves rank `from`'s
+  // per-process state (from is -1 when that rank finished) and loads `to`'s.
+  void setSwitchHook(std::function<void(int, int)> hook) {
     hook_ = std::move(hook);
   }
   // The rank whose thread holds the baton, or -1.
@@ -69,13 +75,32 @@ class Scheduler : public c10::intrusive_ptr_target {
  private:
   enum State : int { kNew = 0, kReady = 1, kBlocked = 2, kDone = 3 };
   bool runnable(int rank) const;
-  // With mu_ held: hand the baton to the next runnable rank after `rank`, or
-  // stop the run as deadlocked if ranks remain and none can run.
-  void passBaton(int rank);
+  // With mu_ held: the next runnable rank after `rank`; or -1, stopping the
+  // run as deadlocked if ranks remain and none can run.
+  int pickNext(int rank);
+  // Without mu_, by the rank that stops running: swap the process-wide state
+  // (the hook), then wake `next`.
+  void handTo(int from, int next);
   void throwIfAborted() const;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  // One per rank: a switch wakes the one rank that runs next (a POSIX
+  // semaphore: the cheapest hand-over between threads, and no lost wake-ups).
+  class Gate {
+   public:
+    Gate();
+    ~Gate();
+    void open();
+    void wait();
+    void reset();
+
+   private:
+    sem_t sem_;
+  };
+  std::vector<std::unique_ptr<Gate>> gates_;
+  void wakeAll();
+  // Without mu_: until it is `rank`'s turn or the run stopped.
+  void awaitTurn(int rank);
   int n_;
   int current_ = -1;
   std::vector<State> state_;
@@ -86,7 +111,7 @@ class Scheduler : public c10::intrusive_ptr_target {
   // What every rank was doing when the run deadlocked (states(), waiting()).
   std::vector<int> dead_states_;
   std::vector<std::string> dead_waiting_;
-  std::function<void(int, bool)> hook_;
+  std::function<void(int, int)> hook_;
 };
 
 // A collective's or point-to-point op's work in an exact world: complete

@@ -212,43 +212,55 @@ def install_thread_local_world() -> Any:
     2.14.1). Functional collectives find groups by name in a C++ registry,
     made per thread by ``_set_thread_isolation_mode``; DeviceMesh's registry
     is a ``threading.local`` already. Returns what ``uninstall`` needs."""
-    import threading
-
     import torch
 
     c10d = _c10d()
-    world_cls = c10d._World
-    stored = {"default_pg": None, "group_count": 0}
-    fresh = {
-        "pg_map": dict, "pg_names": dict, "pg_group_ranks": dict, "pg_backend_config": dict,
-        "tags_to_pg": dict, "pg_to_tag": dict, "pg_coalesce_state": dict, "comms": list,
-    }
-    local = threading.local()
-
-    def state() -> dict[str, Any]:
-        data = getattr(local, "data", None)
-        if data is None:
-            data = local.data = {**stored, **{k: make() for k, make in fresh.items()}}
-        return data
-
-    def prop(name: str) -> property:
-        def get(self: Any) -> Any:
-            return state()[name]
-
-        def put(self: Any, value: Any) -> None:
-            state()[name] = value
-
-        return property(get, put if name in stored else None)
-
-    names = [n for n in (*stored, *fresh) if isinstance(vars(world_cls).get(n), property)]
-    per_thread = type("_PerThreadWorld", (world_cls,), {n: prop(n) for n in names})
-    world = per_thread.__new__(per_thread)
+    world = _per_thread_world_class()()
     saved = (c10d._world, torch._C._distributed_c10d._get_thread_isolation_mode()
              if hasattr(torch._C._distributed_c10d, "_get_thread_isolation_mode") else False,
              torch.autograd.set_multithreading_enabled(False))
     c10d._world = world
     torch._C._distributed_c10d._set_thread_isolation_mode(True)
     return saved
+
+
+# c10d's _World properties with stored state: settable ones start at these
+# values, the others as a new container of this type.
+_PER_THREAD_SET = {"default_pg": None, "group_count": 0}
+_PER_THREAD_NEW = {
+    "pg_map": dict, "pg_names": dict, "pg_group_ranks": dict, "pg_backend_config": dict,
+    "tags_to_pg": dict, "pg_to_tag": dict, "pg_coalesce_state": dict, "comms": list,
+}
+
+
+@functools.cache
+def _per_thread_world_class() -> type:
+    """A ``_World`` whose stored state is per thread (made once per process;
+    each instance has its own threads' state)."""
+    import threading
+
+    world_cls = _c10d()._World
+
+    def state(self: Any) -> dict[str, Any]:
+        data = getattr(self._local, "data", None)
+        if data is None:
+            data = self._local.data = {**_PER_THREAD_SET, **{k: new() for k, new in _PER_THREAD_NEW.items()}}
+        return data
+
+    def prop(name: str) -> property:
+        def get(self: Any) -> Any:
+            return state(self)[name]
+
+        def put(self: Any, value: Any) -> None:
+            state(self)[name] = value
+
+        return property(get, put if name in _PER_THREAD_SET else None)
+
+    def init(self: Any) -> None:  # no _World.__init__: everything it sets is per thread here
+        self._local = threading.local()
+
+    names = [n for n in (*_PER_THREAD_SET, *_PER_THREAD_NEW) if isinstance(vars(world_cls).get(n), property)]
+    return type("_PerThreadWorld", (world_cls,), {"__init__": init, **{n: prop(n) for n in names}})
 
 
 def uninstall_thread_local_world(saved: Any) -> None:

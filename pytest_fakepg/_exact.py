@@ -9,6 +9,8 @@ run ended into one error: the first rank's exception, or a deadlock report.
 
 from __future__ import annotations
 
+import functools
+import queue
 import random
 import threading
 from collections.abc import Callable
@@ -23,18 +25,17 @@ _NOT_STARTED, _RUNNABLE, _WAITING, _FINISHED = range(4)
 
 
 class _RankState:
-    """What a separate process would keep to itself: torch's CPU (and, once
-    initialised, CUDA) generators, Python's ``random`` and DTensor's RNG
-    tracker. Captured when a rank stops running, restored when it resumes."""
+    """What a separate process would keep to itself and is process-wide here:
+    torch's CPU (and, once initialised, CUDA) generators and DTensor's RNG
+    tracker. Captured when a rank stops running, loaded for the next."""
 
-    __slots__ = ("cpu", "cuda", "python", "tracker")
+    __slots__ = ("cpu", "cuda", "tracker")
 
     def __init__(self) -> None:
         import torch
 
         self.cpu = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self.python = random.getstate()
         self.tracker = _compat.dtensor_rng_tracker()
 
     def restore(self) -> None:
@@ -43,8 +44,84 @@ class _RankState:
         torch.set_rng_state(self.cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
-        random.setstate(self.python)
         _compat.set_dtensor_rng_tracker(self.tracker)
+
+
+class _PythonRandom:
+    """Python's ``random`` per rank: each rank draws from its own
+    ``random.Random``, a copy of the caller's, whose methods are swapped into
+    the module at each switch (cheaper than getstate/setstate)."""
+
+    def __init__(self, ranks: int) -> None:
+        caller = random._inst  # type: ignore[attr-defined]
+        self.module = vars(random)
+        self.caller = {n: f for n, f in self.module.items() if getattr(f, "__self__", None) is caller}
+        state = caller.getstate()
+        self.ranks = []
+        for _ in range(ranks):
+            inst = random.Random.__new__(random.Random)  # not seeded: setstate sets it all
+            inst.setstate(state)
+            self.ranks.append({n: getattr(inst, n) for n in self.caller})
+
+    def load(self, rank: int) -> None:
+        self.module.update(self.ranks[rank])
+
+    def restore(self) -> None:
+        self.module.update(self.caller)
+
+
+class _Pool:
+    """Threads that run ranks, kept between runs: starting a thread costs more
+    than a whole trivial rank program. Each thread runs one rank's job at a
+    time and begins every job with the caller's grad mode."""
+
+    def __init__(self) -> None:
+        self.idle: list[queue.SimpleQueue[Any]] = []
+        self.lock = threading.Lock()
+
+    def submit(self, jobs: list[Callable[[], None]]) -> threading.Semaphore:
+        """Start every job, each on its own thread. The semaphore is released
+        once, when every job has finished and its thread is idle again."""
+        import torch
+
+        grad = torch.is_grad_enabled()
+        batch = _Batch(len(jobs))
+        with self.lock:
+            while len(self.idle) < len(jobs):
+                inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+                threading.Thread(target=self._serve, args=(inbox,), name="fakepg-rank", daemon=True).start()
+                self.idle.append(inbox)
+            taken, self.idle = self.idle[: len(jobs)], self.idle[len(jobs):]
+        for inbox, job in zip(taken, jobs):
+            inbox.put((job, grad, batch))
+        return batch.finished
+
+    def _serve(self, inbox: queue.SimpleQueue[Any]) -> None:
+        import torch
+
+        while True:
+            job, grad, batch = inbox.get()
+            torch.set_grad_enabled(grad)
+            try:
+                job()
+            finally:
+                with self.lock:
+                    self.idle.append(inbox)
+                    batch.left -= 1
+                    last = batch.left == 0
+                if last:
+                    batch.finished.release()
+
+
+class _Batch:
+    __slots__ = ("left", "finished")
+
+    def __init__(self, jobs: int) -> None:
+        self.left = jobs
+        self.finished = threading.Semaphore(0)
+
+
+_POOL = _Pool()
 
 
 def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
@@ -59,21 +136,21 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
         torch.cuda.init()  # so every rank's CUDA generator is saved from the start
     entry = _RankState()
     states = [entry] * n  # every rank starts where the caller's streams are
+    python_random = _PythonRandom(n)
     results: list[Any] = [None] * n
     failures: list[tuple[int, BaseException]] = []
     stopped = threading.Event()
 
-    def switch(rank: int, resuming: bool) -> None:
-        if resuming:
-            states[rank].restore()
-        else:
-            states[rank] = _RankState()
+    def switch(old: int, new: int) -> None:
+        if old >= 0:
+            states[old] = _RankState()
+        states[new].restore()
+        python_random.load(new)
 
     def body(rank: int) -> None:
         if not native.enter(rank):
             return
         try:
-            states[rank].restore()
             with world._rank_program(rank, first_group):
                 results[rank] = program(rank)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
@@ -91,21 +168,20 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
     since = [native.size_of(r) for r in range(n)]  # this run's records come after
     native.start_run()
     native.set_switch_hook(switch)
-    threads = [threading.Thread(target=body, args=(r,), name=f"fakepg-rank-{r}", daemon=True) for r in range(n)]
     try:
-        for t in threads:
-            t.start()
+        python_random.load(0)
+        native.go()  # rank 0 first; a rank whose thread is not yet waiting finds the baton when it is
+        finished = _POOL.submit([functools.partial(body, r) for r in range(n)])
         try:
-            for t in threads:
-                t.join()
+            finished.acquire()
         except BaseException:  # Ctrl-C while the ranks run: stop them first
             native.abort("fakepg: the exact world was interrupted")
-            for t in threads:
-                t.join()
+            finished.acquire()
             raise
     finally:
         native.set_switch_hook(None)
         entry.restore()
+        python_random.restore()
     if native.deadlocked():
         from .world import FakeWorldDeadlock
 

@@ -524,7 +524,11 @@ class FakeWorld:
                         _next_group_number = max(_next_group_number, _compat.group_count())
                         dist.destroy_process_group()
                 finally:
+                    # Per thread in torch: DeviceMesh's registries and the C++
+                    # DTensor dispatch cache (whose keys compare meshes by
+                    # shape, so a later world's mesh would find this one's groups).
                     _compat.clear_mesh_registries()
+                    _compat.clear_dtensor_state()
                     local.__dict__.clear()
 
     def _install_patches(self) -> None:
