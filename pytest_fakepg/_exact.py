@@ -73,7 +73,8 @@ class _PythonRandom:
 class _Pool:
     """Threads that run ranks, kept between runs: starting a thread costs more
     than a whole trivial rank program. Each thread runs one rank's job at a
-    time and begins every job with the caller's grad mode."""
+    time and begins every job with the caller's grad mode and default device
+    (torch keeps both per thread; a job must not inherit the last one's)."""
 
     def __init__(self) -> None:
         self.idle: list[queue.SimpleQueue[Any]] = []
@@ -84,7 +85,7 @@ class _Pool:
         once, when every job has finished and its thread is idle again."""
         import torch
 
-        grad = torch.is_grad_enabled()
+        context = (torch.is_grad_enabled(), torch.get_default_device())
         batch = _Batch(len(jobs))
         with self.lock:
             while len(self.idle) < len(jobs):
@@ -93,15 +94,17 @@ class _Pool:
                 self.idle.append(inbox)
             taken, self.idle = self.idle[: len(jobs)], self.idle[len(jobs):]
         for inbox, job in zip(taken, jobs):
-            inbox.put((job, grad, batch))
+            inbox.put((job, context, batch))
         return batch.finished
 
     def _serve(self, inbox: queue.SimpleQueue[Any]) -> None:
         import torch
 
         while True:
-            job, grad, batch = inbox.get()
+            job, (grad, device), batch = inbox.get()
             torch.set_grad_enabled(grad)
+            if torch.get_default_device() != device:
+                torch.set_default_device(device)
             try:
                 job()
             finally:

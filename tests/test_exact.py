@@ -16,6 +16,9 @@ from pytest_fakepg.world import FakeWorldDeadlock
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch 2.13 renames
 exact = pytest.mark.fake_world(4, values="exact")
+# The parity tests also run on a GPU, where there is one (.ci/gpu).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device; none is available"))]
 
 
 # -- collectives ------------------------------------------------------------------
@@ -72,8 +75,10 @@ def test_rooted_collectives(rank: int) -> None:
     assert out.item() == 100.0 + rank
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @exact
-def test_gathers_and_scatters(rank: int) -> None:
+def test_gathers_and_scatters(rank: int, device: str) -> None:
+    torch.set_default_device(device)  # this rank's thread only
     out = [torch.zeros(2) for _ in range(4)]
     dist.all_gather(out, torch.full((2,), float(rank)))
     assert [o[0].item() for o in out] == [0.0, 1.0, 2.0, 3.0]
@@ -263,7 +268,7 @@ class MLP(nn.Module):
 
 def _reference(steps: int, batch: torch.Tensor) -> tuple[MLP, list[float]]:
     torch.manual_seed(0)
-    model = MLP()
+    model = MLP().to(batch.device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     losses = []
     for _ in range(steps):
@@ -275,15 +280,16 @@ def _reference(steps: int, batch: torch.Tensor) -> tuple[MLP, list[float]]:
     return model, losses
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @exact
-def test_tensor_parallel_matches_one_device(rank: int) -> None:
+def test_tensor_parallel_matches_one_device(rank: int, device: str) -> None:
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-    batch = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    batch = torch.randn(4, 8, generator=torch.Generator().manual_seed(1)).to(device)
     reference, losses = _reference(3, batch)
     torch.manual_seed(0)
-    model = MLP()
-    mesh = dist.device_mesh.init_device_mesh("cpu", (4,))
+    model = MLP().to(device)
+    mesh = dist.device_mesh.init_device_mesh(device, (4,))
     parallelize_module(model, mesh, {"w1": ColwiseParallel(), "w2": RowwiseParallel()})
     assert model.w1.weight.to_local().shape == (4, 8)  # each rank holds a quarter
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -297,15 +303,16 @@ def test_tensor_parallel_matches_one_device(rank: int) -> None:
         torch.testing.assert_close(model.get_parameter(name).full_tensor(), p.detach())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @exact
-def test_fsdp2_matches_one_device(rank: int) -> None:
+def test_fsdp2_matches_one_device(rank: int, device: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    batch = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    batch = torch.randn(8, 8, generator=torch.Generator().manual_seed(1)).to(device)
     reference, losses = _reference(3, batch)
     torch.manual_seed(0)
-    model = MLP()
-    mesh = dist.device_mesh.init_device_mesh("cpu", (4,))
+    model = MLP().to(device)
+    mesh = dist.device_mesh.init_device_mesh(device, (4,))
     fully_shard(model.w1, mesh=mesh)
     fully_shard(model, mesh=mesh)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -528,3 +535,15 @@ def test_report_counts_every_ranks_calls(run_tests) -> None:
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*test_it.py::test_it[[]w2-exact[]] (world 2, every rank, exact)",
                                  "*all_reduce*2 calls*"])
+
+
+def test_a_rank_leaves_nothing_per_thread_for_the_next_run() -> None:
+    # Ranks run on threads kept between runs; torch keeps these per thread.
+    def careless() -> None:
+        torch.set_default_device("meta")
+        torch.set_grad_enabled(False)
+
+    with FakeWorld(2, values="exact") as world:
+        world.run(careless)
+        seen = world.run(lambda: (torch.zeros(1).device.type, torch.is_grad_enabled()))
+    assert seen == [("cpu", True), ("cpu", True)]
