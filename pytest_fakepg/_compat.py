@@ -217,8 +217,7 @@ def install_thread_local_world() -> Any:
     c10d = _c10d()
     world = _per_thread_world_class()()
     saved = (c10d._world, torch._C._distributed_c10d._get_thread_isolation_mode()
-             if hasattr(torch._C._distributed_c10d, "_get_thread_isolation_mode") else False,
-             torch.autograd.set_multithreading_enabled(False))
+             if hasattr(torch._C._distributed_c10d, "_get_thread_isolation_mode") else False)
     c10d._world = world
     torch._C._distributed_c10d._set_thread_isolation_mode(True)
     return saved
@@ -266,10 +265,9 @@ def _per_thread_world_class() -> type:
 def uninstall_thread_local_world(saved: Any) -> None:
     import torch
 
-    world, isolation, multithreading = saved
+    world, isolation = saved
     _c10d()._world = world
     torch._C._distributed_c10d._set_thread_isolation_mode(isolation)
-    multithreading.__exit__(None, None, None)
 
 
 def dtensor_rng_tracker() -> Any:

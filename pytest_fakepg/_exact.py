@@ -103,6 +103,10 @@ class _Pool:
         while True:
             job, (grad, device), batch = inbox.get()
             torch.set_grad_enabled(grad)
+            # Backward on this thread, never on the autograd engine's device
+            # threads, which every rank would share (and where a collective in
+            # a backward hook could not wait for the others).
+            torch._C._set_multithreading_enabled(False)
             if torch.get_default_device() != device:
                 torch.set_default_device(device)
             try:
