@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_collectives  # noqa: E402
 import bench_compile  # noqa: E402
+import bench_exact  # noqa: E402
 import bench_pytest  # noqa: E402
 import bench_scale  # noqa: E402
 
@@ -41,6 +42,9 @@ def main() -> None:
     print(bench_pytest.plugin_cost(3000 if not args.quick else 1000))
     print("\n### Compiled code across worlds\n")
     bench_compile.main([])
+    print("\n### Exact values (values=\"exact\")\n")
+    bench_exact.main(["--tests", "100" if args.quick else "150", "--rounds", "2" if args.quick else "3"]
+                     + (["--skip-mp"] if args.quick else []))
     print("\n### Scale\n")
     bench_scale.main(["--calls", "200000" if args.quick else "1000000"])
 
