@@ -151,6 +151,16 @@ Contribution FakeBackend::part(
     Op op,
     std::vector<at::Tensor> in,
     std::vector<at::Tensor> out) const {
+  for (const auto* list : {&in, &out}) {
+    for (const auto& t : *list) {
+      TORCH_CHECK(
+          t.layout() == at::kStrided,
+          cat("fakepg: sparse ",
+              opName(op),
+              " has no exact values yet; use dense tensors or "
+              "values='uniform'"));
+    }
+  }
   Contribution c;
   c.op = op;
   c.rank = rank_;
@@ -282,6 +292,10 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce(
 c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_sparse(
     std::vector<at::Tensor>& tensors,
     const c10d::AllreduceOptions& opts) {
+  TORCH_CHECK(
+      !exact(),
+      "fakepg: sparse all_reduce has no exact values yet; use dense tensors "
+      "or values='uniform'");
   auto err = begin(Op::all_reduce, tensors, redOf(opts.reduceOp));
   return done(c10d::OpType::ALLREDUCE, tensors, err);
 }

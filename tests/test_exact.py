@@ -547,3 +547,11 @@ def test_a_rank_leaves_nothing_per_thread_for_the_next_run() -> None:
         world.run(careless)
         seen = world.run(lambda: (torch.zeros(1).device.type, torch.is_grad_enabled()))
     assert seen == [("cpu", True), ("cpu", True)]
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")
+@pytest.mark.fake_world(2, values="exact")
+def test_sparse_all_reduce_is_refused_not_wrong() -> None:
+    t = torch.sparse_coo_tensor([[0]], [1.0], (2,))
+    with pytest.raises(RuntimeError, match="sparse all_reduce has no exact values yet"):
+        dist.all_reduce(t)
