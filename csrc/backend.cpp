@@ -97,21 +97,7 @@ bool FakeWork::wait(std::chrono::milliseconds /* timeout */) {
 }
 
 c10::intrusive_ptr<c10::ivalue::Future> FakeWork::getFuture() {
-  std::vector<c10::Device> devices;
-  for (const auto& t : outputs_) {
-    if (!t.is_cpu() && std::find(devices.begin(), devices.end(), t.device()) ==
-                           devices.end()) {
-      devices.push_back(t.device());
-    }
-  }
-  auto fut = c10::make_intrusive<c10::ivalue::Future>(
-      c10::ListType::create(c10::TensorType::get()), std::move(devices));
-  if (exception_) {
-    fut->setError(exception_);
-  } else {
-    fut->markCompleted(c10::IValue(outputs_));
-  }
-  return fut;
+  return completedFuture(outputs_, exception_);
 }
 
 // ---------------------------------------------------------------------------

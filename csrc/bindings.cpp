@@ -48,18 +48,23 @@ py::tuple groupTuple(const GroupInfo& g) {
   return py::make_tuple(g.name, g.rank, g.size, ranks, g.global_rank);
 }
 
-// A Python callable the backend calls from C++, where c10d has released the
-// GIL: it takes the GIL to call and to let go of the callable.
-std::function<int32_t()> siteSource(py::object fn) {
-  if (fn.is_none()) {
-    return nullptr;
-  }
-  std::shared_ptr<py::object> held(
+// A Python callable kept by C++, which may let go of it where c10d has
+// released the GIL: the GIL is taken to delete it.
+std::shared_ptr<py::object> held(py::object fn) {
+  return std::shared_ptr<py::object>(
       new py::object(std::move(fn)), [](py::object* p) {
         py::gil_scoped_acquire gil;
         delete p;
       });
-  return [held]() -> int32_t {
+}
+
+// The callable the backend calls per collective for its call site; it takes
+// the GIL to call.
+std::function<int32_t()> siteSource(py::object fn) {
+  if (fn.is_none()) {
+    return nullptr;
+  }
+  return [held = held(std::move(fn))]() -> int32_t {
     py::gil_scoped_acquire gil;
     try {
       return (*held)().cast<int32_t>();
@@ -76,12 +81,7 @@ std::function<void(int, int)> switchHook(py::object fn) {
   if (fn.is_none()) {
     return nullptr;
   }
-  std::shared_ptr<py::object> held(
-      new py::object(std::move(fn)), [](py::object* p) {
-        py::gil_scoped_acquire gil;
-        delete p;
-      });
-  return [held](int from, int to) {
+  return [held = held(std::move(fn))](int from, int to) {
     py::gil_scoped_acquire gil;
     try {
       (*held)(from, to);

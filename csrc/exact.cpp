@@ -137,19 +137,9 @@ void Scheduler::abort(const std::string& reason) {
   wakeAll();
 }
 
-bool Scheduler::aborted() const {
-  std::lock_guard<std::mutex> lk(mu_);
-  return aborted_;
-}
-
 bool Scheduler::deadlocked() const {
   std::lock_guard<std::mutex> lk(mu_);
   return deadlocked_;
-}
-
-int Scheduler::current() const {
-  std::lock_guard<std::mutex> lk(mu_);
-  return current_;
 }
 
 std::vector<int> Scheduler::states() const {
@@ -353,8 +343,14 @@ c10::intrusive_ptr<c10::ivalue::Future> ExactWork::getFuture() {
   } catch (...) {
     error = std::current_exception();
   }
+  return completedFuture(outputs_, error);
+}
+
+c10::intrusive_ptr<c10::ivalue::Future> completedFuture(
+    const std::vector<at::Tensor>& outputs,
+    std::exception_ptr error) {
   std::vector<c10::Device> devices;
-  for (const auto& t : outputs_) {
+  for (const auto& t : outputs) {
     if (!t.is_cpu() && std::find(devices.begin(), devices.end(), t.device()) ==
                            devices.end()) {
       devices.push_back(t.device());
@@ -365,7 +361,7 @@ c10::intrusive_ptr<c10::ivalue::Future> ExactWork::getFuture() {
   if (error) {
     fut->setError(error);
   } else {
-    fut->markCompleted(c10::IValue(outputs_));
+    fut->markCompleted(c10::IValue(outputs));
   }
   return fut;
 }

@@ -26,6 +26,12 @@ namespace fakepg {
 
 class ExactWork;
 
+// A future already completed with `outputs`, or failed with `error`: what
+// getFuture() returns once work is complete.
+c10::intrusive_ptr<c10::ivalue::Future> completedFuture(
+    const std::vector<at::Tensor>& outputs,
+    std::exception_ptr error);
+
 // NOTE [The baton]
 // The ranks of an exact world run one at a time: the rank holding the baton
 // runs, every other rank waits for it. A rank passes the baton on only when it
@@ -50,7 +56,6 @@ class Scheduler : public c10::intrusive_ptr_target {
   void leave(int rank);
   // Stop the run: every waiting rank wakes and raises `reason`.
   void abort(const std::string& reason);
-  bool aborted() const;
   // Whether the run stopped because no rank could run.
   bool deadlocked() const;
 
@@ -63,8 +68,6 @@ class Scheduler : public c10::intrusive_ptr_target {
   void setSwitchHook(std::function<void(int, int)> hook) {
     hook_ = std::move(hook);
   }
-  // The rank whose thread holds the baton, or -1.
-  int current() const;
   // Per rank: 0 not started, 1 running or runnable, 2 waiting, 3 finished;
   // after a deadlock, as it was found.
   std::vector<int> states() const;
