@@ -36,11 +36,12 @@ def entry(world: FakeWorld) -> dict[str, Any] | None:
         group = groups.setdefault(
             f"{label} {ranks}", {"label": label, "ranks": ranks_text(ranks), "size": len(ranks), "ops": {}}
         )
-        group["ops"][op] = {"count": calls, "bytes": nbytes, "failed": failed}
-        total = ops.setdefault(op, {"count": 0, "bytes": 0, "failed": 0})
-        total["count"] += calls
-        total["bytes"] += nbytes
-        total["failed"] += failed
+        # In an exact world each rank has its own copy of every group.
+        for row in (group["ops"].setdefault(op, {"count": 0, "bytes": 0, "failed": 0}),
+                    ops.setdefault(op, {"count": 0, "bytes": 0, "failed": 0})):
+            row["count"] += calls
+            row["bytes"] += nbytes
+            row["failed"] += failed
     return {
         "world_size": world.world_size,
         "rank": None if world.exact else world.rank,

@@ -533,8 +533,11 @@ def test_report_counts_every_ranks_calls(run_tests) -> None:
         "--fake-world-report",
     )
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*test_it.py::test_it[[]w2-exact[]] (world 2, every rank, exact)",
-                                 "*all_reduce*2 calls*"])
+    result.stdout.fnmatch_lines([
+        "*test_it.py::test_it[[]w2-exact[]] (world 2, every rank, exact)",
+        "    group default_pg (ranks 0, 1)",
+        "        all_reduce * 2 calls * 32 B",
+    ])
 
 
 def test_a_rank_leaves_nothing_per_thread_for_the_next_run() -> None:
