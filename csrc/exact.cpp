@@ -506,12 +506,17 @@ void synchronizeIfDevice(const std::vector<Contribution>& members) {
   }
 }
 
-int64_t sumOf(const std::vector<int64_t>& xs) {
-  int64_t s = 0;
-  for (auto x : xs) {
-    s += x;
+// Every member's inputs, copied: an output may be (a view of) an input, as
+// when FSDP2 all-gathers in place.
+std::vector<std::vector<at::Tensor>> stagedInputs(
+    const std::vector<Contribution>& members) {
+  std::vector<std::vector<at::Tensor>> staged(members.size());
+  for (size_t j = 0; j < members.size(); ++j) {
+    for (const auto& t : members[j].in) {
+      staged[j].push_back(t.clone());
+    }
   }
-  return s;
+  return staged;
 }
 
 }  // namespace
@@ -645,12 +650,7 @@ void Exchange::complete(uint64_t seq, std::vector<Contribution>& m) {
         case Op::gather: {
           // Output j (of each input k) of a receiving member is member j's
           // input k; outputs are laid out [j * inputs + k].
-          std::vector<std::vector<at::Tensor>> staged(n);
-          for (int j = 0; j < n; ++j) {
-            for (const auto& t : m[j].in) {
-              staged[j].push_back(t.clone());
-            }
-          }
+          const auto staged = stagedInputs(m);
           for (int i = 0; i < n; ++i) {
             if (!writes(i) || m[i].out.empty()) {
               continue;
@@ -680,14 +680,10 @@ void Exchange::complete(uint64_t seq, std::vector<Contribution>& m) {
           }
           break;
         case Op::scatter: {
-          const auto& src = m[first.root].in;
-          std::vector<at::Tensor> staged;
-          for (const auto& t : src) {
-            staged.push_back(t.clone());
-          }
+          const auto staged = stagedInputs(m);  // only the root has inputs
           for (int i = 0; i < n; ++i) {
             if (writes(i)) {
-              copyFlat(m[i].out[0], staged.at(i));
+              copyFlat(m[i].out[0], staged[first.root].at(i));
             }
           }
           break;
@@ -780,12 +776,7 @@ void Exchange::complete(uint64_t seq, std::vector<Contribution>& m) {
           break;
         }
         case Op::all_to_all: {
-          std::vector<std::vector<at::Tensor>> staged(n);
-          for (int j = 0; j < n; ++j) {
-            for (const auto& t : m[j].in) {
-              staged[j].push_back(t.clone());
-            }
-          }
+          const auto staged = stagedInputs(m);
           for (int i = 0; i < n; ++i) {
             for (int j = 0; writes(i) && j < n; ++j) {
               copyFlat(m[i].out[j], staged[j][i]);
