@@ -136,7 +136,8 @@ FakeBackend::FakeBackend(
 Contribution FakeBackend::part(
     Op op,
     std::vector<at::Tensor> in,
-    std::vector<at::Tensor> out) const {
+    std::vector<at::Tensor> out,
+    const c10d::ReduceOp& reduce) const {
   for (const auto* list : {&in, &out}) {
     for (const auto& t : *list) {
       TORCH_CHECK(
@@ -153,6 +154,8 @@ Contribution FakeBackend::part(
   c.global_rank = globalRank(rank_);
   c.in = std::move(in);
   c.out = std::move(out);
+  c.reduce = reduce;
+  c.reduces = reduce.op_ != c10d::ReduceOp::UNUSED;
   return c;
 }
 
@@ -263,9 +266,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce(
     const c10d::AllreduceOptions& opts) {
   auto err = begin(Op::all_reduce, tensors, redOf(opts.reduceOp));
   if (exact()) {
-    auto c = part(Op::all_reduce, tensors, tensors);
-    c.reduce = opts.reduceOp;
-    c.reduces = true;
+    auto c = part(Op::all_reduce, tensors, tensors, opts.reduceOp);
     return post(std::move(c), c10d::OpType::ALLREDUCE, tensors, err);
   }
   if (!err) {
@@ -293,9 +294,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_coalesced(
       coalescedOr(Op::all_reduce, Op::all_reduce_coalesced, tensors.size());
   auto err = begin(op, tensors, redOf(opts.reduceOp));
   if (exact()) {
-    auto c = part(op, tensors, tensors);
-    c.reduce = opts.reduceOp;
-    c.reduces = true;
+    auto c = part(op, tensors, tensors, opts.reduceOp);
     return post(std::move(c), c10d::OpType::ALLREDUCE_COALESCED, tensors, err);
   }
   if (!err) {
@@ -312,9 +311,8 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce(
   auto err = begin(
       Op::reduce, tensors, redOf(opts.reduceOp), globalRank(opts.rootRank));
   if (exact()) {
-    auto c = part(Op::reduce, {tensors.at(opts.rootTensor)}, {tensors.at(opts.rootTensor)});
-    c.reduce = opts.reduceOp;
-    c.reduces = true;
+    const auto& t = tensors.at(opts.rootTensor);
+    auto c = part(Op::reduce, {t}, {t}, opts.reduceOp);
     c.root = opts.rootRank;
     return post(std::move(c), c10d::OpType::REDUCE, tensors, err);
   }
@@ -534,9 +532,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter(
   }
   auto err = begin(Op::reduce_scatter, recorded, redOf(opts.reduceOp));
   if (exact()) {
-    auto c = part(Op::reduce_scatter, recorded, outputs);
-    c.reduce = opts.reduceOp;
-    c.reduces = true;
+    auto c = part(Op::reduce_scatter, recorded, outputs, opts.reduceOp);
     return post(std::move(c), c10d::OpType::REDUCE_SCATTER, outputs, err);
   }
   if (!err) {
@@ -556,9 +552,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::_reduce_scatter_base(
   checkNumel("reduce_scatter_tensor", input, output, size_, "input", "output");
   auto err = begin(Op::reduce_scatter_tensor, {input}, redOf(opts.reduceOp));
   if (exact()) {
-    auto c = part(Op::reduce_scatter_tensor, {input}, {output});
-    c.reduce = opts.reduceOp;
-    c.reduces = true;
+    auto c = part(Op::reduce_scatter_tensor, {input}, {output}, opts.reduceOp);
     return post(
         std::move(c), c10d::OpType::_REDUCE_SCATTER_BASE, {output}, err);
   }
@@ -584,9 +578,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter_tensor_coalesced(
       inputs.size());
   auto err = begin(op, inputs, redOf(opts.reduceOp));
   if (exact()) {
-    auto c = part(op, inputs, outputs);
-    c.reduce = opts.reduceOp;
-    c.reduces = true;
+    auto c = part(op, inputs, outputs, opts.reduceOp);
     return post(std::move(c), c10d::OpType::COALESCED, outputs, err);
   }
   if (!err) {

@@ -193,10 +193,12 @@ class FakeBackend : public c10d::Backend {
   bool exact() const {
     return exchange_ != nullptr;
   }
+  // `reduce`: the op of a reducing collective, else left out.
   Contribution part(
       Op op,
       std::vector<at::Tensor> in,
-      std::vector<at::Tensor> out) const;
+      std::vector<at::Tensor> out,
+      const c10d::ReduceOp& reduce = c10d::ReduceOp::UNUSED) const;
   c10::intrusive_ptr<ExactWork> exactWork(
       Op op,
       c10d::OpType type,
