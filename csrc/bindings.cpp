@@ -153,8 +153,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           [](WorldState& w, int rank) { return w.scheduler()->enter(rank); },
           py::call_guard<py::gil_scoped_release>())
       .def(
-          "go",
-          [](WorldState& w) { w.scheduler()->go(); },
+          "finish",
+          [](WorldState& w) { return w.scheduler()->finish(); },
           py::call_guard<py::gil_scoped_release>())
       .def(
           "leave",
@@ -290,6 +290,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       m, "FakeWork");
   py::class_<fakepg::ExactWork, c10d::Work, c10::intrusive_ptr<fakepg::ExactWork>>(
       m, "ExactWork");
+  // What a thread that runs ranks of exact worlds sleeps on (exact.hpp).
+  py::class_<fakepg::Gate, c10::intrusive_ptr<fakepg::Gate>>(m, "Gate")
+      .def(py::init<>())
+      .def(
+          "wait",
+          [](fakepg::Gate& gate) { gate.wait(); },
+          py::call_guard<py::gil_scoped_release>());
 
   py::class_<FakeBackend, c10d::Backend, c10::intrusive_ptr<FakeBackend>>(
       m, "FakeBackend")

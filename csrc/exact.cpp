@@ -31,36 +31,36 @@ namespace fakepg {
 // gloo, whose sends wait for the receiver.
 
 // ---------------------------------------------------------------------------
-// Scheduler
+// Gate and Scheduler
 
-Scheduler::Scheduler(int world_size)
-    : n_(world_size), state_(world_size, kNew), waiting_on_(world_size) {
-  for (int r = 0; r < world_size; ++r) {
-    gates_.push_back(std::make_unique<Gate>());
-  }
-}
-
-Scheduler::Gate::Gate() {
+Gate::Gate() {
   sem_init(&sem_, 0, 0);
 }
 
-Scheduler::Gate::~Gate() {
+Gate::~Gate() {
   sem_destroy(&sem_);
 }
 
-void Scheduler::Gate::open() {
+void Gate::open() {
   sem_post(&sem_);
 }
 
-void Scheduler::Gate::wait() {
-  while (sem_wait(&sem_) != 0 && errno == EINTR) {
+bool Gate::wait(bool interruptible) {
+  while (sem_wait(&sem_) != 0) {
+    if (errno == EINTR && interruptible) {
+      return false;
+    }
   }
+  return true;
 }
 
-void Scheduler::Gate::reset() {
+void Gate::reset() {
   while (sem_trywait(&sem_) == 0) {
   }
 }
+
+Scheduler::Scheduler(int world_size)
+    : n_(world_size), state_(world_size, kNew), waiting_on_(world_size) {}
 
 void Scheduler::wakeAll() {
   for (auto& gate : gates_) {
@@ -80,11 +80,17 @@ void Scheduler::awaitTurn(int rank) {
   }
 }
 
-void Scheduler::start() {
+void Scheduler::start(std::vector<c10::intrusive_ptr<Gate>> gates) {
+  TORCH_CHECK(
+      static_cast<int>(gates.size()) == n_,
+      cat("fakepg: a run of ", n_, " ranks needs ", n_, " gates, got ",
+          gates.size()));
   std::lock_guard<std::mutex> lk(mu_);
+  gates_ = std::move(gates);
   std::fill(state_.begin(), state_.end(), kNew);
   std::fill(waiting_on_.begin(), waiting_on_.end(), nullptr);
-  current_ = -1;
+  current_ = 0;  // the caller runs rank 0
+  ended_ = 0;
   aborted_ = deadlocked_ = false;
   reason_.clear();
   dead_states_.clear();
@@ -94,19 +100,11 @@ void Scheduler::start() {
   }
 }
 
-void Scheduler::go() {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (!aborted_) {
-    current_ = 0;
-  }
-  gates_[0]->open();
-}
-
 bool Scheduler::enter(int rank) {
   awaitTurn(rank);
   std::lock_guard<std::mutex> lk(mu_);
   if (aborted_) {
-    state_[rank] = kDone;
+    done(rank);
     return false;
   }
   state_[rank] = kReady;
@@ -117,7 +115,7 @@ void Scheduler::leave(int rank) {
   int next;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    state_[rank] = kDone;
+    done(rank);
     waiting_on_[rank] = nullptr;
     if (current_ != rank) {
       return;
@@ -125,6 +123,30 @@ void Scheduler::leave(int rank) {
     next = pickNext(rank);
   }
   handTo(-1, next);
+}
+
+void Scheduler::done(int rank) {
+  if (state_[rank] == kDone) {
+    return;
+  }
+  state_[rank] = kDone;
+  if (++ended_ == n_ && rank != 0) {
+    gates_[0]->open();  // the caller waits in finish()
+  }
+}
+
+bool Scheduler::finish() {
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (ended_ == n_) {
+        return true;
+      }
+    }
+    if (!gates_[0]->wait(/*interruptible=*/true)) {
+      return false;
+    }
+  }
 }
 
 void Scheduler::abort(const std::string& reason) {

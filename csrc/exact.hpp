@@ -32,6 +32,27 @@ c10::intrusive_ptr<c10::ivalue::Future> completedFuture(
     const std::vector<at::Tensor>& outputs,
     std::exception_ptr error);
 
+// What a thread that runs ranks sleeps on until it is its rank's turn: a
+// POSIX semaphore (the cheapest hand-over between threads, and no lost
+// wake-ups). Owned by the thread, not by a run: pooled threads keep theirs
+// from one exact world to the next. A wake-up may be stale (left by a stopped
+// run); whoever waits rechecks why it woke.
+class Gate : public c10::intrusive_ptr_target {
+ public:
+  Gate();
+  ~Gate() override;
+  void open();
+  // Waits for open(); the caller must not hold the GIL. Returns false,
+  // without waiting further, if a signal interrupts the wait and
+  // `interruptible`, so that the caller can run Python's signal handlers.
+  bool wait(bool interruptible = false);
+  // Drops wake-ups left over from a stopped run.
+  void reset();
+
+ private:
+  sem_t sem_;
+};
+
 // NOTE [The baton]
 // The ranks of an exact world run one at a time: the rank holding the baton
 // runs, every other rank waits for it. A rank passes the baton on only when it
@@ -40,20 +61,24 @@ c10::intrusive_ptr<c10::ivalue::Future> completedFuture(
 // rank order. So a run is deterministic, every per-process state torch keeps
 // (the RNG, DTensor's RNG tracker) can be swapped at the one place ranks
 // change, and a hang is simply "no rank can run": it is reported at once.
+// The thread that starts a run runs rank 0 itself; each other rank's thread
+// sleeps on its own Gate until the baton first reaches it, so a switch wakes
+// exactly one thread.
 class Scheduler : public c10::intrusive_ptr_target {
  public:
   explicit Scheduler(int world_size);
 
-  // Called from Python (GIL released) by rank threads. start() readies a run
-  // of every rank, go() hands rank 0 the baton (once every rank's thread is
-  // waiting in enter(): a thread that starts while a rank runs Python waits
-  // for the interpreter's switch interval); enter() waits for the baton and
-  // returns false if the run was stopped before this rank ran; leave() ends
-  // the rank.
-  void start();
-  void go();
+  // Called from Python (GIL released). start() readies a run of every rank;
+  // gates[r] is the gate of the thread that runs rank r, and the caller runs
+  // rank 0 itself: it holds the baton from the start (NOTE [The baton]).
+  // enter() waits for the baton and returns false if the run was stopped
+  // before this rank ran; leave() ends the rank. finish() waits until every
+  // rank has ended, on gates[0]: the caller's; it returns false if a signal
+  // interrupted the wait (call it again after Python has handled it).
+  void start(std::vector<c10::intrusive_ptr<Gate>> gates);
   bool enter(int rank);
   void leave(int rank);
+  bool finish();
   // Stop the run: every waiting rank wakes and raises `reason`.
   void abort(const std::string& reason);
   // Whether the run stopped because no rank could run.
@@ -84,28 +109,18 @@ class Scheduler : public c10::intrusive_ptr_target {
   // Without mu_, by the rank that stops running: swap the process-wide state
   // (the hook), then wake `next`.
   void handTo(int from, int next);
+  // With mu_ held: `rank` has ended; the last one to end wakes the caller.
+  void done(int rank);
   void throwIfAborted() const;
-
-  mutable std::mutex mu_;
-  // One per rank: a switch wakes the one rank that runs next (a POSIX
-  // semaphore: the cheapest hand-over between threads, and no lost wake-ups).
-  class Gate {
-   public:
-    Gate();
-    ~Gate();
-    void open();
-    void wait();
-    void reset();
-
-   private:
-    sem_t sem_;
-  };
-  std::vector<std::unique_ptr<Gate>> gates_;
   void wakeAll();
   // Without mu_: until it is `rank`'s turn or the run stopped.
   void awaitTurn(int rank);
+
+  mutable std::mutex mu_;
+  std::vector<c10::intrusive_ptr<Gate>> gates_;
   int n_;
   int current_ = -1;
+  int ended_ = 0;
   std::vector<State> state_;
   std::vector<ExactWork*> waiting_on_;
   bool aborted_ = false;

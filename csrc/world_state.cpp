@@ -70,10 +70,10 @@ std::shared_ptr<Exchange> WorldState::exchange(
   return found;
 }
 
-void WorldState::startRun() {
+void WorldState::startRun(std::vector<c10::intrusive_ptr<Gate>> gates) {
   TORCH_CHECK(scheduler_, "fakepg: only exact worlds run their ranks");
   exchanges_.clear();
-  scheduler_->start();
+  scheduler_->start(std::move(gates));
 }
 
 int64_t WorldState::callCount(int op, int rank) const {

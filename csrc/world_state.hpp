@@ -16,6 +16,7 @@
 
 namespace fakepg {
 
+class Gate;  // exact.hpp
 class Scheduler;  // exact.hpp
 class Exchange;   // exact.hpp
 
@@ -116,7 +117,8 @@ class WorldState : public torch::CustomClassHolder {
       const std::vector<int64_t>& ranks,
       int size);
   // A new run of every rank: no exchange of an earlier one is reused.
-  void startRun();
+  // gates[r]: the gate of the thread that runs rank r (Scheduler::start).
+  void startRun(std::vector<c10::intrusive_ptr<Gate>> gates);
 
   // Faults. `rank`: the global rank a fault fires on (-1: any).
   int64_t armFault(int op, int64_t nth, FailAt at, int rank = -1);

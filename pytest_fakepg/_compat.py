@@ -234,32 +234,30 @@ _PER_THREAD_NEW = {
 
 @functools.cache
 def _per_thread_world_class() -> type:
-    """A ``_World`` whose stored state is per thread (made once per process;
-    each instance has its own threads' state)."""
+    """A ``_World`` whose stored state is per thread (made once per process):
+    a ``threading.local`` whose ``__init__`` runs in each thread on first use,
+    read through C-level getters (c10d reads them at every call)."""
+    import operator
     import threading
 
     world_cls = _c10d()._World
+    names = [n for n in (*_PER_THREAD_SET, *_PER_THREAD_NEW) if isinstance(vars(world_cls).get(n), property)]
 
-    def state(self: Any) -> dict[str, Any]:
-        data = getattr(self._local, "data", None)
-        if data is None:
-            data = self._local.data = {**_PER_THREAD_SET, **{k: new() for k, new in _PER_THREAD_NEW.items()}}
-        return data
+    def init(self: Any) -> None:  # not _World.__init__: everything it sets is per thread here
+        for name, value in _PER_THREAD_SET.items():
+            setattr(self, f"_per_thread_{name}", value)
+        for name, new in _PER_THREAD_NEW.items():
+            setattr(self, f"_per_thread_{name}", new())
 
     def prop(name: str) -> property:
-        def get(self: Any) -> Any:
-            return state(self)[name]
+        stored = f"_per_thread_{name}"
 
         def put(self: Any, value: Any) -> None:
-            state(self)[name] = value
+            setattr(self, stored, value)
 
-        return property(get, put if name in _PER_THREAD_SET else None)
+        return property(operator.attrgetter(stored), put if name in _PER_THREAD_SET else None)
 
-    def init(self: Any) -> None:  # no _World.__init__: everything it sets is per thread here
-        self._local = threading.local()
-
-    names = [n for n in (*_PER_THREAD_SET, *_PER_THREAD_NEW) if isinstance(vars(world_cls).get(n), property)]
-    return type("_PerThreadWorld", (world_cls,), {"__init__": init, **{n: prop(n) for n in names}})
+    return type("_PerThreadWorld", (threading.local, world_cls), {"__init__": init, **{n: prop(n) for n in names}})
 
 
 def uninstall_thread_local_world(saved: Any) -> None:

@@ -9,8 +9,8 @@ run ended into one error: the first rank's exception, or a deadlock report.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import queue
 import random
 import threading
 from collections.abc import Callable
@@ -49,59 +49,81 @@ class _RankState:
 
 class _PythonRandom:
     """Python's ``random`` per rank: each rank draws from its own
-    ``random.Random``, a copy of the caller's, whose methods are swapped into
-    the module at each switch (cheaper than getstate/setstate)."""
+    ``random.Random``, a copy of the caller's, whose bound methods are swapped
+    into the module at each switch (cheaper than getstate/setstate). A rank's
+    copy is made when it first calls ``random``: most programs never do."""
 
     def __init__(self, ranks: int) -> None:
-        caller = random._inst  # type: ignore[attr-defined]
+        self.caller_inst = caller = random._inst  # type: ignore[attr-defined]
         self.module = vars(random)
-        self.caller = {n: f for n, f in self.module.items() if getattr(f, "__self__", None) is caller}
-        state = caller.getstate()
-        self.ranks = []
-        for _ in range(ranks):
-            inst = random.Random.__new__(random.Random)  # not seeded: setstate sets it all
-            inst.setstate(state)
-            self.ranks.append({n: getattr(inst, n) for n in self.caller})
+        self.caller = {n: f for n in _RANDOM_NAMES if getattr(f := self.module.get(n), "__self__", None) is caller}
+        self.ranks: list[dict[str, Any] | None] = [None] * ranks
+        self.rank = 0
+        self.first_calls = {n: functools.partial(self._first_call, n) for n in self.caller}
+
+    def _first_call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        inst = random.Random.__new__(random.Random)  # not seeded: setstate sets it all
+        inst.setstate(self.caller_inst.getstate())
+        bound = self.ranks[self.rank] = {n: getattr(inst, n) for n in self.caller}
+        self.module.update(bound)
+        return bound[name](*args, **kwargs)
 
     def load(self, rank: int) -> None:
-        self.module.update(self.ranks[rank])
+        self.rank = rank
+        self.module.update(self.ranks[rank] or self.first_calls)
 
     def restore(self) -> None:
         self.module.update(self.caller)
 
 
+# The functions ``random`` exports as bound methods of its hidden instance.
+_RANDOM_NAMES = tuple(n for n, f in vars(random).items() if getattr(f, "__self__", None) is random._inst)  # type: ignore[attr-defined]
+
+
 class _Pool:
-    """Threads that run ranks, kept between runs: starting a thread costs more
-    than a whole trivial rank program. Each thread runs one rank's job at a
-    time and begins every job with the caller's grad mode and default device
-    (torch keeps both per thread; a job must not inherit the last one's)."""
+    """Threads that run ranks 1, 2, ... of exact worlds, kept between runs:
+    starting a thread costs more than a whole trivial rank program. Rank 0
+    runs on the caller's thread. A pooled thread sleeps on its own gate (a
+    native semaphore) until the baton reaches its rank, so a run wakes each
+    thread once, when its rank first runs, and never all of them at once."""
 
     def __init__(self) -> None:
-        self.idle: list[queue.SimpleQueue[Any]] = []
+        self.threads: list[_RankThread] = []
         self.lock = threading.Lock()
 
-    def submit(self, jobs: list[Callable[[], None]]) -> threading.Semaphore:
-        """Start every job, each on its own thread. The semaphore is released
-        once, when every job has finished and its thread is idle again."""
-        import torch
-
-        context = (torch.is_grad_enabled(), torch.get_default_device())
-        batch = _Batch(len(jobs))
+    def take(self, ranks: int) -> list[_RankThread]:
+        """Threads for ranks 1 to ``ranks - 1``, each waiting on its gate."""
         with self.lock:
-            while len(self.idle) < len(jobs):
-                inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-                threading.Thread(target=self._serve, args=(inbox,), name="fakepg-rank", daemon=True).start()
-                self.idle.append(inbox)
-            taken, self.idle = self.idle[: len(jobs)], self.idle[len(jobs):]
-        for inbox, job in zip(taken, jobs):
-            inbox.put((job, context, batch))
-        return batch.finished
+            while len(self.threads) < ranks - 1:
+                self.threads.append(_RankThread())
+            return self.threads[: ranks - 1]
 
-    def _serve(self, inbox: queue.SimpleQueue[Any]) -> None:
+
+class _RankThread:
+    """One pooled thread: runs the job it was given each time its gate opens
+    (a gate left open by a stopped run finds no job, and waits again). Each
+    job begins with the caller's grad mode and default device, which torch
+    keeps per thread: a job must not inherit the last one's."""
+
+    def __init__(self) -> None:
+        from . import _backend
+
+        self.gate = _backend.load().Gate()
+        self.job: tuple[Callable[[], None], tuple[bool, Any]] | None = None
+        parked = threading.Event()
+        threading.Thread(target=self._serve, args=(parked,), name="fakepg-rank", daemon=True).start()
+        parked.wait()  # else its first Python would wait out a running rank's switch interval
+
+    def _serve(self, parked: threading.Event) -> None:
         import torch
 
+        parked.set()
         while True:
-            job, (grad, device), batch = inbox.get()
+            self.gate.wait()
+            given, self.job = self.job, None
+            if given is None:
+                continue
+            job, (grad, device) = given
             torch.set_grad_enabled(grad)
             # Backward on this thread, never on the autograd engine's device
             # threads, which every rank would share (and where a collective in
@@ -109,26 +131,29 @@ class _Pool:
             torch._C._set_multithreading_enabled(False)
             if torch.get_default_device() != device:
                 torch.set_default_device(device)
-            try:
-                job()
-            finally:
-                with self.lock:
-                    self.idle.append(inbox)
-                    batch.left -= 1
-                    last = batch.left == 0
-                if last:
-                    batch.finished.release()
-
-
-class _Batch:
-    __slots__ = ("left", "finished")
-
-    def __init__(self, jobs: int) -> None:
-        self.left = jobs
-        self.finished = threading.Semaphore(0)
+            job()
 
 
 _POOL = _Pool()
+
+
+@contextlib.contextmanager
+def _as_rank_thread() -> Any:
+    """Rank 0 runs on the caller's thread: what torch keeps per thread and a
+    rank program may change (grad mode, default device, autograd's
+    multithreading) is the caller's again afterwards."""
+    import torch
+
+    grad, device = torch.is_grad_enabled(), torch.get_default_device()
+    threads = torch._C._is_multithreading_enabled()
+    torch._C._set_multithreading_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_multithreading_enabled(threads)
+        torch.set_grad_enabled(grad)
+        if torch.get_default_device() != device:
+            torch.set_default_device(device)
 
 
 def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
@@ -173,17 +198,23 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
 
     first_group = world_module._next_group_number
     since = [native.size_of(r) for r in range(n)]  # this run's records come after
-    native.start_run()
+    threads = _POOL.take(n)
+    context = _grad_and_device()
+    for rank, thread in enumerate(threads, start=1):
+        thread.job = (functools.partial(body, rank), context)
+    native.start_run([_caller_gate(), *(t.gate for t in threads)])
     native.set_switch_hook(switch)
     try:
         python_random.load(0)
-        native.go()  # rank 0 first; a rank whose thread is not yet waiting finds the baton when it is
-        finished = _POOL.submit([functools.partial(body, r) for r in range(n)])
+        with _as_rank_thread():
+            body(0)
         try:
-            finished.acquire()
-        except BaseException:  # Ctrl-C while the ranks run: stop them first
+            while not native.finish():  # a signal: Python's handlers run here
+                pass
+        except BaseException:  # Ctrl-C while the other ranks run: stop them first
             native.abort("fakepg: the exact world was interrupted")
-            finished.acquire()
+            while not native.finish():
+                pass
             raise
     finally:
         native.set_switch_hook(None)
@@ -199,6 +230,25 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
             exc.add_note(f"(raised by rank {rank} of an exact fake world of {n}; the other ranks were stopped)")
         raise exc
     return results
+
+
+def _grad_and_device() -> tuple[bool, Any]:
+    import torch
+
+    return torch.is_grad_enabled(), torch.get_default_device()
+
+
+_CALLER_GATES = threading.local()
+
+
+def _caller_gate() -> Any:
+    """The gate rank 0 (the caller's thread) waits on, one per calling thread."""
+    gate = getattr(_CALLER_GATES, "gate", None)
+    if gate is None:
+        from . import _backend
+
+        gate = _CALLER_GATES.gate = _backend.load().Gate()
+    return gate
 
 
 def deadlock_report(world: FakeWorld, since: list[int]) -> str:

@@ -478,8 +478,8 @@ class FakeWorld:
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
         """Run ``fn(*args, **kwargs)`` as the program of every rank of an
         exact world (``values="exact"``), and return each rank's result, by
-        rank. Each rank runs on its own thread with its own default group
-        (and mesh, if asked for), its own RNG stream and its own DTensor RNG
+        rank. Each rank runs on its own thread (rank 0 on the caller's) with
+        its own default group (and mesh, if asked for), its own RNG stream and its own DTensor RNG
         tracker; one rank runs at a time, switching where a rank waits for
         the others. The first rank to raise stops the world and its error is
         raised here; a program that would hang raises FakeWorldDeadlock."""

@@ -224,6 +224,25 @@ def test_each_rank_gets_the_stream_a_separate_process_would() -> None:
     assert not torch.equal(results[0][0], results[2][0])
 
 
+def test_each_rank_draws_from_a_copy_of_the_callers_python_random() -> None:
+    random.seed(11)
+    expected = [random.random(), random.random()]
+    random.seed(11)
+
+    def program() -> list[float]:
+        if dist.get_rank() == 1:
+            dist.barrier()
+            return []  # never draws: rank 2 still starts where the caller was
+        first = random.random()
+        dist.barrier()  # the other ranks draw meanwhile
+        return [first, random.random()]
+
+    with FakeWorld(3, values="exact") as world:
+        results = world.run(program)
+    assert results == [expected, [], expected]
+    assert random.random() == expected[0]  # the caller's own stream did not move
+
+
 @pytest.mark.filterwarnings("ignore:DTensor random operators:UserWarning")
 @exact
 def test_dtensor_random_ops_match_one_process(rank: int) -> None:
@@ -541,13 +560,15 @@ def test_report_counts_every_ranks_calls(run_tests) -> None:
 
 
 def test_a_rank_leaves_nothing_per_thread_for_the_next_run() -> None:
-    # Ranks run on threads kept between runs; torch keeps these per thread.
+    # Rank 0 runs on the caller's thread, the others on threads kept between
+    # runs; torch keeps these per thread.
     def careless() -> None:
         torch.set_default_device("meta")
         torch.set_grad_enabled(False)
 
     with FakeWorld(2, values="exact") as world:
         world.run(careless)
+        assert (torch.zeros(1).device.type, torch.is_grad_enabled()) == ("cpu", True)  # rank 0 ran on this thread
         seen = world.run(lambda: (torch.zeros(1).device.type, torch.is_grad_enabled()))
     assert seen == [("cpu", True), ("cpu", True)]
 
