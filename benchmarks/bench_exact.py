@@ -8,6 +8,8 @@ plugin: setup + call + teardown, median per test):
   LocalTensor);
 * parity: tensor parallelism (Colwise/Rowwise) and FSDP2 trained 3 steps
   against one device, against MultiProcessTestCase on gloo;
+* DTensor's sharding decisions shared across worlds, against made afresh in
+  every world (as before), for the parity bodies in exact and uniform worlds;
 * memory: peak RSS of an exact world as ranks and tensor sizes grow.
 
     python benchmarks/bench_exact.py [--tests 200] [--skip-mp]
@@ -36,6 +38,7 @@ TRIVIAL = """
 
 PARITY = '''
 import torch.nn as nn
+CHECK = globals().get("CHECK", True)  # values are exact: compare with one device
 from torch.distributed.device_mesh import init_device_mesh
 
 class MLP(nn.Module):
@@ -64,6 +67,8 @@ def tp_parity(rank):
     torch.manual_seed(0); model = MLP()
     parallelize_module(model, init_device_mesh("cpu", (4,)), {"w1": ColwiseParallel(), "w2": RowwiseParallel()})
     got = train(model, batch)
+    if not CHECK:
+        return
     torch.testing.assert_close(torch.stack([l.full_tensor() if hasattr(l, "full_tensor") else l for l in got]),
                                torch.stack(want))
     for name, p in ref.named_parameters():
@@ -77,16 +82,32 @@ def fsdp_parity(rank):
     mesh = init_device_mesh("cpu", (4,))
     fully_shard(model.w1, mesh=mesh); fully_shard(model, mesh=mesh)
     got = torch.stack(train(model, batch[rank * 2:rank * 2 + 2]))
+    if not CHECK:
+        return
     dist.all_reduce(got, op=dist.ReduceOp.AVG)
     torch.testing.assert_close(got, torch.stack(want))
     for name, p in ref.named_parameters():
         torch.testing.assert_close(model.get_parameter(name).full_tensor(), p.detach())
 '''
 
+# Sharding decisions made afresh in every world, as before they were shared
+# across worlds (NOTE [compat: sharding decisions across worlds]).
+PER_WORLD = "from pytest_fakepg import _compat\n_compat.share_sharding_decisions = lambda: None\n"
+
+
+def _marked(marker: str, n: int, body: str, header: str = "") -> str:
+    return bench_pytest.HEADER + header + PARITY + "".join(
+        marker + "\n" + textwrap.dedent(body).format(i=i, args="rank", rank="rank") for i in range(n))
+
+
 STYLES = {
-    "exact marker": lambda n, body: bench_pytest.HEADER + PARITY + "".join(
-        "@pytest.mark.fake_world(4, values='exact')\n"
-        + textwrap.dedent(body).format(i=i, args="rank", rank="rank") for i in range(n)),
+    "exact marker": lambda n, body: _marked("@pytest.mark.fake_world(4, values='exact')", n, body),
+    "exact marker, decisions per world": lambda n, body: _marked(
+        "@pytest.mark.fake_world(4, values='exact')", n, body, PER_WORLD),
+    # One rank's view: the same programs, unchecked (values are not exact).
+    "uniform marker": lambda n, body: _marked("@pytest.mark.fake_world(4)", n, body, "CHECK = False\n"),
+    "uniform marker, decisions per world": lambda n, body: _marked(
+        "@pytest.mark.fake_world(4)", n, body, "CHECK = False\n" + PER_WORLD),
     "MultiThreadedTestCase": lambda n, body: bench_pytest.HEADER + PARITY + textwrap.dedent("""
         from torch.testing._internal.common_distributed import MultiThreadedTestCase
         class TestThreaded(MultiThreadedTestCase):
@@ -182,14 +203,21 @@ def main(argv: list[str] | None = None) -> str:
         for style, value in ms.items():
             faster = "" if style == "exact marker" else f"**{value / base:.1f}x**"
             lines.append(f"| rank-valued all_reduce | {style} | {value:.3f} | {faster} |")
+        shared: list[str] = []
         for name, body in BODIES.items():
             exact = statistics.median(run("exact marker", 20, body, work) for _ in range(args.rounds))
             lines.append(f"| {name} parity, 3 steps | exact marker | {exact:.3f} | |")
+            for mode in ("exact", "uniform"):
+                both = [statistics.median(run(f"{mode} marker{variant}", 20, body, work) for _ in range(args.rounds))
+                        for variant in ("", ", decisions per world")]
+                shared.append(f"| {name}, 3 steps | {mode} | {both[0]:.1f} | {both[1]:.1f} | **{both[1] / both[0]:.1f}x** |")
             if not args.skip_mp:
                 mp = run("MultiProcessTestCase (gloo)", 2, body, work)
                 lines.append(f"| {name} parity, 3 steps | MultiProcessTestCase (gloo) | {mp:.1f} | "
                              f"**{mp / exact:.0f}x** |")
         mem = memory(work)
+    lines += ["", "| test (world 4), 20 in one process | values | ms, decisions shared across worlds | "
+              "ms, decided per world | shared is faster by |", "|---|---|---|---|---|", *shared]
     lines += ["", "| ranks | floats per rank | peak RSS above a world of 2 (MiB) |", "|---|---|---|"]
     lines += [f"| {r} | {n:,} | {mib:.1f} |" for r, n, mib in mem]
     text = "\n".join(lines)

@@ -426,6 +426,7 @@ class FakeWorld:
             else:
                 self._init_default_group(dist)
             self._install_patches()
+            self._saved["sharding"] = _compat.share_sharding_decisions()
             if spec.mesh_shape is not None and not self.exact:
                 self._mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
             for fault in spec.faults if spec.backend == "fakepg" else ():
@@ -580,6 +581,7 @@ class FakeWorld:
             if "stock_fake" in saved:
                 _compat.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
             self._remove_patches(saved.get("patches", []))
+            _compat.unshare_sharding_decisions(saved.get("sharding"))
             _compat.clear_mesh_registries()
             _compat.clear_dtensor_state()
             if _compat.dynamo_frames() != saved["dynamo_frames"]:

@@ -275,6 +275,28 @@ def test_dtensor_distribute_redistribute_full_tensor(rank: int) -> None:
     assert torch.equal(d.sum().full_tensor(), full.sum())
 
 
+def test_sharding_decisions_that_depend_on_the_rank_are_the_ranks_own() -> None:
+    # 10 rows over 4 ranks: 3, 3, 3 and 1 rows. A view's sharding decision
+    # holds the local shape, computed from the rank's coordinate; the second
+    # world reuses the first's decisions (NOTE [compat: sharding decisions
+    # across worlds]), every rank its own.
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    full = torch.arange(40.0).view(10, 4)
+
+    def program() -> tuple[tuple[int, ...], torch.Tensor]:
+        mesh = dist.device_mesh.init_device_mesh("cpu", (4,))
+        viewed = distribute_tensor(full, mesh, [Shard(0)]).view(10, 2, 2)
+        return tuple(viewed.to_local().shape), viewed.full_tensor()
+
+    for _ in range(2):
+        with FakeWorld(4, values="exact") as world:
+            results = world.run(program)
+        assert [shape for shape, _ in results] == [(3, 2, 2), (3, 2, 2), (3, 2, 2), (1, 2, 2)]
+        for _, whole in results:
+            assert torch.equal(whole, full.view(10, 2, 2))
+
+
 class MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -184,6 +184,51 @@ def test_dtensor_redistribute_on_2d_mesh_gives_exact_values() -> None:
         assert partial_sum.full_tensor().item() == replicated.sum().item()
 
 
+def test_dtensor_decides_each_ops_sharding_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # NOTE [compat: sharding decisions across worlds]: a later world's equal
+    # mesh reuses the decisions, which hold none of an earlier world's groups.
+    import gc
+    import types
+    import weakref
+
+    from torch.distributed.tensor._sharding_prop import ShardingPropagator
+
+    decided: list[str] = []
+    decide = ShardingPropagator.propagate_op_sharding_non_cached
+
+    def counted(self: Any, op_schema: Any) -> Any:
+        decided.append(str(op_schema.op))
+        return decide(self, op_schema)
+
+    monkeypatch.setattr(ShardingPropagator, "propagate_op_sharding_non_cached", counted)
+
+    def step() -> tuple[list[str], list[list[float]], weakref.ref[DeviceMesh]]:
+        decided.clear()
+        with FakeWorld(mesh={"dp": 2, "tp": 2}, rank=3) as world:
+            dt = distribute_tensor(torch.arange(16.0).view(4, 4), world.mesh, [Shard(0), Shard(1)], src_data_rank=None)
+            product = (dt * 2) @ dt.redistribute(world.mesh, [Replicate(), Replicate()]).T
+            assert product.device_mesh is world.mesh  # this world's, whichever world decided
+            return list(decided), product.full_tensor().tolist(), weakref.ref(world.mesh)
+
+    first, values, mesh = step()
+    assert first  # made in this world, by DTensor's own rules
+    again, values_again, _ = step()
+    assert again == [] and values_again == values
+    # torch's own redistribute caches may keep the first world's mesh; the
+    # shared decisions must not (they would keep its groups and backend).
+    from pytest_fakepg import _compat
+
+    reachable, groups, todo = set(), [], [_compat._SHARED.entries]  # DTensor's rules aside
+    while todo:
+        obj = todo.pop()
+        if id(obj) not in reachable and not isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+            reachable.add(id(obj))
+            groups += [obj] if isinstance(obj, dist.ProcessGroup) else []
+            todo.extend(gc.get_referents(obj))
+    assert mesh() is not None and id(mesh()) not in reachable
+    assert groups == []
+
+
 def test_records_can_be_switched_off_and_cleared() -> None:
     with FakeWorld(2, record=False) as world:
         dist.barrier()
