@@ -129,7 +129,10 @@ def run_style(name: str, n: int, ws: int, workdir: Path) -> list[float]:
     (case / "bench_timer.py").write_text(TIMER_PLUGIN)
     (case / "test_bench.py").write_text(STYLES[name](n, ws))
     out = case / "times.json"
-    env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": str(case)}
+    # The timing plugin sits in the case's folder; a PYTHONPATH already set
+    # (running from a source tree, as .ci/gpu does) is kept after it.
+    path = os.pathsep.join(p for p in (str(case), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "bench_timer", *QUIET_PLUGINS, *EXTRA_ARGS, "-W", "ignore",
            str(case / "test_bench.py")]
     result = subprocess.run(cmd, cwd=case, env=env, capture_output=True, text=True)
