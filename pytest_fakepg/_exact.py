@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -168,6 +169,7 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
         torch.cuda.init()  # so every rank's CUDA generator is saved from the start
     entry = _RankState()
     states = [entry] * n  # every rank starts where the caller's streams are
+    excepthook = sys.excepthook  # each rank's init_process_group wraps it once more
     python_random = _PythonRandom(n)
     results: list[Any] = [None] * n
     failures: list[tuple[int, BaseException]] = []
@@ -220,6 +222,7 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
         native.set_switch_hook(None)
         entry.restore()
         python_random.restore()
+        sys.excepthook = excepthook
     if native.deadlocked():
         from .world import FakeWorldDeadlock
 

@@ -581,6 +581,18 @@ def test_report_counts_every_ranks_calls(run_tests) -> None:
     ])
 
 
+def test_runs_do_not_stack_excepthooks() -> None:
+    # init_process_group wraps sys.excepthook in every rank's program; a world
+    # that runs many programs must not end up a wrapper per rank per run deep.
+    import sys
+
+    with FakeWorld(2, values="exact") as world:
+        hook = sys.excepthook
+        for _ in range(3):
+            world.run(lambda: None)
+            assert sys.excepthook is hook
+
+
 def test_a_rank_leaves_nothing_per_thread_for_the_next_run() -> None:
     # Rank 0 runs on the caller's thread, the others on threads kept between
     # runs; torch keeps these per thread.
