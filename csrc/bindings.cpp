@@ -7,6 +7,7 @@
 #include <array>
 #include <map>
 #include <memory>
+#include <type_traits>
 
 #include "backend.hpp"
 #include "text.hpp"
@@ -91,6 +92,25 @@ std::function<void(int, int)> switchHook(py::object fn) {
   };
 }
 
+// Runs `fn` without the GIL, for the calls where a rank's thread waits. The
+// GIL is taken back on the normal path, not in a destructor (as
+// py::gil_scoped_release does): a daemon thread that wakes while Python
+// finalizes exits where it takes the GIL back (pthread_exit unwinds its
+// stack), and unwinding out of a destructor, which is noexcept, is
+// std::terminate: "terminate called without an active exception" at exit.
+template <typename F>
+auto withoutGil(F&& fn) {
+  PyThreadState* state = PyEval_SaveThread();
+  if constexpr (std::is_void_v<decltype(fn())>) {
+    fn();
+    PyEval_RestoreThread(state);
+  } else {
+    auto result = fn();
+    PyEval_RestoreThread(state);
+    return result;
+  }
+}
+
 }  // namespace
 }  // namespace fakepg
 
@@ -146,20 +166,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           &WorldState::callCount,
           py::arg("op"),
           py::arg("rank") = -1)
-      // Exact worlds: NOTE [The baton]. enter() blocks, so without the GIL.
+      // Exact worlds: NOTE [The baton]. What may wait runs without the GIL.
       .def("start_run", &WorldState::startRun)
       .def(
           "enter",
-          [](WorldState& w, int rank) { return w.scheduler()->enter(rank); },
-          py::call_guard<py::gil_scoped_release>())
+          [](WorldState& w, int rank) {
+            return fakepg::withoutGil([&] { return w.scheduler()->enter(rank); });
+          })
       .def(
           "finish",
-          [](WorldState& w) { return w.scheduler()->finish(); },
-          py::call_guard<py::gil_scoped_release>())
+          [](WorldState& w) {
+            return fakepg::withoutGil([&] { return w.scheduler()->finish(); });
+          })
       .def(
           "leave",
-          [](WorldState& w, int rank) { w.scheduler()->leave(rank); },
-          py::call_guard<py::gil_scoped_release>())
+          [](WorldState& w, int rank) {
+            fakepg::withoutGil([&] { w.scheduler()->leave(rank); });
+          })
+      .def(
+          "ended",
+          [](WorldState& w, int rank) { w.scheduler()->ended(rank); })
       .def(
           "abort",
           [](WorldState& w, const std::string& reason) {
@@ -293,10 +319,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // What a thread that runs ranks of exact worlds sleeps on (exact.hpp).
   py::class_<fakepg::Gate, c10::intrusive_ptr<fakepg::Gate>>(m, "Gate")
       .def(py::init<>())
-      .def(
-          "wait",
-          [](fakepg::Gate& gate) { gate.wait(); },
-          py::call_guard<py::gil_scoped_release>());
+      .def("wait", [](fakepg::Gate& gate) {
+        fakepg::withoutGil([&] { gate.wait(); });
+      });
 
   py::class_<FakeBackend, c10d::Backend, c10::intrusive_ptr<FakeBackend>>(
       m, "FakeBackend")

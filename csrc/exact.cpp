@@ -104,7 +104,7 @@ bool Scheduler::enter(int rank) {
   awaitTurn(rank);
   std::lock_guard<std::mutex> lk(mu_);
   if (aborted_) {
-    done(rank);
+    state_[rank] = kDone;
     return false;
   }
   state_[rank] = kReady;
@@ -115,7 +115,7 @@ void Scheduler::leave(int rank) {
   int next;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    done(rank);
+    state_[rank] = kDone;
     waiting_on_[rank] = nullptr;
     if (current_ != rank) {
       return;
@@ -125,11 +125,8 @@ void Scheduler::leave(int rank) {
   handTo(-1, next);
 }
 
-void Scheduler::done(int rank) {
-  if (state_[rank] == kDone) {
-    return;
-  }
-  state_[rank] = kDone;
+void Scheduler::ended(int rank) {
+  std::lock_guard<std::mutex> lk(mu_);
   if (++ended_ == n_ && rank != 0) {
     gates_[0]->open();  // the caller waits in finish()
   }

@@ -72,12 +72,16 @@ class Scheduler : public c10::intrusive_ptr_target {
   // gates[r] is the gate of the thread that runs rank r, and the caller runs
   // rank 0 itself: it holds the baton from the start (NOTE [The baton]).
   // enter() waits for the baton and returns false if the run was stopped
-  // before this rank ran; leave() ends the rank. finish() waits until every
-  // rank has ended, on gates[0]: the caller's; it returns false if a signal
+  // before this rank ran; leave() ends the rank's program and passes the
+  // baton on. ended() is the last thing a rank's thread does in the run,
+  // with the GIL held: finish() waits, on gates[0] (the caller's), until every
+  // rank has called it, so the caller never goes on while a rank's thread is
+  // still taking the GIL back. finish() returns false if a signal
   // interrupted the wait (call it again after Python has handled it).
   void start(std::vector<c10::intrusive_ptr<Gate>> gates);
   bool enter(int rank);
   void leave(int rank);
+  void ended(int rank);
   bool finish();
   // Stop the run: every waiting rank wakes and raises `reason`.
   void abort(const std::string& reason);
@@ -109,8 +113,6 @@ class Scheduler : public c10::intrusive_ptr_target {
   // Without mu_, by the rank that stops running: swap the process-wide state
   // (the hook), then wake `next`.
   void handTo(int from, int next);
-  // With mu_ held: `rank` has ended; the last one to end wakes the caller.
-  void done(int rank);
   void throwIfAborted() const;
   void wakeAll();
   // Without mu_: until it is `rank`'s turn or the run stopped.

@@ -182,21 +182,23 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
         python_random.load(new)
 
     def body(rank: int) -> None:
-        if not native.enter(rank):
-            return
         try:
-            with world._rank_program(rank, first_group):
-                results[rank] = program(rank)
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
-            if not stopped.is_set() and not native.deadlocked():
-                stopped.set()
-                failures.append((rank, exc))
-                native.abort(
-                    f"fakepg: rank {rank} raised {type(exc).__name__}, which stopped the "
-                    "exact world (on a cluster the other ranks would hang or be killed)"
-                )
+            if native.enter(rank):
+                try:
+                    with world._rank_program(rank, first_group):
+                        results[rank] = program(rank)
+                except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+                    if not stopped.is_set() and not native.deadlocked():
+                        stopped.set()
+                        failures.append((rank, exc))
+                        native.abort(
+                            f"fakepg: rank {rank} raised {type(exc).__name__}, which stopped the "
+                            "exact world (on a cluster the other ranks would hang or be killed)"
+                        )
+                finally:
+                    native.leave(rank)
         finally:
-            native.leave(rank)
+            native.ended(rank)  # last: the caller goes on once every rank has
 
     first_group = world_module._next_group_number
     since = [native.size_of(r) for r in range(n)]  # this run's records come after
