@@ -68,7 +68,8 @@ class Scheduler : public c10::intrusive_ptr_target {
  public:
   explicit Scheduler(int world_size);
 
-  // Called from Python (GIL released). start() readies a run of every rank;
+  // Called from Python; the calls that wait, without the GIL (bindings.cpp,
+  // withoutGil). start() readies a run of every rank;
   // gates[r] is the gate of the thread that runs rank r, and the caller runs
   // rank 0 itself: it holds the baton from the start (NOTE [The baton]).
   // enter() waits for the baton and returns false if the run was stopped

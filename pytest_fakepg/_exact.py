@@ -203,10 +203,12 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
     first_group = world_module._next_group_number
     since = [native.size_of(r) for r in range(n)]  # this run's records come after
     threads = _POOL.take(n)
+    # Before any thread is given its job: a thread woken by a wake-up left
+    # from a stopped run must find this run's state, not that run's.
+    native.start_run([_caller_gate(), *(t.gate for t in threads)])
     context = _grad_and_device()
     for rank, thread in enumerate(threads, start=1):
         thread.job = (functools.partial(body, rank), context)
-    native.start_run([_caller_gate(), *(t.gate for t in threads)])
     native.set_switch_hook(switch)
     try:
         python_random.load(0)
