@@ -145,10 +145,11 @@ def mesh_group_factory() -> tuple[Any, Any] | None:
 
 def clear_dtensor_state() -> None:
     """DTensor's RNG tracker (``tensor._random._rng_tracker``), the sharding
-    propagator's Python lru_caches and the C++ fast path's cache
+    propagator's Python lru_caches, the C++ fast path's cache
     (``torch._C._clear_DTensor_sharding_propagator_cache``, 2.13+; absent in
-    2.11, which has no such cache). Only modules already imported are
-    touched; a missing name is skipped."""
+    2.11, which has no such cache), the redistribute caches (NOTE [compat:
+    redistribute caches]) and ``MeshTopoInfo.build_from_mesh``'s. Only
+    modules already imported are touched; a missing name is skipped."""
     random = sys.modules.get("torch.distributed.tensor._random")
     if random is not None and getattr(random, "_rng_tracker", None) is not None:
         random._rng_tracker = None
@@ -165,6 +166,42 @@ def clear_dtensor_state() -> None:
     clear_native = getattr(torch._C, "_clear_DTensor_sharding_propagator_cache", None)
     if clear_native is not None:
         clear_native()
+    installed = redistribute_caches()
+    if installed is not None:
+        planners, transforms = installed
+        planners.clear()
+        transforms.cache_clear()
+    # Rank-free, but it keeps every world's mesh (and through it the groups).
+    topology = getattr(sys.modules.get("torch.distributed.tensor._collective_utils"), "MeshTopoInfo", None)
+    clear = getattr(getattr(topology, "build_from_mesh", None), "cache_clear", None)
+    if clear is not None:
+        clear()
+
+
+def redistribute_caches(fresh: bool = False) -> Any:
+    """NOTE [compat: redistribute caches] ``tensor._redistribute``'s
+    ``_planner_cache`` (planners keyed by a weakref to the mesh) and the
+    ``functools.cache`` on ``_gen_transform_infos`` (keyed by the specs), 2.13
+    and 2.14.1. Both are per process, and what they hold depends on the
+    rank: a planner computes shapes from its mesh's coordinate. DeviceMesh
+    equality ignores the rank, so another rank (of an exact world, or of a
+    later world) would find this rank's: an exact world gives each rank its
+    own, swapped at each switch, and every world clears them. Returns the
+    installed pair, or with ``fresh`` a new empty pair; None when the module
+    is not loaded or lacks them."""
+    module = sys.modules.get("torch.distributed.tensor._redistribute")
+    planners = getattr(module, "_planner_cache", None)
+    transforms = getattr(module, "_gen_transform_infos", None)
+    compute = getattr(module, "_gen_transform_infos_non_cached", None)
+    if not isinstance(planners, dict) or not hasattr(transforms, "cache_clear") or compute is None:
+        return None
+    return ({}, functools.cache(compute)) if fresh else (planners, transforms)
+
+
+def set_redistribute_caches(caches: Any) -> None:
+    module = sys.modules.get("torch.distributed.tensor._redistribute")
+    if caches is not None and module is not None:
+        module._planner_cache, module._gen_transform_infos = caches
 
 
 def share_sharding_decisions() -> Any:

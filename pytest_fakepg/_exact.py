@@ -27,10 +27,11 @@ _NOT_STARTED, _RUNNABLE, _WAITING, _FINISHED = range(4)
 
 class _RankState:
     """What a separate process would keep to itself and is process-wide here:
-    torch's CPU (and, once initialised, CUDA) generators and DTensor's RNG
-    tracker. Captured when a rank stops running, loaded for the next."""
+    torch's CPU (and, once initialised, CUDA) generators, DTensor's RNG
+    tracker and its redistribute caches (NOTE [compat: redistribute
+    caches]). Captured when a rank stops running, loaded for the next."""
 
-    __slots__ = ("cpu", "cuda", "tracker")
+    __slots__ = ("cpu", "cuda", "tracker", "redistribute")
 
     def __init__(self) -> None:
         import torch
@@ -38,6 +39,15 @@ class _RankState:
         self.cpu = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         self.tracker = _compat.dtensor_rng_tracker()
+        self.redistribute = _compat.redistribute_caches()
+
+    def for_a_rank(self) -> _RankState:
+        """This state with empty redistribute caches of its own: a rank's
+        first, before it ever ran."""
+        state = _RankState.__new__(_RankState)
+        state.cpu, state.cuda, state.tracker = self.cpu, self.cuda, self.tracker
+        state.redistribute = None
+        return state
 
     def restore(self) -> None:
         import torch
@@ -46,6 +56,9 @@ class _RankState:
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
         _compat.set_dtensor_rng_tracker(self.tracker)
+        if self.redistribute is None:  # never had any, or DTensor was loaded since
+            self.redistribute = _compat.redistribute_caches(fresh=True)
+        _compat.set_redistribute_caches(self.redistribute)
 
 
 class _PythonRandom:
@@ -168,7 +181,7 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
 
         torch.cuda.init()  # so every rank's CUDA generator is saved from the start
     entry = _RankState()
-    states = [entry] * n  # every rank starts where the caller's streams are
+    states = [entry.for_a_rank() for _ in range(n)]  # every rank starts where the caller's streams are
     excepthook = sys.excepthook  # each rank's init_process_group wraps it once more
     python_random = _PythonRandom(n)
     results: list[Any] = [None] * n
@@ -211,6 +224,7 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
         thread.job = (functools.partial(body, rank), context)
     native.set_switch_hook(switch)
     try:
+        states[0].restore()
         python_random.load(0)
         with _as_rank_thread():
             body(0)

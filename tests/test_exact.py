@@ -297,6 +297,24 @@ def test_sharding_decisions_that_depend_on_the_rank_are_the_ranks_own() -> None:
             assert torch.equal(whole, full.view(10, 2, 2))
 
 
+def test_each_rank_redistributes_with_its_own_shapes() -> None:
+    # Dimension 0 sharded on both mesh dimensions, unevenly: rows 0-3 for
+    # ranks 0 and 1, rows 4-6 for ranks 2 and 3. torch's redistribute caches
+    # are per process and hold the shapes of the rank that filled them; each
+    # rank needs its own (NOTE [compat: redistribute caches]).
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    full = torch.arange(14.0).view(7, 2)
+
+    def program() -> tuple[int, bool]:
+        mesh = dist.device_mesh.init_device_mesh("cpu", (2, 2))
+        moved = distribute_tensor(full, mesh, [Shard(0), Shard(0)]).redistribute(mesh, [Shard(0), Replicate()])
+        return moved.to_local().shape[0], torch.equal(moved.full_tensor(), full)
+
+    with FakeWorld(4, values="exact") as world:
+        assert world.run(program) == [(4, True), (4, True), (3, True), (3, True)]
+
+
 class MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -229,6 +229,18 @@ def test_dtensor_decides_each_ops_sharding_once_per_process(monkeypatch: pytest.
     assert groups == []
 
 
+def test_a_later_world_at_another_rank_gets_its_own_redistribution_shapes() -> None:
+    # 7 rows over a 2 x 2 mesh, dimension 0 sharded on both mesh dimensions:
+    # ranks 0 and 1 hold 4 rows between them, ranks 2 and 3 hold 3. torch
+    # caches redistribute planners per process and computes these shapes from
+    # the rank that made them (NOTE [compat: redistribute caches]).
+    full = torch.arange(14.0).view(7, 2)
+    for rank, rows in ((3, 3), (0, 4), (2, 3)):
+        with FakeWorld(4, rank=rank, mesh=(2, 2)) as world:
+            dt = distribute_tensor(full, world.mesh, [Shard(0), Shard(0)], src_data_rank=None)
+            assert dt.redistribute(world.mesh, [Shard(0), Replicate()]).to_local().shape == (rows, 2)
+
+
 def test_records_can_be_switched_off_and_cleared() -> None:
     with FakeWorld(2, record=False) as world:
         dist.barrier()
