@@ -189,13 +189,25 @@ def redistribute_caches(fresh: bool = False) -> Any:
     own, swapped at each switch, and every world clears them. Returns the
     installed pair, or with ``fresh`` a new empty pair; None when the module
     is not loaded or lacks them."""
+    global _TORCHS_REDISTRIBUTE_CACHES
     module = sys.modules.get("torch.distributed.tensor._redistribute")
     planners = getattr(module, "_planner_cache", None)
     transforms = getattr(module, "_gen_transform_infos", None)
     compute = getattr(module, "_gen_transform_infos_non_cached", None)
     if not isinstance(planners, dict) or not hasattr(transforms, "cache_clear") or compute is None:
         return None
+    if _TORCHS_REDISTRIBUTE_CACHES is None:  # first seen: nothing of ours was installed yet
+        _TORCHS_REDISTRIBUTE_CACHES = (planners, transforms)
     return ({}, functools.cache(compute)) if fresh else (planners, transforms)
+
+
+# torch's own pair, to put back after an exact world that loaded DTensor.
+_TORCHS_REDISTRIBUTE_CACHES: tuple[Any, Any] | None = None
+
+
+def torchs_redistribute_caches() -> Any:
+    redistribute_caches()
+    return _TORCHS_REDISTRIBUTE_CACHES
 
 
 def set_redistribute_caches(caches: Any) -> None:

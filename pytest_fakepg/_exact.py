@@ -46,7 +46,7 @@ class _RankState:
         first, before it ever ran."""
         state = _RankState.__new__(_RankState)
         state.cpu, state.cuda, state.tracker = self.cpu, self.cuda, self.tracker
-        state.redistribute = None
+        state.redistribute = _FRESH
         return state
 
     def restore(self) -> None:
@@ -56,9 +56,15 @@ class _RankState:
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
         _compat.set_dtensor_rng_tracker(self.tracker)
-        if self.redistribute is None:  # never had any, or DTensor was loaded since
-            self.redistribute = _compat.redistribute_caches(fresh=True)
-        _compat.set_redistribute_caches(self.redistribute)
+        if self.redistribute is _FRESH:  # made once DTensor is loaded
+            self.redistribute = _compat.redistribute_caches(fresh=True) or _FRESH
+        elif self.redistribute is None:  # the caller's, from before DTensor was loaded
+            self.redistribute = _compat.torchs_redistribute_caches()
+        if self.redistribute is not _FRESH:
+            _compat.set_redistribute_caches(self.redistribute)
+
+
+_FRESH = object()  # a rank's redistribute caches, not made yet
 
 
 class _PythonRandom:
