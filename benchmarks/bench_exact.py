@@ -216,8 +216,9 @@ def main(argv: list[str] | None = None) -> str:
                 lines.append(f"| {name} parity, 3 steps | MultiProcessTestCase (gloo) | {mp:.1f} | "
                              f"**{mp / exact:.0f}x** |")
         mem = memory(work)
-    lines += ["", "| test (world 4), 20 in one process | values | ms, decisions shared across worlds | "
-              "ms, decided per world | shared is faster by |", "|---|---|---|---|---|", *shared]
+    header = ("| test (world 4), 20 in one process | values | ms, decisions shared across worlds | "
+              "ms, decided per world | shared is faster by |")
+    lines += ["", header, "|---|---|---|---|---|", *shared]
     lines += ["", "| ranks | floats per rank | peak RSS above a world of 2 (MiB) |", "|---|---|---|"]
     lines += [f"| {r} | {n:,} | {mib:.1f} |" for r, n, mib in mem]
     text = "\n".join(lines)
