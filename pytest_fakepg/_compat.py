@@ -181,8 +181,8 @@ def clear_dtensor_state() -> None:
 def redistribute_caches(fresh: bool = False) -> Any:
     """NOTE [compat: redistribute caches] ``tensor._redistribute``'s
     ``_planner_cache`` (planners keyed by a weakref to the mesh) and the
-    ``functools.cache`` on ``_gen_transform_infos`` (keyed by the specs), 2.13
-    and 2.14.1. Both are per process, and what they hold depends on the
+    ``functools.cache`` on ``_gen_transform_infos`` (keyed by the specs),
+    2.11-2.14.1. Both are per process, and what they hold depends on the
     rank: a planner computes shapes from its mesh's coordinate. DeviceMesh
     equality ignores the rank, so another rank (of an exact world, or of a
     later world) would find this rank's: an exact world gives each rank its
@@ -274,7 +274,7 @@ class _SharedShardingDecisions:
     def __init__(self) -> None:
         self.entries: dict[tuple[Any, ...], Any] = {}
         self.fresh: list[tuple[Any, ...]] = []  # made in the world that is up: they hold its meshes
-        self.spec: type = object  # DTensorSpec, once bound
+        self.spec: type | None = None  # DTensorSpec, once bound
 
     def bind(self, decide: Callable[[Any], Any], propagator: Any, tracing: Callable[[], bool],
              spec: type) -> Callable[[Any], Any]:
@@ -317,6 +317,8 @@ class _SharedShardingDecisions:
         copies that compare equal and hold no groups."""
         if not self.fresh:
             return
+        spec = self.spec
+        assert spec is not None  # decisions are made only once bound
         copies: dict[int, Any] = {}
 
         def detached(mesh: Any) -> Any:
@@ -329,7 +331,7 @@ class _SharedShardingDecisions:
             found = self.entries.pop(key, None)
             if found is not None:
                 rules, decision = found
-                self.entries[_map_meshes(key, detached, self.spec)] = (rules, _map_meshes(decision, detached, self.spec))
+                self.entries[_map_meshes(key, detached, spec)] = (rules, _map_meshes(decision, detached, spec))
         self.fresh.clear()
 
 

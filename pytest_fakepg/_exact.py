@@ -143,14 +143,12 @@ class _RankThread:
             given, self.job = self.job, None
             if given is None:
                 continue
-            job, (grad, device) = given
-            torch.set_grad_enabled(grad)
+            job, context = given
+            _set_grad_and_device(context)
             # Backward on this thread, never on the autograd engine's device
             # threads, which every rank would share (and where a collective in
             # a backward hook could not wait for the others).
             torch._C._set_multithreading_enabled(False)
-            if torch.get_default_device() != device:
-                torch.set_default_device(device)
             job()
 
 
@@ -164,16 +162,14 @@ def _as_rank_thread() -> Any:
     multithreading) is the caller's again afterwards."""
     import torch
 
-    grad, device = torch.is_grad_enabled(), torch.get_default_device()
+    context = _grad_and_device()
     threads = torch._C._is_multithreading_enabled()
     torch._C._set_multithreading_enabled(False)
     try:
         yield
     finally:
         torch._C._set_multithreading_enabled(threads)
-        torch.set_grad_enabled(grad)
-        if torch.get_default_device() != device:
-            torch.set_default_device(device)
+        _set_grad_and_device(context)
 
 
 def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
@@ -260,9 +256,19 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
 
 
 def _grad_and_device() -> tuple[bool, Any]:
+    """What torch keeps per thread that a rank's thread takes from the caller."""
     import torch
 
     return torch.is_grad_enabled(), torch.get_default_device()
+
+
+def _set_grad_and_device(context: tuple[bool, Any]) -> None:
+    import torch
+
+    grad, device = context
+    torch.set_grad_enabled(grad)
+    if torch.get_default_device() != device:
+        torch.set_default_device(device)
 
 
 _CALLER_GATES = threading.local()
