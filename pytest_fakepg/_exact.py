@@ -94,6 +94,7 @@ class _PythonRandom:
 
     def restore(self) -> None:
         self.module.update(self.caller)
+        self.first_calls.clear()  # each holds this object: left to the cycle collector, a run's garbage
 
 
 # The functions ``random`` exports as bound methods of its hidden instance.
