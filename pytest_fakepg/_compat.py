@@ -54,6 +54,139 @@ def group_descriptions() -> dict[str, str]:
     return {name: getattr(pg, "group_desc", "") for pg, name in names.items()}
 
 
+def init_default_group(backend: str, rank: int, world_size: int, store: Any,
+                       make_backend: Callable[[int, int, str], Any]) -> None:
+    """NOTE [compat: default group made directly] ``init_process_group`` for
+    a backend of our own, ``make_backend(rank, size, name)`` making its
+    backend. Torch's spends most of its time (about 150 us here, twice that on
+    a rank's thread) in logging, checks and options that a fake world never
+    varies, and every test makes one default group per rank. So the group is
+    made with the same calls ``_new_process_group_helper`` makes for a plugin
+    backend whose devices share one backend (2.11-2.14.1), and registered as
+    it registers it. Checked once per process, not trusted: the first default
+    group of each world size is torch's own, and the next is made directly and
+    compared with it (every ``_World`` property, the group's own state and
+    c10d's module globals, ``_default_group_state``). Equal: made directly from
+    then on. Different, or a name missing: undone and made by torch, and by
+    torch from then on. Unlike torch's, it does not wrap ``sys.excepthook``."""
+    global _DIRECT_GROUPS
+    dist = _c10d()
+    if _DIRECT_GROUPS is False or (_DIRECT_GROUPS is None and world_size not in _TORCHS_DEFAULT_GROUP):
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, store=store)
+        if _DIRECT_GROUPS is None and world_size <= 1024:  # its state holds a dict of every rank
+            _TORCHS_DEFAULT_GROUP[world_size] = _default_group_state()
+        return
+    if _DIRECT_GROUPS:
+        _make_default_group(backend, rank, world_size, store, make_backend)
+        return
+    count = group_count()
+    try:
+        _make_default_group(backend, rank, world_size, store, make_backend)
+        same = _default_group_state() == _TORCHS_DEFAULT_GROUP[world_size]
+    except Exception:  # noqa: BLE001 - a name this torch lacks: torch's way from now on
+        same = False
+    _DIRECT_GROUPS = same
+    if not same:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        set_group_count(count)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, store=store)
+
+
+_DIRECT_GROUPS: bool | None = None  # None: not checked yet (NOTE [compat: default group made directly])
+_TORCHS_DEFAULT_GROUP: dict[int, Any] = {}  # world size -> _default_group_state() of torch's own
+
+
+def _make_default_group(backend: str, rank: int, world_size: int, store: Any,
+                        make_backend: Callable[[int, int, str], Any]) -> None:
+    import torch
+
+    dist = _c10d()
+    world = dist._world
+    if world.default_pg is not None:
+        raise ValueError("trying to initialize the default process group twice!")
+    devices, config, kind = _backend_config(backend)
+    name = dist._process_group_name([], use_hashed_name=False)
+    prefix_store = dist.PrefixStore(f"{name}/", store)
+    pg = dist.ProcessGroup(prefix_store, rank, world_size)
+    pg._set_default_backend(kind)
+    made = make_backend(rank, world_size, name)
+    for device in devices:
+        pg._register_backend(device, kind, made)
+    pg._set_group_name(name)
+    pg._set_group_desc("default_pg")
+    world.pg_map[pg] = (backend, prefix_store)
+    world.pg_names[pg] = name
+    world.pg_backend_config[pg] = config
+    dist._register_process_group(name, pg)
+    tag = f"ptd:{name}"
+    world.tags_to_pg.setdefault("", []).append(pg)
+    world.tags_to_pg.setdefault(tag, []).append(pg)
+    world.pg_to_tag[pg] = tag
+    dist._update_default_pg(pg)
+    world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
+    dist._backend = backend
+    dist._default_pg_init_method = None
+    if "torch._dynamo" in sys.modules:  # as init_process_group does
+        torch._dynamo.trace_rules.clear_lru_cache()
+
+
+@functools.cache
+def _backend_config(backend: str) -> tuple[list[Any], str, Any]:
+    """The devices a plugin backend serves, its ``BackendConfig`` as
+    registered, and its backend type; it must serve every device with one
+    backend, as ours does."""
+    import torch
+
+    dist = _c10d()
+    config = dist.BackendConfig(dist.Backend(backend))
+    by_device = config.get_device_backend_map()
+    if set(by_device.values()) != {backend}:
+        raise ValueError(f"{backend!r} does not serve every device itself: {by_device}")
+    return [torch.device(d) for d in by_device], str(config), dist.Backend.backend_type_map[backend]
+
+
+def _default_group_state() -> Any:
+    """What torch's ``init_process_group`` leaves behind, as comparable
+    values: every ``_World`` property, the default group's own state and the
+    module globals it sets. Groups, stores and backends are described by
+    type; the group's name by its place (the names differ between worlds)."""
+    dist = _c10d()
+    world = dist._world
+    pg = world.default_pg
+    name = pg.group_name
+
+    def described(value: Any) -> Any:
+        if value is pg:
+            return "<the default group>"
+        if isinstance(value, str):
+            return value.replace(name, "<name>") if value == name or value.endswith((":" + name, "/" + name)) else value
+        if isinstance(value, dict):
+            return "dict", sorted((repr(described(k)), repr(described(v))) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return type(value).__name__, [described(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        return type(value).__name__
+
+    def counted(value: Any) -> Any:  # the group counter, from this group's name on
+        return value - int(name) if isinstance(value, int) and name.isdigit() else value
+
+    properties = sorted(n for n in dir(type(world)) if isinstance(getattr(type(world), n, None), property))
+    state = {n: described(getattr(world, n)) for n in properties if n not in ("group_count", "pg_config_info")}
+    state["group_count"] = counted(world.group_count)
+    if "pg_config_info" in properties:
+        state["pg_config_info"] = described([{k: counted(v) if k == "group_count" else v for k, v in info.items()}
+                                             for info in world.pg_config_info])
+    state["<group>"] = described([
+        pg.size(), pg.group_name, pg.group_desc, str(pg.bound_device_id), pg._get_backend_name(),
+        sorted((str(d), type(pg._get_backend(d)).__name__) for d in pg._device_types),
+        dist._resolve_process_group(pg.group_name) is pg,
+    ])
+    state["<module>"] = described([dist._backend, dist._default_pg_init_method, dist.is_initialized()])
+    return state
+
+
 # -- backends --------------------------------------------------------------------
 
 

@@ -84,6 +84,19 @@ _TEARDOWN = threading.Lock()
 def _create_backend(dist_opts: Any, _backend_options: Any) -> Any:
     """The group factory torch calls for every fakepg (and, in a fakepg
     world, every "fake") group."""
+    ranks = dist_opts.global_ranks_in_group
+    size = dist_opts.group_size
+    # A group of every rank maps group ranks to global ranks one to one: pass
+    # no list, so a million ranks cost nothing.
+    if _running is not None and len(ranks) == size == _running.world_size:
+        ranks = []
+    return _new_backend(dist_opts.group_rank, size, dist_opts.group_id, ranks)
+
+
+def _new_backend(rank: int, size: int, name: str, ranks: list[int] | None = None) -> Any:
+    """This world's backend for group ``name`` (``ranks``: its global ranks,
+    none for a group of every rank); also what a default group made without
+    init_process_group gets (NOTE [compat: default group made directly])."""
     global _next_group_number
     if _running is None:
         raise RuntimeError(
@@ -92,16 +105,9 @@ def _create_backend(dist_opts: Any, _backend_options: Any) -> Any:
             "@pytest.mark.fake_world marker instead of calling "
             "init_process_group('fakepg') yourself"
         )
-    name = dist_opts.group_id
     if name.isdigit():  # a body that destroys its groups resets torch's counter
         _next_group_number = max(_next_group_number, int(name) + 1)
-    ranks = dist_opts.global_ranks_in_group
-    size = dist_opts.group_size
-    # A group of every rank maps group ranks to global ranks one to one: pass
-    # no list, so a million ranks cost nothing.
-    if len(ranks) == size == _running.world_size:
-        ranks = []
-    return _backend.load().FakeBackend(_running.native, dist_opts.group_rank, size, name, ranks)
+    return _backend.load().FakeBackend(_running.native, rank, size, name, ranks or [])
 
 
 class Fault:
@@ -454,13 +460,16 @@ class FakeWorld:
                 "nothing; use backend='fakepg'"
             )
         _compat.set_group_count(_next_group_number)
-        dist.init_process_group(
-            backend=spec.backend,
-            rank=spec.rank,
-            world_size=spec.world_size,
-            store=self._store,
-            pg_options=options,
-        )
+        if options is None:
+            _compat.init_default_group(spec.backend, spec.rank, spec.world_size, self._store, _new_backend)
+        else:
+            dist.init_process_group(
+                backend=spec.backend,
+                rank=spec.rank,
+                world_size=spec.world_size,
+                store=self._store,
+                pg_options=options,
+            )
         self._pg = _compat.default_group()
 
     def _start_exact(self) -> None:
@@ -506,7 +515,7 @@ class FakeWorld:
 
         local, spec = self._local, self.spec
         _compat.set_group_count(first_group)  # every rank names groups alike
-        dist.init_process_group(backend="fakepg", rank=rank, world_size=spec.world_size, store=self._store)
+        _compat.init_default_group("fakepg", rank, spec.world_size, self._store, _new_backend)
         local.rank = rank
         local.pg = _compat.default_group()
         local.log = CollectiveLog(self._native, rank=rank)

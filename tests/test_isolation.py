@@ -141,19 +141,30 @@ def test_plain_{i}():
 
 def test_a_world_leaves_sys_excepthook_as_it_found_it(run_tests: RunTests) -> None:
     """init_process_group wraps sys.excepthook with a rank prefix; after many
-    worlds a traceback would read [rank2]: [rank1]: ... and in the end recurse."""
+    worlds a traceback would read [rank2]: [rank1]: ... and in the end recurse.
+    (Torch's stock backend always goes through init_process_group; fakepg
+    worlds do only until their default group is checked, NOTE [compat: default
+    group made directly].)"""
     result = run_tests("""
 import sys
 HOOK = sys.excepthook
 
-@pytest.mark.fake_world(4, rank="all")
-def test_world(rank):
+@pytest.mark.fake_world(4, rank="all", backend="fake")
+def test_stock(rank):
     assert sys.excepthook is not HOOK  # torch's wrapper, while the world is up
+
+@pytest.mark.fake_world(4, rank="all")
+def test_fakepg(rank):
+    pass
+
+@pytest.mark.fake_world(4, values="exact")
+def test_exact(rank):
+    pass
 
 def test_after():
     assert sys.excepthook is HOOK
 """, header=HEADER)
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=10)
 
 
 def test_pytest_current_test_is_left_to_pytest(run_tests: RunTests) -> None:

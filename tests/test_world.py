@@ -417,3 +417,95 @@ def test_the_public_signatures_agree() -> None:
         "world_size", "rank", "mesh", "device", "values", "fail", "fail_at", "backend", "record",
     ]
     assert FakeWorld(WorldSpec.build(4, rank=1)).spec == FakeWorld(4, rank=1).spec
+
+
+@pytest.fixture
+def unchecked_default_groups(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """As in a new process: the direct default group not checked yet (NOTE
+    [compat: default group made directly])."""
+    from pytest_fakepg import _compat
+
+    monkeypatch.setattr(_compat, "_DIRECT_GROUPS", None)
+    monkeypatch.setattr(_compat, "_TORCHS_DEFAULT_GROUP", {})
+    return _compat
+
+
+def default_group_view() -> dict[str, Any]:
+    """What a user (and DeviceMesh, DTensor, functional collectives) can see
+    of the default group."""
+    c10d = dist.distributed_c10d
+    pg = dist.group.WORLD
+    t = torch.full((2,), float(dist.get_rank()))
+    dist.all_reduce(t)
+    sub = dist.new_group([3, 2, 1, 0])
+    return {
+        "rank": (dist.get_rank(), pg.rank(), dist.get_world_size()),
+        "backend": (dist.get_backend(), dist.get_backend_config(), pg._get_backend_name()),
+        "name": (pg.group_name, pg.group_desc, c10d._resolve_process_group(pg.group_name) is pg),
+        "ranks": dist.get_process_group_ranks(pg),
+        "store": type(c10d._get_default_store()).__name__,
+        "all_reduce": t.tolist(),
+        "sub_group": (dist.get_process_group_ranks(sub), dist.get_rank(sub)),
+        "tags": sorted(tag.partition(":")[0] for tag in c10d._world.tags_to_pg),  # "", "ptd" (per group)
+        "mesh": init_device_mesh("cpu", (2, 2)).get_coordinate(),
+    }
+
+
+def test_default_group_made_directly_is_torchs(unchecked_default_groups: Any) -> None:
+    """The first default group of a world size is torch's, the next is made
+    directly and checked against it; users see the same group either way."""
+    compat = unchecked_default_groups
+    with FakeWorld(4, rank=2) as world:
+        torchs_state = compat._default_group_state()
+        torchs = default_group_view()
+        assert compat._DIRECT_GROUPS is None
+    with FakeWorld(4, rank=2) as world:
+        assert compat._DIRECT_GROUPS is True
+        assert compat._default_group_state() == torchs_state
+        direct = default_group_view()
+        assert [r.op for r in world.collectives] == ["all_reduce"]
+    torchs["name"] = direct["name"] = torchs["name"][1:]  # another world, another group name
+    assert direct == torchs
+    assert direct["all_reduce"] == [8.0, 8.0]  # 4 ranks' copies of rank 2's values (uniform)
+
+    def program() -> Any:
+        state = compat._default_group_state()
+        t = torch.tensor([float(dist.get_rank())])
+        dist.all_reduce(t)
+        return dist.get_rank(), t.item(), state == torchs_state
+
+    with FakeWorld(4, values="exact") as world:  # every rank's group made directly
+        assert world.run(program) == [(r, 6.0, True) for r in range(4)]
+
+
+@pytest.mark.parametrize("fault", ["differs", "raises"])
+def test_default_group_made_by_torch_when_the_direct_one_is_not_torchs(
+    unchecked_default_groups: Any, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """A torch whose init_process_group leaves something the direct way does
+    not (or lacks a name it uses): undone, made by torch, and by torch from
+    then on."""
+    compat = unchecked_default_groups
+    made = compat._make_default_group
+    calls = []
+
+    def unlike_torchs(*args: Any) -> None:
+        calls.append(args)
+        if fault == "raises":
+            raise AttributeError("module 'torch.distributed.distributed_c10d' has no attribute '_a_name'")
+        made(*args)
+        del dist.distributed_c10d._world.tags_to_pg[""]
+
+    monkeypatch.setattr(compat, "_make_default_group", unlike_torchs)
+    with FakeWorld(2):
+        torchs_state = compat._default_group_state()
+    for rank in (1, 0):
+        with FakeWorld(2, rank=rank) as world:
+            assert compat._DIRECT_GROUPS is False
+            assert compat._default_group_state() == torchs_state
+            assert dist.get_rank() == rank
+            t = torch.ones(3)
+            dist.all_reduce(t)
+            assert t.tolist() == [2.0, 2.0, 2.0]
+            assert len(world.collectives) == 1
+    assert len(calls) == 1  # tried once, never again
