@@ -655,11 +655,14 @@ def _per_thread_world_class() -> type:
     world_cls = _c10d()._World
     names = [n for n in (*_PER_THREAD_SET, *_PER_THREAD_NEW) if isinstance(vars(world_cls).get(n), property)]
 
+    settable = {f"_per_thread_{name}": value for name, value in _PER_THREAD_SET.items()}
+    containers = [(f"_per_thread_{name}", new) for name, new in _PER_THREAD_NEW.items()]
+
     def init(self: Any) -> None:  # not _World.__init__: everything it sets is per thread here
-        for name, value in _PER_THREAD_SET.items():
-            setattr(self, f"_per_thread_{name}", value)
-        for name, new in _PER_THREAD_NEW.items():
-            setattr(self, f"_per_thread_{name}", new())
+        state = self.__dict__  # this thread's
+        state.update(settable)
+        for stored, new in containers:
+            state[stored] = new()
 
     def prop(name: str) -> property:
         stored = f"_per_thread_{name}"

@@ -157,13 +157,12 @@ _POOL = _Pool()
 
 
 @contextlib.contextmanager
-def _as_rank_thread() -> Any:
+def _as_rank_thread(context: tuple[bool, Any]) -> Any:
     """Rank 0 runs on the caller's thread: what torch keeps per thread and a
     rank program may change (grad mode, default device, autograd's
-    multithreading) is the caller's again afterwards."""
+    multithreading) is the caller's ``context`` again afterwards."""
     import torch
 
-    context = _grad_and_device()
     threads = torch._C._is_multithreading_enabled()
     torch._C._set_multithreading_enabled(False)
     try:
@@ -229,7 +228,7 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
     try:
         states[0].restore()
         python_random.load(0)
-        with _as_rank_thread():
+        with _as_rank_thread(context):
             body(0)
         try:
             while not native.finish():  # a signal: Python's handlers run here
@@ -267,7 +266,8 @@ def _set_grad_and_device(context: tuple[bool, Any]) -> None:
     import torch
 
     grad, device = context
-    torch.set_grad_enabled(grad)
+    if torch.is_grad_enabled() != grad:
+        torch.set_grad_enabled(grad)
     if torch.get_default_device() != device:
         torch.set_default_device(device)
 

@@ -380,10 +380,13 @@ class FakeWorld:
         """Group name -> what to call it: the mesh dimension's name for a
         DeviceMesh group, else its description ("default_pg", ...)."""
         self._require(None, "group_labels")
-        labels = dict(self._labels)
-        for name, desc in _compat.group_descriptions().items():
-            labels[name] = desc[len("mesh_"):] if desc.startswith("mesh_") else desc
-        return labels
+        return {**self._labels, **self._labels_now()}
+
+    @staticmethod
+    def _labels_now() -> dict[str, str]:
+        """The labels of the groups this thread has now."""
+        return {name: desc[len("mesh_"):] if desc.startswith("mesh_") else desc
+                for name, desc in _compat.group_descriptions().items()}
 
     # -- life cycle -------------------------------------------------------
     def __enter__(self) -> FakeWorld:
@@ -529,7 +532,7 @@ class FakeWorld:
             # through torch's teardown, as they ran.
             with _TEARDOWN:
                 try:
-                    self._labels.update(self.group_labels())
+                    self._labels.update(self._labels_now())
                     if dist.is_initialized():
                         _next_group_number = max(_next_group_number, _compat.group_count())
                         dist.destroy_process_group()
