@@ -683,6 +683,29 @@ def uninstall_thread_local_world(saved: Any) -> None:
     torch._C._distributed_c10d._set_thread_isolation_mode(isolation)
 
 
+def default_device() -> Any:
+    """NOTE [compat: default device] ``torch.get_default_device()``, which
+    costs about 8 us (two imports, a walk of the mode stack) and is asked at
+    every exact run on every rank's thread. It is cpu unless this thread has a
+    device context (``torch._GLOBAL_DEVICE_CONTEXT``, set by
+    ``set_default_device``) or a mode on its torch-function mode stack
+    (2.11-2.14.1): torch is asked only then, or when either name is missing."""
+    import torch
+
+    context = getattr(torch, "_GLOBAL_DEVICE_CONTEXT", None)
+    modes = getattr(torch._C, "_len_torch_function_stack", None)
+    if context is not None and modes is not None and getattr(context, "device_context", None) is None and not modes():
+        return _cpu()
+    return torch.get_default_device()
+
+
+@functools.cache
+def _cpu() -> Any:
+    import torch
+
+    return torch.device("cpu")
+
+
 def dtensor_rng_tracker() -> Any:
     """DTensor's RNG tracker (a module global; None until first used), or
     None when DTensor is not loaded. NOTE [compat: DTensor RNG tracker]: per

@@ -259,7 +259,7 @@ def _grad_and_device() -> tuple[bool, Any]:
     """What torch keeps per thread that a rank's thread takes from the caller."""
     import torch
 
-    return torch.is_grad_enabled(), torch.get_default_device()
+    return torch.is_grad_enabled(), _compat.default_device()
 
 
 def _set_grad_and_device(context: tuple[bool, Any]) -> None:
@@ -268,7 +268,7 @@ def _set_grad_and_device(context: tuple[bool, Any]) -> None:
     grad, device = context
     if torch.is_grad_enabled() != grad:
         torch.set_grad_enabled(grad)
-    if torch.get_default_device() != device:
+    if _compat.default_device() != device:
         torch.set_default_device(device)
 
 

@@ -650,6 +650,28 @@ def test_a_rank_leaves_nothing_per_thread_for_the_next_run() -> None:
     assert seen == [("cpu", True), ("cpu", True)]
 
 
+@pytest.mark.parametrize("how", ["set_default_device", "with torch.device"])
+def test_every_rank_starts_with_the_callers_default_device_and_grad_mode(how: str) -> None:
+    def program() -> tuple[str, bool]:
+        return torch.zeros(1).device.type, torch.is_grad_enabled()
+
+    with FakeWorld(3, values="exact") as world:
+        world.run(program)  # the pooled threads have run on cpu before
+        with torch.no_grad():
+            if how == "set_default_device":
+                torch.set_default_device("meta")
+                try:
+                    seen = world.run(program)
+                finally:
+                    torch.set_default_device(None)
+            else:
+                with torch.device("meta"):
+                    seen = world.run(program)
+        after = world.run(program)
+    assert seen == [("meta", False)] * 3
+    assert after == [("cpu", True)] * 3
+
+
 @pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")
 @pytest.mark.fake_world(2, values="exact")
 def test_sparse_all_reduce_is_refused_not_wrong() -> None:
