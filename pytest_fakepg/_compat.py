@@ -87,10 +87,25 @@ def init_default_group(backend: str, rank: int, world_size: int, store: Any,
         same = False
     _DIRECT_GROUPS = same
     if not same:
+        _undo_default_group(count)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, store=store)
+
+
+def _undo_default_group(count: int) -> None:
+    """Back to no group at all, however much of the default group was made
+    (before it, the world had no group to keep)."""
+    dist = _c10d()
+    world = dist._world
+    try:
         if dist.is_initialized():
             dist.destroy_process_group()
+    finally:
+        for name in ("pg_map", "pg_names", "pg_group_ranks", "pg_backend_config", "tags_to_pg", "pg_to_tag"):
+            getattr(world, name).clear()
+        if world.default_pg is not None:
+            dist._update_default_pg(None)
+        dist._unregister_all_process_groups()
         set_group_count(count)
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, store=store)
 
 
 _DIRECT_GROUPS: bool | None = None  # None: not checked yet (NOTE [compat: default group made directly])

@@ -478,7 +478,7 @@ def test_default_group_made_directly_is_torchs(unchecked_default_groups: Any) ->
         assert world.run(program) == [(r, 6.0, True) for r in range(4)]
 
 
-@pytest.mark.parametrize("fault", ["differs", "raises"])
+@pytest.mark.parametrize("fault", ["differs", "raises", "raises half made"])
 def test_default_group_made_by_torch_when_the_direct_one_is_not_torchs(
     unchecked_default_groups: Any, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
@@ -494,6 +494,9 @@ def test_default_group_made_by_torch_when_the_direct_one_is_not_torchs(
         if fault == "raises":
             raise AttributeError("module 'torch.distributed.distributed_c10d' has no attribute '_a_name'")
         made(*args)
+        if fault == "raises half made":  # registered, not yet the default group
+            dist.distributed_c10d._update_default_pg(None)
+            raise AttributeError("module 'torch.distributed.distributed_c10d' has no attribute '_a_name'")
         del dist.distributed_c10d._world.tags_to_pg[""]
 
     monkeypatch.setattr(compat, "_make_default_group", unlike_torchs)
