@@ -464,7 +464,7 @@ def test_default_group_made_directly_is_torchs(unchecked_default_groups: Any) ->
         assert compat._default_group_state() == torchs_state
         direct = default_group_view()
         assert [r.op for r in world.collectives] == ["all_reduce"]
-    torchs["name"] = direct["name"] = torchs["name"][1:]  # another world, another group name
+    torchs["name"], direct["name"] = torchs["name"][1:], direct["name"][1:]  # another world, another group name
     assert direct == torchs
     assert direct["all_reduce"] == [8.0, 8.0]  # 4 ranks' copies of rank 2's values (uniform)
 
