@@ -100,7 +100,7 @@ def _undo_default_group(count: int) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
     finally:
-        for name in ("pg_map", "pg_names", "pg_group_ranks", "pg_backend_config", "tags_to_pg", "pg_to_tag"):
+        for name in _PER_THREAD_NEW:  # every container _World keeps
             getattr(world, name).clear()
         if world.default_pg is not None:
             dist._update_default_pg(None)

@@ -184,7 +184,7 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
         torch.cuda.init()  # so every rank's CUDA generator is saved from the start
     entry = _RankState()
     states = [entry.for_a_rank() for _ in range(n)]  # every rank starts where the caller's streams are
-    excepthook = sys.excepthook  # each rank's init_process_group wraps it once more
+    excepthook = sys.excepthook  # torch's init_process_group, where it makes a rank's group, wraps it
     python_random = _PythonRandom(n)
     results: list[Any] = [None] * n
     failures: list[tuple[int, BaseException]] = []
