@@ -6,6 +6,9 @@
 #include <c10/util/Exception.h>
 #include <pybind11/pybind11.h>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <optional>
@@ -33,30 +36,100 @@ namespace fakepg {
 // ---------------------------------------------------------------------------
 // Gate and Scheduler
 
+// NOTE [Hand-overs stay on one CPU]
+// One rank runs at a time, so a run is a single line of work handed from
+// thread to thread. Left to itself, the kernel wakes each thread on an idle
+// CPU, often not the one whose caches the last rank just filled, and through
+// a cross-CPU wake-up (an interrupt to a sleeping CPU: in a VM, an exit). So a
+// hand-over wakes the next thread on the CPU it runs on:
+//  - just before the gate opens, the sleeper's affinity is narrowed to this
+//    CPU, and it is made SCHED_BATCH so that waking does not preempt the
+//    thread that woke it, which is about to sleep (batch threads wait for the
+//    next tick or a sleep; a normal one would preempt it, and the load
+//    balancer would then move one of the two away);
+//  - the woken thread puts its own affinity and policy back (settle()) before
+//    it runs anything else, so it never runs code that could start threads or
+//    processes (which inherit both) while narrowed.
+// A trivial run of 4 ranks on a 2-CPU VM took about a quarter less time.
+// Best effort: where a call fails, the thread wakes wherever the kernel puts
+// it, as before. Threads whose policy is not SCHED_OTHER keep theirs.
+
+namespace {
+
+pid_t thisThread() {
+  thread_local const pid_t tid = static_cast<pid_t>(::syscall(SYS_gettid));
+  return tid;
+}
+
+}  // namespace
+
 Gate::Gate() {
   sem_init(&sem_, 0, 0);
+  CPU_ZERO(&cpus_);
 }
 
 Gate::~Gate() {
   sem_destroy(&sem_);
 }
 
-void Gate::open() {
+void Gate::open(bool here) {
+  if (here) {
+    std::lock_guard<std::mutex> lk(mu_);
+    const int cpu = sched_getcpu();
+    if (!narrowed_ && waiter_ != 0 && waiter_ != thisThread() && cpu >= 0 &&
+        sched_getaffinity(waiter_, sizeof(cpus_), &cpus_) == 0 &&
+        CPU_ISSET(cpu, &cpus_)) {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      narrowed_ = sched_setaffinity(waiter_, sizeof(one), &one) == 0;
+      if (narrowed_ && sched_getscheduler(waiter_) == SCHED_OTHER) {
+        const sched_param param{};
+        batch_ = sched_setscheduler(waiter_, SCHED_BATCH, &param) == 0;
+      }
+    }
+  }
   sem_post(&sem_);
 }
 
+void Gate::settle() {
+  std::lock_guard<std::mutex> lk(mu_);
+  restore(0);
+}
+
+void Gate::restore(pid_t thread) {
+  if (narrowed_) {
+    narrowed_ = false;
+    sched_setaffinity(thread, sizeof(cpus_), &cpus_);
+  }
+  if (batch_) {
+    batch_ = false;
+    const sched_param param{};
+    sched_setscheduler(thread, SCHED_OTHER, &param);
+  }
+}
+
 bool Gate::wait(bool interruptible) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    waiter_ = thisThread();
+  }
+  bool woken = true;
   while (sem_wait(&sem_) != 0) {
     if (errno == EINTR && interruptible) {
-      return false;
+      woken = false;
+      break;
     }
   }
-  return true;
+  settle();
+  return woken;
 }
 
 void Gate::reset() {
   while (sem_trywait(&sem_) == 0) {
   }
+  std::lock_guard<std::mutex> lk(mu_);
+  restore(waiter_);  // a stale wake-up's narrowing
 }
 
 Scheduler::Scheduler(int world_size)
@@ -73,11 +146,14 @@ void Scheduler::awaitTurn(int rank) {
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (aborted_ || current_ == rank) {
-        return;
+        break;
       }
     }
     gates_[rank]->wait();
   }
+  // The baton may have come back before this thread slept: the hand-over
+  // narrowed it all the same (NOTE [Hand-overs stay on one CPU]).
+  gates_[rank]->settle();
 }
 
 void Scheduler::start(std::vector<c10::intrusive_ptr<Gate>> gates) {
@@ -128,7 +204,7 @@ void Scheduler::leave(int rank) {
 void Scheduler::ended(int rank) {
   std::lock_guard<std::mutex> lk(mu_);
   if (++ended_ == n_ && rank != 0) {
-    gates_[0]->open();  // the caller waits in finish()
+    gates_[0]->open(/*here=*/true);  // the caller waits in finish()
   }
 }
 
@@ -137,13 +213,15 @@ bool Scheduler::finish() {
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (ended_ == n_) {
-        return true;
+        break;
       }
     }
     if (!gates_[0]->wait(/*interruptible=*/true)) {
       return false;
     }
   }
+  gates_[0]->settle();  // woken by the last ended(), maybe before it slept
+  return true;
 }
 
 void Scheduler::abort(const std::string& reason) {
@@ -228,7 +306,7 @@ void Scheduler::handTo(int from, int next) {
     }
     current_ = next;
   }
-  gates_[next]->open();
+  gates_[next]->open(/*here=*/true);
 }
 
 void Scheduler::throwIfAborted() const {

@@ -8,7 +8,9 @@
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
+#include <sched.h>
 #include <semaphore.h>
+#include <sys/types.h>
 
 #include <cstdint>
 #include <deque>
@@ -41,16 +43,31 @@ class Gate : public c10::intrusive_ptr_target {
  public:
   Gate();
   ~Gate() override;
-  void open();
+  // Wakes the waiting thread; `here`: on the CPU the caller runs on (NOTE
+  // [Hand-overs stay on one CPU], exact.cpp).
+  void open(bool here = false);
   // Waits for open(); the caller must not hold the GIL. Returns false,
   // without waiting further, if a signal interrupts the wait and
   // `interruptible`, so that the caller can run Python's signal handlers.
+  // Either way the thread returns settled.
   bool wait(bool interruptible = false);
-  // Drops wake-ups left over from a stopped run.
+  // By the waiting thread, before it runs anything that a hand-over's
+  // open(here=true) could have found it about to run: its own affinity and
+  // policy back. Cheap when there is nothing to undo.
+  void settle();
+  // Drops wake-ups left over from a stopped run, and their narrowing.
   void reset();
 
  private:
+  // With mu_ held: undo a hand-over's narrowing of `thread` (0: this one).
+  void restore(pid_t thread);
+
   sem_t sem_;
+  std::mutex mu_;  // guards what follows
+  pid_t waiter_ = 0;  // the thread that waits on this gate, once it has
+  bool narrowed_ = false;  // waiter held to one CPU; its own CPUs: cpus_
+  bool batch_ = false;  // waiter made SCHED_BATCH; it was SCHED_OTHER
+  cpu_set_t cpus_;
 };
 
 // NOTE [The baton]

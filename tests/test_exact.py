@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
 import random
+import threading
 import time
 
 import pytest
@@ -648,6 +650,34 @@ def test_a_rank_leaves_nothing_per_thread_for_the_next_run() -> None:
         assert (torch.zeros(1).device.type, torch.is_grad_enabled()) == ("cpu", True)  # rank 0 ran on this thread
         seen = world.run(lambda: (torch.zeros(1).device.type, torch.is_grad_enabled()))
     assert seen == [("cpu", True), ("cpu", True)]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux: CPU affinity")
+def test_ranks_and_what_they_start_run_on_the_callers_cpus_and_policy() -> None:
+    # NOTE [Hand-overs stay on one CPU]: a hand-over wakes the next rank's
+    # thread held to one CPU, as SCHED_BATCH; it must be itself again before
+    # its program goes on, or threads it starts would inherit the hold.
+    def seen() -> tuple[set[int], int]:
+        return os.sched_getaffinity(0), os.sched_getscheduler(0)
+
+    def program() -> list[tuple[set[int], int]]:
+        first = seen()
+        dist.barrier()  # every rank hands over, and is handed back to
+        resumed = seen()
+        started: list[tuple[set[int], int]] = []
+        thread = threading.Thread(target=lambda: started.append(seen()))
+        thread.start()
+        thread.join()
+        return [first, resumed, *started]
+
+    mine = seen()
+    with FakeWorld(4, values="exact") as world:
+        for _ in range(3):  # pooled threads, woken again
+            assert world.run(program) == [[mine] * 3] * 4
+    assert seen() == mine
+    pooled = [t.native_id for t in threading.enumerate() if t.name == "fakepg-rank"]
+    assert len(pooled) >= 3
+    assert [(os.sched_getaffinity(tid), os.sched_getscheduler(tid)) for tid in pooled] == [mine] * len(pooled)
 
 
 @pytest.mark.parametrize("how", ["set_default_device", "with torch.device"])
