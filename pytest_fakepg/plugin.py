@@ -78,6 +78,11 @@ _CASE = pytest.StashKey[_Case]()
 # An item's place in a sweep whose traces are gathered: (key, cases, check).
 _SWEEP = pytest.StashKey[tuple[str, int, bool]]()
 _REPORT_ENTRY = pytest.StashKey[dict[str, Any]]()
+# The tests being run, innermost last (pytester runs sessions inside a test):
+# how this plugin's fixtures find their test without taking `request`, which
+# pytest 9 wraps in a new FixtureDef, inspecting a signature, each time a
+# fixture asks for it.
+_RUNNING: list[pytest.Item] = []
 
 
 # -- options and configuration -------------------------------------------------
@@ -489,6 +494,7 @@ def _check_leaks(item: pytest.Item) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A marked test's world comes up before any fixture, so fixtures and the
     test body alike can call torch.distributed."""
+    _RUNNING.append(item)
     case = item.stash.get(_CASE, None)
     if case is not None:
         _bring_up(item, case)
@@ -501,6 +507,8 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     try:
         return (yield)
     finally:
+        if item in _RUNNING:
+            _RUNNING.remove(item)
         world = item.stash.get(_WORLD, None)
         if world is not None:
             _take_down(item, world)
@@ -577,12 +585,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 # -- fixtures ------------------------------------------------------------------
 
 
-@pytest.fixture
-def fake_world(request: pytest.FixtureRequest) -> FakeWorld:
-    """The test's FakeWorld. Without the fake_world marker, a default world:
-    world size from the fake_world_size ini option (2) or the test's own
-    world_size parameter, rank 0 or the test's rank parameter."""
-    item = request.node
+def _test_world() -> FakeWorld:
+    """The running test's FakeWorld, brought up now if it is not up yet (see
+    the fake_world fixture)."""
+    if not _RUNNING:
+        raise RuntimeError("pytest-fakepg's fixtures give a running test its fake world; no test is running")
+    item = _RUNNING[-1]
     world = item.stash.get(_WORLD, None)
     if world is None:
         # Goes down in pytest_runtest_teardown, after every fixture.
@@ -591,39 +599,50 @@ def fake_world(request: pytest.FixtureRequest) -> FakeWorld:
 
 
 @pytest.fixture
-def rank(fake_world: FakeWorld) -> int:
+def fake_world() -> FakeWorld:
+    """The test's FakeWorld. Without the fake_world marker, a default world:
+    world size from the fake_world_size ini option (2) or the test's own
+    world_size parameter, rank 0 or the test's rank parameter."""
+    return _test_world()
+
+
+@pytest.fixture
+def rank() -> int:
     """This process's rank in the fake world; in an exact world, each rank's
     test body gets its own."""
-    if fake_world.exact:
+    world = _test_world()
+    if world.exact:
         return _PerRank("rank")  # type: ignore[return-value]
-    return fake_world.rank
+    return world.rank
 
 
 @pytest.fixture
-def world_size(fake_world: FakeWorld) -> int:
+def world_size() -> int:
     """The fake world's size."""
-    return fake_world.world_size
+    return _test_world().world_size
 
 
 @pytest.fixture
-def device_mesh(fake_world: FakeWorld) -> DeviceMesh:
+def device_mesh() -> DeviceMesh:
     """The world's DeviceMesh: the one asked for with mesh=..., else a 1-D
     mesh over every rank. In an exact world, each rank's test body gets its own."""
-    if fake_world.exact:
+    world = _test_world()
+    if world.exact:
         return _PerRank("device_mesh")  # type: ignore[return-value]
-    return fake_world.device_mesh()
+    return world.device_mesh()
 
 
 @pytest.fixture
-def fake_store(fake_world: FakeWorld) -> Store:
+def fake_store() -> Store:
     """The store behind the fake world's process groups."""
-    return fake_world.store
+    return _test_world().store
 
 
 @pytest.fixture
-def collectives(fake_world: FakeWorld) -> CollectiveLog:
+def collectives() -> CollectiveLog:
     """The log of collectives the test ran (a CollectiveLog); in an exact
     world, each rank's test body gets the log of what that rank issued."""
-    if fake_world.exact:
+    world = _test_world()
+    if world.exact:
         return _PerRank("collectives")  # type: ignore[return-value]
-    return fake_world.collectives
+    return world.collectives

@@ -127,6 +127,27 @@ def test_plain():
     result.assert_outcomes(passed=6)
 
 
+def test_fixtures_asked_for_late_and_after_a_session_run_inside_the_test(run_tests: RunTests) -> None:
+    # The fixtures find their test without taking `request`; a pytest session
+    # run inside a test (pytester, in process) must not make them lose it.
+    result = run_tests("""
+pytest_plugins = ["pytester"]
+
+@pytest.mark.fake_world(3, rank=2)
+def test_nested(request, pytester):
+    pytester.makepyfile(test_inner="def test_inner():\\n    pass\\n")
+    pytester.runpytest_inprocess("-p", "no:randomly", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert request.getfixturevalue("rank") == 2
+    assert request.getfixturevalue("fake_world").world_size == 3
+
+def test_unmarked_asks_in_its_body(request):
+    assert not dist.is_initialized()
+    assert request.getfixturevalue("world_size") == 2
+    assert dist.get_world_size() == 2
+""")
+    result.assert_outcomes(passed=2)
+
+
 def test_collective_log_fixture_counts(run_tests: RunTests) -> None:
     result = run_tests("""
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
