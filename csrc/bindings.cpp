@@ -192,6 +192,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             w.scheduler()->abort(reason);
           })
       .def(
+          "restore_caller_rng",
+          [](WorldState& w) { w.scheduler()->restoreCallerRng(); })
+      .def(
           "deadlocked",
           [](WorldState& w) { return w.scheduler()->deadlocked(); })
       .def(

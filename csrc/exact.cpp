@@ -1,6 +1,7 @@
 #include "exact.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/Exception.h>
@@ -132,6 +133,25 @@ void Gate::reset() {
   restore(waiter_);  // a stale wake-up's narrowing
 }
 
+CpuRng CpuRng::current() {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();  // a handle
+  std::lock_guard<std::mutex> lk(gen.mutex());
+  auto* impl = gen.get<at::CPUGeneratorImpl>();
+  return CpuRng{
+      impl->engine(),
+      impl->next_float_normal_sample(),
+      impl->next_double_normal_sample()};
+}
+
+void CpuRng::install() const {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();  // a handle
+  std::lock_guard<std::mutex> lk(gen.mutex());
+  auto* impl = gen.get<at::CPUGeneratorImpl>();
+  impl->set_engine(engine);
+  impl->set_next_float_normal_sample(next_float);
+  impl->set_next_double_normal_sample(next_double);
+}
+
 Scheduler::Scheduler(int world_size)
     : n_(world_size), state_(world_size, kNew), waiting_on_(world_size) {}
 
@@ -167,6 +187,8 @@ void Scheduler::start(std::vector<c10::intrusive_ptr<Gate>> gates) {
   std::fill(waiting_on_.begin(), waiting_on_.end(), nullptr);
   current_ = 0;  // the caller runs rank 0
   ended_ = 0;
+  caller_rng_ = CpuRng::current();
+  rng_.assign(n_, caller_rng_);
   aborted_ = deadlocked_ = false;
   reason_.clear();
   dead_states_.clear();
@@ -293,11 +315,17 @@ void Scheduler::handTo(int from, int next) {
   if (next < 0) {
     return;
   }
-  if (hook_ && next != from) {
+  if (next != from) {
     // Still the only rank running: the process-wide state is swapped here,
     // once, before the next rank wakes.
-    py::gil_scoped_acquire gil;
-    hook_(from, next);
+    if (from >= 0) {
+      rng_[from] = CpuRng::current();
+    }
+    rng_[next].install();
+    if (hook_) {
+      py::gil_scoped_acquire gil;
+      hook_(from, next);
+    }
   }
   {
     std::lock_guard<std::mutex> lk(mu_);

@@ -3,6 +3,7 @@
 // worlds] in exact.cpp.
 #pragma once
 
+#include <ATen/core/MT19937RNGEngine.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/ivalue.h>
 #include <torch/csrc/distributed/c10d/Types.hpp>
@@ -19,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,6 +72,18 @@ class Gate : public c10::intrusive_ptr_target {
   cpu_set_t cpus_;
 };
 
+// The state of torch's default CPU generator: its engine and the normal
+// samples it has cached, which is all that torch.get_rng_state() holds.
+// Copied in and out at each switch (NOTE [The baton]): a few kilobytes
+// copied, where get_rng_state()/set_rng_state() made and parsed a tensor.
+struct CpuRng {
+  at::mt19937 engine;
+  std::optional<float> next_float;
+  std::optional<double> next_double;
+  static CpuRng current();
+  void install() const;
+};
+
 // NOTE [The baton]
 // The ranks of an exact world run one at a time: the rank holding the baton
 // runs, every other rank waits for it. A rank passes the baton on only when it
@@ -109,11 +123,18 @@ class Scheduler : public c10::intrusive_ptr_target {
   // Wait until `work` completes, running other ranks meanwhile (from inside
   // Work::wait). Throws when the run is stopped.
   void block(int rank, ExactWork* work);
-  // Called with the GIL at each switch, by the rank that stops running,
-  // before the next one wakes: hook(from, to) saves rank `from`'s
-  // per-process state (from is -1 when that rank finished) and loads `to`'s.
+  // At each switch, by the rank that stops running, before the next one
+  // wakes, the scheduler saves rank `from`'s CPU generator (from is -1 when
+  // that rank finished) and installs `to`'s; each rank starts with the state
+  // the caller had at start(). Then, with the GIL, hook(from, to) does the
+  // same for the per-process state Python keeps.
   void setSwitchHook(std::function<void(int, int)> hook) {
     hook_ = std::move(hook);
+  }
+  // Puts back the CPU generator the caller had at start(): the caller's
+  // stream goes on as if the run had not drawn from it.
+  void restoreCallerRng() const {
+    caller_rng_.install();
   }
   // Per rank: 0 not started, 1 running or runnable, 2 waiting, 3 finished;
   // after a deadlock, as it was found.
@@ -150,6 +171,8 @@ class Scheduler : public c10::intrusive_ptr_target {
   std::vector<int> dead_states_;
   std::vector<std::string> dead_waiting_;
   std::function<void(int, int)> hook_;
+  CpuRng caller_rng_;
+  std::vector<CpuRng> rng_;  // each rank's, while another runs
 };
 
 // A collective's or point-to-point op's work in an exact world: complete

@@ -26,17 +26,17 @@ _NOT_STARTED, _RUNNABLE, _WAITING, _FINISHED = range(4)
 
 
 class _RankState:
-    """What a separate process would keep to itself and is process-wide here:
-    torch's CPU (and, once initialised, CUDA) generators, DTensor's RNG
-    tracker and its redistribute caches (NOTE [compat: redistribute
-    caches]). Captured when a rank stops running, loaded for the next."""
+    """What a separate process would keep to itself, is process-wide here, and
+    is kept in Python: torch's CUDA generators (once initialised), DTensor's
+    RNG tracker and its redistribute caches (NOTE [compat: redistribute
+    caches]). Captured when a rank stops running, loaded for the next. The
+    CPU generator is swapped by the scheduler itself (NOTE [The baton])."""
 
-    __slots__ = ("cpu", "cuda", "tracker", "redistribute")
+    __slots__ = ("cuda", "tracker", "redistribute")
 
     def __init__(self) -> None:
         import torch
 
-        self.cpu = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         self.tracker = _compat.dtensor_rng_tracker()
         self.redistribute = _compat.redistribute_caches()
@@ -45,14 +45,13 @@ class _RankState:
         """This state with empty redistribute caches of its own: a rank's
         first, before it ever ran."""
         state = _RankState.__new__(_RankState)
-        state.cpu, state.cuda, state.tracker = self.cpu, self.cuda, self.tracker
+        state.cuda, state.tracker = self.cuda, self.tracker
         state.redistribute = _FRESH
         return state
 
     def restore(self) -> None:
         import torch
 
-        torch.set_rng_state(self.cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
         _compat.set_dtensor_rng_tracker(self.tracker)
@@ -80,20 +79,26 @@ class _PythonRandom:
         self.ranks: list[dict[str, Any] | None] = [None] * ranks
         self.rank = 0
         self.first_calls = {n: functools.partial(self._first_call, n) for n in self.caller}
+        self.installed = self.caller  # what the module holds now
 
     def _first_call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         inst = random.Random.__new__(random.Random)  # not seeded: setstate sets it all
         inst.setstate(self.caller_inst.getstate())
         bound = self.ranks[self.rank] = {n: getattr(inst, n) for n in self.caller}
         self.module.update(bound)
+        self.installed = bound
         return bound[name](*args, **kwargs)
 
     def load(self, rank: int) -> None:
         self.rank = rank
-        self.module.update(self.ranks[rank] or self.first_calls)
+        functions = self.ranks[rank] or self.first_calls
+        if functions is not self.installed:  # ranks that never drew share first_calls
+            self.module.update(functions)
+            self.installed = functions
 
     def restore(self) -> None:
         self.module.update(self.caller)
+        self.installed = self.caller
         self.first_calls.clear()  # each holds this object: left to the cycle collector, a run's garbage
 
 
@@ -240,6 +245,7 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
             raise
     finally:
         native.set_switch_hook(None)
+        native.restore_caller_rng()
         entry.restore()
         python_random.restore()
         sys.excepthook = excepthook
