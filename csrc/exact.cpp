@@ -51,7 +51,7 @@ namespace fakepg {
 //  - the woken thread puts its own affinity and policy back (settle()) before
 //    it runs anything else, so it never runs code that could start threads or
 //    processes (which inherit both) while narrowed.
-// A trivial run of 4 ranks on a 2-CPU VM took about a quarter less time.
+// A trivial run of 4 ranks on a 2-CPU VM took about a fifth less time.
 // Best effort: where a call fails, the thread wakes wherever the kernel puts
 // it, as before. Threads whose policy is not SCHED_OTHER keep theirs.
 

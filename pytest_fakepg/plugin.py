@@ -493,7 +493,8 @@ def _check_leaks(item: pytest.Item) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A marked test's world comes up before any fixture, so fixtures and the
-    test body alike can call torch.distributed."""
+    test body alike can call torch.distributed. Every test is noted as
+    running, for this plugin's fixtures."""
     _RUNNING.append(item)
     case = item.stash.get(_CASE, None)
     if case is not None:
