@@ -227,6 +227,37 @@ def test_each_rank_gets_the_stream_a_separate_process_would() -> None:
     assert not torch.equal(results[0][0], results[2][0])
 
 
+def test_ranks_start_on_the_callers_torch_stream_which_goes_on_untouched() -> None:
+    # The scheduler swaps the CPU generator itself: its engine, and the normal
+    # sample randn caches (a rank's second randn(1) uses the first's spare).
+    def draws(seed: int | None = None) -> list[torch.Tensor]:
+        if seed is not None:
+            torch.manual_seed(seed)
+        return [torch.rand(2), torch.randn(1), torch.randn(1)]
+
+    torch.manual_seed(11)
+    torch.rand(3)
+    state = torch.get_rng_state()
+    callers_next = draws()
+    per_seed = {rank: draws(100 + rank) for rank in range(3)}
+    torch.set_rng_state(state)
+
+    def program() -> list[torch.Tensor]:
+        rank = dist.get_rank()
+        inherited = torch.rand(2)
+        torch.manual_seed(100 + rank)
+        first = [torch.rand(2), torch.randn(1)]
+        dist.barrier()  # every other rank draws meanwhile
+        return [inherited, *first, torch.randn(1)]
+
+    with FakeWorld(3, values="exact") as world:
+        results = world.run(program)
+    for rank, (inherited, *seeded) in enumerate(results):
+        assert torch.equal(inherited, callers_next[0])
+        assert all(torch.equal(a, b) for a, b in zip(seeded, per_seed[rank]))
+    assert all(torch.equal(a, b) for a, b in zip(draws(), callers_next))
+
+
 def test_each_rank_draws_from_a_copy_of_the_callers_python_random() -> None:
     random.seed(11)
     expected = [random.random(), random.random()]
