@@ -477,6 +477,35 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gather(
   return done(c10d::OpType::GATHER, outs, err);
 }
 
+c10::intrusive_ptr<c10d::Work> FakeBackend::gatherIntoTensor(
+    at::Tensor& output,
+    at::Tensor& input,
+    const c10d::GatherOptions& opts) {
+  checkRoot("gather_into_tensor", opts.rootRank);
+  const bool root = rank_ == opts.rootRank;
+  if (root) {
+    checkNumel("gather_into_tensor", output, input, size_, "output", "input");
+  }
+  auto err = begin(
+      Op::gather_into_tensor, {input}, kNoReduceOp, globalRank(opts.rootRank));
+  std::vector<at::Tensor> outs;
+  if (root) {
+    outs.push_back(output);
+  }
+  if (exact()) {
+    auto c = part(Op::gather_into_tensor, {input}, outs);
+    c.root = opts.rootRank;
+    return post(std::move(c), c10d::OpType::GATHER, outs, err);
+  }
+  if (!err && root) {
+    // Every rank holds this rank's data (uniform), or each chunk is this
+    // rank's input (copy): the same bytes either way.
+    at::AutoDispatchBelowAutograd guard;
+    fillChunks(output, input, size_);
+  }
+  return done(c10d::OpType::GATHER, err ? std::vector<at::Tensor>{} : outs, err);
+}
+
 // NOTE [Data this rank cannot know]
 // On a non-root rank, scatter's data comes from the root's input list, which
 // does not exist in this process; likewise recv's data comes from a peer.

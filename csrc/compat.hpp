@@ -1,10 +1,11 @@
 // Every c10d name the backend relies on that is not part of c10d's stable
-// Backend interface, in one place. Checked against torch 2.11, 2.13 and
-// 2.14.1; see each NOTE for what happens when one moves.
+// Backend interface, in one place. Checked against torch 2.11, 2.13, 2.14.1
+// and 2.15.0; see each NOTE for what happens when one moves.
 #pragma once
 
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #include <torch/csrc/distributed/c10d/Utils.hpp>
+#include <torch/version.h>
 
 #include <cstdint>
 #include <vector>
@@ -38,8 +39,21 @@ using PreMulSumSupplement = c10d::NCCLPreMulSumSupplement;
 // NOTE [compat: deprecated overrides]
 // `_allgather_base` and `_reduce_scatter_base` are deprecated names, yet
 // c10d's dispatcher still routes all_gather_into_tensor and
-// reduce_scatter_tensor of a single tensor to them (2.11 to 2.14.1), so the
+// reduce_scatter_tensor of a single tensor to them (2.11 to 2.15.0), so the
 // backend overrides them. Drop them when c10d stops calling them.
+
+// NOTE [compat: the _single collectives]
+// torch 2.15 renames c10d's single-tensor collectives after torchcomms
+// (all_gather_single, reduce_scatter_single, ...): each new name forwards to
+// the old one, so the old overrides keep serving them. gather_single (gather
+// into one tensor) is new in 2.15 and has no old name: the backend overrides
+// it from 2.15 on. (Backend.hpp's forwarding macro would say so more exactly,
+// but the header #undefs it.)
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 15)
+#define FAKEPG_HAS_GATHER_SINGLE 1
+#else
+#define FAKEPG_HAS_GATHER_SINGLE 0
+#endif
 
 // NOTE [compat: Options::clone]
 // c10d::Backend::Options gained `virtual intrusive_ptr<Options> clone()` in

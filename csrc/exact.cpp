@@ -685,12 +685,7 @@ static std::string mismatch(
     } else if (a.in.size() != b.in.size() && a.op != Op::scatter) {
       what = "the ranks pass different numbers of tensors";
     } else {
-      const bool sized = a.op == Op::all_reduce ||
-          a.op == Op::all_reduce_coalesced || a.op == Op::broadcast ||
-          a.op == Op::reduce || a.op == Op::all_gather_into_tensor ||
-          a.op == Op::all_gather_into_tensor_coalesced ||
-          a.op == Op::reduce_scatter_tensor ||
-          a.op == Op::reduce_scatter_tensor_coalesced;
+      const bool sized = opHas(a.op, kSameShapes);
       for (size_t k = 0; sized && k < a.in.size(); ++k) {
         if (a.in[k].numel() != b.in[k].numel()) {
           what = "a size mismatch: gloo raises, NCCL hangs or corrupts data";
@@ -804,6 +799,16 @@ void Exchange::complete(uint64_t seq, std::vector<Contribution>& m) {
             }
           }
           break;
+        case Op::gather_into_tensor: {
+          std::vector<at::Tensor> xs;
+          for (const auto& c : m) {
+            xs.push_back(flatOf(c.in[0]));
+          }
+          if (writes(first.root)) {
+            copyFlat(m[first.root].out.at(0), at::cat(xs));
+          }
+          break;
+        }
         case Op::scatter: {
           const auto staged = stagedInputs(m);  // only the root has inputs
           for (int i = 0; i < n; ++i) {

@@ -12,8 +12,18 @@ namespace fakepg {
 namespace {
 
 constexpr const char* kOpNames[kNumOps] = {
-#define FAKEPG_OP(name) #name,
+#define FAKEPG_OP(name, fr_name, traits) #name,
+#define FAKEPG_ALIAS(public_name, name)
 #include "ops.def"
+#undef FAKEPG_ALIAS
+#undef FAKEPG_OP
+};
+
+constexpr uint8_t kOpTraits[kNumOps] = {
+#define FAKEPG_OP(name, fr_name, traits) (traits),
+#define FAKEPG_ALIAS(public_name, name)
+#include "ops.def"
+#undef FAKEPG_ALIAS
 #undef FAKEPG_OP
 };
 
@@ -37,6 +47,10 @@ std::exception_ptr distBackendError(const std::string& msg) {
 
 const char* opName(Op op) {
   return kOpNames[static_cast<int>(op)];
+}
+
+bool opHas(Op op, uint8_t traits) {
+  return (kOpTraits[static_cast<int>(op)] & traits) == traits;
 }
 
 WorldState::WorldState(Values values, bool record, int world_size)

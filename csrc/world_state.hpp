@@ -23,15 +23,25 @@ class Exchange;   // exact.hpp
 // A c10::DistBackendError carrying `msg`, as an exception_ptr.
 std::exception_ptr distBackendError(const std::string& msg);
 
+// An op's traits, as csrc/ops.def gives them.
+constexpr uint8_t kSameShapes = 1;
+constexpr uint8_t kFromRoot = 2;
+constexpr uint8_t kToRoot = 4;
+constexpr uint8_t kPointToPoint = 8;
+
 // The collectives, from csrc/ops.def: Op::all_reduce, ...
 enum class Op : uint8_t {
-#define FAKEPG_OP(name) name,
+#define FAKEPG_OP(name, fr_name, traits) name,
+#define FAKEPG_ALIAS(public_name, name)
 #include "ops.def"
+#undef FAKEPG_ALIAS
 #undef FAKEPG_OP
   kCount,
 };
 constexpr int kNumOps = static_cast<int>(Op::kCount);
 const char* opName(Op op);
+// Whether `op` has every trait of `traits` (kSameShapes | ...).
+bool opHas(Op op, uint8_t traits);
 
 constexpr uint8_t kNoReduceOp = 255;
 constexpr int32_t kNoPeer = -1;

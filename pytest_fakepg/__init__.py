@@ -1,8 +1,16 @@
 """pytest-fakepg: a fake distributed world for every test."""
 
+from ._compat import UnsupportedTorchError
 from .records import CollectiveLog, CollectiveRecord
 from .spec import WorldSpec
-from .world import FakeWorld, FakeWorldFaultWarning, FakeWorldLeakWarning, FakeWorldWarning, Fault
+from .world import (
+    FakeWorld,
+    FakeWorldDeadlock,
+    FakeWorldFaultWarning,
+    FakeWorldLeakWarning,
+    FakeWorldWarning,
+    Fault,
+)
 
 __version__ = "0.1.0"
 
@@ -10,10 +18,12 @@ __all__ = [
     "CollectiveLog",
     "CollectiveRecord",
     "FakeWorld",
+    "FakeWorldDeadlock",
     "FakeWorldFaultWarning",
     "FakeWorldLeakWarning",
     "FakeWorldWarning",
     "Fault",
+    "UnsupportedTorchError",
     "WorldSpec",
     "__version__",
 ]

@@ -23,6 +23,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from . import _compat
+
 BACKEND_NAME = "fakepg"
 # The device types the backend is registered for: what a world may run on.
 DEVICES = ("cpu", "cuda")
@@ -199,7 +201,7 @@ def _compile(directory: Path, *, verbose: bool, quiet: bool) -> None:
     except Exception as exc:  # compiler errors, missing headers, ...
         raise BuildError(
             f"pytest-fakepg could not build its fakepg backend for torch "
-            f"{torch.__version__} in {directory}: {exc}"
+            f"{torch.__version__} in {directory} ({_compat.tested_text()}): {exc}"
         ) from exc
     # The marker goes last, after the library is complete, and names its size
     # and digest: see _cache_is_valid.
@@ -237,4 +239,5 @@ def register(creator: Callable[[Any, Any], Any]) -> None:
 
     load()
     dist.Backend.register_backend(BACKEND_NAME, creator, extended_api=True, devices=list(DEVICES))
+    _compat.skip_flight_recorder_hook(BACKEND_NAME)
     _registered = True

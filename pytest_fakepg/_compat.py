@@ -1,7 +1,7 @@
 """Every private torch name pytest-fakepg relies on, behind one door.
 
 Each function says what it is for, the torch versions it was checked
-against (2.11 on the GPU machine, 2.13.0 and 2.14.1 here) and what happens
+against (2.11 on the GPU machine, 2.13.0, 2.14.1 and 2.15.0 here) and what happens
 when the name is missing. Nothing else in the package reaches into torch's
 private API, and nothing here is imported before a world starts.
 """
@@ -16,6 +16,43 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
+
+
+# The torch releases every note below was checked on.
+TESTED_TORCH = ("2.11", "2.13.0", "2.14.1", "2.15.0")
+
+
+class UnsupportedTorchError(RuntimeError):
+    """A torch internal pytest-fakepg relies on is not where it expects it:
+    names the torch version and the versions the plugin was tested with."""
+
+
+def tested_text() -> str:
+    return f"pytest-fakepg was tested with torch {', '.join(TESTED_TORCH[:-1])} and {TESTED_TORCH[-1]}"
+
+
+def _door(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn a missing or changed torch name met by the shim into an
+    UnsupportedTorchError saying what could not be done, instead of an
+    AttributeError or TypeError from somewhere inside torch."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (AttributeError, ImportError, TypeError) as exc:
+                import torch
+
+                raise UnsupportedTorchError(
+                    f"pytest-fakepg cannot {what} on torch {torch.__version__} "
+                    f"({type(exc).__name__}: {exc}); {tested_text()}. A newer torch may have "
+                    "moved this internal: please report it with your torch version."
+                ) from exc
+
+        return checked
+
+    return wrap
 
 
 @functools.cache
@@ -42,8 +79,9 @@ def set_group_count(value: int) -> None:
         world.group_count = value
 
 
+@_door("find the default process group")
 def default_group() -> ProcessGroup:
-    """``_get_default_group``: the default group object (2.11-2.14.1)."""
+    """``_get_default_group``: the default group object (2.11-2.15.0)."""
     return _c10d()._get_default_group()
 
 
@@ -62,7 +100,7 @@ def init_default_group(backend: str, rank: int, world_size: int, store: Any,
     a rank's thread) in logging, checks and options that a fake world never
     varies, and every test makes one default group per rank. So the group is
     made with the same calls ``_new_process_group_helper`` makes for a plugin
-    backend whose devices share one backend (2.11-2.14.1), and registered as
+    backend whose devices share one backend (2.11-2.15.0), and registered as
     it registers it. Checked once per process, not trusted: the first default
     group of each world size is torch's own, and the next is made directly and
     compared with it (every ``_World`` property, the group's own state and
@@ -130,6 +168,7 @@ def _make_default_group(backend: str, rank: int, world_size: int, store: Any,
         pg._register_backend(device, kind, made)
     pg._set_group_name(name)
     pg._set_group_desc("default_pg")
+    attach_group_hooks(pg)
     world.pg_map[pg] = (backend, prefix_store)
     world.pg_names[pg] = name
     world.pg_backend_config[pg] = config
@@ -205,21 +244,45 @@ def _default_group_state() -> Any:
 # -- backends --------------------------------------------------------------------
 
 
+@_door("register torch's stock 'fake' backend")
 @functools.cache
 def register_stock_fake() -> Any:
     """torch registers its stock ``fake`` backend only when this test module
-    is imported (2.11-2.14.1); returns ``FakeProcessGroup.Options``."""
+    is imported (2.11-2.15.0); returns ``FakeProcessGroup.Options``."""
     import torch.testing._internal.distributed.fake_pg  # noqa: F401
     from torch._C._distributed_c10d import FakeProcessGroup
 
     return FakeProcessGroup.Options
 
 
+def skip_flight_recorder_hook(name: str) -> None:
+    """NOTE [compat: Flight Recorder hook] torch 2.15 attaches a Python
+    ``FlightRecorderHook`` to every group of a backend it does not know to
+    record itself (``distributed_c10d._FR_SELF_RECORDING_BACKENDS``): on a
+    fake backend, a cost on every collective, and a warning at every rank
+    switch of an exact world. fakepg is put with ``fake`` there (a fake world
+    writes its own dumps: ``--fake-world-trace-dir``). Before 2.15 there is
+    no such hook and nothing to do."""
+    backends = getattr(_c10d(), "_FR_SELF_RECORDING_BACKENDS", None)
+    if isinstance(backends, set):
+        backends.add(name)
+
+
+def attach_group_hooks(pg: Any) -> None:
+    """The hooks torch 2.15's ``_new_process_group_helper`` attaches to every
+    group it makes (``HealthCheckHook``), for a default group made directly;
+    none before 2.15."""
+    hook = getattr(sys.modules["torch._C._distributed_c10d"], "HealthCheckHook", None)
+    if hook is not None:
+        hook.attach(pg)
+
+
+@_door("route c10d's backend plugins to the fake world")
 def swap_backend_creator(name: str, creator: Callable[..., Any] | None) -> Any:
     """NOTE [compat: backend plugins] Point the c10d backend ``name`` at
     ``creator`` (extended API) through ``Backend._plugins``, or remove it
     (None); returns what was there, for ``restore_backend_creator``. Checked
-    2.11-2.14.1; missing ``_plugins`` raises, so a world on a torch without it
+    2.11-2.15.0; missing ``_plugins`` raises, so a world on a torch without it
     fails to start rather than run ``fake`` groups somewhere unexpected."""
     import torch.distributed as dist
 
@@ -251,7 +314,7 @@ def restore_backend_creator(name: str, ours: Callable[..., Any], before: Any) ->
 
 # -- DeviceMesh --------------------------------------------------------------------
 
-# _mesh_resources's per-process registries: mesh_stack (2.11-2.14.1) and, in
+# _mesh_resources's per-process registries: mesh_stack (2.11-2.15.0) and, in
 # older releases, the slicing maps. Those present are cleared; none missing
 # is an error.
 _MESH_REGISTRIES = (
@@ -272,18 +335,31 @@ def clear_mesh_registries() -> None:
             registry.clear()
 
 
+# The parameters of ``DeviceMesh._init_one_process_group`` that
+# ``_init_device_mesh`` in world.py knows how to serve, by torch release.
+_MESH_GROUP_PARAMETERS = (
+    ("sub_layout", "rank_map", "dim_name", "backend_override"),  # 2.11-2.15.0
+    ("sub_layout", "rank_map", "dim_name", "backend_override", "preserve_rank_order"),  # 2.15.0
+)
+
+
 def mesh_group_factory() -> tuple[Any, Any] | None:
     """NOTE [compat: mesh groups] ``DeviceMesh._init_one_process_group`` (a
     staticmethod) and ``_MeshLayout``, which ``_init_device_mesh`` in world.py
-    uses to create only this rank's groups. Present in 2.11-2.14.1; None when
-    either is missing, and the mesh is then built by torch's stock path (all
-    groups, slower at scale, same result)."""
+    uses to create only this rank's groups. Present in 2.11-2.15.0; 2.15 adds
+    ``preserve_rank_order``. None when either is missing or the factory takes
+    parameters not listed in ``_MESH_GROUP_PARAMETERS``: the mesh is then
+    built by torch's stock path (all groups, slower at scale, same result)."""
+    import inspect
+
     from torch.distributed import device_mesh as dm
 
     mesh_cls = getattr(dm, "DeviceMesh", None)
     layout_cls = getattr(dm, "_MeshLayout", None)
     original = vars(mesh_cls).get("_init_one_process_group") if mesh_cls is not None else None
     if layout_cls is None or not isinstance(original, staticmethod):
+        return None
+    if tuple(inspect.signature(original.__func__).parameters) not in _MESH_GROUP_PARAMETERS:
         return None
     return mesh_cls, layout_cls
 
@@ -330,7 +406,7 @@ def redistribute_caches(fresh: bool = False) -> Any:
     """NOTE [compat: redistribute caches] ``tensor._redistribute``'s
     ``_planner_cache`` (planners keyed by a weakref to the mesh) and the
     ``functools.cache`` on ``_gen_transform_infos`` (keyed by the specs),
-    2.11-2.14.1. Both are per process, and what they hold depends on the
+    2.11-2.15.0. Both are per process, and what they hold depends on the
     rank: a planner computes shapes from its mesh's coordinate. DeviceMesh
     equality ignores the rank, so another rank (of an exact world, or of a
     later world) would find this rank's: an exact world gives each rank its
@@ -367,7 +443,7 @@ def set_redistribute_caches(caches: Any) -> None:
 def share_sharding_decisions() -> Any:
     """NOTE [compat: sharding decisions across worlds] DTensor decides how
     each op's inputs and outputs are sharded (``ShardingPropagator.
-    propagate_op_sharding_non_cached``, 2.11-2.14.1), the bulk of a DTensor
+    propagate_op_sharding_non_cached``, 2.11-2.15.0), the bulk of a DTensor
     program's Python, and caches the decisions per thread, keyed by the op's
     schema. Every world clears those caches (their entries hold the world's
     meshes, whose groups die with it), so each test and each rank of an exact
@@ -599,7 +675,7 @@ def _detached_mesh(mesh: Any) -> Any:
 
 def dynamo_frames() -> int:
     """NOTE [compat: compiled code] How many frames dynamo has compiled
-    (``convert_frame.FRAME_COUNTER``, 2.11-2.14.1); 0 before dynamo is
+    (``convert_frame.FRAME_COUNTER``, 2.11-2.15.0); 0 before dynamo is
     imported or where the counter is missing (then compiled code is never
     reset, and a function compiled against one world's group recompiles in
     the next until dynamo's recompile limit)."""
@@ -607,6 +683,7 @@ def dynamo_frames() -> int:
     return int(getattr(convert_frame, "FRAME_COUNTER", 0))
 
 
+@_door("drop torch.compile's code compiled in a world that is gone")
 def reset_compiled_code() -> None:
     """``torch._dynamo.reset_code_caches()``: drop compiled code (its guards
     hold the process group of a world that is gone)."""
@@ -629,14 +706,15 @@ def environ_data() -> dict[Any, Any]:
 # -- exact worlds ------------------------------------------------------------------
 
 
+@_door("give each rank of an exact world its own c10d state")
 def install_thread_local_world() -> Any:
     """NOTE [compat: per-rank c10d state] c10d keeps a process's groups in the
     module global ``distributed_c10d._world`` (a ``_World``), read at every
     call. An exact world runs each rank on its own thread, so the global is
     replaced by a ``_World`` whose state is per thread, as torch's own
     MultiThreadedTestCase does (its ThreadLocalWorld); the properties made
-    per thread are the ones ``_World`` defines with stored state (2.11 to
-    2.14.1). Functional collectives find groups by name in a C++ registry,
+    per thread are the ones ``_World`` defines with module-global state,
+    and every attribute ``_World.__init__`` sets (2.11 to 2.15.0). Functional collectives find groups by name in a C++ registry,
     made per thread by ``_set_thread_isolation_mode``; DeviceMesh's registry
     is a ``threading.local`` already. Returns what ``uninstall`` needs."""
     import torch
@@ -673,7 +751,10 @@ def _per_thread_world_class() -> type:
     settable = {f"_per_thread_{name}": value for name, value in _PER_THREAD_SET.items()}
     containers = [(f"_per_thread_{name}", new) for name, new in _PER_THREAD_NEW.items()]
 
-    def init(self: Any) -> None:  # not _World.__init__: everything it sets is per thread here
+    def init(self: Any) -> None:
+        # _World.__init__ first: whatever it sets (2.15 added
+        # _pg_flight_recorder_hooks) is per thread, as this __dict__ is.
+        world_cls.__init__(self)
         state = self.__dict__  # this thread's
         state.update(settable)
         for stored, new in containers:
@@ -704,7 +785,7 @@ def default_device() -> Any:
     every exact run on every rank's thread. It is cpu unless this thread has a
     device context (``torch._GLOBAL_DEVICE_CONTEXT``, set by
     ``set_default_device``) or a mode on its torch-function mode stack
-    (2.11-2.14.1): torch is asked only then, or when either name is missing."""
+    (2.11-2.15.0): torch is asked only then, or when either name is missing."""
     import torch
 
     context = getattr(torch, "_GLOBAL_DEVICE_CONTEXT", None)

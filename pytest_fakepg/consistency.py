@@ -24,22 +24,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .ops import OP_NAMES
+from .ops import FROM_ROOT, OP_NAMES, POINT_TO_POINT, SAME_SHAPES, TO_ROOT
 from .records import ANY_SOURCE, OBJECT, ranks_text
 
 if TYPE_CHECKING:
     import pytest
 
     from .world import FakeWorld
-
-# Ops whose inputs must have equal shapes on every rank.
-SAME_SHAPES = frozenset({
-    "all_reduce", "all_reduce_coalesced", "all_gather_into_tensor", "all_gather_into_tensor_coalesced",
-    "reduce_scatter_tensor", "reduce_scatter_tensor_coalesced", "broadcast", "reduce",
-})
-ROOTED_FROM = frozenset({"broadcast", "scatter"})
-ROOTED_TO = frozenset({"reduce", "gather"})
-P2P = frozenset({"send", "recv"})
 
 
 class Call(NamedTuple):
@@ -118,11 +109,11 @@ def describe(call: Call) -> str:
             parts.append(", ".join(f"{call.dtype}{s}" for s in call.shapes))
     if call.reduce_op is not None:
         parts.append(call.reduce_op)
-    if call.op in ROOTED_FROM or (call.op == "recv" and not call.any_source):
+    if call.op in FROM_ROOT or (call.op == "recv" and not call.any_source):
         parts.append(f"from rank {call.peer}")
     elif call.op == "recv":
         parts.append("from any rank")
-    elif call.op in ROOTED_TO or call.op == "send":
+    elif call.op in TO_ROOT or call.op == "send":
         parts.append(f"to rank {call.peer}")
     text = " ".join(parts)
     return f"{text} at {call.site}" if call.site else text
@@ -133,7 +124,7 @@ def _mismatch(a: Call, b: Call, rank_a: int, rank_b: int) -> str | None:
     None if they match."""
     if a.op != b.op:
         return f"on a cluster rank {rank_a} waits forever in {a.op}, rank {rank_b} in {b.op}"
-    if (a.op in ROOTED_FROM or a.op in ROOTED_TO) and a.peer != b.peer:
+    if (a.op in FROM_ROOT or a.op in TO_ROOT) and a.peer != b.peer:
         return "on a cluster the ranks wait for different roots: a hang"
     if a.reduce_op != b.reduce_op:
         return "on a cluster the ranks reduce with different ops: the result is undefined"
@@ -188,7 +179,7 @@ def _check_groups(ranks: dict[int, _Trace]) -> str | None:
     calls: dict[tuple[tuple[int, ...], int], dict[int, list[Call]]] = {}
     for r, t in ranks.items():
         for call in t.calls:
-            if call.op in P2P:
+            if call.op in POINT_TO_POINT:
                 continue
             key = t.group_key(call)
             if key not in calls:

@@ -7,7 +7,7 @@ format torch's analyzer reads, so that
 
 analyses a fake run with the tool people use on real ones. The fields are
 c10d's (torch/csrc/distributed/c10d/FlightRecorder.hpp, dump version 2.10,
-the one torch 2.11 to 2.14.1 write); every call is "completed", since a fake
+the one torch 2.11 to 2.15.0 write); every call is "completed", since a fake
 call never waits. Group names in a dump are the same on every rank (a group
 is known by its global ranks and creation order; see consistency.py), and
 calls of object collectives carry no sizes (their byte counts follow each
@@ -22,30 +22,10 @@ import re
 from typing import Any
 
 from .consistency import Call, _Trace
+from .ops import FLIGHT_RECORDER_NAMES, POINT_TO_POINT
 
 VERSION = "2.10"
 
-# Our op names -> the names c10d's NCCL backend records.
-_FR_NAMES = {
-    "all_reduce": "all_reduce",
-    "all_reduce_coalesced": "allreduce_coalesced",
-    "all_gather": "all_gather",
-    "all_gather_into_tensor": "_all_gather_base",
-    "all_gather_coalesced": "ALLGATHER_coalesced",
-    "all_gather_into_tensor_coalesced": "all_gather_into_tensor_coalesced",
-    "reduce_scatter": "reduce_scatter",
-    "reduce_scatter_tensor": "_reduce_scatter_base",
-    "reduce_scatter_tensor_coalesced": "reduce_scatter_tensor_coalesced",
-    "all_to_all": "all_to_all",
-    "all_to_all_single": "all_to_all_single",
-    "broadcast": "broadcast",
-    "reduce": "reduce",
-    "gather": "gather",
-    "scatter": "scatter",
-    "barrier": "all_reduce_barrier",  # NCCL's barrier is an all_reduce
-    "send": "send",
-    "recv": "recv",
-}
 # torch dtype names -> c10 ScalarType names, as dumps spell them.
 _DTYPES = {
     "float32": "Float", "float64": "Double", "float16": "Half", "bfloat16": "BFloat16",
@@ -68,7 +48,7 @@ def _sizes(call: Call, rank_in_group: int, size: int) -> tuple[list[list[int]], 
         return shapes, shapes * size
     if op == "reduce_scatter":
         return shapes, shapes[rank_in_group:rank_in_group + 1]
-    if op == "gather":  # outputs exist on the root only, and are not matched
+    if op in ("gather", "gather_into_tensor"):  # outputs exist on the root only, and are not matched
         return shapes, []
     if op == "scatter":
         return [], shapes[rank_in_group:rank_in_group + 1] if len(shapes) == size else shapes
@@ -99,14 +79,14 @@ def write(root: str, traces: dict[int, dict[str, Any]]) -> str:
             ranks, ordinal, label, _ = t.groups[call.group]
             name = names[(ranks, ordinal)]
             me = ranks.index(rank) if rank in ranks else -1
-            is_p2p = call.op in ("send", "recv")
+            is_p2p = call.op in POINT_TO_POINT
             if is_p2p:
                 p2p_seq[name] = p2p_seq.get(name, 0) + 1
                 peer = ranks.index(call.peer) if call.peer in ranks else -1
                 fr_name = f"send {me}->{peer}" if call.op == "send" else f"recv {me}<-{peer}"
             else:
                 collective_seq[name] = collective_seq.get(name, 0) + 1
-                fr_name = _FR_NAMES[call.op]
+                fr_name = FLIGHT_RECORDER_NAMES[call.op]
             inputs, outputs = _sizes(call, me, len(ranks))
             dtype = _DTYPES.get(call.dtype or "", call.dtype or "")
             filename, _, line = (call.site or ":0").rpartition(":")

@@ -645,7 +645,7 @@ def _sequence_numbers() -> tuple[Any, dict[str, Any]]:
 
     NOTE [Sequence numbers of custom backends] c10d's ProcessGroup answers
     only for gloo, NCCL, XCCL and UCC groups and refuses every other backend
-    before asking it (2.11-2.14.1); fakepg keeps a counter per group (see
+    before asking it (2.11-2.15.0); fakepg keeps a counter per group (see
     backend.hpp), which this asks directly. Other groups get torch's answer."""
     import torch
     import torch.distributed as dist
@@ -717,11 +717,11 @@ def _init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...
     mesh_cls, layout_cls = found
     original = vars(mesh_cls)["_init_one_process_group"]
 
-    def this_ranks_group(sub_layout: Any, rank_map: Any, dim_name: str, backend_override: Any) -> Any:
+    def this_ranks_group(sub_layout: Any, rank_map: Any, dim_name: str, backend_override: Any, *more: Any) -> Any:
         import torch.distributed as dist
 
-        if backend_override != (None, None):
-            return original.__func__(sub_layout, rank_map, dim_name, backend_override)
+        if backend_override != (None, None) or any(more):  # torch 2.15's preserve_rank_order
+            return original.__func__(sub_layout, rank_map, dim_name, backend_override, *more)
         ranks = _ranks_of_this_rank(layout_cls, sub_layout, rank_map, dist.get_rank(), dist.get_world_size())
         if ranks is None:
             return None

@@ -45,7 +45,9 @@ MARKER = [
         "all_reduce, all_reduce_coalesced, all_gather, all_gather_into_tensor, all_gather_coalesced, "
         "all_gather_into_tensor_coalesced, reduce_scatter, reduce_scatter_tensor, "
         "reduce_scatter_tensor_coalesced, all_to_all, all_to_all_single, broadcast, reduce, gather, "
-        "scatter, send, recv, barrier"),
+        "scatter, send, recv, barrier, gather_into_tensor; or all_gather_single (= all_gather_into_tensor), "
+        "reduce_scatter_single (= reduce_scatter_tensor), gather_single (= gather_into_tensor), "
+        "isend (= send), irecv (= recv)"),
     Row("call number below 1", "fake_world(2, fail={'barrier': 0})",
         "the call number for 'barrier' must be an int >= 1 (calls count from 1), got 0"),
     Row("unknown values", "fake_world(2, values='random')",

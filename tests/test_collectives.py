@@ -303,6 +303,34 @@ def test_gather_off_root_records_peer(group: Group) -> None:
     only_record(group, "gather", peer=group.global_rank(dst))
 
 
+needs_gather_single = pytest.mark.skipif(
+    not hasattr(dist, "gather_single"), reason="dist.gather_single is new in torch 2.15"
+)
+
+
+@needs_gather_single
+@pytest.mark.parametrize("name", ["gather_single", "gather_into_tensor"])
+def test_gather_into_tensor_on_root_fills_every_chunk(group: Group, name: str) -> None:
+    x = arange(2)
+    out = torch.full((2 * group.size,), -1.0)
+    getattr(dist, name)(x, out, group_dst=group.rank, group=group.pg)
+    assert torch.equal(out, x.repeat(group.size))  # uniform and copy alike: every chunk is this rank's
+    only_record(group, "gather_into_tensor", shapes=((2,),), bytes=8, peer=group.global_rank(group.rank))
+
+
+@needs_gather_single
+def test_gather_into_tensor_off_root_records_peer(group: Group) -> None:
+    dst = (group.rank + 1) % group.size
+    dist.gather_single(arange(2), None, group_dst=dst, group=group.pg)
+    only_record(group, "gather_into_tensor", peer=group.global_rank(dst))
+
+
+@needs_gather_single
+def test_gather_into_tensor_checks_the_roots_output(group: Group) -> None:
+    with pytest.raises(RuntimeError, match=r"gather_into_tensor: output has 3 elements"):
+        dist.gather_single(arange(2), torch.zeros(3), group_dst=group.rank, group=group.pg)
+
+
 def test_scatter_on_root_takes_own_chunk(group: Group) -> None:
     inputs = [torch.full((2,), float(j)) for j in range(group.size)]
     out = torch.full((2,), -1.0)

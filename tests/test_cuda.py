@@ -145,6 +145,15 @@ def gather(pg: Any, d: str) -> list[torch.Tensor]:
 
 
 @op
+def gather_into_tensor(pg: Any, d: str) -> list[torch.Tensor]:
+    if not hasattr(dist, "gather_single"):
+        pytest.skip("dist.gather_single is new in torch 2.15")
+    out = torch.zeros(2 * N, device=d)
+    dist.gather_single(x(2, device=d), out, group_dst=1, group=pg)
+    return [out]
+
+
+@op
 def scatter(pg: Any, d: str) -> list[torch.Tensor]:
     out = torch.zeros(2, device=d)
     dist.scatter(out, [x(2, device=d) * j for j in range(N)], group_src=1, group=pg)

@@ -78,6 +78,15 @@ def test_rooted_collectives(rank: int) -> None:
     assert out.item() == 100.0 + rank
 
 
+@pytest.mark.skipif(not hasattr(dist, "gather_single"), reason="dist.gather_single is new in torch 2.15")
+@exact
+def test_gather_into_tensor(rank: int) -> None:
+    out = torch.full((8,), -1.0) if rank == 2 else None
+    dist.gather_single(torch.tensor([rank, -rank], dtype=torch.float), out, dst=2)
+    if rank == 2:
+        assert out.tolist() == [0, 0, 1, -1, 2, -2, 3, -3]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @exact
 def test_gathers_and_scatters(rank: int, device: str) -> None:

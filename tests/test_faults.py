@@ -74,7 +74,18 @@ ISSUE: dict[str, Callable[[Any, bool], Any]] = {
     "send": lambda pg, a: (dist.isend if a else dist.send)(torch.ones(2), group_dst=0, group=pg),
     "recv": lambda pg, a: (dist.irecv if a else dist.recv)(torch.zeros(2), group_src=0, group=pg),
     "barrier": lambda pg, a: dist.barrier(group=pg, async_op=a),
+    "gather_into_tensor": lambda pg, a: dist.gather_single(
+        torch.ones(2), torch.zeros(2 * N), group_dst=1, group=pg, async_op=a
+    ),
 }
+# Each op, as a parameter: skipped where this torch has no public function for it.
+OPS = [
+    pytest.param(op, marks=pytest.mark.skipif(
+        op == "gather_into_tensor" and not hasattr(dist, "gather_single"),
+        reason="dist.gather_single is new in torch 2.15",
+    ))
+    for op in OP_NAMES
+]
 
 
 def test_every_op_has_an_issuer() -> None:
@@ -93,7 +104,7 @@ def world_and_pg(request: pytest.FixtureRequest) -> Any:
         yield world, pg
 
 
-@pytest.mark.parametrize("op", OP_NAMES)
+@pytest.mark.parametrize("op", OPS)
 def test_fault_at_issue(world_and_pg: Any, op: str) -> None:
     world, pg = world_and_pg
     world.fail(op)
@@ -104,7 +115,7 @@ def test_fault_at_issue(world_and_pg: Any, op: str) -> None:
     assert world.collectives[-1].failed and world.collectives[-1].op == op
 
 
-@pytest.mark.parametrize("op", OP_NAMES)
+@pytest.mark.parametrize("op", OPS)
 def test_fault_at_wait(world_and_pg: Any, op: str) -> None:
     world, pg = world_and_pg
     world.fail(op, at="wait")
@@ -208,6 +219,41 @@ def test_functional_collective_fails_at_issue_under_its_plain_name() -> None:
         with pytest.raises(dist.DistBackendError, match="in all_gather_into_tensor "):
             funcol.all_gather_tensor(torch.ones(2), 0, world.pg)
         assert world.collectives.ops == ["all_gather_into_tensor"]
+
+
+@pytest.mark.parametrize(
+    ("name", "op"),
+    [("all_gather_single", "all_gather_into_tensor"), ("reduce_scatter_single", "reduce_scatter_tensor"),
+     ("isend", "send"), ("irecv", "recv")],
+)
+def test_fail_takes_every_public_name_of_an_op(name: str, op: str) -> None:
+    if not hasattr(dist, name):
+        pytest.skip(f"this torch has no dist.{name}")
+    with FakeWorld(4) as world:
+        with world.fail(name):
+            with pytest.raises(dist.DistBackendError, match=f"injected fault in {op} "):
+                getattr(dist, name)(*ISSUE_ARGS[name]())
+        assert world.collectives.ops == [op]
+        assert world.collectives.count(name) == world.collectives.count(op) == 1
+
+
+# Arguments for the public functions that issue an op under another name.
+ISSUE_ARGS: dict[str, Callable[[], tuple[Any, ...]]] = {
+    "all_gather_single": lambda: (torch.zeros(2 * N), torch.ones(2)),
+    "reduce_scatter_single": lambda: (torch.zeros(1), torch.ones(N)),
+    "isend": lambda: (torch.ones(2), 1),
+    "irecv": lambda: (torch.zeros(2), 1),
+}
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("all_gather_singel", "all_gather_single"), ("gather_singel", "gather_single"),
+     ("reduce_scater_single", "reduce_scatter_single"), ("all_reduse", "all_reduce")],
+)
+def test_a_typo_suggests_the_name_it_is_closest_to(typo: str, meant: str) -> None:
+    with pytest.raises(ValueError, match=f"unknown collective '{typo}' in fail \\(did you mean '{meant}'\\?\\)"):
+        FakeWorld(4, fail=typo)
 
 
 def test_fail_validates_arguments() -> None:

@@ -512,3 +512,77 @@ def test_default_group_made_by_torch_when_the_direct_one_is_not_torchs(
             assert t.tolist() == [2.0, 2.0, 2.0]
             assert len(world.collectives) == 1
     assert len(calls) == 1  # tried once, never again
+
+
+# -- torch's internals, through the compat door ------------------------------------
+
+
+def test_a_mesh_group_factory_of_unknown_parameters_leaves_the_mesh_to_torch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NOTE [compat: mesh groups]: a newer torch whose per-dimension group
+    factory takes parameters the plugin does not know builds the mesh by
+    torch's own path, and the user sees the same mesh."""
+    original = vars(DeviceMesh)["_init_one_process_group"].__func__
+    calls = []
+
+    def newer(*args: Any, a_new_parameter: Any = None) -> Any:
+        calls.append(args)
+        return original(*args)
+
+    with FakeWorld(8, rank=5) as world:
+        stock = mesh_view(init_device_mesh("cpu", (2, 4), mesh_dim_names=("dp", "tp")))
+    monkeypatch.setattr(DeviceMesh, "_init_one_process_group", staticmethod(newer))
+    with FakeWorld(8, rank=5, mesh={"dp": 2, "tp": 4}) as world:
+        assert mesh_view(world.mesh) == stock
+    assert len(calls) == 2  # torch's path, one call per dimension
+
+
+def test_a_rank_threads_c10d_state_holds_what_world_init_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOTE [compat: per-rank c10d state]: state a newer torch's _World sets
+    in __init__ (2.15 added _pg_flight_recorder_hooks) exists on every rank's
+    thread, each its own."""
+    import threading
+
+    from pytest_fakepg import _compat
+
+    c10d = dist.distributed_c10d
+
+    class NewerWorld(c10d._World):  # type: ignore[name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self._new_state: dict[str, int] = {}
+
+        @property
+        def new_state(self) -> dict[str, int]:
+            return self._new_state
+
+    monkeypatch.setattr(c10d, "_World", NewerWorld)
+    _compat._per_thread_world_class.cache_clear()
+    try:
+        world = _compat._per_thread_world_class()()
+        world.new_state["main"] = 1
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(dict(world.new_state)))
+        thread.start()
+        thread.join()
+        assert seen == [{}] and world.new_state == {"main": 1}
+    finally:
+        _compat._per_thread_world_class.cache_clear()
+
+
+def test_a_missing_torch_internal_names_the_torch_version(
+    pristine: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A torch that moved an internal the plugin needs gives an error naming
+    the torch version and the versions tested, and leaves nothing behind."""
+    from pytest_fakepg import UnsupportedTorchError
+
+    with monkeypatch.context() as patched:  # not undo(): conftest's own patches stay
+        patched.delattr(dist.Backend, "_plugins")
+        with pytest.raises(UnsupportedTorchError) as info:
+            FakeWorld(2).start()
+    message = str(info.value)
+    assert f"cannot route c10d's backend plugins to the fake world on torch {torch.__version__} " in message
+    assert "AttributeError" in message and "tested with torch 2.11, 2.13.0, 2.14.1 and 2.15.0" in message
+    assert torch_state() == pristine
