@@ -123,15 +123,13 @@ class FakeBackend : public c10d::Backend {
       std::vector<std::vector<at::Tensor>>& outputs,
       std::vector<at::Tensor>& inputs,
       const c10d::GatherOptions& opts = c10d::GatherOptions()) override;
-#if FAKEPG_HAS_GATHER_SINGLE
-  // See NOTE [compat: the _single collectives].
+  // No `override`: see NOTE [compat: the _single collectives].
   c10::intrusive_ptr<c10d::Work> gather_single(
       at::Tensor& output,
       at::Tensor& input,
-      const c10d::GatherOptions& opts = c10d::GatherOptions()) override {
+      const c10d::GatherOptions& opts = c10d::GatherOptions()) {
     return gatherIntoTensor(output, input, opts);
   }
-#endif
   // gather into one tensor: input * group size elements on the root.
   c10::intrusive_ptr<c10d::Work> gatherIntoTensor(
       at::Tensor& output,

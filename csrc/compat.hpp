@@ -5,7 +5,6 @@
 
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #include <torch/csrc/distributed/c10d/Utils.hpp>
-#include <torch/version.h>
 
 #include <cstdint>
 #include <vector>
@@ -43,17 +42,12 @@ using PreMulSumSupplement = c10d::NCCLPreMulSumSupplement;
 // backend overrides them. Drop them when c10d stops calling them.
 
 // NOTE [compat: the _single collectives]
-// torch 2.15 renames c10d's single-tensor collectives after torchcomms
+// torch 2.14 renames c10d's single-tensor collectives after torchcomms
 // (all_gather_single, reduce_scatter_single, ...): each new name forwards to
 // the old one, so the old overrides keep serving them. gather_single (gather
-// into one tensor) is new in 2.15 and has no old name: the backend overrides
-// it from 2.15 on. (Backend.hpp's forwarding macro would say so more exactly,
-// but the header #undefs it.)
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 15)
-#define FAKEPG_HAS_GATHER_SINGLE 1
-#else
-#define FAKEPG_HAS_GATHER_SINGLE 0
-#endif
+// into one tensor) came with them and has no old name: FakeBackend defines
+// it with the base's signature but without `override`, so it overrides where
+// c10d::Backend has it (2.14.1, 2.15.0) and is an unused method before.
 
 // NOTE [compat: Options::clone]
 // c10d::Backend::Options gained `virtual intrusive_ptr<Options> clone()` in

@@ -304,7 +304,7 @@ def test_gather_off_root_records_peer(group: Group) -> None:
 
 
 needs_gather_single = pytest.mark.skipif(
-    not hasattr(dist, "gather_single"), reason="dist.gather_single is new in torch 2.15"
+    not hasattr(dist, "gather_single"), reason="this torch has no dist.gather_single (2.14.1 and 2.15 have it)"
 )
 
 

@@ -78,7 +78,7 @@ def test_rooted_collectives(rank: int) -> None:
     assert out.item() == 100.0 + rank
 
 
-@pytest.mark.skipif(not hasattr(dist, "gather_single"), reason="dist.gather_single is new in torch 2.15")
+@pytest.mark.skipif(not hasattr(dist, "gather_single"), reason="this torch has no dist.gather_single (2.14.1 and 2.15 have it)")
 @exact
 def test_gather_into_tensor(rank: int) -> None:
     out = torch.full((8,), -1.0) if rank == 2 else None
