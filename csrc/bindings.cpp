@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "backend.hpp"
+#include "platform.hpp"
 #include "text.hpp"
 
 namespace py = pybind11;
@@ -121,6 +122,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using fakepg::WorldState;
 
   m.doc() = "pytest-fakepg's fake c10d backend";
+
+  // "linux" or "portable": which platform.hpp the module was built with.
+  m.def("platform", []() { return std::string(fakepg::platform::name()); });
 
   m.def("op_names", []() {
     std::vector<std::string> names;

@@ -7,11 +7,7 @@
 #include <c10/util/Exception.h>
 #include <pybind11/pybind11.h>
 
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <optional>
 
 #include "compat.hpp"
@@ -54,83 +50,39 @@ namespace fakepg {
 // A trivial run of 4 ranks on a 2-CPU VM took about a fifth less time.
 // Best effort: where a call fails, the thread wakes wherever the kernel puts
 // it, as before. Threads whose policy is not SCHED_OTHER keep theirs.
-
-namespace {
-
-pid_t thisThread() {
-  thread_local const pid_t tid = static_cast<pid_t>(::syscall(SYS_gettid));
-  return tid;
-}
-
-}  // namespace
-
-Gate::Gate() {
-  sem_init(&sem_, 0, 0);
-  CPU_ZERO(&cpus_);
-}
-
-Gate::~Gate() {
-  sem_destroy(&sem_);
-}
+// Linux only (platform.hpp): the portable build wakes threads wherever the
+// scheduler puts them.
 
 void Gate::open(bool here) {
   if (here) {
     std::lock_guard<std::mutex> lk(mu_);
-    const int cpu = sched_getcpu();
-    if (!narrowed_ && waiter_ != 0 && waiter_ != thisThread() && cpu >= 0 &&
-        sched_getaffinity(waiter_, sizeof(cpus_), &cpus_) == 0 &&
-        CPU_ISSET(cpu, &cpus_)) {
-      cpu_set_t one;
-      CPU_ZERO(&one);
-      CPU_SET(cpu, &one);
-      narrowed_ = sched_setaffinity(waiter_, sizeof(one), &one) == 0;
-      if (narrowed_ && sched_getscheduler(waiter_) == SCHED_OTHER) {
-        const sched_param param{};
-        batch_ = sched_setscheduler(waiter_, SCHED_BATCH, &param) == 0;
-      }
+    if (waiter_ != 0 && waiter_ != platform::thisThread()) {
+      placement_.narrow(waiter_);
     }
   }
-  sem_post(&sem_);
+  sem_.post();
 }
 
 void Gate::settle() {
   std::lock_guard<std::mutex> lk(mu_);
-  restore(0);
-}
-
-void Gate::restore(pid_t thread) {
-  if (narrowed_) {
-    narrowed_ = false;
-    sched_setaffinity(thread, sizeof(cpus_), &cpus_);
-  }
-  if (batch_) {
-    batch_ = false;
-    const sched_param param{};
-    sched_setscheduler(thread, SCHED_OTHER, &param);
-  }
+  placement_.restore(0);
 }
 
 bool Gate::wait(bool interruptible) {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    waiter_ = thisThread();
+    waiter_ = platform::thisThread();
   }
-  bool woken = true;
-  while (sem_wait(&sem_) != 0) {
-    if (errno == EINTR && interruptible) {
-      woken = false;
-      break;
-    }
-  }
+  const bool woken = sem_.wait(interruptible);
   settle();
   return woken;
 }
 
 void Gate::reset() {
-  while (sem_trywait(&sem_) == 0) {
+  while (sem_.tryWait()) {
   }
   std::lock_guard<std::mutex> lk(mu_);
-  restore(waiter_);  // a stale wake-up's narrowing
+  placement_.restore(waiter_);  // a stale wake-up's narrowing
 }
 
 CpuRng CpuRng::current() {

@@ -9,10 +9,6 @@
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
-#include <sched.h>
-#include <semaphore.h>
-#include <sys/types.h>
-
 #include <cstdint>
 #include <deque>
 #include <exception>
@@ -24,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "platform.hpp"
 #include "world_state.hpp"
 
 namespace fakepg {
@@ -37,21 +34,19 @@ c10::intrusive_ptr<c10::ivalue::Future> completedFuture(
     std::exception_ptr error);
 
 // What a thread that runs ranks sleeps on until it is its rank's turn: a
-// POSIX semaphore (the cheapest hand-over between threads, and no lost
-// wake-ups). Owned by the thread, not by a run: pooled threads keep theirs
-// from one exact world to the next. A wake-up may be stale (left by a stopped
-// run); whoever waits rechecks why it woke.
+// semaphore (the cheapest hand-over between threads, and no lost wake-ups;
+// see platform.hpp). Owned by the thread, not by a run: pooled threads keep
+// theirs from one exact world to the next. A wake-up may be stale (left by a
+// stopped run); whoever waits rechecks why it woke.
 class Gate : public c10::intrusive_ptr_target {
  public:
-  Gate();
-  ~Gate() override;
   // Wakes the waiting thread; `here`: on the CPU the caller runs on (NOTE
   // [Hand-overs stay on one CPU], exact.cpp).
   void open(bool here = false);
   // Waits for open(); the caller must not hold the GIL. Returns false,
-  // without waiting further, if a signal interrupts the wait and
-  // `interruptible`, so that the caller can run Python's signal handlers.
-  // Either way the thread returns settled.
+  // without waiting further, if the wait is cut short (a signal, or in the
+  // portable build a tick) and `interruptible`, so that the caller can run
+  // Python's signal handlers. Either way the thread returns settled.
   bool wait(bool interruptible = false);
   // By the waiting thread, before it runs anything that a hand-over's
   // open(here=true) could have found it about to run: its own affinity and
@@ -61,15 +56,10 @@ class Gate : public c10::intrusive_ptr_target {
   void reset();
 
  private:
-  // With mu_ held: undo a hand-over's narrowing of `thread` (0: this one).
-  void restore(pid_t thread);
-
-  sem_t sem_;
+  platform::Semaphore sem_;
   std::mutex mu_;  // guards what follows
-  pid_t waiter_ = 0;  // the thread that waits on this gate, once it has
-  bool narrowed_ = false;  // waiter held to one CPU; its own CPUs: cpus_
-  bool batch_ = false;  // waiter made SCHED_BATCH; it was SCHED_OTHER
-  cpu_set_t cpus_;
+  uint64_t waiter_ = 0;  // the thread that waits on this gate, once it has
+  platform::Placement placement_;  // of the waiter, by a hand-over
 };
 
 // The state of torch's default CPU generator: its engine and the normal

@@ -29,6 +29,9 @@ BACKEND_NAME = "fakepg"
 # The device types the backend is registered for: what a world may run on.
 DEVICES = ("cpu", "cuda")
 CACHE_ENV = "PYTEST_FAKEPG_CACHE"
+# PYTEST_FAKEPG_PORTABLE=1 builds the standard-library version of what exact
+# worlds need of the OS (csrc/platform.hpp) even on Linux, into its own cache.
+PORTABLE_ENV = "PYTEST_FAKEPG_PORTABLE"
 _CSRC = Path(__file__).resolve().parent / "csrc"
 _SOURCE_SUFFIXES = (".hpp", ".cpp", ".def")
 _DONE_MARKER = "BUILD_OK"
@@ -77,7 +80,17 @@ def build_dir() -> Path:
     import torch
 
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    return cache_root() / f"torch-{torch.__version__}-{py}" / _source_hash(sources_dir())
+    portable = "-portable" if portable_build() else ""
+    return cache_root() / f"torch-{torch.__version__}-{py}{portable}" / _source_hash(sources_dir())
+
+
+def portable_build() -> bool:
+    """Whether PYTEST_FAKEPG_PORTABLE asks for the portable build (1), or
+    not (unset, empty or 0); anything else is an error naming the values."""
+    value = os.environ.get(PORTABLE_ENV, "")
+    if value not in ("", "0", "1"):
+        raise BuildError(f"{PORTABLE_ENV} must be 1 (portable build), 0 or unset; got {value!r}")
+    return value == "1"
 
 def _module_name(directory: Path) -> str:
     return f"pytest_fakepg_C_{directory.name}"
@@ -180,7 +193,8 @@ def _compile(directory: Path, *, verbose: bool, quiet: bool) -> None:
         # Under pytest the plugin suspends output capture around the first
         # load, so this line reaches the terminal (see plugin._bring_up).
         print(
-            f"pytest-fakepg: compiling the fakepg c10d backend for torch "
+            f"pytest-fakepg: compiling the fakepg c10d backend"
+            f"{' (portable build)' if portable_build() else ''} for torch "
             f"{torch.__version__} (first use with this torch; about 50 s "
             f"on 2 cores) into {directory}",
             file=sys.stderr,
@@ -191,7 +205,7 @@ def _compile(directory: Path, *, verbose: bool, quiet: bool) -> None:
         cpp_extension.load(
             name=_module_name(directory),
             sources=[str(p) for p in source_files(src) if p.suffix == ".cpp"],
-            extra_cflags=["-O2", "-g0"],
+            extra_cflags=["-O2", "-g0", *(["-DFAKEPG_PORTABLE"] if portable_build() else [])],
             extra_include_paths=[str(src)],
             build_directory=str(directory),
             with_cuda=False,

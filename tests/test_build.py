@@ -29,7 +29,8 @@ def test_cache_dir_is_keyed_by_torch_python_and_sources(tmp_path: Path, monkeypa
     monkeypatch.setenv(_backend.CACHE_ENV, str(tmp_path))
     directory = _backend.build_dir()
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    assert directory.parent == tmp_path / f"torch-{torch.__version__}-{py}"
+    portable = "-portable" if _backend.portable_build() else ""
+    assert directory.parent == tmp_path / f"torch-{torch.__version__}-{py}{portable}"
     assert directory.name == _backend._source_hash(_backend.sources_dir())
     assert len(directory.name) == 16
 
@@ -148,7 +149,8 @@ def test_concurrent_cold_builds_share_one_cache_and_corruption_is_rebuilt(tmp_pa
     assert [p.returncode for p in procs] == [0, 0], outputs
     compiled = [err.count("pytest-fakepg: compiling the fakepg c10d backend") for _, err in outputs]
     assert sorted(compiled) == [0, 1]  # one built, the other waited and loaded it
-    parent = tmp_path / f"torch-{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
+    portable = "-portable" if _backend.portable_build() else ""
+    parent = tmp_path / f"torch-{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}{portable}"
     (entry,) = [p for p in parent.iterdir() if p.is_dir()]  # one build; its lock file sits beside it
     so = next(entry.glob("*.so"))
     so.write_bytes(so.read_bytes()[:4096])  # a half-written library
@@ -169,3 +171,19 @@ def test_python_and_cpp_read_one_op_table() -> None:
 
     assert OP_NAMES[:3] == ("all_reduce", "all_reduce_coalesced", "all_gather")
     assert tuple(_backend.load().op_names()) == OP_NAMES
+
+
+def test_the_module_says_which_platform_layer_it_was_built_with() -> None:
+    """csrc/platform.hpp: the tuned Linux layer, or the standard-library one
+    that other systems get and PYTEST_FAKEPG_PORTABLE=1 forces (CI runs the
+    exact-world tests on both)."""
+    expected = "portable" if _backend.portable_build() or not sys.platform.startswith("linux") else "linux"
+    assert _backend.load().platform() == expected
+    assert _backend.build_dir().parent.name.endswith("-portable") == (expected == "portable")
+
+
+@pytest.mark.parametrize("value", ["yes", "2"])
+def test_a_portable_setting_that_is_not_0_or_1_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("PYTEST_FAKEPG_PORTABLE", value)
+    with pytest.raises(_backend.BuildError, match=f"PYTEST_FAKEPG_PORTABLE must be 1 .portable build., 0 or unset; got '{value}'"):
+        _backend.build_dir()
