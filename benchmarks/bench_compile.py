@@ -37,9 +37,9 @@ def per_world(worlds: int, reset: bool) -> list[float]:
     def reduce_twice(x: torch.Tensor) -> torch.Tensor:
         return funcol.all_reduce(x, "sum", dist.group.WORLD) * 2
 
-    original = _compat.reset_compiled_code
+    original = _compat.dynamo.reset_compiled_code
     if not reset:
-        _compat.reset_compiled_code = lambda: None  # type: ignore[assignment]
+        _compat.dynamo.reset_compiled_code = lambda: None  # type: ignore[assignment]
     times = []
     try:
         for _ in range(worlds):
@@ -48,7 +48,7 @@ def per_world(worlds: int, reset: bool) -> list[float]:
                 reduce_twice(torch.ones(2))
             times.append(time.perf_counter() - start)
     finally:
-        _compat.reset_compiled_code = original  # type: ignore[assignment]
+        _compat.dynamo.reset_compiled_code = original  # type: ignore[assignment]
     return times[1:]  # the first world compiles either way
 
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> str:
     plain = plain_worlds(200)
     start = time.perf_counter()
     for _ in range(100_000):
-        _compat.dynamo_frames()
+        _compat.dynamo.dynamo_frames()
     check_us = (time.perf_counter() - start) / 100_000 * 1e6
     with_reset = statistics.median(per_world(args.worlds + 1, reset=True))
     without = statistics.median(per_world(args.worlds + 1, reset=False))

@@ -91,8 +91,8 @@ def fsdp_parity(rank):
 '''
 
 # Sharding decisions made afresh in every world, as before they were shared
-# across worlds (NOTE [compat: sharding decisions across worlds]).
-PER_WORLD = "from pytest_fakepg import _compat\n_compat.share_sharding_decisions = lambda: None\n"
+# across worlds (NOTE [Sharding decisions across worlds]).
+PER_WORLD = "from pytest_fakepg import _sharding\n_sharding.share_sharding_decisions = lambda: None\n"
 
 
 def _marked(marker: str, n: int, body: str, header: str = "") -> str:

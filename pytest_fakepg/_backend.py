@@ -253,5 +253,5 @@ def register(creator: Callable[[Any, Any], Any]) -> None:
 
     load()
     dist.Backend.register_backend(BACKEND_NAME, creator, extended_api=True, devices=list(DEVICES))
-    _compat.skip_flight_recorder_hook(BACKEND_NAME)
+    _compat.c10d.skip_flight_recorder_hook(BACKEND_NAME)
     _registered = True

@@ -38,8 +38,8 @@ class _RankState:
         import torch
 
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self.tracker = _compat.dtensor_rng_tracker()
-        self.redistribute = _compat.redistribute_caches()
+        self.tracker = _compat.dtensor.dtensor_rng_tracker()
+        self.redistribute = _compat.dtensor.redistribute_caches()
 
     def for_a_rank(self) -> _RankState:
         """This state with empty redistribute caches of its own: a rank's
@@ -54,13 +54,13 @@ class _RankState:
 
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
-        _compat.set_dtensor_rng_tracker(self.tracker)
+        _compat.dtensor.set_dtensor_rng_tracker(self.tracker)
         if self.redistribute is _FRESH:  # made once DTensor is loaded
-            self.redistribute = _compat.redistribute_caches(fresh=True) or _FRESH
+            self.redistribute = _compat.dtensor.redistribute_caches(fresh=True) or _FRESH
         elif self.redistribute is None:  # the caller's, from before DTensor was loaded
-            self.redistribute = _compat.torchs_redistribute_caches()
+            self.redistribute = _compat.dtensor.torchs_redistribute_caches()
         if self.redistribute is not _FRESH:
-            _compat.set_redistribute_caches(self.redistribute)
+            _compat.dtensor.set_redistribute_caches(self.redistribute)
 
 
 _FRESH = object()  # a rank's redistribute caches, not made yet
@@ -141,8 +141,6 @@ class _RankThread:
         parked.wait()  # else its first Python would wait out a running rank's switch interval
 
     def _serve(self, parked: threading.Event) -> None:
-        import torch
-
         parked.set()
         while True:
             self.gate.wait()
@@ -154,7 +152,7 @@ class _RankThread:
             # Backward on this thread, never on the autograd engine's device
             # threads, which every rank would share (and where a collective in
             # a backward hook could not wait for the others).
-            torch._C._set_multithreading_enabled(False)
+            _compat.runtime.set_autograd_threads(False)
             job()
 
 
@@ -166,14 +164,13 @@ def _as_rank_thread(context: tuple[bool, Any]) -> Any:
     """Rank 0 runs on the caller's thread: what torch keeps per thread and a
     rank program may change (grad mode, default device, autograd's
     multithreading) is the caller's ``context`` again afterwards."""
-    import torch
 
-    threads = torch._C._is_multithreading_enabled()
-    torch._C._set_multithreading_enabled(False)
+    threads = _compat.runtime.autograd_threads()
+    _compat.runtime.set_autograd_threads(False)
     try:
         yield
     finally:
-        torch._C._set_multithreading_enabled(threads)
+        _compat.runtime.set_autograd_threads(threads)
         _set_grad_and_device(context)
 
 
@@ -265,7 +262,7 @@ def _grad_and_device() -> tuple[bool, Any]:
     """What torch keeps per thread that a rank's thread takes from the caller."""
     import torch
 
-    return torch.is_grad_enabled(), _compat.default_device()
+    return torch.is_grad_enabled(), _compat.runtime.default_device()
 
 
 def _set_grad_and_device(context: tuple[bool, Any]) -> None:
@@ -274,7 +271,7 @@ def _set_grad_and_device(context: tuple[bool, Any]) -> None:
     grad, device = context
     if torch.is_grad_enabled() != grad:
         torch.set_grad_enabled(grad)
-    if _compat.default_device() != device:
+    if _compat.runtime.default_device() != device:
         torch.set_default_device(device)
 
 

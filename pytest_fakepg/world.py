@@ -4,7 +4,7 @@ trace. Usable without pytest.
 This module owns "the world that is up": the running world's native state,
 the factory torch calls to make each of its groups, and the group-name
 counter. It is the only module that changes torch's global state (private
-names go through _compat.py). torch is imported when a world starts, not when
+names go through _compat/). torch is imported when a world starts, not when
 this module is imported, so loading the pytest plugin costs nothing in runs
 that never use a fake world.
 """
@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import _backend, _compat
+from . import _backend, _compat, _default_group, _sharding
 from .ops import ALL_OPS, check_op, op_code
 from .records import CollectiveLog
 from .spec import FAIL_AT, SIGNATURE, FaultSpec, WorldSpec, check_choice, check_nth
@@ -96,7 +96,7 @@ def _create_backend(dist_opts: Any, _backend_options: Any) -> Any:
 def _new_backend(rank: int, size: int, name: str, ranks: list[int] | None = None) -> Any:
     """This world's backend for group ``name`` (``ranks``: its global ranks,
     none for a group of every rank); also what a default group made without
-    init_process_group gets (NOTE [compat: default group made directly])."""
+    init_process_group gets (NOTE [The default group made directly])."""
     global _next_group_number
     if _running is None:
         raise RuntimeError(
@@ -386,7 +386,7 @@ class FakeWorld:
     def _labels_now() -> dict[str, str]:
         """The labels of the groups this thread has now."""
         return {name: desc[len("mesh_"):] if desc.startswith("mesh_") else desc
-                for name, desc in _compat.group_descriptions().items()}
+                for name, desc in _compat.c10d.group_descriptions().items()}
 
     # -- life cycle -------------------------------------------------------
     def __enter__(self) -> FakeWorld:
@@ -421,9 +421,9 @@ class FakeWorld:
         if spec.backend == "fakepg":
             _backend.register(_create_backend)  # before any state changes: a build error leaves nothing
         self._saved = {
-            "env": dict(_compat.environ_data()),
+            "env": dict(_compat.runtime.environ_data()),
             "excepthook": sys.excepthook,
-            "dynamo_frames": _compat.dynamo_frames(),
+            "dynamo_frames": _compat.dynamo.dynamo_frames(),
         }
         self._up = True
         try:
@@ -435,7 +435,7 @@ class FakeWorld:
             else:
                 self._init_default_group(dist)
             self._install_patches()
-            self._saved["sharding"] = _compat.share_sharding_decisions()
+            self._saved["sharding"] = _sharding.share_sharding_decisions()
             if spec.mesh_shape is not None and not self.exact:
                 self._mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
             for fault in spec.faults if spec.backend == "fakepg" else ():
@@ -452,19 +452,19 @@ class FakeWorld:
             self._native = _backend.load().WorldState(spec.values, spec.record)
             _running = _Running(self._native, spec.world_size)
             self._log = CollectiveLog(self._native)
-            _compat.register_stock_fake()
-            self._saved["stock_fake"] = _compat.swap_backend_creator(_STOCK_FAKE, _create_backend)
+            _compat.c10d.register_stock_fake()
+            self._saved["stock_fake"] = _compat.c10d.swap_backend_creator(_STOCK_FAKE, _create_backend)
             options = None
         else:
-            options = _compat.register_stock_fake()()
+            options = _compat.c10d.register_stock_fake()()
             options.error_on_collective = bool(spec.faults)
             self._log = CollectiveLog.disabled(
                 "it runs on torch's stock backend (backend='fake'), which records "
                 "nothing; use backend='fakepg'"
             )
-        _compat.set_group_count(_next_group_number)
+        _compat.c10d.set_group_count(_next_group_number)
         if options is None:
-            _compat.init_default_group(spec.backend, spec.rank, spec.world_size, self._store, _new_backend)
+            _default_group.init_default_group(spec.backend, spec.rank, spec.world_size, self._store, _new_backend)
         else:
             dist.init_process_group(
                 backend=spec.backend,
@@ -473,7 +473,7 @@ class FakeWorld:
                 store=self._store,
                 pg_options=options,
             )
-        self._pg = _compat.default_group()
+        self._pg = _compat.c10d.default_group()
 
     def _start_exact(self) -> None:
         """An exact world: no group in this thread; each rank makes its own
@@ -483,9 +483,9 @@ class FakeWorld:
         self._native = _backend.load().WorldState("exact", spec.record, spec.world_size)
         _running = _Running(self._native, spec.world_size)
         self._log = CollectiveLog(self._native)
-        _compat.register_stock_fake()
-        self._saved["stock_fake"] = _compat.swap_backend_creator(_STOCK_FAKE, _create_backend)
-        self._saved["per_thread"] = _compat.install_thread_local_world()
+        _compat.c10d.register_stock_fake()
+        self._saved["stock_fake"] = _compat.c10d.swap_backend_creator(_STOCK_FAKE, _create_backend)
+        self._saved["per_thread"] = _compat.c10d.install_thread_local_world()
         self.record_call_sites()  # a hang is reported with each rank's line
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
@@ -517,10 +517,10 @@ class FakeWorld:
         import torch.distributed as dist
 
         local, spec = self._local, self.spec
-        _compat.set_group_count(first_group)  # every rank names groups alike
-        _compat.init_default_group("fakepg", rank, spec.world_size, self._store, _new_backend)
+        _compat.c10d.set_group_count(first_group)  # every rank names groups alike
+        _default_group.init_default_group("fakepg", rank, spec.world_size, self._store, _new_backend)
         local.rank = rank
-        local.pg = _compat.default_group()
+        local.pg = _compat.c10d.default_group()
         local.log = CollectiveLog(self._native, rank=rank)
         local._mesh = local.mesh = local._flat_mesh = None
         try:
@@ -534,14 +534,14 @@ class FakeWorld:
                 try:
                     self._labels.update(self._labels_now())
                     if dist.is_initialized():
-                        _next_group_number = max(_next_group_number, _compat.group_count())
+                        _next_group_number = max(_next_group_number, _compat.c10d.group_count())
                         dist.destroy_process_group()
                 finally:
                     # Per thread in torch: DeviceMesh's registries and the C++
                     # DTensor dispatch cache (whose keys compare meshes by
                     # shape, so a later world's mesh would find this one's groups).
-                    _compat.clear_mesh_registries()
-                    _compat.clear_dtensor_state()
+                    _compat.device_mesh.clear_mesh_registries()
+                    _compat.dtensor.clear_dtensor_state()
                     local.__dict__.clear()
 
     def _install_patches(self) -> None:
@@ -584,22 +584,22 @@ class FakeWorld:
         saved = self._saved
         try:
             if dist.is_initialized():
-                _next_group_number = max(_next_group_number, _compat.group_count())
+                _next_group_number = max(_next_group_number, _compat.c10d.group_count())
                 dist.destroy_process_group()
         finally:
             _running = None
             if "per_thread" in saved:
-                _compat.uninstall_thread_local_world(saved["per_thread"])
+                _compat.c10d.uninstall_thread_local_world(saved["per_thread"])
             if "stock_fake" in saved:
-                _compat.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
+                _compat.c10d.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
             self._remove_patches(saved.get("patches", []))
-            _compat.unshare_sharding_decisions(saved.get("sharding"))
-            _compat.clear_mesh_registries()
-            _compat.clear_dtensor_state()
-            if _compat.dynamo_frames() != saved["dynamo_frames"]:
+            _sharding.unshare_sharding_decisions(saved.get("sharding"))
+            _compat.device_mesh.clear_mesh_registries()
+            _compat.dtensor.clear_dtensor_state()
+            if _compat.dynamo.dynamo_frames() != saved["dynamo_frames"]:
                 # Code compiled in this world guards on its groups; in the
                 # next world it would only recompile, up to dynamo's limit.
-                _compat.reset_compiled_code()
+                _compat.dynamo.reset_compiled_code()
             sys.excepthook = saved["excepthook"]  # init_process_group wraps it
             _restore_env(saved["env"])
             if self._native is not None:
@@ -641,28 +641,9 @@ def _object_collectives() -> tuple[tuple[Any, dict[str, Any]], ...]:
 
 @functools.cache
 def _sequence_numbers() -> tuple[Any, dict[str, Any]]:
-    """``ProcessGroup._get_sequence_number_for_group`` for fakepg groups.
-
-    NOTE [Sequence numbers of custom backends] c10d's ProcessGroup answers
-    only for gloo, NCCL, XCCL and UCC groups and refuses every other backend
-    before asking it (2.11-2.15.0); fakepg keeps a counter per group (see
-    backend.hpp), which this asks directly. Other groups get torch's answer."""
-    import torch
-    import torch.distributed as dist
-
-    original = dist.ProcessGroup._get_sequence_number_for_group
-    fake_backend = _backend.load().FakeBackend
-
-    def get_sequence_number_for_group(pg: Any) -> int:
-        try:
-            backend = pg._get_backend(torch.device("cpu"))
-        except RuntimeError:  # a group with no CPU backend is not fakepg's
-            backend = None
-        if isinstance(backend, fake_backend):
-            return backend._get_sequence_number_for_group()
-        return original(pg)
-
-    return dist.ProcessGroup, {"_get_sequence_number_for_group": get_sequence_number_for_group}
+    """``ProcessGroup._get_sequence_number_for_group`` that answers for
+    fakepg groups too: NOTE [Sequence numbers of custom backends]."""
+    return _compat.c10d.sequence_numbers_for(_backend.load().FakeBackend)
 
 
 @functools.cache
@@ -711,7 +692,7 @@ def _init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...
     """
     from torch.distributed import device_mesh as dm
 
-    found = _compat.mesh_group_factory()
+    found = _compat.device_mesh.mesh_group_factory()
     if found is None:
         return dm.init_device_mesh(device, shape, mesh_dim_names=names)
     mesh_cls, layout_cls = found
@@ -727,7 +708,7 @@ def _init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...
             return None
         if len(ranks) == dist.get_world_size():
             # as torch does for a default group that is not gloo
-            return _compat.default_group().group_name
+            return _compat.c10d.default_group().group_name
         return dist.new_group(ranks=ranks, group_desc=f"mesh_{dim_name}").group_name
 
     mesh_cls._init_one_process_group = staticmethod(this_ranks_group)
@@ -783,8 +764,8 @@ def clean_up_foreign_state() -> str | None:
         return None  # a FakeWorld is up: it owns the group
     found = f"backend {dist.get_backend()!r}, world size {dist.get_world_size()}"
     dist.destroy_process_group()
-    _compat.clear_mesh_registries()
-    _compat.clear_dtensor_state()
+    _compat.device_mesh.clear_mesh_registries()
+    _compat.dtensor.clear_dtensor_state()
     return found
 
 
@@ -796,7 +777,7 @@ def _is_pytest_variable(key: Any) -> bool:
 def _restore_env(saved: dict[Any, Any]) -> None:
     """Put the environment back as ``saved`` (a copy of environ_data()),
     leaving pytest's own variables as pytest has them now."""
-    current = _compat.environ_data()
+    current = _compat.runtime.environ_data()
     if current == saved:
         return
     decode = os.fsdecode if current is not os.environ else (lambda k: k)

@@ -13,6 +13,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
 from pytest_fakepg import FakeWorld, WorldSpec
+from pytest_fakepg._compat import c10d as compat_c10d
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -185,7 +186,7 @@ def test_dtensor_redistribute_on_2d_mesh_gives_exact_values() -> None:
 
 
 def test_dtensor_decides_each_ops_sharding_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    # NOTE [compat: sharding decisions across worlds]: a later world's equal
+    # NOTE [Sharding decisions across worlds]: a later world's equal
     # mesh reuses the decisions, which hold none of an earlier world's groups.
     import gc
     import types
@@ -216,9 +217,9 @@ def test_dtensor_decides_each_ops_sharding_once_per_process(monkeypatch: pytest.
     assert again == [] and values_again == values
     # torch's own redistribute caches may keep the first world's mesh; the
     # shared decisions must not (they would keep its groups and backend).
-    from pytest_fakepg import _compat
+    from pytest_fakepg import _sharding
 
-    reachable, groups, todo = set(), [], [_compat._SHARED.entries]  # DTensor's rules aside
+    reachable, groups, todo = set(), [], [_sharding._SHARED.entries]  # DTensor's rules aside
     while todo:
         obj = todo.pop()
         if id(obj) not in reachable and not isinstance(obj, (type, types.ModuleType, types.FunctionType)):
@@ -422,12 +423,12 @@ def test_the_public_signatures_agree() -> None:
 @pytest.fixture
 def unchecked_default_groups(monkeypatch: pytest.MonkeyPatch) -> Any:
     """As in a new process: the direct default group not checked yet (NOTE
-    [compat: default group made directly])."""
-    from pytest_fakepg import _compat
+    [The default group made directly])."""
+    from pytest_fakepg import _default_group
 
-    monkeypatch.setattr(_compat, "_DIRECT_GROUPS", None)
-    monkeypatch.setattr(_compat, "_TORCHS_DEFAULT_GROUP", {})
-    return _compat
+    monkeypatch.setattr(_default_group, "_DIRECT_GROUPS", None)
+    monkeypatch.setattr(_default_group, "_TORCHS_DEFAULT_GROUP", {})
+    return _default_group
 
 
 def default_group_view() -> dict[str, Any]:
@@ -454,14 +455,14 @@ def default_group_view() -> dict[str, Any]:
 def test_default_group_made_directly_is_torchs(unchecked_default_groups: Any) -> None:
     """The first default group of a world size is torch's, the next is made
     directly and checked against it; users see the same group either way."""
-    compat = unchecked_default_groups
+    groups = unchecked_default_groups
     with FakeWorld(4, rank=2) as world:
-        torchs_state = compat._default_group_state()
+        torchs_state = compat_c10d.default_group_state()
         torchs = default_group_view()
-        assert compat._DIRECT_GROUPS is None
+        assert groups._DIRECT_GROUPS is None
     with FakeWorld(4, rank=2) as world:
-        assert compat._DIRECT_GROUPS is True
-        assert compat._default_group_state() == torchs_state
+        assert groups._DIRECT_GROUPS is True
+        assert compat_c10d.default_group_state() == torchs_state
         direct = default_group_view()
         assert [r.op for r in world.collectives] == ["all_reduce"]
     torchs["name"], direct["name"] = torchs["name"][1:], direct["name"][1:]  # another world, another group name
@@ -469,7 +470,7 @@ def test_default_group_made_directly_is_torchs(unchecked_default_groups: Any) ->
     assert direct["all_reduce"] == [8.0, 8.0]  # 4 ranks' copies of rank 2's values (uniform)
 
     def program() -> Any:
-        state = compat._default_group_state()
+        state = compat_c10d.default_group_state()
         t = torch.tensor([float(dist.get_rank())])
         dist.all_reduce(t)
         return dist.get_rank(), t.item(), state == torchs_state
@@ -485,8 +486,8 @@ def test_default_group_made_by_torch_when_the_direct_one_is_not_torchs(
     """A torch whose init_process_group leaves something the direct way does
     not (or lacks a name it uses): undone, made by torch, and by torch from
     then on."""
-    compat = unchecked_default_groups
-    made = compat._make_default_group
+    groups = unchecked_default_groups
+    made = groups.make_default_group
     calls = []
 
     def unlike_torchs(*args: Any) -> None:
@@ -499,13 +500,13 @@ def test_default_group_made_by_torch_when_the_direct_one_is_not_torchs(
             raise AttributeError("module 'torch.distributed.distributed_c10d' has no attribute '_a_name'")
         del dist.distributed_c10d._world.tags_to_pg[""]
 
-    monkeypatch.setattr(compat, "_make_default_group", unlike_torchs)
+    monkeypatch.setattr(groups, "make_default_group", unlike_torchs)
     with FakeWorld(2):
-        torchs_state = compat._default_group_state()
+        torchs_state = compat_c10d.default_group_state()
     for rank in (1, 0):
         with FakeWorld(2, rank=rank) as world:
-            assert compat._DIRECT_GROUPS is False
-            assert compat._default_group_state() == torchs_state
+            assert groups._DIRECT_GROUPS is False
+            assert compat_c10d.default_group_state() == torchs_state
             assert dist.get_rank() == rank
             t = torch.ones(3)
             dist.all_reduce(t)
@@ -544,8 +545,6 @@ def test_a_rank_threads_c10d_state_holds_what_world_init_sets(monkeypatch: pytes
     thread, each its own."""
     import threading
 
-    from pytest_fakepg import _compat
-
     c10d = dist.distributed_c10d
 
     class NewerWorld(c10d._World):  # type: ignore[name-defined]
@@ -558,9 +557,9 @@ def test_a_rank_threads_c10d_state_holds_what_world_init_sets(monkeypatch: pytes
             return self._new_state
 
     monkeypatch.setattr(c10d, "_World", NewerWorld)
-    _compat._per_thread_world_class.cache_clear()
+    compat_c10d._per_thread_world_class.cache_clear()
     try:
-        world = _compat._per_thread_world_class()()
+        world = compat_c10d._per_thread_world_class()()
         world.new_state["main"] = 1
         seen = []
         thread = threading.Thread(target=lambda: seen.append(dict(world.new_state)))
@@ -568,7 +567,7 @@ def test_a_rank_threads_c10d_state_holds_what_world_init_sets(monkeypatch: pytes
         thread.join()
         assert seen == [{}] and world.new_state == {"main": 1}
     finally:
-        _compat._per_thread_world_class.cache_clear()
+        compat_c10d._per_thread_world_class.cache_clear()
 
 
 def test_a_missing_torch_internal_names_the_torch_version(

@@ -1,0 +1,16 @@
+"""Every private torch name pytest-fakepg relies on, behind one door: a
+module per torch area (c10d, device_mesh, dtensor, dynamo, runtime).
+
+Each function says what it is for, the torch versions it was checked
+against (2.11 on the GPU machine, 2.13.0, 2.14.1 and 2.15.0 here) and what
+happens when the name is missing. Nothing else in the package reaches into
+torch's private API (tests/test_private_api.py checks), and nothing here
+imports torch before a world starts.
+"""
+
+from __future__ import annotations
+
+from . import c10d, device_mesh, dtensor, dynamo, runtime
+from ._door import TESTED_TORCH, UnsupportedTorchError, tested_text
+
+__all__ = ["TESTED_TORCH", "UnsupportedTorchError", "c10d", "device_mesh", "dtensor", "dynamo", "runtime", "tested_text"]

@@ -1,0 +1,59 @@
+"""DeviceMesh: its per-process registries and its per-dimension group
+factory."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+# -- DeviceMesh --------------------------------------------------------------------
+
+# _mesh_resources's per-process registries: mesh_stack (2.11-2.15.0) and, in
+# older releases, the slicing maps. Those present are cleared; none missing
+# is an error.
+_MESH_REGISTRIES = (
+    "mesh_stack",
+    "child_to_root_mapping",
+    "mesh_dim_group_options",
+    "root_to_flatten_mapping",
+    "flatten_name_to_root_dims",
+)
+
+
+def clear_mesh_registries() -> None:
+    module = sys.modules.get("torch.distributed.device_mesh")
+    resources = getattr(module, "_mesh_resources", None)
+    for name in _MESH_REGISTRIES:
+        registry = getattr(resources, name, None)
+        if isinstance(registry, (list, dict)):
+            registry.clear()
+
+
+# The parameters of ``DeviceMesh._init_one_process_group`` that
+# ``_init_device_mesh`` in world.py knows how to serve, by torch release.
+_MESH_GROUP_PARAMETERS = (
+    ("sub_layout", "rank_map", "dim_name", "backend_override"),  # 2.11-2.15.0
+    ("sub_layout", "rank_map", "dim_name", "backend_override", "preserve_rank_order"),  # 2.15.0
+)
+
+
+def mesh_group_factory() -> tuple[Any, Any] | None:
+    """NOTE [compat: mesh groups] ``DeviceMesh._init_one_process_group`` (a
+    staticmethod) and ``_MeshLayout``, which ``_init_device_mesh`` in world.py
+    uses to create only this rank's groups. Present in 2.11-2.15.0; 2.15 adds
+    ``preserve_rank_order``. None when either is missing or the factory takes
+    parameters not listed in ``_MESH_GROUP_PARAMETERS``: the mesh is then
+    built by torch's stock path (all groups, slower at scale, same result)."""
+    import inspect
+
+    from torch.distributed import device_mesh as dm
+
+    mesh_cls = getattr(dm, "DeviceMesh", None)
+    layout_cls = getattr(dm, "_MeshLayout", None)
+    original = vars(mesh_cls).get("_init_one_process_group") if mesh_cls is not None else None
+    if layout_cls is None or not isinstance(original, staticmethod):
+        return None
+    if tuple(inspect.signature(original.__func__).parameters) not in _MESH_GROUP_PARAMETERS:
+        return None
+    return mesh_cls, layout_cls
+

@@ -1,0 +1,236 @@
+"""DTensor's sharding decisions, kept across worlds: see NOTE [Sharding
+decisions across worlds]. The propagator's private parts come through
+``_compat.dtensor``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from ._compat import dtensor
+
+
+def share_sharding_decisions() -> Any:
+    """NOTE [Sharding decisions across worlds] DTensor decides how
+    each op's inputs and outputs are sharded (``ShardingPropagator.
+    propagate_op_sharding_non_cached``, 2.11-2.15.0), the bulk of a DTensor
+    program's Python, and caches the decisions per thread, keyed by the op's
+    schema. Every world clears those caches (their entries hold the world's
+    meshes, whose groups die with it), so each test and each rank of an exact
+    world decided everything afresh. While a world is up, decisions go through
+    ``_SHARED`` instead: kept across worlds and threads, keyed by the schema
+    and the caller's coordinate on the mesh (some decisions compute this
+    rank's local shape), and handed out with the caller's own mesh in place of
+    the one they were made with. DeviceMesh equality ignores the rank and the
+    groups, so a later world's equal mesh finds them. Returns what
+    ``unshare_sharding_decisions`` needs; None when DTensor is not loaded
+    (or lacks these names) and nothing was changed."""
+    parts = dtensor.sharding_propagator()
+    if parts is None:
+        return None
+    propagator, decide, cached, tracing, spec = parts
+    shared = _SHARED.bind(decide, propagator, tracing, spec)
+    names = ("propagate_op_sharding_non_cached", "propagate_op_sharding")
+    saved = (propagator, {n: vars(propagator)[n] for n in names if n in vars(propagator)})
+    propagator.propagate_op_sharding_non_cached = shared
+    # The per-thread cache in front of it calls what it was made with: make
+    # one of the same kind around the shared decisions (cleared per world).
+    propagator.propagate_op_sharding = type(cached)(shared)
+    return saved
+
+
+def unshare_sharding_decisions(saved: Any) -> None:
+    """Put the propagator back as it was, and let the decisions made in this
+    world stop holding its meshes (and through them its groups)."""
+    if saved is None:
+        return
+    propagator, attributes = saved
+    for name in ("propagate_op_sharding_non_cached", "propagate_op_sharding"):
+        if name in attributes:
+            setattr(propagator, name, attributes[name])
+        else:
+            vars(propagator).pop(name, None)
+    _SHARED.detach_fresh()
+
+
+class _SharedShardingDecisions:
+    """The decisions behind ``share_sharding_decisions``."""
+
+    # Past this many decisions, start over: a bound on memory, not a cache
+    # policy (a suite's distinct schemas are far fewer).
+    LIMIT = 1 << 16
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[Any, ...], Any] = {}
+        self.fresh: list[tuple[Any, ...]] = []  # made in the world that is up: they hold its meshes
+        self.spec: type | None = None  # DTensorSpec, once bound
+
+    def bind(self, decide: Callable[[Any], Any], propagator: Any, tracing: Callable[[], bool],
+             spec: type) -> Callable[[Any], Any]:
+        """``decide`` (the propagator's own), sharing its decisions."""
+        self.spec = spec
+        tables = [getattr(propagator, n) for n in ("op_strategy_funcs", "op_to_rules",
+                                                   "op_single_dim_strategy_funcs") if hasattr(propagator, n)]
+
+        def shared(op_schema: Any) -> Any:
+            mesh = _first_mesh((op_schema.args_schema, op_schema.kwargs_schema), spec)
+            if mesh is None or tracing():
+                return decide(op_schema)
+            coordinate = mesh.get_coordinate()
+            key = (op_schema, None if coordinate is None else tuple(coordinate))
+            # The op's rules as they are now: register_sharding may replace them.
+            rules = [table.get(op_schema.op) for table in tables]
+            try:
+                found = self.entries.get(key)
+            except TypeError:  # unhashable arguments (symbolic shapes)
+                return decide(op_schema)
+            if found is not None and all(a is b for a, b in zip(found[0], rules)):
+                try:
+                    return _map_meshes(found[1], lambda m: m if m is mesh else _same(m, mesh), spec)
+                except LookupError:  # made on another mesh too: decide afresh
+                    return decide(op_schema)
+            decision = decide(op_schema)
+            if not _meshes_only_in_specs(decision, spec, type(mesh)):
+                return decision  # holds a mesh _map_meshes would not replace: never shared
+            if len(self.entries) >= self.LIMIT:
+                self.entries.clear()
+                self.fresh.clear()
+            self.entries[key] = (rules, decision)
+            self.fresh.append(key)
+            return decision
+
+        return shared
+
+    def detach_fresh(self) -> None:
+        """Replace the meshes in the decisions made since the last call by
+        copies that compare equal and hold no groups."""
+        if not self.fresh:
+            return
+        spec = self.spec
+        assert spec is not None  # decisions are made only once bound
+        copies: dict[int, Any] = {}
+
+        def detached(mesh: Any) -> Any:
+            copy_ = copies.get(id(mesh))
+            if copy_ is None:
+                copy_ = copies[id(mesh)] = _detached_mesh(mesh)
+            return copy_
+
+        for key in self.fresh:
+            found = self.entries.pop(key, None)
+            if found is not None:
+                rules, decision = found
+                self.entries[_map_meshes(key, detached, spec)] = (rules, _map_meshes(decision, detached, spec))
+        self.fresh.clear()
+
+
+_SHARED = _SharedShardingDecisions()
+
+
+def _same(mesh: Any, caller: Any) -> Any:
+    if mesh != caller:
+        raise LookupError(mesh)
+    return caller
+
+
+def _first_mesh(obj: Any, spec_type: type) -> Any:
+    if isinstance(obj, spec_type):
+        return obj.mesh
+    if isinstance(obj, dict):
+        obj = obj.values()
+    elif not isinstance(obj, (tuple, list)):
+        return None
+    for item in obj:
+        mesh = _first_mesh(item, spec_type)
+        if mesh is not None:
+            return mesh
+    return None
+
+
+def _map_meshes(obj: Any, swap: Callable[[Any], Any], spec_type: type) -> Any:
+    """``obj`` with every DTensorSpec's mesh replaced by ``swap(mesh)``;
+    what holds no spec is returned as is, what does is copied."""
+    import dataclasses
+
+    if isinstance(obj, spec_type):
+        mesh = swap(obj.mesh)
+        if mesh is obj.mesh:
+            return obj
+        new = _shallow_copy(obj)
+        new.mesh = mesh  # DTensorSpec recomputes its hash
+        return new
+    if isinstance(obj, (tuple, list)):
+        items = [_map_meshes(item, swap, spec_type) for item in obj]
+        if all(a is b for a, b in zip(items, obj)):
+            return obj
+        if type(obj) in (tuple, list):
+            return type(obj)(items)
+        return obj._make(items) if hasattr(obj, "_make") else type(obj)(items)
+    if isinstance(obj, dict):
+        items = {k: _map_meshes(v, swap, spec_type) for k, v in obj.items()}
+        return obj if all(items[k] is v for k, v in obj.items()) else items
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):  # OpSchema, OutputSharding
+        changed = {}
+        for field in dataclasses.fields(obj):
+            value = getattr(obj, field.name, None)
+            new_value = _map_meshes(value, swap, spec_type)
+            if new_value is not value:
+                changed[field.name] = new_value
+        if not changed:
+            return obj
+        new = _shallow_copy(obj)
+        for name in [n for n in vars(new) if isinstance(getattr(type(obj), n, None), functools.cached_property)]:
+            del vars(new)[name]  # computed from the original's specs (OutputSharding.mesh)
+        for name, value in changed.items():
+            object.__setattr__(new, name, value)
+        return new
+    return obj
+
+
+def _meshes_only_in_specs(decision: Any, spec_type: type, mesh_type: type) -> bool:
+    """Whether every mesh ``decision`` holds is a DTensorSpec's ``mesh``, all
+    that ``_map_meshes`` replaces (checked once per decision, when made)."""
+    import gc
+    import types
+
+    import torch
+
+    opaque = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, torch.Tensor)
+    seen: set[int] = set()
+    todo = [decision]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, opaque):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, mesh_type):
+            return False
+        if isinstance(obj, spec_type):
+            todo.extend(v for k, v in vars(obj).items() if k != "mesh")
+        else:
+            todo.extend(gc.get_referents(obj))
+    return True
+
+
+def _shallow_copy(obj: Any) -> Any:
+    new = object.__new__(type(obj))
+    vars(new).update(vars(obj))
+    return new
+
+
+def _detached_mesh(mesh: Any) -> Any:
+    """A copy of ``mesh`` that compares equal to it and holds no process
+    groups or other meshes (DeviceMesh equality reads neither)."""
+    from torch.distributed import ProcessGroup
+    from torch.distributed.device_mesh import DeviceMesh
+
+    new = _shallow_copy(mesh)  # not copy.copy: DeviceMesh pickles itself by its groups
+    for name, value in list(vars(new).items()):
+        if isinstance(value, (DeviceMesh, ProcessGroup)):
+            setattr(new, name, None)
+        elif isinstance(value, (dict, list)) and any(
+            isinstance(v, (DeviceMesh, ProcessGroup)) for v in (value.values() if isinstance(value, dict) else value)
+        ):
+            setattr(new, name, type(value)())
+    return new
