@@ -1,16 +1,15 @@
 """pytest-fakepg: a fake distributed world for every test."""
 
-from ._compat import UnsupportedTorchError
-from .records import CollectiveLog, CollectiveRecord
-from .spec import WorldSpec
-from .world import (
-    FakeWorld,
+from .errors import (
     FakeWorldDeadlock,
     FakeWorldFaultWarning,
     FakeWorldLeakWarning,
     FakeWorldWarning,
-    Fault,
+    UnsupportedTorchError,
 )
+from .records import CollectiveLog, CollectiveRecord
+from .spec import WorldSpec
+from .world import FakeWorld, Fault
 
 __version__ = "0.1.0"
 

@@ -17,7 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _compat
+from . import _compat, records
+from .errors import FakeWorldDeadlock
 
 if TYPE_CHECKING:
     from .world import FakeWorld
@@ -174,10 +175,10 @@ def _as_rank_thread(context: tuple[bool, Any]) -> Any:
         _set_grad_and_device(context)
 
 
-def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
-    """``program(rank)`` on every rank of ``world``; the results by rank."""
+def run(world: FakeWorld, program: Callable[[int], Any], first_group: int) -> list[Any]:
+    """``program(rank)`` on every rank of ``world``, each rank naming its
+    groups from ``first_group`` on; the results by rank."""
     __tracebackhide__ = True
-    from . import world as world_module
 
     native, n = world._native, world.world_size
     if world.device == "cuda":
@@ -217,7 +218,6 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
         finally:
             native.ended(rank)  # last: the caller goes on once every rank has
 
-    first_group = world_module._next_group_number
     since = [native.size_of(r) for r in range(n)]  # this run's records come after
     threads = _POOL.take(n)
     # Before any thread is given its job: a thread woken by a wake-up left
@@ -247,8 +247,6 @@ def run(world: FakeWorld, program: Callable[[int], Any]) -> list[Any]:
         python_random.restore()
         sys.excepthook = excepthook
     if native.deadlocked():
-        from .world import FakeWorldDeadlock
-
         raise FakeWorldDeadlock(deadlock_report(world, since))
     if failures:
         rank, exc = failures[0]
@@ -292,7 +290,7 @@ def deadlock_report(world: FakeWorld, since: list[int]) -> str:
     """Each rank's pending call (op, group, line) and, where the collectives
     the ranks issued disagree, the divergence, as the check across ranks words
     it."""
-    from . import consistency
+    from .checks import consistency
 
     native = world._native
     labels = world.group_labels()
@@ -309,7 +307,13 @@ def deadlock_report(world: FakeWorld, since: list[int]) -> str:
             lines.append(f"  rank {rank} finished its program")
         elif state == _NOT_STARTED:
             lines.append(f"  rank {rank} never started")
-    divergence = consistency.check(consistency.exact_traces(world, since)) if world.spec.record else None
-    if divergence:
-        lines.append(divergence)
+    if world.spec.record:
+        n, log = world.world_size, world.collectives
+        traces = {}
+        for rank in range(n):
+            groups, calls = records.trace_data(log, rank, n, labels, sites, since[rank])
+            traces[rank] = {"rank": rank, "world_size": n, "groups": groups, "calls": calls}
+        divergence = consistency.check(traces)
+        if divergence:
+            lines.append(divergence)
     return "\n".join(lines)

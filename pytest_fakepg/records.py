@@ -1,8 +1,11 @@
 """CollectiveLog and CollectiveRecord: what a fake world's collectives did.
 
 The backend appends fixed-size records to a flat C++ buffer while the test
-runs; this module reads them back on demand. Counting and summing run in C++;
-a ``CollectiveRecord`` object exists only for the records you index or iterate.
+runs; this module reads them back on demand, and is the only one that
+unpacks them: the log and its records for users, traces (plain data) for the
+check across ranks and Flight Recorder dumps. Counting and summing run in
+C++; a ``CollectiveRecord`` object exists only for the records you index or
+iterate.
 """
 
 from __future__ import annotations
@@ -217,3 +220,39 @@ def _reduce_ops() -> dict[int, Any]:
         for member in dist.ReduceOp.RedOpType.__members__.values():
             _REDUCE_OPS[int(member)] = member
     return _REDUCE_OPS
+
+
+def trace_data(
+    log: CollectiveLog, rank: int, world_size: int, labels: dict[str, str], sites: list[str], since: int = 0
+) -> tuple[list[Any], list[Any]]:
+    """The groups and calls in ``log`` of ``rank`` (-1: of a world of one rank) from its
+    record ``since`` on, as plain data: what a trace holds (NOTE [Traces and
+    the check], checks/consistency.py). A group is [global ranks or None
+    for every rank, its place among groups of the same ranks, label, name];
+    a call is a ``checks.consistency.Call``'s fields, its group an index
+    into the groups."""
+    native = log._state()
+    reduce_ops = _reduce_ops()
+    groups = []
+    index_of: dict[int, int] = {}
+    seen: dict[tuple[int, ...] | None, int] = {}
+    for index in range(native.num_groups()):
+        name, _, _, ranks, issuer = native.group(index)  # ranks None: every rank, 0..n-1
+        if rank >= 0 and issuer != rank:
+            continue
+        members = None if ranks is None or len(ranks) == world_size else tuple(ranks)
+        ordinal = seen.get(members, 0)
+        seen[members] = ordinal + 1
+        index_of[index] = len(groups)
+        groups.append([None if members is None else ranks, ordinal, labels.get(name, ""), name])
+    calls = []
+    for op, g, red, dtype, peer, shapes, _, flags, site in native.records(since, len(native), rank):
+        reduce_op = reduce_ops[red]
+        calls.append([
+            index_of[g], OP_NAMES[op], [list(s) for s in shapes],
+            None if dtype is None else str(dtype).replace("torch.", ""),
+            None if reduce_op is None else reduce_op.name, None if peer < 0 else peer,
+            bool(flags & ANY_SOURCE), sites[site] if 0 <= site < len(sites) else None, bool(flags & OBJECT),
+        ])
+    return groups, calls
+

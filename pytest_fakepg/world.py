@@ -24,28 +24,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _backend, _compat, _default_group, _sharding
 from .ops import ALL_OPS, check_op, op_code
+from .errors import FakeWorldFaultWarning
 from .records import CollectiveLog
 from .spec import FAIL_AT, SIGNATURE, FaultSpec, WorldSpec, check_choice, check_nth
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup, Store
     from torch.distributed.device_mesh import DeviceMesh
-
-
-class FakeWorldWarning(UserWarning):
-    """Base class of pytest-fakepg's warnings."""
-
-
-class FakeWorldLeakWarning(FakeWorldWarning):
-    """A test left a process group of its own behind; the plugin destroyed it."""
-
-
-class FakeWorldFaultWarning(FakeWorldWarning):
-    """An armed fault never fired: the test did not test what it meant to."""
-
-
-class FakeWorldDeadlock(RuntimeError):
-    """The ranks of an exact world can make no progress: on a cluster, a hang."""
 
 
 # Variables a fake world must not inherit: TORCH_DISTRIBUTED_DEBUG=DETAIL
@@ -507,7 +492,7 @@ class FakeWorld:
             )
         if getattr(self._local, "rank", None) is not None:
             raise RuntimeError("FakeWorld.run() was called inside a rank's program; call it from outside")
-        return _exact.run(self, lambda rank: fn(*args, **kwargs))
+        return _exact.run(self, lambda rank: fn(*args, **kwargs), _next_group_number)
 
     @contextlib.contextmanager
     def _rank_program(self, rank: int, first_group: int) -> Any:

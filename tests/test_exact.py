@@ -15,7 +15,7 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn as nn
 
 from pytest_fakepg import FakeWorld
-from pytest_fakepg.world import FakeWorldDeadlock
+from pytest_fakepg import FakeWorldDeadlock
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch 2.13 renames
 exact = pytest.mark.fake_world(4, values="exact")

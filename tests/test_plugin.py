@@ -402,7 +402,7 @@ def test_markers_and_fixtures_are_documented(pytester: pytest.Pytester) -> None:
     ])
     result = pytester.runpytest_subprocess("--fixtures")
     for name in ("fake_world", "rank", "world_size", "device_mesh", "fake_store", "collectives"):
-        result.stdout.fnmatch_lines([f"{name} -- *pytest_fakepg*plugin.py*"])
+        result.stdout.fnmatch_lines([f"{name} -- *pytest_fakepg*plugin*__init__.py*"])
 
 
 def test_plugin_does_not_import_torch_for_plain_runs(pytester: pytest.Pytester) -> None:

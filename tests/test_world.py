@@ -408,11 +408,11 @@ def test_the_public_signatures_agree() -> None:
     the marker (which adds check_ranks) take the same, with the same defaults."""
     import inspect
 
-    from pytest_fakepg import plugin
+    from pytest_fakepg.plugin import collection
 
     build = list(inspect.signature(WorldSpec.build).parameters.values())
     assert list(inspect.signature(FakeWorld).parameters.values()) == build
-    marker = list(plugin._MARKER_SIGNATURE.parameters.values())
+    marker = list(collection.MARKER_SIGNATURE.parameters.values())
     assert marker[:-1] == build and marker[-1].name == "check_ranks"
     assert [p.name for p in build] == [
         "world_size", "rank", "mesh", "device", "values", "fail", "fail_at", "backend", "record",

@@ -7,13 +7,10 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import UnsupportedTorchError
+
 # The torch releases every note below was checked on.
 TESTED_TORCH = ("2.11", "2.13.0", "2.14.1", "2.15.0")
-
-
-class UnsupportedTorchError(RuntimeError):
-    """A torch internal pytest-fakepg relies on is not where it expects it:
-    names the torch version and the versions the plugin was tested with."""
 
 
 def tested_text() -> str:

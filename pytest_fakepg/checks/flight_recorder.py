@@ -21,8 +21,8 @@ import pickle
 import re
 from typing import Any
 
-from .consistency import Call, _Trace
-from .ops import FLIGHT_RECORDER_NAMES, POINT_TO_POINT
+from ..ops import FLIGHT_RECORDER_NAMES, POINT_TO_POINT
+from .consistency import Call, Trace
 
 VERSION = "2.10"
 
@@ -58,7 +58,7 @@ def _sizes(call: Call, rank_in_group: int, size: int) -> tuple[list[list[int]], 
 def write(root: str, traces: dict[int, dict[str, Any]]) -> str:
     """Write one dump per rank of ``traces`` (one sweep) under ``root``;
     return the sweep's folder."""
-    parsed = {r: _Trace(t) for r, t in sorted(traces.items())}
+    parsed = {r: Trace(t) for r, t in sorted(traces.items())}
     key = next(iter(traces.values()))["key"]
     folder = os.path.join(root, re.sub(r"[^\w.\-\[\]]+", "_", key))
     os.makedirs(folder, exist_ok=True)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from .records import ranks_text
+from ..records import ranks_text
 
 if TYPE_CHECKING:
     import pytest
 
-    from .world import FakeWorld
+    from ..world import FakeWorld
 
 
 def entry(world: FakeWorld) -> dict[str, Any] | None:

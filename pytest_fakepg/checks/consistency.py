@@ -5,9 +5,12 @@ NOTE [Traces and the check]
 A swept case leaves a *trace*: its collectives in order, each with its group
 (identified by the group's global ranks and its place among groups with the
 same ranks, since each rank creates only its own groups and names differ),
-op, shapes, dtype, reduce op, peer and call site. Traces are plain data: they
-ride on the case's report, so the check runs where reports meet (the only
-process, or pytest-xdist's controller) once the last case of a sweep is in.
+op, shapes, dtype, reduce op, peer and call site (``records.trace_data``
+reads them from the log). Traces are plain data: they ride on the case's
+report, so the check runs where reports meet (the only process, or
+pytest-xdist's controller) once the last case of a sweep is in
+(plugin/sweeps.py). This module is the check alone: pure functions over
+traces, which an exact world's deadlock report uses too.
 
 The check follows what a real backend needs to match calls (c10d's
 ProcessGroupWrapper fingerprint, Flight Recorder's matching rules): group by
@@ -22,15 +25,10 @@ divergence: on a cluster it waits forever. Only ranks that ran are compared.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-from .ops import FROM_ROOT, OP_NAMES, POINT_TO_POINT, SAME_SHAPES, TO_ROOT
-from .records import ANY_SOURCE, OBJECT, ranks_text
-
-if TYPE_CHECKING:
-    import pytest
-
-    from .world import FakeWorld
+from ..ops import FROM_ROOT, POINT_TO_POINT, SAME_SHAPES, TO_ROOT
+from ..records import ranks_text
 
 
 class Call(NamedTuple):
@@ -43,58 +41,6 @@ class Call(NamedTuple):
     any_source: bool
     site: str | None
     object_call: bool  # sizes follow each rank's objects: not compared
-
-
-def trace(world: FakeWorld, key: str, cases: int, check: bool, nodeid: str) -> dict[str, Any]:
-    """``world``'s collectives so far, as plain data (see the NOTE)."""
-    groups, calls = _trace_data(world, -1)
-    return {
-        "key": key, "cases": cases, "check": check, "nodeid": nodeid, "rank": world.rank,
-        "world_size": world.world_size, "groups": groups, "calls": calls,
-    }
-
-
-def exact_traces(world: FakeWorld, since: list[int]) -> dict[int, dict[str, Any]]:
-    """Every rank's trace of an exact world, by rank, from its record
-    ``since[rank]`` on: what check() reads."""
-    out = {}
-    for rank in range(world.world_size):
-        groups, calls = _trace_data(world, rank, since[rank])
-        out[rank] = {"rank": rank, "world_size": world.world_size, "groups": groups, "calls": calls}
-    return out
-
-
-def _trace_data(world: FakeWorld, rank: int, since: int = 0) -> tuple[list[Any], list[Any]]:
-    """The groups and calls of ``rank`` (-1: of the world's one rank), from
-    its record ``since`` on."""
-    from .records import _reduce_ops
-
-    native = world._native
-    labels = world.group_labels()
-    sites = world.call_sites()
-    reduce_ops = _reduce_ops()
-    groups = []
-    index_of: dict[int, int] = {}
-    seen: dict[tuple[int, ...] | None, int] = {}
-    for index in range(native.num_groups()):
-        name, _, _, ranks, issuer = native.group(index)  # ranks None: every rank, 0..n-1
-        if rank >= 0 and issuer != rank:
-            continue
-        members = None if ranks is None or len(ranks) == world.world_size else tuple(ranks)
-        ordinal = seen.get(members, 0)
-        seen[members] = ordinal + 1
-        index_of[index] = len(groups)
-        groups.append([None if members is None else ranks, ordinal, labels.get(name, ""), name])
-    calls = []
-    for op, g, red, dtype, peer, shapes, _, flags, site in native.records(since, len(native), rank):
-        reduce_op = reduce_ops[red]
-        calls.append([
-            index_of[g], OP_NAMES[op], [list(s) for s in shapes],
-            None if dtype is None else str(dtype).replace("torch.", ""),
-            None if reduce_op is None else reduce_op.name, None if peer < 0 else peer,
-            bool(flags & ANY_SOURCE), sites[site] if 0 <= site < len(sites) else None, bool(flags & OBJECT),
-        ])
-    return groups, calls
 
 
 # -- describing calls ------------------------------------------------------------
@@ -148,7 +94,7 @@ def _numel(call: Call) -> int:
 # -- the check ---------------------------------------------------------------------
 
 
-class _Trace:
+class Trace:
     def __init__(self, data: dict[str, Any]) -> None:
         self.rank: int = data["rank"]
         size = data["world_size"]
@@ -170,11 +116,11 @@ class _Trace:
 
 def check(traces: dict[int, dict[str, Any]]) -> str | None:
     """The first divergence among the ranks' traces, as a message, or None."""
-    ranks = {r: _Trace(t) for r, t in sorted(traces.items())}
+    ranks = {r: Trace(t) for r, t in sorted(traces.items())}
     return _check_groups(ranks) or _check_p2p(ranks)
 
 
-def _check_groups(ranks: dict[int, _Trace]) -> str | None:
+def _check_groups(ranks: dict[int, Trace]) -> str | None:
     order: list[tuple[tuple[int, ...], int]] = []
     calls: dict[tuple[tuple[int, ...], int], dict[int, list[Call]]] = {}
     for r, t in ranks.items():
@@ -210,7 +156,7 @@ def _check_groups(ranks: dict[int, _Trace]) -> str | None:
 
 
 def _message(
-    ranks: dict[int, _Trace],
+    ranks: dict[int, Trace],
     key: tuple[tuple[int, ...], int],
     i: int,
     x: tuple[int, Call | None],
@@ -231,7 +177,7 @@ def _message(
     )
 
 
-def _check_p2p(ranks: dict[int, _Trace]) -> str | None:
+def _check_p2p(ranks: dict[int, Trace]) -> str | None:
     sends: dict[tuple[int, int], list[Call]] = {}
     for r, t in ranks.items():
         for call in t.calls:
@@ -272,31 +218,3 @@ def _check_p2p(ranks: dict[int, _Trace]) -> str | None:
                 f"rank {b} posted no matching recv - on a cluster rank {a} waits forever"
             )
     return None
-
-
-class Checker:
-    """Collects the traces of swept cases as their reports come in; when a
-    sweep is complete, checks it and fails the case that completed it."""
-
-    def __init__(self, trace_dir: str | None) -> None:
-        self.trace_dir = trace_dir
-        self.pending: dict[str, dict[int, dict[str, Any]]] = {}
-
-    def add(self, report: pytest.TestReport, data: dict[str, Any]) -> None:
-        traces = self.pending.setdefault(data["key"], {})
-        traces[data["rank"]] = data
-        if len(traces) < data["cases"]:
-            return
-        del self.pending[data["key"]]
-        if self.trace_dir is not None:
-            from . import flight_recorder
-
-            flight_recorder.write(self.trace_dir, traces)
-        message = check(traces) if data["check"] else None
-        if message is None:
-            return
-        if report.passed:
-            report.outcome = "failed"
-            report.longrepr = f"fake world ranks diverge: {message}"
-        else:
-            report.sections.append(("fake world ranks diverge", message))

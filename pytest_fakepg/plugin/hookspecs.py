@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .spec import WorldSpec
-    from .world import FakeWorld
+    from ..spec import WorldSpec
+    from ..world import FakeWorld
 
 
 @pytest.hookspec

@@ -1,0 +1,302 @@
+"""pytest-fakepg's pytest adapter: options, the fake_world marker, hooks and
+fixtures.
+
+Thin on purpose, as pytest-xdist's plugin.py: marker arguments become cases
+in collection.py, a test's world comes and goes in worlds.py, exact worlds
+call the test as every rank's program in exact.py, rank sweeps are carried
+and checked in sweeps.py and the collectives report is report.py; state
+shared between hooks lives in stash keys (state.py). Nothing here touches
+torch, and torch is not imported when pytest loads this plugin.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .. import spec as _spec
+from . import collection, exact, sweeps, worlds
+from .state import CASE, REPORT, SETTINGS, WORLD, Settings
+
+if TYPE_CHECKING:
+    from torch.distributed import Store
+    from torch.distributed.device_mesh import DeviceMesh
+
+    from ..records import CollectiveLog
+    from ..world import FakeWorld
+
+# The tests being run, innermost last (pytester runs sessions inside a test):
+# how this plugin's fixtures find their test without taking `request`, which
+# pytest 9 wraps in a new FixtureDef, inspecting a signature, each time a
+# fixture asks for it. Not a stash: a fixture without `request` has no
+# config to find one in.
+RUNNING: list[pytest.Item] = []
+
+
+# -- options and configuration -------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fakepg", "fake distributed worlds (pytest-fakepg)")
+    group.addoption(
+        "--fake-world-backend",
+        dest="fake_world_backend",
+        default=None,
+        help="c10d backend for every fake world: 'fakepg' (default, ours) or "
+        "'fake' (torch's stock backend, for parity).",
+    )
+    group.addoption(
+        "--fake-world-ranks",
+        dest="fake_world_ranks",
+        default=None,
+        help="'all' runs every marked test that names no rank once per rank of each world size.",
+    )
+    group.addoption(
+        "--fake-world-report",
+        dest="fake_world_report",
+        action="store_true",
+        default=None,
+        help="print the collectives each fake-world test ran, by group and op, with totals.",
+    )
+    group.addoption(
+        "--fake-world-report-json",
+        dest="fake_world_report_json",
+        default=None,
+        metavar="PATH",
+        help="write the collectives report as JSON to PATH.",
+    )
+    group.addoption(
+        "--fake-world-strict",
+        dest="fake_world_strict",
+        action="store_true",
+        default=None,
+        help="make a process group left behind by a test, or an armed fault that never "
+        "fired, an error instead of a warning.",
+    )
+    group.addoption(
+        "--fake-world-trace-dir",
+        dest="fake_world_trace_dir",
+        default=None,
+        metavar="DIR",
+        help="write each rank sweep's collectives as Flight Recorder dumps, one folder per "
+        "test under DIR, for python -m torch.distributed.flight_recorder.fr_trace.",
+    )
+    parser.addini("fake_world_size", "world size of a fake world that names none (default 2)", default="2")
+    parser.addini("fake_world_backend", "default c10d backend: fakepg or fake", default="fakepg")
+    parser.addini("fake_world_ranks", "'all' to sweep every rank of marked tests", default="")
+    parser.addini("fake_world_report", "print the collectives report", type="bool", default=False)
+    parser.addini("fake_world_strict", "leaks and faults that never fire are errors", type="bool", default=False)
+    parser.addini(
+        "fake_world_check_ranks", "check that the ranks of a sweep issue the same collectives",
+        type="bool", default=True,
+    )
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def _option(config: pytest.Config, name: str) -> Any:
+    value = config.getoption(name)
+    return config.getini(name) if value is None else value
+
+
+def _writable_file(option: str, path: str | None) -> str | None:
+    if path is None:
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise pytest.UsageError(f"{option}={path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise pytest.UsageError(f"{option}={path}: the folder {parent} is not writable")
+    return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", collection.MARKER_HELP)
+    backend = _option(config, "fake_world_backend")
+    if backend not in _spec.BACKENDS:
+        raise pytest.UsageError(
+            f"--fake-world-backend must be one of {', '.join(_spec.BACKENDS)}; got {backend!r}"
+        )
+    ranks = _option(config, "fake_world_ranks")
+    if ranks not in ("", _spec.RANK_SWEEP):
+        raise pytest.UsageError(f"--fake-world-ranks must be 'all' (or unset); got {ranks!r}")
+    raw_size = config.getini("fake_world_size")
+    try:
+        size = _spec.check_world_size(int(raw_size))
+    except (TypeError, ValueError):
+        raise pytest.UsageError(f"fake_world_size must be an int >= 1; got {raw_size!r}") from None
+    trace_dir = config.getoption("fake_world_trace_dir")
+    if trace_dir is not None and os.path.exists(trace_dir) and not os.path.isdir(trace_dir):
+        raise pytest.UsageError(f"--fake-world-trace-dir={trace_dir}: that is a file, not a folder")
+    config.stash[SETTINGS] = Settings(
+        backend=backend,
+        all_ranks=ranks == _spec.RANK_SWEEP,
+        world_size=size,
+        report=bool(_option(config, "fake_world_report")),
+        report_json=_writable_file("--fake-world-report-json", config.getoption("fake_world_report_json")),
+        strict=bool(_option(config, "fake_world_strict")),
+        check_ranks=bool(config.getini("fake_world_check_ranks")),
+        trace_dir=trace_dir,
+    )
+    config.stash[REPORT] = {}
+    if not hasattr(config, "workerinput"):  # xdist workers send their reports on
+        config.pluginmanager.register(sweeps.Gatherer(config), "fakepg-gatherer")
+
+
+# -- collection -------------------------------------------------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    collection.generate(metafunc)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_fake_world_make_id(spec: _spec.WorldSpec) -> str:
+    return _spec.case_id(spec)
+
+
+@pytest.hookimpl(trylast=True)  # after deselection (-k, -m): count what runs
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Note which items get a world, once, so the per-test hooks below cost
+    unmarked tests one stash lookup; carry data between processes only in
+    runs that need it."""
+    swept = collection.note_items(config, items)
+    settings = config.stash[SETTINGS]
+    reporting = settings.report or settings.report_json
+    if (swept or reporting) and not config.pluginmanager.has_plugin("fakepg-carrier"):
+        config.pluginmanager.register(sweeps.Carrier(), "fakepg-carrier")
+
+
+# -- bringing worlds up and down -------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A marked test's world comes up before any fixture, so fixtures and the
+    test body alike can call torch.distributed. Every test is noted as
+    running, for this plugin's fixtures."""
+    RUNNING.append(item)
+    case = item.stash.get(CASE, None)
+    if case is not None:
+        worlds.bring_up(item, case)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """An exact world runs the test function as every rank's program."""
+    __tracebackhide__ = True
+    world = pyfuncitem.stash.get(WORLD, None)
+    if world is None or not world.exact:
+        return None
+    exact.call(pyfuncitem, world)
+    return True
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    """After the test's fixtures are torn down: the world goes down, and a
+    process group the test made itself is destroyed and reported."""
+    try:
+        return (yield)
+    finally:
+        if item in RUNNING:
+            RUNNING.remove(item)
+        world = item.stash.get(WORLD, None)
+        if world is not None:
+            worlds.take_down(item, world)
+        worlds.check_leaks(item)
+
+
+# -- the collectives report ----------------------------------------------------------
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    settings = config.stash.get(SETTINGS, None)
+    if settings is None or not settings.report:
+        return
+    from . import report
+
+    report.render(terminalreporter, config.stash[REPORT])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    settings = config.stash.get(SETTINGS, None)
+    if settings is None or not settings.report_json or hasattr(config, "workerinput"):
+        return
+    from . import report
+
+    report.write_json(settings.report_json, config.stash[REPORT])
+
+
+# -- fixtures ------------------------------------------------------------------
+
+
+def _test_world() -> FakeWorld:
+    """The running test's FakeWorld, brought up now if it is not up yet (see
+    the fake_world fixture)."""
+    if not RUNNING:
+        raise RuntimeError("pytest-fakepg's fixtures give a running test its fake world; no test is running")
+    item = RUNNING[-1]
+    world = item.stash.get(WORLD, None)
+    if world is None:
+        # Goes down in pytest_runtest_teardown, after every fixture.
+        world = worlds.bring_up(item, collection.single_case(item, None))
+    return world
+
+
+@pytest.fixture
+def fake_world() -> FakeWorld:
+    """The test's FakeWorld. Without the fake_world marker, a default world:
+    world size from the fake_world_size ini option (2) or the test's own
+    world_size parameter, rank 0 or the test's rank parameter."""
+    return _test_world()
+
+
+@pytest.fixture
+def rank() -> int:
+    """This process's rank in the fake world; in an exact world, each rank's
+    test body gets its own."""
+    world = _test_world()
+    if world.exact:
+        return exact.PerRank("rank")  # type: ignore[return-value]
+    return world.rank
+
+
+@pytest.fixture
+def world_size() -> int:
+    """The fake world's size."""
+    return _test_world().world_size
+
+
+@pytest.fixture
+def device_mesh() -> DeviceMesh:
+    """The world's DeviceMesh: the one asked for with mesh=..., else a 1-D
+    mesh over every rank. In an exact world, each rank's test body gets its own."""
+    world = _test_world()
+    if world.exact:
+        return exact.PerRank("device_mesh")  # type: ignore[return-value]
+    return world.device_mesh()
+
+
+@pytest.fixture
+def fake_store() -> Store:
+    """The store behind the fake world's process groups."""
+    return _test_world().store
+
+
+@pytest.fixture
+def collectives() -> CollectiveLog:
+    """The log of collectives the test ran (a CollectiveLog); in an exact
+    world, each rank's test body gets the log of what that rank issued."""
+    world = _test_world()
+    if world.exact:
+        return exact.PerRank("collectives")  # type: ignore[return-value]
+    return world.collectives

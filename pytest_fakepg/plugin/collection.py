@@ -1,0 +1,162 @@
+"""Collection: a marker's arguments become cases (one world each), items
+note their case, and the cases of one test that sweep ranks of one world
+are keyed as a sweep for the check across ranks."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any
+
+import pytest
+
+from .. import spec as _spec
+from .state import CASE, CASE_PARAM, MARKER, SETTINGS, SWEEP, Case
+
+# The marker takes a world's arguments (WorldSpec.build's) and check_ranks.
+MARKER_SIGNATURE = _spec.SIGNATURE.replace(
+    parameters=[
+        *_spec.SIGNATURE.parameters.values(),
+        inspect.Parameter("check_ranks", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="bool | None"),
+    ]
+)
+MARKER_HELP = (
+    MARKER
+    + str(
+        MARKER_SIGNATURE.replace(
+            parameters=[p.replace(annotation=p.empty) for p in MARKER_SIGNATURE.parameters.values()],
+            return_annotation=MARKER_SIGNATURE.empty,
+        )
+    )
+    + ": run the test in a fake torch.distributed world (process group, store "
+    "and optional DeviceMesh) for each world size, mesh and rank given; "
+    "rank='all' sweeps every rank, and the ranks of a sweep are checked to "
+    "issue the same collectives unless check_ranks=False. See pytest-fakepg's README."
+)
+
+
+def marker_args(marker: pytest.Mark) -> tuple[dict[str, Any], bool | None]:
+    """The marker's world arguments, bound, and its check_ranks."""
+    args = _spec.bind(marker.args, marker.kwargs, MARKER_SIGNATURE)
+    check = args.pop("check_ranks")
+    if check is not None and not isinstance(check, bool):
+        raise TypeError(f"check_ranks must be True or False, got {check!r}")
+    return args, check
+
+
+def error_text(exc: Exception) -> str:
+    # The cause first: pytest's summary line already names the test, and at
+    # 80 columns whatever comes after the cause is cut off.
+    return f"{exc} [invalid @pytest.mark.{MARKER}(...)]"
+
+
+def _drives(metafunc: pytest.Metafunc) -> set[str]:
+    """world_size/rank given by the test's own @pytest.mark.parametrize."""
+    names: set[str] = set()
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        argnames = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+        if isinstance(argnames, str):
+            argnames = [a.strip() for a in argnames.split(",")]
+        names.update(a for a in argnames if a in ("world_size", "rank"))
+    return names
+
+
+def generate(metafunc: pytest.Metafunc) -> None:
+    """pytest_generate_tests: one case per world the marker asks for."""
+    marker = metafunc.definition.get_closest_marker(MARKER)
+    if marker is None or _drives(metafunc):
+        return  # worlds built at setup: see _single_case
+    settings = metafunc.config.stash[SETTINGS]
+    try:
+        args, check = marker_args(marker)
+        specs = _spec.expand(
+            args,
+            default_world_size=settings.world_size,
+            default_backend=settings.backend,
+            # a marker that names its ranks keeps them
+            all_ranks=settings.all_ranks and "rank" not in marker.kwargs,
+        )
+    except (TypeError, ValueError) as exc:
+        cases = [Case(None, error_text(exc), id="invalid-fake-world")]
+    else:
+        hook = metafunc.config.hook.pytest_fake_world_make_id
+        cases = [Case(s, None, check, hook(spec=s, definition=metafunc.definition)) for s in specs]
+    # The cases ride on a parameter the test function does not take: the
+    # setup hook reads it from the item's callspec, so no fixture runs for it.
+    # parametrize() accepts only names in the fixture closure, hence the append.
+    if CASE_PARAM not in metafunc.fixturenames:
+        metafunc.fixturenames.append(CASE_PARAM)
+    metafunc.parametrize(CASE_PARAM, cases, ids=[c.id for c in cases])
+
+
+def single_case(item: pytest.Item, marker: pytest.Mark | None) -> Case:
+    """The one world of a test the marker does not parametrize:
+    unittest.TestCase methods and tests whose own parametrize gives
+    world_size or rank (at collection), and unmarked tests that ask for a
+    fake-world fixture (at setup)."""
+    settings = item.config.stash[SETTINGS]
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    try:
+        args, check = marker_args(marker) if marker is not None else (_spec.bind((), {}), None)
+        for name in ("world_size", "rank"):
+            if name in params:
+                args[name] = params[name]
+        sweeps = (
+            isinstance(args["world_size"], list)
+            or isinstance(args["rank"], (list, str))
+            or isinstance(args["mesh"], list)
+        )
+        if sweeps:
+            raise ValueError(
+                "this test cannot be parametrized by the marker (it is a "
+                "unittest.TestCase method or parametrizes world_size/rank "
+                "itself): give one world size, one rank and one mesh"
+            )
+        specs = _spec.expand(args, default_world_size=settings.world_size, default_backend=settings.backend)
+    except (TypeError, ValueError) as exc:
+        return Case(None, error_text(exc))
+    return Case(specs[0], None, check)
+
+
+def note_items(config: pytest.Config, items: list[pytest.Item]) -> bool:
+    """Note which items get a world, once, so the per-test hooks below cost
+    unmarked tests one stash lookup; and which cases form a sweep whose ranks
+    are compared. Returns whether any sweep is checked."""
+    settings = config.stash[SETTINGS]
+    # key -> (compare the ranks?, the sweep's cases)
+    sweeps: dict[str, tuple[bool, list[pytest.Item]]] = {}
+    unswept = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        case = params.get(CASE_PARAM)
+        if case is None:
+            marker = item.get_closest_marker(MARKER)
+            if marker is None:
+                continue
+            case = single_case(item, marker)
+            exact = case.spec is not None and case.spec.values == "exact"  # runs every rank already
+            if settings.all_ranks and "rank" not in marker.kwargs and not exact:
+                unswept.append(item.nodeid)
+        item.stash[CASE] = case
+        spec = case.spec
+        wanted = settings.check_ranks if case.check_ranks is None else case.check_ranks
+        if spec is not None and case.id and spec.backend == "fakepg" and spec.record and (wanted or settings.trace_dir):
+            world = f"w{spec.world_size}-{spec.mesh_id}" if spec.mesh_id else f"w{spec.world_size}"
+            key = item.nodeid.replace(case.id, world, 1)
+            sweeps.setdefault(key, (wanted, []))[1].append(item)
+    swept = False
+    for key, (check, members) in sweeps.items():
+        if len({m.stash[CASE].spec.rank for m in members}) > 1:  # type: ignore[union-attr]
+            swept = True
+            for m in members:
+                m.stash[SWEEP] = (key, len(members), check)
+    if unswept:
+        warnings.warn(
+            pytest.PytestWarning(
+                f"--fake-world-ranks=all cannot sweep {len(unswept)} test(s) that are "
+                "unittest.TestCase methods or parametrize world_size/rank themselves; they "
+                f"run one rank each: {', '.join(unswept[:5])}{' ...' if len(unswept) > 5 else ''}"
+            ),
+            stacklevel=1,
+        )
+    return swept

@@ -1,0 +1,71 @@
+"""Exact worlds under pytest: a test function is every rank's program, each
+rank's body getting its own rank, device_mesh and collectives; fixtures run
+once, outside every rank."""
+
+from __future__ import annotations
+
+import unittest
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .state import MARKER
+
+if TYPE_CHECKING:
+    from ..world import FakeWorld
+
+# Fixtures whose value differs per rank in an exact world: the test body gets
+# each rank's own (call); a fixture cannot take them.
+PER_RANK = ("rank", "device_mesh", "collectives")
+
+
+class PerRank:
+    """What a per-rank fixture holds in an exact world outside any rank."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}: one per rank, given to the test body of an exact world>"
+
+
+def check_item(item: pytest.Item, plugin_module: str) -> None:
+    """An exact world runs the test function once per rank; fixtures run once,
+    outside every rank, so none may take a per-rank fixture (the plugin's
+    own, from ``plugin_module``, know what they give)."""
+    cls = getattr(item, "cls", None)
+    if not isinstance(item, pytest.Function) or (cls is not None and issubclass(cls, unittest.TestCase)):
+        pytest.fail(
+            f"values='exact' runs a test function once per rank; {item.name} is not a plain "
+            f"test function (a unittest.TestCase method?) [invalid @pytest.mark.{MARKER}(...)]",
+            pytrace=False,
+        )
+    for name, defs in item._fixtureinfo.name2fixturedefs.items():
+        fixture = defs[-1]
+        if getattr(fixture.func, "__module__", None) == plugin_module:
+            continue
+        taken = [a for a in fixture.argnames if a in PER_RANK]
+        if taken:
+            pytest.fail(
+                f"fixture {name!r} takes {taken[0]!r}, which differs per rank in an exact world "
+                "(values='exact'): fixtures run once, outside every rank, and only the test "
+                f"body runs per rank. Take {taken[0]!r} in the test function instead.",
+                pytrace=False,
+            )
+
+
+def call(item: pytest.Function, world: FakeWorld) -> None:
+    """Run the test function as every rank's program of ``world``."""
+    __tracebackhide__ = True
+    funcargs = item.funcargs
+    names = item._fixtureinfo.argnames
+    per_rank = [n for n in names if n in PER_RANK]
+
+    def program() -> None:
+        __tracebackhide__ = True
+        kwargs: dict[str, Any] = {n: funcargs[n] for n in names}
+        for n in per_rank:
+            kwargs[n] = world.rank if n == "rank" else world.device_mesh() if n == "device_mesh" else world.collectives
+        item.obj(**kwargs)
+
+    world.run(program)

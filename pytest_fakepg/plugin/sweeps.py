@@ -1,0 +1,106 @@
+"""Rank sweeps across processes: each swept case's trace rides on its call
+report (pytest-xdist carries report attributes to its controller, as it
+does the collectives report's entries), and where reports meet the sweep is
+checked once its last case is in; a divergence fails a case. The check
+itself is checks/consistency.py's."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .. import records
+from .state import REPORT, REPORT_ENTRY, SETTINGS, SWEEP, WORLD
+
+if TYPE_CHECKING:
+    from ..world import FakeWorld
+
+
+def trace(world: FakeWorld, key: str, cases: int, check: bool, nodeid: str) -> dict[str, Any]:
+    """``world``'s collectives so far, as plain data (NOTE [Traces and the
+    check], checks/consistency.py), with the sweep it belongs to."""
+    groups, calls = records.trace_data(
+        world.collectives, -1, world.world_size, world.group_labels(), world.call_sites()
+    )
+    return {
+        "key": key, "cases": cases, "check": check, "nodeid": nodeid, "rank": world.rank,
+        "world_size": world.world_size, "groups": groups, "calls": calls,
+    }
+
+
+class SweepChecker:
+    """Collects the traces of swept cases as their reports come in; when a
+    sweep is complete, checks it and fails the case that completed it."""
+
+    def __init__(self, trace_dir: str | None) -> None:
+        self.trace_dir = trace_dir
+        self.pending: dict[str, dict[int, dict[str, Any]]] = {}
+
+    def add(self, report: pytest.TestReport, data: dict[str, Any]) -> None:
+        traces = self.pending.setdefault(data["key"], {})
+        traces[data["rank"]] = data
+        if len(traces) < data["cases"]:
+            return
+        del self.pending[data["key"]]
+        if self.trace_dir is not None:
+            from ..checks import flight_recorder
+
+            flight_recorder.write(self.trace_dir, traces)
+        if not data["check"]:
+            return
+        from ..checks import consistency
+
+        message = consistency.check(traces)
+        if message is None:
+            return
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = f"fake world ranks diverge: {message}"
+        else:
+            report.sections.append(("fake world ranks diverge", message))
+
+
+class Carrier:
+    """Puts data for the process that reports on the test reports, where
+    pytest-xdist carries their attributes: the trace of a swept case on its
+    call report, the collectives report's entry on the teardown report.
+    Registered only in runs that need it, so other runs pay nothing per test."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, Any, Any]:
+        report = yield
+        if call.when == "call" and SWEEP in item.stash:
+            world = item.stash.get(WORLD, None)
+            if world is not None:
+                report.fake_world_trace = trace(world, *item.stash[SWEEP], item.nodeid)
+        elif call.when == "teardown":
+            entry = item.stash.get(REPORT_ENTRY, None)
+            if entry is not None:
+                report.fake_world_report = entry
+        return report
+
+
+class Gatherer:
+    """In the process that reports (the only one, or pytest-xdist's
+    controller, never a worker): collects report entries, and compares a
+    sweep's ranks once its last case is in. Registered per config, so its
+    hooks know their config."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.checker: Any = None
+
+    @pytest.hookimpl(tryfirst=True)  # before the terminal reporter and the failure count
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        trace = getattr(report, "fake_world_trace", None)
+        if trace is not None:
+            if self.checker is None:
+                self.checker = SweepChecker(self.config.stash[SETTINGS].trace_dir)
+            self.checker.add(report, trace)
+        entry = getattr(report, "fake_world_report", None)
+        if entry is not None:
+            self.config.stash[REPORT][report.nodeid] = entry

@@ -1,0 +1,108 @@
+"""A test's world: brought up before its fixtures, taken down after them,
+with the leaks and unfired faults it left reported."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ..errors import FakeWorldFaultWarning, FakeWorldLeakWarning
+from ..world import clean_up_foreign_state, device_available
+from . import exact
+from .state import MARKER, REPORT_ENTRY, SETTINGS, SWEEP, WORLD, Case
+
+if TYPE_CHECKING:
+    from ..world import FakeWorld
+
+# Where the plugin's own fixtures live (exact.check_item lets them take
+# per-rank fixtures: they know what they give).
+PLUGIN_MODULE = "pytest_fakepg.plugin"
+
+
+def bring_up(item: pytest.Item, case: Case) -> FakeWorld:
+    if case.error is not None:
+        pytest.fail(case.error, pytrace=False)
+    spec = case.spec
+    assert spec is not None
+    try:
+        import torch.distributed  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(
+            f"pytest-fakepg's fake worlds need torch, which could not be imported ({exc}); "
+            "install it, e.g. pip install torch",
+            pytrace=False,
+        )
+    from ..world import FakeWorld
+
+    if not device_available(spec.device):
+        pytest.skip(f"fake_world(device={spec.device!r}) needs a {spec.device} device; none is available")
+    if spec.values == "exact":
+        exact.check_item(item, PLUGIN_MODULE)
+    if spec.backend == "fakepg":
+        load_backend(item.config)
+    world = FakeWorld(spec).start()
+    item.stash[WORLD] = world
+    try:
+        if SWEEP in item.stash:
+            world.record_call_sites()
+        item.config.hook.pytest_fake_world_setup(world=world, item=item)
+    except BaseException:
+        take_down(item, world)
+        raise
+    return world
+
+
+def load_backend(config: pytest.Config) -> None:
+    """The first world of a run loads the backend, and may compile it: with
+    output capture suspended, so the one line saying so reaches the terminal
+    instead of a run that sits silent for a minute."""
+    from .. import _backend
+
+    if _backend.is_loaded():
+        return
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        _backend.load()
+        return
+    with capture.global_and_fixture_disabled():
+        _backend.load()
+
+
+def take_down(item: pytest.Item, world: FakeWorld) -> None:
+    settings = item.config.stash[SETTINGS]
+    unfired: list[str] = []
+    try:
+        item.config.hook.pytest_fake_world_teardown(world=world, item=item)
+        if (settings.report or settings.report_json) and world.spec.record:
+            from . import report
+
+            entry = report.entry(world)
+            if entry is not None:
+                item.stash[REPORT_ENTRY] = entry
+        unfired = world.unfired_faults()
+    finally:
+        del item.stash[WORLD]
+        world.stop()
+    if unfired:
+        message = f"{item.nodeid}: " + "; ".join(unfired)
+        if settings.strict:
+            pytest.fail(message, pytrace=False)
+        warnings.warn(FakeWorldFaultWarning(message), stacklevel=1)
+
+
+def check_leaks(item: pytest.Item) -> None:
+    """A process group the test made and left behind would break every test
+    after it: it is destroyed, and reported."""
+    found = clean_up_foreign_state()
+    if found is None:
+        return
+    message = (
+        f"{item.nodeid} left a default process group behind ({found}); "
+        "pytest-fakepg destroyed it. Call torch.distributed.destroy_process_group() "
+        f"in the test, or use the {MARKER} marker or FakeWorld, which clean up for you."
+    )
+    if item.config.stash[SETTINGS].strict:
+        pytest.fail(message, pytrace=False)
+    warnings.warn(FakeWorldLeakWarning(message), stacklevel=1)
