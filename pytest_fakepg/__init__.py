@@ -10,6 +10,7 @@ from .errors import (
 from .records import CollectiveLog, CollectiveRecord
 from .spec import WorldSpec
 from .world import FakeWorld, Fault
+from .exact import ExactWorld  # noqa: F401 - registers the values="exact" layer (isort: skip)
 
 __version__ = "0.1.0"
 

@@ -11,16 +11,14 @@ that never use a fake world.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import os
 import sys
-import threading
 import types
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from . import _backend, _compat, _default_group, _sharding
 from .ops import ALL_OPS, check_op, op_code
@@ -62,8 +60,6 @@ _running: _Running | None = None
 # is ever reused in a process, so a DeviceMesh or DTensor kept from an earlier
 # world fails to resolve its group instead of silently using this world's.
 _next_group_number = 0
-# Serialises the teardown of an exact world's ranks (FakeWorld._rank_program).
-_TEARDOWN = threading.Lock()
 
 
 def _create_backend(dist_opts: Any, _backend_options: Any) -> Any:
@@ -162,6 +158,22 @@ class FakeWorld:
     ``TypeError`` naming the argument, the value and what is allowed).
     """
 
+    # Worlds of other value semantics, by their ``values``: each is a layer
+    # of its own that subclasses FakeWorld (``class ExactWorld(FakeWorld,
+    # values="exact")``), and FakeWorld(...) makes the one its arguments ask for.
+    _LAYERS: ClassVar[dict[str, type[FakeWorld]]] = {}
+
+    def __init_subclass__(cls, values: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if values is not None:
+            FakeWorld._LAYERS[values] = cls
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> FakeWorld:
+        if cls is FakeWorld and FakeWorld._LAYERS:
+            values = args[0].values if len(args) == 1 and isinstance(args[0], WorldSpec) else kwargs.get("values")
+            cls = FakeWorld._LAYERS.get(values, cls)
+        return object.__new__(cls)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if len(args) == 1 and not kwargs and isinstance(args[0], WorldSpec):
             self.spec = args[0]
@@ -177,16 +189,13 @@ class FakeWorld:
         self._sites: list[str] | None = None
         self._saved: dict[str, Any] = {}
         self._up = False
-        # Exact worlds: what each rank's thread sees (NOTE [Exact worlds]),
-        # and the group labels each rank had, kept for reports.
-        self._local = threading.local()
-        self._labels: dict[str, str] = {}
 
     # help() and IDEs show the world's arguments: WorldSpec.build's.
     __init__.__signature__ = SIGNATURE.replace(  # type: ignore[attr-defined]
         parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *SIGNATURE.parameters.values()],
         return_annotation=None,
     )
+    __new__.__signature__ = __init__.__signature__  # type: ignore[attr-defined]
 
     # -- what a test reads -------------------------------------------------
     @property
@@ -197,8 +206,6 @@ class FakeWorld:
     @property
     def rank(self) -> int:
         """This rank; in an exact world, the rank whose program is running."""
-        if self.exact:
-            return self._this_rank("rank").rank
         return self.spec.rank
 
     @property
@@ -220,8 +227,6 @@ class FakeWorld:
     @property
     def pg(self) -> ProcessGroup:
         """The default process group."""
-        if self.exact:
-            return self._this_rank("pg").pg
         return self._require(self._pg, "pg")
 
     @property
@@ -232,39 +237,23 @@ class FakeWorld:
     @property
     def mesh(self) -> DeviceMesh | None:
         """The DeviceMesh asked for with ``mesh=``, or None."""
-        if self.exact:
-            return self._this_rank("mesh").mesh
         return self._require(self._mesh, "mesh")
 
     def device_mesh(self) -> DeviceMesh:
         """The mesh asked for with ``mesh=``, else a 1-D mesh over every rank
         (made on first use)."""
-        holder: Any = self._this_rank("device_mesh") if self.exact else self
         self._require(None, "device_mesh")
-        if holder._mesh is not None:
-            return holder._mesh
-        if holder._flat_mesh is None:
-            holder._flat_mesh = _init_device_mesh(self.spec.device, (self.world_size,), None)
-        return holder._flat_mesh
+        if self._mesh is not None:
+            return self._mesh
+        if self._flat_mesh is None:
+            self._flat_mesh = _init_device_mesh(self.spec.device, (self.world_size,), None)
+        return self._flat_mesh
 
     @property
     def collectives(self) -> CollectiveLog:
         """The collectives issued: in an exact world, inside a rank's program
         this rank's, elsewhere every rank's (each record says its rank)."""
-        if self.exact and getattr(self._local, "rank", None) is not None:
-            return self._local.log
         return self._require(self._log, "collectives")
-
-    def _this_rank(self, what: str) -> Any:
-        """The running rank's state, in an exact world."""
-        self._require(None, what)
-        if getattr(self._local, "rank", None) is None:
-            raise RuntimeError(
-                f"FakeWorld.{what} differs per rank in an exact world (values='exact') and is "
-                "only available inside a rank's program (the test body, or a function given "
-                "to FakeWorld.run), not in fixtures or outside run()"
-            )
-        return self._local
 
     def _require(self, value: Any, what: str) -> Any:
         if not self._up:
@@ -306,13 +295,13 @@ class FakeWorld:
         return self._arm(spec)
 
     def _fault_ranks(self) -> list[int]:
-        """The ranks a fault armed now fires on: in an exact world, the running
-        rank inside its program, else each rank (with its own call count, as
-        in a real world where every process arms its own); else any (-1)."""
-        if not self.exact:
-            return [-1]
-        rank = getattr(self._local, "rank", None)
-        return list(range(self.world_size)) if rank is None else [rank]
+        """The ranks a fault armed now fires on: any (-1), in a world of one
+        rank."""
+        return [-1]
+
+    def _calling_rank(self) -> int:
+        """The rank whose calls ``calls()`` counts; -1: every rank's."""
+        return -1
 
     def _arm(self, spec: FaultSpec) -> Fault:
         ids = [
@@ -329,8 +318,7 @@ class FakeWorld:
         counts: in an exact world, per rank (this rank's inside its program,
         every rank's together elsewhere)."""
         native = self._live_native("FakeWorld.calls()")
-        rank = getattr(self._local, "rank", None)
-        return native.call_count(op_code(op, "calls"), -1 if rank is None else rank)
+        return native.call_count(op_code(op, "calls"), self._calling_rank())
 
     def unfired_faults(self) -> list[str]:
         """Why each fault armed in this world (by argument or ``fail()``)
@@ -365,7 +353,7 @@ class FakeWorld:
         """Group name -> what to call it: the mesh dimension's name for a
         DeviceMesh group, else its description ("default_pg", ...)."""
         self._require(None, "group_labels")
-        return {**self._labels, **self._labels_now()}
+        return self._labels_now()
 
     @staticmethod
     def _labels_now() -> dict[str, str]:
@@ -383,7 +371,6 @@ class FakeWorld:
 
     def start(self) -> FakeWorld:
         """Bring the world up. On any error, everything done so far is undone."""
-        global _running
         import torch.distributed as dist
 
         if self._up:
@@ -415,14 +402,9 @@ class FakeWorld:
             for name in _HIDDEN_ENV:
                 os.environ.pop(name, None)
             self._store = dist.HashStore()
-            if self.exact:
-                self._start_exact()
-            else:
-                self._init_default_group(dist)
+            self._bring_up_groups()
             self._install_patches()
             self._saved["sharding"] = _sharding.share_sharding_decisions()
-            if spec.mesh_shape is not None and not self.exact:
-                self._mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
             for fault in spec.faults if spec.backend == "fakepg" else ():
                 self._arm(fault)
         except BaseException:
@@ -430,15 +412,13 @@ class FakeWorld:
             raise
         return self
 
-    def _init_default_group(self, dist: Any) -> None:
-        global _running
+    def _bring_up_groups(self) -> None:
+        """This rank's default group, and its mesh if asked for."""
+        import torch.distributed as dist
+
         spec = self.spec
         if spec.backend == "fakepg":
-            self._native = _backend.load().WorldState(spec.values, spec.record)
-            _running = _Running(self._native, spec.world_size)
-            self._log = CollectiveLog(self._native)
-            _compat.c10d.register_stock_fake()
-            self._saved["stock_fake"] = _compat.c10d.swap_backend_creator(_STOCK_FAKE, _create_backend)
+            self._serve(_backend.load().WorldState(spec.values, spec.record))
             options = None
         else:
             options = _compat.c10d.register_stock_fake()()
@@ -459,82 +439,43 @@ class FakeWorld:
                 pg_options=options,
             )
         self._pg = _compat.c10d.default_group()
+        if spec.mesh_shape is not None:
+            self._mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
 
-    def _start_exact(self) -> None:
-        """An exact world: no group in this thread; each rank makes its own
-        in run() (NOTE [compat: per-rank c10d state])."""
+    def _serve(self, native: Any) -> None:
+        """Make ``native`` (a WorldState) the world that is up: the one whose
+        backend every fakepg group gets, and every "fake" group too."""
         global _running
-        spec = self.spec
-        self._native = _backend.load().WorldState("exact", spec.record, spec.world_size)
-        _running = _Running(self._native, spec.world_size)
-        self._log = CollectiveLog(self._native)
+        self._native = native
+        _running = _Running(native, self.spec.world_size)
+        self._log = CollectiveLog(native)
         _compat.c10d.register_stock_fake()
         self._saved["stock_fake"] = _compat.c10d.swap_backend_creator(_STOCK_FAKE, _create_backend)
-        self._saved["per_thread"] = _compat.c10d.install_thread_local_world()
-        self.record_call_sites()  # a hang is reported with each rank's line
+
+    def _take_groups_count(self) -> None:
+        """Carry torch's group counter on before its groups are destroyed
+        (NOTE [Group names])."""
+        global _next_group_number
+        _next_group_number = max(_next_group_number, _compat.c10d.group_count())
+
+    @staticmethod
+    def _first_group() -> int:
+        """The number the next world's first group is named by."""
+        return _next_group_number
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
-        """Run ``fn(*args, **kwargs)`` as the program of every rank of an
-        exact world (``values="exact"``), and return each rank's result, by
-        rank. Each rank runs on its own thread (rank 0 on the caller's) with
-        its own default group (and mesh, if asked for), its own RNG stream and its own DTensor RNG
-        tracker; one rank runs at a time, switching where a rank waits for
-        the others. The first rank to raise stops the world and its error is
-        raised here; a program that would hang raises FakeWorldDeadlock."""
-        from . import _exact
-
-        __tracebackhide__ = True
-        self._require(None, "run")
-        if not self.exact:
-            raise RuntimeError(
-                f"FakeWorld.run() runs every rank of an exact world; this world has "
-                f"values={self.values!r} (use values='exact')"
-            )
-        if getattr(self._local, "rank", None) is not None:
-            raise RuntimeError("FakeWorld.run() was called inside a rank's program; call it from outside")
-        return _exact.run(self, lambda rank: fn(*args, **kwargs), _next_group_number)
-
-    @contextlib.contextmanager
-    def _rank_program(self, rank: int, first_group: int) -> Any:
-        """In rank ``rank``'s thread: its default group, mesh and log for the
-        length of its program."""
-        global _next_group_number
-        import torch.distributed as dist
-
-        local, spec = self._local, self.spec
-        _compat.c10d.set_group_count(first_group)  # every rank names groups alike
-        _default_group.init_default_group("fakepg", rank, spec.world_size, self._store, _new_backend)
-        local.rank = rank
-        local.pg = _compat.c10d.default_group()
-        local.log = CollectiveLog(self._native, rank=rank)
-        local._mesh = local.mesh = local._flat_mesh = None
-        try:
-            if spec.mesh_shape is not None:
-                local._mesh = local.mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
-            yield
-        finally:
-            # Once a run is stopped, its ranks unwind together: one at a time
-            # through torch's teardown, as they ran.
-            with _TEARDOWN:
-                try:
-                    self._labels.update(self._labels_now())
-                    if dist.is_initialized():
-                        _next_group_number = max(_next_group_number, _compat.c10d.group_count())
-                        dist.destroy_process_group()
-                finally:
-                    # Per thread in torch: DeviceMesh's registries and the C++
-                    # DTensor dispatch cache (whose keys compare meshes by
-                    # shape, so a later world's mesh would find this one's groups).
-                    _compat.device_mesh.clear_mesh_registries()
-                    _compat.dtensor.clear_dtensor_state()
-                    local.__dict__.clear()
+        """Run ``fn(*args, **kwargs)`` as every rank's program: only in an
+        exact world (``values="exact"``, see ``ExactWorld.run``)."""
+        raise RuntimeError(
+            f"FakeWorld.run() runs every rank of an exact world; this world has "
+            f"values={self.values!r} (use values='exact')"
+        )
 
     def _install_patches(self) -> None:
         """Replace what _object_collectives() and _sequence_numbers() name
         while the world is up; stop() puts each original back unless someone
-        replaced it again meanwhile. An exact world runs torch's own object
-        collectives: every rank has its objects."""
-        patches = [] if self.exact else list(_object_collectives())
+        replaced it again meanwhile."""
+        patches = self._patches()
         if self.spec.backend == "fakepg":
             patches.append(_sequence_numbers())
         saved = self._saved["patches"] = []
@@ -545,6 +486,10 @@ class FakeWorld:
             else:
                 for name, replacement in replacements.items():
                     setattr(owner, name, replacement)
+
+    def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
+        """(owner, {name: replacement}) to install while the world is up."""
+        return list(_object_collectives())
 
     @staticmethod
     def _remove_patches(patches: list[tuple[Any, dict[str, Any], dict[str, Any]]]) -> None:
@@ -560,7 +505,7 @@ class FakeWorld:
     def stop(self) -> None:
         """Take the world down. Idempotent; runs every step even if one fails.
         A fault that never fired is reported as a FakeWorldFaultWarning."""
-        global _running, _next_group_number
+        global _running
         if not self._up:
             return
         import torch.distributed as dist
@@ -569,12 +514,11 @@ class FakeWorld:
         saved = self._saved
         try:
             if dist.is_initialized():
-                _next_group_number = max(_next_group_number, _compat.c10d.group_count())
+                self._take_groups_count()
                 dist.destroy_process_group()
         finally:
             _running = None
-            if "per_thread" in saved:
-                _compat.c10d.uninstall_thread_local_world(saved["per_thread"])
+            self._restore_threads(saved)
             if "stock_fake" in saved:
                 _compat.c10d.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
             self._remove_patches(saved.get("patches", []))
@@ -594,6 +538,10 @@ class FakeWorld:
             self._up = False
         for reason in unfired:
             warnings.warn(FakeWorldFaultWarning(reason), stacklevel=2)
+
+    def _restore_threads(self, saved: dict[str, Any]) -> None:
+        """Undo what the world did to torch's per-thread state (nothing, in a
+        world of one rank)."""
 
     def __repr__(self) -> str:
         s = self.spec

@@ -45,7 +45,7 @@ def autograd_threads() -> bool:
     """Whether autograd runs backward on its device threads
     (``torch._C._is_multithreading_enabled``, 2.11-2.15.0): an exact world
     turns them off on each rank's thread, so that backward runs there (NOTE
-    [Exact worlds] in _exact.py)."""
+    [Exact worlds] in csrc/exact.cpp)."""
     import torch
 
     return bool(torch._C._is_multithreading_enabled())

@@ -15,15 +15,29 @@ import random
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from . import _compat, records
-from .errors import FakeWorldDeadlock
+from .. import _compat
+from ..errors import FakeWorldDeadlock
 
-if TYPE_CHECKING:
-    from .world import FakeWorld
 
-_NOT_STARTED, _RUNNABLE, _WAITING, _FINISHED = range(4)
+class Ranks(Protocol):
+    """What ``run`` needs of the world whose ranks it runs (ExactWorld)."""
+
+    @property
+    def world_size(self) -> int: ...
+
+    @property
+    def device(self) -> str: ...
+
+    _native: Any  # the world's WorldState
+
+    def _rank_program(self, rank: int, first_group: int) -> contextlib.AbstractContextManager[None]: ...
+
+    def _deadlock_report(self, since: list[int]) -> str: ...
+
+# A rank's state, as the scheduler reports it (csrc/exact.hpp).
+NOT_STARTED, RUNNABLE, WAITING, FINISHED = range(4)
 
 
 class _RankState:
@@ -133,7 +147,7 @@ class _RankThread:
     keeps per thread: a job must not inherit the last one's."""
 
     def __init__(self) -> None:
-        from . import _backend
+        from .. import _backend
 
         self.gate = _backend.load().Gate()
         self.job: tuple[Callable[[], None], tuple[bool, Any]] | None = None
@@ -175,7 +189,7 @@ def _as_rank_thread(context: tuple[bool, Any]) -> Any:
         _set_grad_and_device(context)
 
 
-def run(world: FakeWorld, program: Callable[[int], Any], first_group: int) -> list[Any]:
+def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[Any]:
     """``program(rank)`` on every rank of ``world``, each rank naming its
     groups from ``first_group`` on; the results by rank."""
     __tracebackhide__ = True
@@ -247,7 +261,7 @@ def run(world: FakeWorld, program: Callable[[int], Any], first_group: int) -> li
         python_random.restore()
         sys.excepthook = excepthook
     if native.deadlocked():
-        raise FakeWorldDeadlock(deadlock_report(world, since))
+        raise FakeWorldDeadlock(world._deadlock_report(since))
     if failures:
         rank, exc = failures[0]
         if isinstance(exc, Exception) and hasattr(exc, "add_note"):
@@ -280,40 +294,7 @@ def _caller_gate() -> Any:
     """The gate rank 0 (the caller's thread) waits on, one per calling thread."""
     gate = getattr(_CALLER_GATES, "gate", None)
     if gate is None:
-        from . import _backend
+        from .. import _backend
 
         gate = _CALLER_GATES.gate = _backend.load().Gate()
     return gate
-
-
-def deadlock_report(world: FakeWorld, since: list[int]) -> str:
-    """Each rank's pending call (op, group, line) and, where the collectives
-    the ranks issued disagree, the divergence, as the check across ranks words
-    it."""
-    from .checks import consistency
-
-    native = world._native
-    labels = world.group_labels()
-    sites = world.call_sites()
-    lines = ["no rank can run: each waits for a call another rank never makes (on a cluster, a hang)"]
-    for rank, (state, waiting) in enumerate(zip(native.rank_states(), native.waiting())):
-        if state == _WAITING and waiting:
-            op, group, site = waiting.decode().split("\x1f")
-            where = f" at {sites[int(site)]}" if 0 <= int(site) < len(sites) else ""
-            label = labels.get(group, "")
-            named = label if label and label != "undefined" else f"'{group}'"
-            lines.append(f"  rank {rank} waits in {op} on group {named}{where}")
-        elif state == _FINISHED:
-            lines.append(f"  rank {rank} finished its program")
-        elif state == _NOT_STARTED:
-            lines.append(f"  rank {rank} never started")
-    if world.spec.record:
-        n, log = world.world_size, world.collectives
-        traces = {}
-        for rank in range(n):
-            groups, calls = records.trace_data(log, rank, n, labels, sites, since[rank])
-            traces[rank] = {"rank": rank, "world_size": n, "groups": groups, "calls": calls}
-        divergence = consistency.check(traces)
-        if divergence:
-            lines.append(divergence)
-    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""ExactWorld: a FakeWorld whose every rank runs (``values="exact"``)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import _backend, _compat, _default_group, records
+from ..records import CollectiveLog
+from ..world import FakeWorld, _init_device_mesh, _new_backend
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+    from torch.distributed.device_mesh import DeviceMesh
+
+# Serialises the teardown of an exact world's ranks (_rank_program).
+_TEARDOWN = threading.Lock()
+
+
+class ExactWorld(FakeWorld, values="exact"):
+    """Every rank of the world runs its program, one at a time, each on its
+    own thread with its own default group, mesh and log (NOTE [compat:
+    per-rank c10d state]); what differs per rank is read inside a rank's
+    program. Made by ``FakeWorld(..., values="exact")``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # What each rank's thread sees, and the group labels each rank had,
+        # kept for reports.
+        self._local = threading.local()
+        self._labels: dict[str, str] = {}
+
+    __init__.__signature__ = FakeWorld.__init__.__signature__  # type: ignore[attr-defined]
+
+    # -- what differs per rank -----------------------------------------------
+    @property
+    def rank(self) -> int:
+        """The rank whose program is running."""
+        return self._this_rank("rank").rank
+
+    @property
+    def pg(self) -> ProcessGroup:
+        """The running rank's default process group."""
+        return self._this_rank("pg").pg
+
+    @property
+    def mesh(self) -> DeviceMesh | None:
+        """The running rank's DeviceMesh asked for with ``mesh=``, or None."""
+        return self._this_rank("mesh").mesh
+
+    def device_mesh(self) -> DeviceMesh:
+        """The running rank's mesh asked for with ``mesh=``, else a 1-D mesh
+        over every rank (made on first use)."""
+        local = self._this_rank("device_mesh")
+        if local.mesh is not None:
+            return local.mesh
+        if local.flat_mesh is None:
+            local.flat_mesh = _init_device_mesh(self.spec.device, (self.world_size,), None)
+        return local.flat_mesh
+
+    @property
+    def collectives(self) -> CollectiveLog:
+        """Inside a rank's program that rank's collectives, elsewhere every
+        rank's (each record says its rank)."""
+        if getattr(self._local, "rank", None) is not None:
+            return self._local.log
+        return self._require(self._log, "collectives")
+
+    def _this_rank(self, what: str) -> Any:
+        """The running rank's state."""
+        self._require(None, what)
+        if getattr(self._local, "rank", None) is None:
+            raise RuntimeError(
+                f"FakeWorld.{what} differs per rank in an exact world (values='exact') and is "
+                "only available inside a rank's program (the test body, or a function given "
+                "to FakeWorld.run), not in fixtures or outside run()"
+            )
+        return self._local
+
+    def _fault_ranks(self) -> list[int]:
+        """The running rank inside its program, else each rank (with its own
+        call count, as in a real world where every process arms its own)."""
+        rank = getattr(self._local, "rank", None)
+        return list(range(self.world_size)) if rank is None else [rank]
+
+    def _calling_rank(self) -> int:
+        rank = getattr(self._local, "rank", None)
+        return -1 if rank is None else rank
+
+    def group_labels(self) -> dict[str, str]:
+        self._require(None, "group_labels")
+        return {**self._labels, **self._labels_now()}
+
+    # -- life cycle ------------------------------------------------------------
+    def _bring_up_groups(self) -> None:
+        """No group in this thread; each rank makes its own in run()."""
+        spec = self.spec
+        self._serve(_backend.load().WorldState("exact", spec.record, spec.world_size))
+        self._saved["per_thread"] = _compat.c10d.install_thread_local_world()
+        self.record_call_sites()  # a hang is reported with each rank's line
+
+    def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
+        """An exact world runs torch's own object collectives: every rank has
+        its objects."""
+        return []
+
+    def _restore_threads(self, saved: dict[str, Any]) -> None:
+        if "per_thread" in saved:
+            _compat.c10d.uninstall_thread_local_world(saved["per_thread"])
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+        """Run ``fn(*args, **kwargs)`` as the program of every rank, and
+        return each rank's result, by rank. Each rank runs on its own thread
+        (rank 0 on the caller's) with its own default group (and mesh, if
+        asked for), its own RNG stream and its own DTensor RNG tracker; one
+        rank runs at a time, switching where a rank waits for the others.
+        The first rank to raise stops the world and its error is raised
+        here; a program that would hang raises FakeWorldDeadlock."""
+        from . import runner
+
+        __tracebackhide__ = True
+        self._require(None, "run")
+        if getattr(self._local, "rank", None) is not None:
+            raise RuntimeError("FakeWorld.run() was called inside a rank's program; call it from outside")
+        return runner.run(self, lambda rank: fn(*args, **kwargs), self._first_group())
+
+    @contextlib.contextmanager
+    def _rank_program(self, rank: int, first_group: int) -> Any:
+        """In rank ``rank``'s thread: its default group, mesh and log for the
+        length of its program."""
+        import torch.distributed as dist
+
+        local, spec = self._local, self.spec
+        _compat.c10d.set_group_count(first_group)  # every rank names groups alike
+        _default_group.init_default_group("fakepg", rank, spec.world_size, self._store, _new_backend)
+        local.rank = rank
+        local.pg = _compat.c10d.default_group()
+        local.log = CollectiveLog(self._native, rank=rank)
+        local.mesh = local.flat_mesh = None
+        try:
+            if spec.mesh_shape is not None:
+                local.mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
+            yield
+        finally:
+            # Once a run is stopped, its ranks unwind together: one at a time
+            # through torch's teardown, as they ran.
+            with _TEARDOWN:
+                try:
+                    self._labels.update(self._labels_now())
+                    if dist.is_initialized():
+                        self._take_groups_count()
+                        dist.destroy_process_group()
+                finally:
+                    # Per thread in torch: DeviceMesh's registries and the C++
+                    # DTensor dispatch cache (whose keys compare meshes by
+                    # shape, so a later world's mesh would find this one's groups).
+                    _compat.device_mesh.clear_mesh_registries()
+                    _compat.dtensor.clear_dtensor_state()
+                    local.__dict__.clear()
+
+    def _deadlock_report(self, since: list[int]) -> str:
+        """Each rank's pending call (op, group, line) and, where the
+        collectives the ranks issued since record ``since[rank]`` disagree,
+        the divergence, as the check across ranks words it."""
+        from ..checks import consistency
+        from .runner import FINISHED, NOT_STARTED, WAITING
+
+        native = self._native
+        labels = self.group_labels()
+        sites = self.call_sites()
+        lines = ["no rank can run: each waits for a call another rank never makes (on a cluster, a hang)"]
+        for rank, (state, waiting) in enumerate(zip(native.rank_states(), native.waiting())):
+            if state == WAITING and waiting:
+                op, group, site = waiting.decode().split("\x1f")
+                where = f" at {sites[int(site)]}" if 0 <= int(site) < len(sites) else ""
+                label = labels.get(group, "")
+                named = label if label and label != "undefined" else f"'{group}'"
+                lines.append(f"  rank {rank} waits in {op} on group {named}{where}")
+            elif state == FINISHED:
+                lines.append(f"  rank {rank} finished its program")
+            elif state == NOT_STARTED:
+                lines.append(f"  rank {rank} never started")
+        if self.spec.record:
+            n, log = self.world_size, self.collectives
+            traces = {}
+            for rank in range(n):
+                groups, calls = records.trace_data(log, rank, n, labels, sites, since[rank])
+                traces[rank] = {"rank": rank, "world_size": n, "groups": groups, "calls": calls}
+            divergence = consistency.check(traces)
+            if divergence:
+                lines.append(divergence)
+        return "\n".join(lines)
