@@ -1,14 +1,12 @@
 #include "backend.hpp"
 
 #include <ATen/ATen.h>
-#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 
 #include "compat.hpp"
 #include "text.hpp"
-#include "values.hpp"
 
 namespace fakepg {
 
@@ -65,43 +63,8 @@ uint8_t redOf(const c10d::ReduceOp& op) {
 }  // namespace
 
 // ---------------------------------------------------------------------------
-// FakeWork
-
-FakeWork::FakeWork(
-    int rank,
-    c10d::OpType type,
-    std::vector<at::Tensor> outputs,
-    std::exception_ptr error,
-    int source_rank)
-    : c10d::Work(rank, type),
-      outputs_(std::move(outputs)),
-      source_rank_(source_rank) {
-  // See NOTE [compat: completed Work].
-  completed_ = true;
-  exception_ = std::move(error);
-}
-
-int FakeWork::sourceRank() const {
-  TORCH_CHECK(
-      source_rank_ >= 0,
-      "sourceRank() may only be called on work objects that correspond to a "
-      "recv-from-any call");
-  return source_rank_;
-}
-
-bool FakeWork::wait(std::chrono::milliseconds /* timeout */) {
-  if (exception_) {
-    std::rethrow_exception(exception_);
-  }
-  return true;
-}
-
-c10::intrusive_ptr<c10::ivalue::Future> FakeWork::getFuture() {
-  return completedFuture(outputs_, exception_);
-}
-
-// ---------------------------------------------------------------------------
-// FakeBackend
+// FakeBackend: each op checks its arguments and builds this member's part;
+// the semantics do the rest (NOTE [Value semantics], semantics.hpp).
 
 FakeBackend::FakeBackend(
     c10::intrusive_ptr<WorldState> world,
@@ -123,12 +86,18 @@ FakeBackend::FakeBackend(
   // An empty list is a group of every rank: global ranks are group ranks,
   // and a million-rank world stores none of them.
   global_ranks_ = global_ranks;
-  if (world_->values() == Values::exact) {
-    exchange_ = world_->exchange(group_name, global_ranks, size);
-  }
   const int global_rank = global_ranks.empty()
       ? rank
       : static_cast<int>(global_ranks.at(rank));
+  if (world_->values() == Values::exact) {
+    values_ = exactSemantics(
+        world_,
+        world_->exchange(group_name, global_ranks, size),
+        group_name,
+        global_rank);
+  } else {
+    values_ = localSemantics(world_->values() == Values::uniform, rank, size);
+  }
   group_ = world_->addGroup(GroupInfo{
       std::move(group_name), rank, size, std::move(global_ranks), global_rank});
 }
@@ -138,16 +107,6 @@ Contribution FakeBackend::part(
     std::vector<at::Tensor> in,
     std::vector<at::Tensor> out,
     const c10d::ReduceOp& reduce) const {
-  for (const auto* list : {&in, &out}) {
-    for (const auto& t : *list) {
-      TORCH_CHECK(
-          t.layout() == at::kStrided,
-          cat("fakepg: sparse ",
-              opName(op),
-              " has no exact values yet; use dense tensors or "
-              "values='uniform'"));
-    }
-  }
   Contribution c;
   c.op = op;
   c.rank = rank_;
@@ -157,36 +116,6 @@ Contribution FakeBackend::part(
   c.reduce = reduce;
   c.reduces = reduce.op_ != c10d::ReduceOp::UNUSED;
   return c;
-}
-
-c10::intrusive_ptr<ExactWork> FakeBackend::exactWork(
-    Op op,
-    c10d::OpType type,
-    std::vector<at::Tensor> results,
-    std::exception_ptr fault) {
-  const auto& g = world_->group(group_);
-  auto work = c10::make_intrusive<ExactWork>(
-      world_->scheduler(),
-      globalRank(rank_),
-      type,
-      std::move(results),
-      cat(opName(op), "\x1f", g.name, "\x1f", world_->lastSite()),
-      std::move(fault));
-  if (coalescing_) {
-    coalesced_.push_back(work);
-  }
-  return work;
-}
-
-c10::intrusive_ptr<c10d::Work> FakeBackend::post(
-    Contribution c,
-    c10d::OpType type,
-    std::vector<at::Tensor> results,
-    std::exception_ptr fault) {
-  auto work = exactWork(c.op, type, std::move(results), std::move(fault));
-  c.work = work;
-  exchange_->post(++collectives_, std::move(c));
-  return work;
 }
 
 void FakeBackend::checkRoot(const char* op, int64_t root) const {
@@ -211,80 +140,59 @@ int32_t FakeBackend::globalRank(int64_t group_rank) const {
 }
 
 std::exception_ptr FakeBackend::begin(
-    Op op,
-    const std::vector<at::Tensor>& inputs,
-    uint8_t reduce_op,
+    const Contribution& c,
+    const std::vector<at::Tensor>& recorded,
     int32_t peer,
     bool any_source) {
+  values_->check(c);
   ++seq_;
-  return world_->begin(op, group_, inputs, reduce_op, peer, any_source);
+  const auto reduce_op = c.reduces ? redOf(c.reduce) : kNoReduceOp;
+  return world_->begin(c.op, group_, recorded, reduce_op, peer, any_source);
 }
 
-c10::intrusive_ptr<c10d::Work> FakeBackend::done(
+c10::intrusive_ptr<c10d::Work> FakeBackend::issue(
+    Contribution c,
     c10d::OpType type,
-    std::vector<at::Tensor> outputs,
-    std::exception_ptr error) {
-  return c10::make_intrusive<FakeWork>(
-      rank_, type, std::move(outputs), std::move(error));
+    std::vector<at::Tensor> results,
+    const std::vector<at::Tensor>& recorded,
+    int32_t peer,
+    bool any_source) {
+  auto fault = begin(c, recorded, peer, any_source);
+  return values_->issue(std::move(c), type, std::move(results), fault);
 }
-
-void FakeBackend::reduceAll(
-    std::vector<at::Tensor>& tensors,
-    const c10d::ReduceOp& op) {
-  if (uniform()) {
-    for (auto& t : tensors) {
-      reduceUniform(t, op, size_);
-    }
-  }
-}
-
-// NOTE [Writing outputs]
-// Real backends write outputs from kernels autograd never sees, so every
-// write below runs under AutoDispatchBelowAutograd (outputs may be views of
-// tensors that require grad). An output is written only when the call
-// succeeds: a fault deferred to wait() leaves the buffers as they were, as a
-// failed communication would.
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::broadcast(
     std::vector<at::Tensor>& tensors,
     const c10d::BroadcastOptions& opts) {
-  // Every rank already holds the root's data (uniform) or keeps its own
-  // (copy): nothing to write either way.
   checkRoot("broadcast", opts.rootRank);
-  auto err =
-      begin(Op::broadcast, tensors, kNoReduceOp, globalRank(opts.rootRank));
-  if (exact()) {
-    auto c = part(Op::broadcast, tensors, tensors);
-    c.root = opts.rootRank;
-    return post(std::move(c), c10d::OpType::BROADCAST, tensors, err);
-  }
-  return done(c10d::OpType::BROADCAST, tensors, err);
+  auto c = part(Op::broadcast, tensors, tensors);
+  c.root = opts.rootRank;
+  return issue(
+      std::move(c),
+      c10d::OpType::BROADCAST,
+      tensors,
+      tensors,
+      globalRank(opts.rootRank));
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce(
     std::vector<at::Tensor>& tensors,
     const c10d::AllreduceOptions& opts) {
-  auto err = begin(Op::all_reduce, tensors, redOf(opts.reduceOp));
-  if (exact()) {
-    auto c = part(Op::all_reduce, tensors, tensors, opts.reduceOp);
-    return post(std::move(c), c10d::OpType::ALLREDUCE, tensors, err);
-  }
-  if (!err) {
-    at::AutoDispatchBelowAutograd guard;
-    reduceAll(tensors, opts.reduceOp);
-  }
-  return done(c10d::OpType::ALLREDUCE, tensors, err);
+  return issue(
+      part(Op::all_reduce, tensors, tensors, opts.reduceOp),
+      c10d::OpType::ALLREDUCE,
+      tensors,
+      tensors);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_sparse(
     std::vector<at::Tensor>& tensors,
     const c10d::AllreduceOptions& opts) {
-  TORCH_CHECK(
-      !exact(),
-      "fakepg: sparse all_reduce has no exact values yet; use dense tensors "
-      "or values='uniform'");
-  auto err = begin(Op::all_reduce, tensors, redOf(opts.reduceOp));
-  return done(c10d::OpType::ALLREDUCE, tensors, err);
+  return issue(
+      part(Op::all_reduce, tensors, tensors, opts.reduceOp),
+      c10d::OpType::ALLREDUCE,
+      tensors,
+      tensors);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_coalesced(
@@ -292,36 +200,26 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_coalesced(
     const c10d::AllreduceCoalescedOptions& opts) {
   const auto op =
       coalescedOr(Op::all_reduce, Op::all_reduce_coalesced, tensors.size());
-  auto err = begin(op, tensors, redOf(opts.reduceOp));
-  if (exact()) {
-    auto c = part(op, tensors, tensors, opts.reduceOp);
-    return post(std::move(c), c10d::OpType::ALLREDUCE_COALESCED, tensors, err);
-  }
-  if (!err) {
-    at::AutoDispatchBelowAutograd guard;
-    reduceAll(tensors, opts.reduceOp);
-  }
-  return done(c10d::OpType::ALLREDUCE_COALESCED, tensors, err);
+  return issue(
+      part(op, tensors, tensors, opts.reduceOp),
+      c10d::OpType::ALLREDUCE_COALESCED,
+      tensors,
+      tensors);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::reduce(
     std::vector<at::Tensor>& tensors,
     const c10d::ReduceOptions& opts) {
   checkRoot("reduce", opts.rootRank);
-  auto err = begin(
-      Op::reduce, tensors, redOf(opts.reduceOp), globalRank(opts.rootRank));
-  if (exact()) {
-    const auto& t = tensors.at(opts.rootTensor);
-    auto c = part(Op::reduce, {t}, {t}, opts.reduceOp);
-    c.root = opts.rootRank;
-    return post(std::move(c), c10d::OpType::REDUCE, tensors, err);
-  }
-  if (!err && uniform() && rank_ == opts.rootRank) {
-    // Only the root's result is defined; other ranks keep their input.
-    at::AutoDispatchBelowAutograd guard;
-    reduceUniform(tensors.at(opts.rootTensor), opts.reduceOp, size_);
-  }
-  return done(c10d::OpType::REDUCE, tensors, err);
+  const auto& t = tensors.at(opts.rootTensor);
+  auto c = part(Op::reduce, {t}, {t}, opts.reduceOp);
+  c.root = opts.rootRank;
+  return issue(
+      std::move(c),
+      c10d::OpType::REDUCE,
+      tensors,
+      tensors,
+      globalRank(opts.rootRank));
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::allgather(
@@ -338,21 +236,11 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather(
           " tensors but the group has ",
           size_,
           " ranks"));
-  auto err = begin(Op::all_gather, inputs);
-  if (exact()) {
-    return post(
-        part(Op::all_gather, inputs, outputs[0]),
-        c10d::OpType::ALLGATHER,
-        outputs[0],
-        err);
-  }
-  if (!err) {
-    at::AutoDispatchBelowAutograd guard;
-    for (auto& t : outputs[0]) {
-      copyFlat(t, inputs[0]);
-    }
-  }
-  return done(c10d::OpType::ALLGATHER, outputs[0], err);
+  return issue(
+      part(Op::all_gather, inputs, outputs[0]),
+      c10d::OpType::ALLGATHER,
+      outputs[0],
+      inputs);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::_allgather_base(
@@ -360,19 +248,11 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::_allgather_base(
     at::Tensor& input,
     const c10d::AllgatherOptions& /* opts */) {
   checkNumel("all_gather_into_tensor", output, input, size_, "output", "input");
-  auto err = begin(Op::all_gather_into_tensor, {input});
-  if (exact()) {
-    return post(
-        part(Op::all_gather_into_tensor, {input}, {output}),
-        c10d::OpType::_ALLGATHER_BASE,
-        {output},
-        err);
-  }
-  if (!err) {
-    at::AutoDispatchBelowAutograd guard;
-    fillChunks(output, input, size_);
-  }
-  return done(c10d::OpType::_ALLGATHER_BASE, {output}, err);
+  return issue(
+      part(Op::all_gather_into_tensor, {input}, {output}),
+      c10d::OpType::_ALLGATHER_BASE,
+      {output},
+      {input});
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
@@ -385,6 +265,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
           size_,
           "), got ",
           outputs.size()));
+  std::vector<at::Tensor> outs;  // laid out [j * inputs + k]
   for (const auto& list : outputs) {
     TORCH_CHECK(
         list.size() == inputs.size(),
@@ -393,30 +274,13 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
             inputs.size(),
             "), got ",
             list.size()));
+    outs.insert(outs.end(), list.begin(), list.end());
   }
-  auto err = begin(Op::all_gather_coalesced, inputs);
-  if (exact()) {
-    std::vector<at::Tensor> outs;
-    for (auto& list : outputs) {
-      outs.insert(outs.end(), list.begin(), list.end());
-    }
-    return post(
-        part(Op::all_gather_coalesced, inputs, outs),
-        c10d::OpType::ALLGATHER_COALESCED,
-        outs,
-        err);
-  }
-  std::vector<at::Tensor> flat_outputs;
-  if (!err) {
-    at::AutoDispatchBelowAutograd guard;
-    for (auto& list : outputs) {
-      for (size_t i = 0; i < inputs.size(); ++i) {
-        copyFlat(list[i], inputs[i]);
-        flat_outputs.push_back(list[i]);
-      }
-    }
-  }
-  return done(c10d::OpType::ALLGATHER_COALESCED, flat_outputs, err);
+  return issue(
+      part(Op::all_gather_coalesced, inputs, outs),
+      c10d::OpType::ALLGATHER_COALESCED,
+      outs,
+      inputs);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_into_tensor_coalesced(
@@ -432,17 +296,8 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_into_tensor_coalesced(
       Op::all_gather_into_tensor,
       Op::all_gather_into_tensor_coalesced,
       inputs.size());
-  auto err = begin(op, inputs);
-  if (exact()) {
-    return post(part(op, inputs, outputs), c10d::OpType::COALESCED, outputs, err);
-  }
-  if (!err) {
-    at::AutoDispatchBelowAutograd guard;
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      fillChunks(outputs[i], inputs[i], size_);
-    }
-  }
-  return done(c10d::OpType::COALESCED, outputs, err);
+  return issue(
+      part(op, inputs, outputs), c10d::OpType::COALESCED, outputs, inputs);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::gather(
@@ -459,22 +314,15 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gather(
             size_,
             " tensors"));
   }
-  auto err = begin(Op::gather, inputs, kNoReduceOp, globalRank(opts.rootRank));
-  if (exact()) {
-    auto outs = root ? outputs[0] : std::vector<at::Tensor>{};
-    auto c = part(Op::gather, inputs, outs);
-    c.root = opts.rootRank;
-    return post(std::move(c), c10d::OpType::GATHER, outs, err);
-  }
-  std::vector<at::Tensor> outs;
-  if (!err && root) {
-    at::AutoDispatchBelowAutograd guard;
-    for (auto& t : outputs[0]) {
-      copyFlat(t, inputs[0]);
-    }
-    outs = outputs[0];
-  }
-  return done(c10d::OpType::GATHER, outs, err);
+  auto outs = root ? outputs[0] : std::vector<at::Tensor>{};
+  auto c = part(Op::gather, inputs, outs);
+  c.root = opts.rootRank;
+  return issue(
+      std::move(c),
+      c10d::OpType::GATHER,
+      outs,
+      inputs,
+      globalRank(opts.rootRank));
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::gatherIntoTensor(
@@ -486,31 +334,17 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gatherIntoTensor(
   if (root) {
     checkNumel("gather_into_tensor", output, input, size_, "output", "input");
   }
-  auto err = begin(
-      Op::gather_into_tensor, {input}, kNoReduceOp, globalRank(opts.rootRank));
-  std::vector<at::Tensor> outs;
-  if (root) {
-    outs.push_back(output);
-  }
-  if (exact()) {
-    auto c = part(Op::gather_into_tensor, {input}, outs);
-    c.root = opts.rootRank;
-    return post(std::move(c), c10d::OpType::GATHER, outs, err);
-  }
-  if (!err && root) {
-    // Every rank holds this rank's data (uniform), or each chunk is this
-    // rank's input (copy): the same bytes either way.
-    at::AutoDispatchBelowAutograd guard;
-    fillChunks(output, input, size_);
-  }
-  return done(c10d::OpType::GATHER, err ? std::vector<at::Tensor>{} : outs, err);
+  auto outs = root ? std::vector<at::Tensor>{output} : std::vector<at::Tensor>{};
+  auto c = part(Op::gather_into_tensor, {input}, outs);
+  c.root = opts.rootRank;
+  return issue(
+      std::move(c),
+      c10d::OpType::GATHER,
+      outs,
+      {input},
+      globalRank(opts.rootRank));
 }
 
-// NOTE [Data this rank cannot know]
-// On a non-root rank, scatter's data comes from the root's input list, which
-// does not exist in this process; likewise recv's data comes from a peer.
-// Those buffers are left exactly as they were (never uninitialised memory
-// the backend wrote): tests should fill them with a sentinel if they care.
 c10::intrusive_ptr<c10d::Work> FakeBackend::scatter(
     std::vector<at::Tensor>& outputs,
     std::vector<std::vector<at::Tensor>>& inputs,
@@ -525,22 +359,15 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::scatter(
             size_,
             " tensors"));
   }
-  auto err = begin(
-      Op::scatter,
+  auto c = part(
+      Op::scatter, root ? inputs[0] : std::vector<at::Tensor>{}, outputs);
+  c.root = opts.rootRank;
+  return issue(
+      std::move(c),
+      c10d::OpType::SCATTER,
+      outputs,
       root ? inputs[0] : outputs,
-      kNoReduceOp,
       globalRank(opts.rootRank));
-  if (exact()) {
-    auto c = part(
-        Op::scatter, root ? inputs[0] : std::vector<at::Tensor>{}, outputs);
-    c.root = opts.rootRank;
-    return post(std::move(c), c10d::OpType::SCATTER, outputs, err);
-  }
-  if (!err && root) {
-    at::AutoDispatchBelowAutograd guard;
-    copyFlat(outputs[0], inputs[0][rank_]);
-  }
-  return done(c10d::OpType::SCATTER, outputs, err);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter(
@@ -548,7 +375,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter(
     std::vector<std::vector<at::Tensor>>& inputs,
     const c10d::ReduceScatterOptions& opts) {
   checkSameCount("reduce_scatter", outputs.size(), inputs.size(), "input lists");
-  std::vector<at::Tensor> recorded;
+  std::vector<at::Tensor> flat;  // laid out [k * n + r]
   for (const auto& list : inputs) {
     TORCH_CHECK(
         static_cast<int>(list.size()) == size_,
@@ -557,21 +384,10 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter(
             " tensors but the group has ",
             size_,
             " ranks"));
-    recorded.insert(recorded.end(), list.begin(), list.end());
+    flat.insert(flat.end(), list.begin(), list.end());
   }
-  auto err = begin(Op::reduce_scatter, recorded, redOf(opts.reduceOp));
-  if (exact()) {
-    auto c = part(Op::reduce_scatter, recorded, outputs, opts.reduceOp);
-    return post(std::move(c), c10d::OpType::REDUCE_SCATTER, outputs, err);
-  }
-  if (!err) {
-    at::AutoDispatchBelowAutograd guard;
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      reduceScatterChunk(
-          outputs[i], inputs[i][rank_], 0, opts.reduceOp, size_, uniform());
-    }
-  }
-  return done(c10d::OpType::REDUCE_SCATTER, outputs, err);
+  auto c = part(Op::reduce_scatter, flat, outputs, opts.reduceOp);
+  return issue(std::move(c), c10d::OpType::REDUCE_SCATTER, outputs, flat);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::_reduce_scatter_base(
@@ -579,17 +395,11 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::_reduce_scatter_base(
     at::Tensor& input,
     const c10d::ReduceScatterOptions& opts) {
   checkNumel("reduce_scatter_tensor", input, output, size_, "input", "output");
-  auto err = begin(Op::reduce_scatter_tensor, {input}, redOf(opts.reduceOp));
-  if (exact()) {
-    auto c = part(Op::reduce_scatter_tensor, {input}, {output}, opts.reduceOp);
-    return post(
-        std::move(c), c10d::OpType::_REDUCE_SCATTER_BASE, {output}, err);
-  }
-  if (!err) {
-    at::AutoDispatchBelowAutograd guard;
-    reduceScatterChunk(output, input, rank_, opts.reduceOp, size_, uniform());
-  }
-  return done(c10d::OpType::_REDUCE_SCATTER_BASE, {output}, err);
+  return issue(
+      part(Op::reduce_scatter_tensor, {input}, {output}, opts.reduceOp),
+      c10d::OpType::_REDUCE_SCATTER_BASE,
+      {output},
+      {input});
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter_tensor_coalesced(
@@ -605,19 +415,11 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter_tensor_coalesced(
       Op::reduce_scatter_tensor,
       Op::reduce_scatter_tensor_coalesced,
       inputs.size());
-  auto err = begin(op, inputs, redOf(opts.reduceOp));
-  if (exact()) {
-    auto c = part(op, inputs, outputs, opts.reduceOp);
-    return post(std::move(c), c10d::OpType::COALESCED, outputs, err);
-  }
-  if (!err) {
-    at::AutoDispatchBelowAutograd guard;
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      reduceScatterChunk(
-          outputs[i], inputs[i], rank_, opts.reduceOp, size_, uniform());
-    }
-  }
-  return done(c10d::OpType::COALESCED, outputs, err);
+  return issue(
+      part(op, inputs, outputs, opts.reduceOp),
+      c10d::OpType::COALESCED,
+      outputs,
+      inputs);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
@@ -631,49 +433,13 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
   auto equalSplits = [this](const at::Tensor& t) {
     return std::vector<int64_t>(size_, t.dim() ? t.size(0) / size_ : 0);
   };
-  const auto in_splits =
-      inputSplitSizes.empty() ? equalSplits(input) : inputSplitSizes;
-  const auto out_splits =
+  auto c = part(Op::all_to_all_single, {input}, {output});
+  c.in_splits = inputSplitSizes.empty() ? equalSplits(input) : inputSplitSizes;
+  c.out_splits =
       outputSplitSizes.empty() ? equalSplits(output) : outputSplitSizes;
-  if (exact()) {
-    auto err = begin(Op::all_to_all_single, {input});
-    auto c = part(Op::all_to_all_single, {input}, {output});
-    c.in_splits = in_splits;
-    c.out_splits = out_splits;
-    return post(std::move(c), c10d::OpType::ALLTOALL_BASE, {output}, err);
-  }
-  if (uniform()) {
-    // See NOTE [all_to_all under uniform values].
-    for (int j = 0; j < size_; ++j) {
-      TORCH_CHECK(
-          out_splits[j] == in_splits[rank_],
-          cat("fakepg all_to_all_single: output_split_sizes[",
-              j,
-              "] is ",
-              out_splits[j],
-              " but in a uniform world every rank sends this rank (",
-              rank_,
-              ") input_split_sizes[",
-              rank_,
-              "] = ",
-              in_splits[rank_],
-              " rows; use values='copy' for inconsistent splits"));
-    }
-  }
-  auto err = begin(Op::all_to_all_single, {input});
-  if (!err) {
-    at::AutoDispatchBelowAutograd guard;
-    if (uniform()) {
-      allToAllUniform(output, input, in_splits, rank_, size_);
-    } else {
-      allToAllCopy(
-          output,
-          input,
-          out_splits,
-          outputSplitSizes.empty() && inputSplitSizes.empty());
-    }
-  }
-  return done(c10d::OpType::ALLTOALL_BASE, {output}, err);
+  c.even_splits = outputSplitSizes.empty() && inputSplitSizes.empty();
+  return issue(
+      std::move(c), c10d::OpType::ALLTOALL_BASE, {output}, {input});
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall(
@@ -689,134 +455,64 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall(
           inputs.size(),
           " and ",
           outputs.size()));
-  if (uniform()) {
-    for (int j = 0; j < size_; ++j) {
-      TORCH_CHECK(
-          outputs[j].sizes() == inputs[rank_].sizes(),
-          cat("fakepg all_to_all: output[",
-              j,
-              "] has shape ",
-              outputs[j].sizes(),
-              " but in a uniform world every rank sends this rank (",
-              rank_,
-              ") a tensor shaped like input[",
-              rank_,
-              "] ",
-              inputs[rank_].sizes()));
-    }
-  }
-  auto err = begin(Op::all_to_all, inputs);
-  if (exact()) {
-    return post(
-        part(Op::all_to_all, inputs, outputs),
-        c10d::OpType::ALLTOALL,
-        outputs,
-        err);
-  }
-  if (!err) {
-    at::AutoDispatchBelowAutograd guard;
-    for (int j = 0; j < size_; ++j) {
-      copyFlat(outputs[j], uniform() ? inputs[rank_] : inputs[j]);
-    }
-  }
-  return done(c10d::OpType::ALLTOALL, outputs, err);
+  return issue(
+      part(Op::all_to_all, inputs, outputs),
+      c10d::OpType::ALLTOALL,
+      outputs,
+      inputs);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::send(
     std::vector<at::Tensor>& tensors,
     int dstRank,
     int tag) {
-  auto err = begin(Op::send, tensors, kNoReduceOp, globalRank(dstRank));
-  if (exact()) {
-    auto c = part(Op::send, tensors, {});
-    c.tag = tag;
-    auto work = exactWork(Op::send, c10d::OpType::SEND, tensors, err);
-    c.work = work;
-    exchange_->send(std::move(c), dstRank);
-    return work;
-  }
-  return done(c10d::OpType::SEND, tensors, err);
+  auto c = part(Op::send, tensors, {});
+  c.peer = dstRank;
+  c.tag = tag;
+  return issue(
+      std::move(c), c10d::OpType::SEND, tensors, tensors, globalRank(dstRank));
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::recv(
     std::vector<at::Tensor>& tensors,
     int srcRank,
     int tag) {
-  // See NOTE [Data this rank cannot know].
-  auto err = begin(Op::recv, tensors, kNoReduceOp, globalRank(srcRank));
-  if (exact()) {
-    return exactRecv(tensors, srcRank, tag, c10d::OpType::RECV, err);
-  }
-  return done(c10d::OpType::RECV, tensors, err);
-}
-
-// NOTE [recv from any source]
-// Some peer must be the sender. We pick the lowest group rank other than
-// this one (rank 1 for rank 0; itself in a group of one), record it as the
-// peer and report it through the work's sourceRank(), which is what
-// torch.distributed.recv(src=None) returns.
-c10::intrusive_ptr<c10d::Work> FakeBackend::exactRecv(
-    std::vector<at::Tensor>& tensors,
-    int srcRank,
-    int tag,
-    c10d::OpType type,
-    std::exception_ptr err) {
   auto c = part(Op::recv, {}, tensors);
+  c.peer = srcRank;
   c.tag = tag;
-  auto work = exactWork(Op::recv, type, tensors, err);
-  c.work = work;
-  exchange_->recv(std::move(c), srcRank);
-  return work;
+  return issue(
+      std::move(c), c10d::OpType::RECV, tensors, tensors, globalRank(srcRank));
 }
 
+// NOTE [recv from any source] (values.cpp) says which peer a local recv
+// names; an exact one learns it from the send it matches.
 c10::intrusive_ptr<c10d::Work> FakeBackend::recvAnysource(
     std::vector<at::Tensor>& tensors,
     int tag) {
-  if (exact()) {
-    auto err = begin(Op::recv, tensors, kNoReduceOp, kNoPeer, true);
-    return exactRecv(tensors, -1, tag, c10d::OpType::RECVANYSOURCE, err);
-  }
-  const int source = size_ == 1 ? 0 : (rank_ == 0 ? 1 : 0);
-  auto err =
-      begin(Op::recv, tensors, kNoReduceOp, globalRank(source), true);
-  return c10::make_intrusive<FakeWork>(
-      rank_, c10d::OpType::RECVANYSOURCE, tensors, err, source);
+  auto c = part(Op::recv, {}, tensors);
+  c.peer = values_->anySource();
+  c.tag = tag;
+  const auto peer = globalRank(c.peer);
+  return issue(
+      std::move(c),
+      c10d::OpType::RECVANYSOURCE,
+      tensors,
+      tensors,
+      peer,
+      /*any_source=*/true);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::barrier(
     const c10d::BarrierOptions& /* opts */) {
-  auto err = begin(Op::barrier, {});
-  if (exact()) {
-    return post(part(Op::barrier, {}, {}), c10d::OpType::BARRIER, {}, err);
-  }
-  return done(c10d::OpType::BARRIER, {}, err);
+  return issue(part(Op::barrier, {}, {}), c10d::OpType::BARRIER, {}, {});
 }
 
 void FakeBackend::startCoalescing() {
-  coalescing_ = true;
-  coalesced_.clear();
+  values_->startCoalescing();
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::endCoalescing() {
-  coalescing_ = false;
-  if (exact()) {
-    // Complete when every op issued since startCoalescing() is.
-    auto work = c10::make_intrusive<ExactWork>(
-        world_->scheduler(),
-        globalRank(rank_),
-        c10d::OpType::COALESCED,
-        std::vector<at::Tensor>{},
-        std::string(),
-        nullptr);
-    work->finish(nullptr);
-    for (auto& part : coalesced_) {
-      work->addPart(std::move(part));
-    }
-    coalesced_.clear();
-    return work;
-  }
-  // Every coalesced op already ran (and was recorded) when it was issued.
-  return done(c10d::OpType::COALESCED, {}, nullptr);
+  return values_->endCoalescing();
 }
 
 }  // namespace fakepg

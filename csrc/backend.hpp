@@ -1,6 +1,8 @@
 // pytest-fakepg: a fake c10d backend for testing distributed PyTorch code in
-// one process. FakeBackend serves one group; the world it belongs to is a
-// WorldState (world_state.hpp), what it writes comes from values.hpp.
+// one process. FakeBackend serves one group: it checks each call, has the
+// world it belongs to (a WorldState, world_state.hpp) count, record and
+// fault it, and hands it to the world's value semantics (NOTE [Value
+// semantics], semantics.hpp).
 #pragma once
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
@@ -11,43 +13,10 @@
 #include <vector>
 
 #include "compat.hpp"
-#include "exact.hpp"
+#include "semantics.hpp"
 #include "world_state.hpp"
 
 namespace fakepg {
-
-// Work that is complete the moment it is created. It holds the outputs for
-// result() and getFuture(), or the injected error for wait()/getFuture().
-class FakeWork : public c10d::Work {
- public:
-  FakeWork(
-      int rank,
-      c10d::OpType type,
-      std::vector<at::Tensor> outputs,
-      std::exception_ptr error,
-      int source_rank = -1);
-
-  bool isCompleted() override {
-    return true;
-  }
-  bool isSuccess() const override {
-    return !exception_;
-  }
-  std::exception_ptr exception() const override {
-    return exception_;
-  }
-  std::vector<at::Tensor> result() override {
-    return outputs_;
-  }
-  int sourceRank() const override;
-  void synchronize() override {}
-  bool wait(std::chrono::milliseconds /* timeout */ = kNoTimeout) override;
-  c10::intrusive_ptr<c10::ivalue::Future> getFuture() override;
-
- private:
-  std::vector<at::Tensor> outputs_;
-  int source_rank_;  // group rank a recv-from-any "received" from, else -1
-};
 
 class FakeBackend : public c10d::Backend {
  public:
@@ -178,62 +147,35 @@ class FakeBackend : public c10d::Backend {
   c10::intrusive_ptr<c10d::Work> endCoalescing() override;
 
  private:
-  // Counts, records and checks faults; returns the error deferred to wait().
+  // Checks `c` against the semantics, then counts, records and checks
+  // faults; returns the error deferred to wait().
   std::exception_ptr begin(
-      Op op,
-      const std::vector<at::Tensor>& inputs,
-      uint8_t reduce_op = kNoReduceOp,
+      const Contribution& c,
+      const std::vector<at::Tensor>& recorded,
       int32_t peer = kNoPeer,
       bool any_source = false);
-  c10::intrusive_ptr<c10d::Work> exactRecv(
-      std::vector<at::Tensor>& tensors,
-      int srcRank,
-      int tag,
-      c10d::OpType type,
-      std::exception_ptr err);
-  void checkRoot(const char* op, int64_t root) const;
-  int32_t globalRank(int64_t group_rank) const;
-  c10::intrusive_ptr<c10d::Work> done(
-      c10d::OpType type,
-      std::vector<at::Tensor> outputs,
-      std::exception_ptr error);
-  bool uniform() const {
-    return world_->values() == Values::uniform;
-  }
-  // Exact worlds: NOTE [Exact worlds]. A member's part of a collective, and
-  // its posting to the group's exchange (the work completes when every
-  // member has posted).
-  bool exact() const {
-    return exchange_ != nullptr;
-  }
-  // `reduce`: the op of a reducing collective, else left out.
+  // This member's part of `op`; `reduce`: the op of a reducing collective.
   Contribution part(
       Op op,
       std::vector<at::Tensor> in,
       std::vector<at::Tensor> out,
       const c10d::ReduceOp& reduce = c10d::ReduceOp::UNUSED) const;
-  c10::intrusive_ptr<ExactWork> exactWork(
-      Op op,
-      c10d::OpType type,
-      std::vector<at::Tensor> results,
-      std::exception_ptr fault);
-  c10::intrusive_ptr<c10d::Work> post(
+  // begin(), then the semantics' issue().
+  c10::intrusive_ptr<c10d::Work> issue(
       Contribution c,
       c10d::OpType type,
       std::vector<at::Tensor> results,
-      std::exception_ptr fault);
-  // Every tensor of `tensors` reduced in place over the group, in uniform
-  // worlds; as it was in copy worlds.
-  void reduceAll(std::vector<at::Tensor>& tensors, const c10d::ReduceOp& op);
+      const std::vector<at::Tensor>& recorded,
+      int32_t peer = kNoPeer,
+      bool any_source = false);
+  void checkRoot(const char* op, int64_t root) const;
+  int32_t globalRank(int64_t group_rank) const;
 
   c10::intrusive_ptr<WorldState> world_;
   int group_;
   std::vector<int64_t> global_ranks_;
   uint64_t seq_ = 0;
-  std::shared_ptr<Exchange> exchange_;  // exact worlds only
-  uint64_t collectives_ = 0;  // collectives posted to exchange_
-  bool coalescing_ = false;
-  std::vector<c10::intrusive_ptr<ExactWork>> coalesced_;
+  std::unique_ptr<Semantics> values_;
 };
 
 }  // namespace fakepg

@@ -10,8 +10,10 @@
 #include <type_traits>
 
 #include "backend.hpp"
+#include "exact.hpp"
 #include "platform.hpp"
 #include "text.hpp"
+#include "values.hpp"
 
 namespace py = pybind11;
 

@@ -275,8 +275,7 @@ void Scheduler::handTo(int from, int next) {
     }
     rng_[next].install();
     if (hook_) {
-      py::gil_scoped_acquire gil;
-      hook_(from, next);
+      hook_(from, next);  // takes the GIL itself (bindings.cpp, switchHook)
     }
   }
   {
@@ -583,6 +582,11 @@ void synchronizeIfDevice(const std::vector<Contribution>& members) {
   }
 }
 
+// The part's work: ExactSemantics gives every part an ExactWork.
+ExactWork& workOf(const Contribution& c) {
+  return static_cast<ExactWork&>(*c.work);
+}
+
 // Every member's inputs, copied: an output may be (a view of) an input, as
 // when FSDP2 all-gathers in place.
 std::vector<std::vector<at::Tensor>> stagedInputs(
@@ -665,11 +669,258 @@ static std::string mismatch(
   return "";
 }
 
+// ---------------------------------------------------------------------------
+// What a complete collective writes: one function per op, given every
+// member's part (by group rank; m[i].out is member i's outputs), the group's
+// size and whether member i's outputs are written (not when a fault fired on
+// it: NOTE [Writing outputs], values.cpp). Run under
+// AutoDispatchBelowAutograd.
+
+namespace {
+
+using Writes = std::vector<bool>;
+using ExactOp = void (*)(std::vector<Contribution>& m, int n, const Writes& writes);
+
+void allReduce(std::vector<Contribution>& m, int n, const Writes& writes) {
+  const auto& first = m[0];
+  for (size_t k = 0; k < first.in.size(); ++k) {
+    std::vector<at::Tensor> xs;
+    for (const auto& c : m) {
+      xs.push_back(c.in[k]);
+    }
+    const auto r = reduceExact(xs, first.reduce);
+    for (int i = 0; i < n; ++i) {
+      if (writes[i]) {
+        copyFlat(m[i].out[k], r);
+      }
+    }
+  }
+}
+
+void reduce(std::vector<Contribution>& m, int n, const Writes& writes) {
+  const auto& first = m[0];
+  std::vector<at::Tensor> xs;
+  for (const auto& c : m) {
+    xs.push_back(c.in[0]);
+  }
+  const auto r = reduceExact(xs, first.reduce);
+  if (writes[first.root]) {
+    copyFlat(m[first.root].out[0], r);
+  }
+}
+
+void broadcast(std::vector<Contribution>& m, int n, const Writes& writes) {
+  const auto& first = m[0];
+  for (size_t k = 0; k < first.in.size(); ++k) {
+    const auto& src = m[first.root].in[k];
+    for (int i = 0; i < n; ++i) {
+      if (i != first.root && writes[i]) {
+        copyFlat(m[i].out[k], src);
+      }
+    }
+  }
+}
+
+void allGather(std::vector<Contribution>& m, int n, const Writes& writes) {
+  const auto& first = m[0];
+  // Output j (of each input k) of a receiving member is member j's
+  // input k; outputs are laid out [j * inputs + k].
+  const auto staged = stagedInputs(m);
+  for (int i = 0; i < n; ++i) {
+    if (!writes[i] || m[i].out.empty()) {
+      continue;
+    }
+    const size_t per = first.in.size();
+    for (int j = 0; j < n; ++j) {
+      for (size_t k = 0; k < per; ++k) {
+        copyFlat(m[i].out[j * per + k], staged[j][k]);
+      }
+    }
+  }
+}
+
+void allGatherIntoTensor(std::vector<Contribution>& m, int n, const Writes& writes) {
+  const auto& first = m[0];
+  for (size_t k = 0; k < first.in.size(); ++k) {
+    std::vector<at::Tensor> xs;
+    for (const auto& c : m) {
+      xs.push_back(flatOf(c.in[k]));
+    }
+    const auto all = at::cat(xs);
+    for (int i = 0; i < n; ++i) {
+      if (writes[i]) {
+        copyFlat(m[i].out[k], all);
+      }
+    }
+  }
+}
+
+void gatherIntoTensor(std::vector<Contribution>& m, int n, const Writes& writes) {
+  const auto& first = m[0];
+  std::vector<at::Tensor> xs;
+  for (const auto& c : m) {
+    xs.push_back(flatOf(c.in[0]));
+  }
+  if (writes[first.root]) {
+    copyFlat(m[first.root].out.at(0), at::cat(xs));
+  }
+}
+
+void scatter(std::vector<Contribution>& m, int n, const Writes& writes) {
+  const auto& first = m[0];
+  const auto staged = stagedInputs(m);  // only the root has inputs
+  for (int i = 0; i < n; ++i) {
+    if (writes[i]) {
+      copyFlat(m[i].out[0], staged[first.root].at(i));
+    }
+  }
+}
+
+void reduceScatter(std::vector<Contribution>& m, int n, const Writes& writes) {
+  const auto& first = m[0];
+  // in is laid out [k * n + r]: input list k, chunk for rank r.
+  const size_t lists = first.out.size();
+  std::vector<std::vector<at::Tensor>> results(n);
+  for (int i = 0; i < n; ++i) {
+    for (size_t k = 0; k < lists; ++k) {
+      std::vector<at::Tensor> xs;
+      for (const auto& c : m) {
+        xs.push_back(c.in.at(k * n + i));
+      }
+      results[i].push_back(reduceExact(xs, first.reduce));
+    }
+  }
+  for (int i = 0; i < n; ++i) {
+    for (size_t k = 0; writes[i] && k < lists; ++k) {
+      copyFlat(m[i].out[k], results[i][k]);
+    }
+  }
+}
+
+void reduceScatterTensor(std::vector<Contribution>& m, int n, const Writes& writes) {
+  const auto& first = m[0];
+  std::vector<std::vector<at::Tensor>> results(n);
+  for (size_t k = 0; k < first.in.size(); ++k) {
+    std::vector<at::Tensor> xs;
+    for (const auto& c : m) {
+      xs.push_back(c.in[k]);
+    }
+    const auto r = reduceExact(xs, first.reduce);
+    const auto chunk = r.numel() / n;
+    for (int i = 0; i < n; ++i) {
+      results[i].push_back(r.narrow(0, i * chunk, chunk));
+    }
+  }
+  for (int i = 0; i < n; ++i) {
+    for (size_t k = 0; writes[i] && k < first.in.size(); ++k) {
+      copyFlat(m[i].out[k], results[i][k]);
+    }
+  }
+}
+
+void allToAllSingle(std::vector<Contribution>& m, int n, const Writes& writes) {
+  const auto& first = m[0];
+  // Member i's output split j is member j's input split i.
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < n; ++j) {
+      TORCH_CHECK(
+          m[i].out_splits[j] == m[j].in_splits[i],
+          cat("fakepg all_to_all_single: rank ",
+              m[i].global_rank,
+              " expects ",
+              m[i].out_splits[j],
+              " rows from rank ",
+              m[j].global_rank,
+              ", which sends it ",
+              m[j].in_splits[i],
+              " - on a cluster this is a size mismatch"));
+    }
+  }
+  std::vector<std::vector<at::Tensor>> pieces(n);
+  for (int j = 0; j < n; ++j) {
+    const auto& in = m[j].in[0];
+    int64_t off = 0;
+    for (int i = 0; i < n; ++i) {
+      const auto rows = m[j].in_splits[i];
+      pieces[j].push_back(
+          in.dim() ? in.narrow(0, off, rows).clone() : in.clone());
+      off += rows;
+    }
+  }
+  for (int i = 0; i < n; ++i) {
+    if (!writes[i]) {
+      continue;
+    }
+    const auto& out = m[i].out[0];
+    int64_t off = 0;
+    for (int j = 0; j < n; ++j) {
+      const auto rows = m[i].out_splits[j];
+      if (out.dim()) {
+        out.narrow(0, off, rows).copy_(pieces[j][i]);
+      } else {
+        out.copy_(pieces[j][i]);
+      }
+      off += rows;
+    }
+  }
+}
+
+void allToAll(std::vector<Contribution>& m, int n, const Writes& writes) {
+  const auto& first = m[0];
+  const auto staged = stagedInputs(m);
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; writes[i] && j < n; ++j) {
+      copyFlat(m[i].out[j], staged[j][i]);
+    }
+  }
+}
+
+void nothing(std::vector<Contribution>& /* m */, int /* n */, const Writes& /* writes */) {}
+
+ExactOp exactOp(Op op) {
+  switch (op) {
+    case Op::all_reduce:
+    case Op::all_reduce_coalesced:
+      return allReduce;
+    case Op::reduce:
+      return reduce;
+    case Op::broadcast:
+      return broadcast;
+    case Op::all_gather:
+    case Op::all_gather_coalesced:
+    case Op::gather:
+      return allGather;
+    case Op::all_gather_into_tensor:
+    case Op::all_gather_into_tensor_coalesced:
+      return allGatherIntoTensor;
+    case Op::gather_into_tensor:
+      return gatherIntoTensor;
+    case Op::scatter:
+      return scatter;
+    case Op::reduce_scatter:
+      return reduceScatter;
+    case Op::reduce_scatter_tensor:
+    case Op::reduce_scatter_tensor_coalesced:
+      return reduceScatterTensor;
+    case Op::all_to_all_single:
+      return allToAllSingle;
+    case Op::all_to_all:
+      return allToAll;
+    case Op::send:  // matched pairwise: Exchange::match
+    case Op::recv:
+    case Op::barrier:
+    case Op::kCount:
+      break;
+  }
+  return nothing;
+}
+
+}  // namespace
+
 void Exchange::complete(uint64_t seq, std::vector<Contribution>& m) {
   std::sort(m.begin(), m.end(), [](const auto& a, const auto& b) {
     return a.rank < b.rank;
   });
-  const int n = size_;
   std::exception_ptr error;
   auto bad = mismatch(m, label_, seq);
   if (!bad.empty()) {
@@ -678,208 +929,18 @@ void Exchange::complete(uint64_t seq, std::vector<Contribution>& m) {
     try {
       at::AutoDispatchBelowAutograd guard;
       synchronizeIfDevice(m);
-      auto writes = [&](int i) { return !m[i].work->fault(); };
-      const auto& first = m[0];
-      switch (first.op) {
-        case Op::all_reduce:
-        case Op::all_reduce_coalesced:
-          for (size_t k = 0; k < first.in.size(); ++k) {
-            std::vector<at::Tensor> xs;
-            for (const auto& c : m) {
-              xs.push_back(c.in[k]);
-            }
-            const auto r = reduceExact(xs, first.reduce);
-            for (int i = 0; i < n; ++i) {
-              if (writes(i)) {
-                copyFlat(m[i].out[k], r);
-              }
-            }
-          }
-          break;
-        case Op::reduce: {
-          std::vector<at::Tensor> xs;
-          for (const auto& c : m) {
-            xs.push_back(c.in[0]);
-          }
-          const auto r = reduceExact(xs, first.reduce);
-          if (writes(first.root)) {
-            copyFlat(m[first.root].out[0], r);
-          }
-          break;
-        }
-        case Op::broadcast:
-          for (size_t k = 0; k < first.in.size(); ++k) {
-            const auto& src = m[first.root].in[k];
-            for (int i = 0; i < n; ++i) {
-              if (i != first.root && writes(i)) {
-                copyFlat(m[i].out[k], src);
-              }
-            }
-          }
-          break;
-        case Op::all_gather:
-        case Op::all_gather_coalesced:
-        case Op::gather: {
-          // Output j (of each input k) of a receiving member is member j's
-          // input k; outputs are laid out [j * inputs + k].
-          const auto staged = stagedInputs(m);
-          for (int i = 0; i < n; ++i) {
-            if (!writes(i) || m[i].out.empty()) {
-              continue;
-            }
-            const size_t per = first.in.size();
-            for (int j = 0; j < n; ++j) {
-              for (size_t k = 0; k < per; ++k) {
-                copyFlat(m[i].out[j * per + k], staged[j][k]);
-              }
-            }
-          }
-          break;
-        }
-        case Op::all_gather_into_tensor:
-        case Op::all_gather_into_tensor_coalesced:
-          for (size_t k = 0; k < first.in.size(); ++k) {
-            std::vector<at::Tensor> xs;
-            for (const auto& c : m) {
-              xs.push_back(flatOf(c.in[k]));
-            }
-            const auto all = at::cat(xs);
-            for (int i = 0; i < n; ++i) {
-              if (writes(i)) {
-                copyFlat(m[i].out[k], all);
-              }
-            }
-          }
-          break;
-        case Op::gather_into_tensor: {
-          std::vector<at::Tensor> xs;
-          for (const auto& c : m) {
-            xs.push_back(flatOf(c.in[0]));
-          }
-          if (writes(first.root)) {
-            copyFlat(m[first.root].out.at(0), at::cat(xs));
-          }
-          break;
-        }
-        case Op::scatter: {
-          const auto staged = stagedInputs(m);  // only the root has inputs
-          for (int i = 0; i < n; ++i) {
-            if (writes(i)) {
-              copyFlat(m[i].out[0], staged[first.root].at(i));
-            }
-          }
-          break;
-        }
-        case Op::reduce_scatter: {
-          // in is laid out [k * n + r]: input list k, chunk for rank r.
-          const size_t lists = first.out.size();
-          std::vector<std::vector<at::Tensor>> results(n);
-          for (int i = 0; i < n; ++i) {
-            for (size_t k = 0; k < lists; ++k) {
-              std::vector<at::Tensor> xs;
-              for (const auto& c : m) {
-                xs.push_back(c.in.at(k * n + i));
-              }
-              results[i].push_back(reduceExact(xs, first.reduce));
-            }
-          }
-          for (int i = 0; i < n; ++i) {
-            for (size_t k = 0; writes(i) && k < lists; ++k) {
-              copyFlat(m[i].out[k], results[i][k]);
-            }
-          }
-          break;
-        }
-        case Op::reduce_scatter_tensor:
-        case Op::reduce_scatter_tensor_coalesced: {
-          std::vector<std::vector<at::Tensor>> results(n);
-          for (size_t k = 0; k < first.in.size(); ++k) {
-            std::vector<at::Tensor> xs;
-            for (const auto& c : m) {
-              xs.push_back(c.in[k]);
-            }
-            const auto r = reduceExact(xs, first.reduce);
-            const auto chunk = r.numel() / n;
-            for (int i = 0; i < n; ++i) {
-              results[i].push_back(r.narrow(0, i * chunk, chunk));
-            }
-          }
-          for (int i = 0; i < n; ++i) {
-            for (size_t k = 0; writes(i) && k < first.in.size(); ++k) {
-              copyFlat(m[i].out[k], results[i][k]);
-            }
-          }
-          break;
-        }
-        case Op::all_to_all_single: {
-          // Member i's output split j is member j's input split i.
-          for (int i = 0; i < n; ++i) {
-            for (int j = 0; j < n; ++j) {
-              TORCH_CHECK(
-                  m[i].out_splits[j] == m[j].in_splits[i],
-                  cat("fakepg all_to_all_single: rank ",
-                      m[i].global_rank,
-                      " expects ",
-                      m[i].out_splits[j],
-                      " rows from rank ",
-                      m[j].global_rank,
-                      ", which sends it ",
-                      m[j].in_splits[i],
-                      " - on a cluster this is a size mismatch"));
-            }
-          }
-          std::vector<std::vector<at::Tensor>> pieces(n);
-          for (int j = 0; j < n; ++j) {
-            const auto& in = m[j].in[0];
-            int64_t off = 0;
-            for (int i = 0; i < n; ++i) {
-              const auto rows = m[j].in_splits[i];
-              pieces[j].push_back(
-                  in.dim() ? in.narrow(0, off, rows).clone() : in.clone());
-              off += rows;
-            }
-          }
-          for (int i = 0; i < n; ++i) {
-            if (!writes(i)) {
-              continue;
-            }
-            const auto& out = m[i].out[0];
-            int64_t off = 0;
-            for (int j = 0; j < n; ++j) {
-              const auto rows = m[i].out_splits[j];
-              if (out.dim()) {
-                out.narrow(0, off, rows).copy_(pieces[j][i]);
-              } else {
-                out.copy_(pieces[j][i]);
-              }
-              off += rows;
-            }
-          }
-          break;
-        }
-        case Op::all_to_all: {
-          const auto staged = stagedInputs(m);
-          for (int i = 0; i < n; ++i) {
-            for (int j = 0; writes(i) && j < n; ++j) {
-              copyFlat(m[i].out[j], staged[j][i]);
-            }
-          }
-          break;
-        }
-        case Op::barrier:
-          break;
-        default:
-          TORCH_CHECK(
-              false,
-              cat("fakepg: ", opName(first.op), " has no exact semantics"));
+      Writes writes(m.size());
+      for (size_t i = 0; i < m.size(); ++i) {
+        writes[i] = !workOf(m[i]).fault();
       }
+      exactOp(m[0].op)(m, size_, writes);
       synchronizeIfDevice(m);
     } catch (...) {
       error = std::current_exception();
     }
   }
   for (auto& c : m) {
-    c.work->finish(error);
+    workOf(c).finish(error);
   }
 }
 
@@ -906,15 +967,15 @@ void Exchange::match(Contribution& s, Contribution& r) {
         " receives into ",
         tensorsText(r.out),
         " - on a cluster the receiver gets the wrong bytes, or both hang"));
-  } else if (!r.work->fault() && !s.work->fault()) {
+  } else if (!workOf(r).fault() && !workOf(s).fault()) {
     at::AutoDispatchBelowAutograd guard;
     std::vector<Contribution> both{s, r};
     synchronizeIfDevice(both);
     copyFlat(dst, src);
     synchronizeIfDevice(both);
   }
-  s.work->finish(error);
-  r.work->finish(error, s.rank);
+  workOf(s).finish(error);
+  workOf(r).finish(error, s.rank);
 }
 
 void Exchange::send(Contribution c, int dst) {
@@ -943,6 +1004,114 @@ void Exchange::recv(Contribution c, int src) {
     }
   }
   recvs_.emplace_back(std::move(c), src);
+}
+
+// ---------------------------------------------------------------------------
+// Exact semantics: a member's part goes to its group's exchange.
+
+namespace {
+
+class ExactSemantics final : public Semantics {
+ public:
+  ExactSemantics(
+      c10::intrusive_ptr<WorldState> world,
+      std::shared_ptr<Exchange> exchange,
+      std::string group_name,
+      int global_rank)
+      : world_(std::move(world)),
+        exchange_(std::move(exchange)),
+        group_name_(std::move(group_name)),
+        global_rank_(global_rank) {}
+
+  void check(const Contribution& c) const override {
+    for (const auto* list : {&c.in, &c.out}) {
+      for (const auto& t : *list) {
+        TORCH_CHECK(
+            t.layout() == at::kStrided,
+            cat("fakepg: sparse ",
+                opName(c.op),
+                " has no exact values yet; use dense tensors or "
+                "values='uniform'"));
+      }
+    }
+  }
+
+  int anySource() const override {
+    return -1;  // the sender it matches says
+  }
+
+  c10::intrusive_ptr<c10d::Work> issue(
+      Contribution c,
+      c10d::OpType type,
+      std::vector<at::Tensor> results,
+      std::exception_ptr fault) override {
+    auto work = c10::make_intrusive<ExactWork>(
+        world_->scheduler(),
+        global_rank_,
+        type,
+        std::move(results),
+        cat(opName(c.op), "\x1f", group_name_, "\x1f", world_->lastSite()),
+        std::move(fault));
+    if (coalescing_) {
+      coalesced_.push_back(work);
+    }
+    c.work = work;
+    const int peer = c.peer;
+    if (c.op == Op::send) {
+      exchange_->send(std::move(c), peer);
+    } else if (c.op == Op::recv) {
+      exchange_->recv(std::move(c), peer);
+    } else {
+      exchange_->post(++collectives_, std::move(c));
+    }
+    return work;
+  }
+
+  void startCoalescing() override {
+    coalescing_ = true;
+    coalesced_.clear();
+  }
+
+  // Complete when every op issued since startCoalescing() is.
+  c10::intrusive_ptr<c10d::Work> endCoalescing() override {
+    coalescing_ = false;
+    auto work = c10::make_intrusive<ExactWork>(
+        world_->scheduler(),
+        global_rank_,
+        c10d::OpType::COALESCED,
+        std::vector<at::Tensor>{},
+        std::string(),
+        nullptr);
+    work->finish(nullptr);
+    for (auto& part : coalesced_) {
+      work->addPart(std::move(part));
+    }
+    coalesced_.clear();
+    return work;
+  }
+
+ private:
+  c10::intrusive_ptr<WorldState> world_;
+  std::shared_ptr<Exchange> exchange_;
+  std::string group_name_;
+  int global_rank_;
+  uint64_t collectives_ = 0;  // collectives posted to exchange_
+  bool coalescing_ = false;
+  std::vector<c10::intrusive_ptr<ExactWork>> coalesced_;
+};
+
+}  // namespace
+
+std::unique_ptr<Semantics> exactSemantics(
+    c10::intrusive_ptr<WorldState> world,
+    std::shared_ptr<Exchange> exchange,
+    std::string group_name,
+    int global_rank) {
+  return std::make_unique<ExactSemantics>(
+      std::move(world),
+      std::move(exchange),
+      std::move(group_name),
+      global_rank);
 }
 
 }  // namespace fakepg

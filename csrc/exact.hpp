@@ -21,17 +21,12 @@
 #include <vector>
 
 #include "platform.hpp"
+#include "semantics.hpp"
 #include "world_state.hpp"
 
 namespace fakepg {
 
 class ExactWork;
-
-// A future already completed with `outputs`, or failed with `error`: what
-// getFuture() returns once work is complete.
-c10::intrusive_ptr<c10::ivalue::Future> completedFuture(
-    const std::vector<at::Tensor>& outputs,
-    std::exception_ptr error);
 
 // What a thread that runs ranks sleeps on until it is its rank's turn: a
 // semaphore (the cheapest hand-over between threads, and no lost wake-ups;
@@ -212,22 +207,6 @@ class ExactWork : public c10d::Work {
   bool done_ = false;
   int source_rank_ = -1;
   std::vector<c10::intrusive_ptr<ExactWork>> parts_;
-};
-
-// What one member brings to a collective.
-struct Contribution {
-  Op op;
-  int rank;  // in the group
-  int32_t global_rank;
-  c10d::ReduceOp reduce;
-  bool reduces = false;
-  int64_t root = -1;  // in the group
-  std::vector<at::Tensor> in;
-  std::vector<at::Tensor> out;
-  std::vector<int64_t> in_splits;   // all_to_all_single, one per rank
-  std::vector<int64_t> out_splits;  // all_to_all_single, one per rank
-  int tag = 0;
-  c10::intrusive_ptr<ExactWork> work;
 };
 
 // One group of an exact world as every member sees it: where the members'

@@ -3,12 +3,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstring>
 
 #include "compat.hpp"
+#include "semantics.hpp"
 #include "text.hpp"
 
 namespace fakepg {
@@ -240,6 +242,255 @@ void allToAllCopy(
     }
     out_off += out_splits[j];
   }
+}
+
+// ---------------------------------------------------------------------------
+// FakeWork
+
+FakeWork::FakeWork(
+    int rank,
+    c10d::OpType type,
+    std::vector<at::Tensor> outputs,
+    std::exception_ptr error,
+    int source_rank)
+    : c10d::Work(rank, type),
+      outputs_(std::move(outputs)),
+      source_rank_(source_rank) {
+  // See NOTE [compat: completed Work].
+  completed_ = true;
+  exception_ = std::move(error);
+}
+
+int FakeWork::sourceRank() const {
+  TORCH_CHECK(
+      source_rank_ >= 0,
+      "sourceRank() may only be called on work objects that correspond to a "
+      "recv-from-any call");
+  return source_rank_;
+}
+
+bool FakeWork::wait(std::chrono::milliseconds /* timeout */) {
+  if (exception_) {
+    std::rethrow_exception(exception_);
+  }
+  return true;
+}
+
+c10::intrusive_ptr<c10::ivalue::Future> FakeWork::getFuture() {
+  return completedFuture(outputs_, exception_);
+}
+
+// ---------------------------------------------------------------------------
+// Local semantics: one function per op, writing this member's outputs.
+
+namespace {
+
+struct Local {
+  bool uniform;
+  int rank;
+  int size;
+};
+
+using LocalOp = void (*)(Contribution& c, const Local& v);
+
+void nothing(Contribution& /* c */, const Local& /* v */) {}
+
+void allReduce(Contribution& c, const Local& v) {
+  for (auto& t : c.out) {  // the inputs, reduced in place
+    if (v.uniform && t.layout() == at::kStrided) {  // sparse: left as it is
+      reduceUniform(t, c.reduce, v.size);
+    }
+  }
+}
+
+void reduce(Contribution& c, const Local& v) {
+  // Only the root's result is defined; other ranks keep their input.
+  if (v.uniform && v.rank == c.root) {
+    reduceUniform(c.out[0], c.reduce, v.size);
+  }
+}
+
+// Every output of a gather (of each input, outputs laid out [j * inputs +
+// k]) is this member's input: every rank holds this rank's data (uniform),
+// or each chunk is this rank's input (copy), the same bytes either way.
+void allGather(Contribution& c, const Local& /* v */) {
+  const size_t per = c.in.size();
+  for (size_t i = 0; i < c.out.size(); ++i) {
+    copyFlat(c.out[i], c.in[i % per]);
+  }
+}
+
+void allGatherIntoTensor(Contribution& c, const Local& v) {
+  for (size_t k = 0; k < c.out.size(); ++k) {
+    fillChunks(c.out[k], c.in[k], v.size);
+  }
+}
+
+// NOTE [Data this rank cannot know]
+// On a non-root rank, scatter's data comes from the root's input list, which
+// does not exist in this process; likewise recv's data comes from a peer.
+// Those buffers are left exactly as they were (never uninitialised memory
+// the backend wrote): tests should fill them with a sentinel if they care.
+void scatter(Contribution& c, const Local& v) {
+  if (v.rank == c.root) {
+    copyFlat(c.out[0], c.in[v.rank]);
+  }
+}
+
+// in is laid out [k * n + r]: input list k, chunk for rank r.
+void reduceScatter(Contribution& c, const Local& v) {
+  for (size_t k = 0; k < c.out.size(); ++k) {
+    reduceScatterChunk(
+        c.out[k], c.in[k * v.size + v.rank], 0, c.reduce, v.size, v.uniform);
+  }
+}
+
+void reduceScatterTensor(Contribution& c, const Local& v) {
+  for (size_t k = 0; k < c.out.size(); ++k) {
+    reduceScatterChunk(c.out[k], c.in[k], v.rank, c.reduce, v.size, v.uniform);
+  }
+}
+
+void allToAllSingle(Contribution& c, const Local& v) {
+  if (v.uniform) {
+    allToAllUniform(c.out[0], c.in[0], c.in_splits, v.rank, v.size);
+  } else {
+    allToAllCopy(c.out[0], c.in[0], c.out_splits, c.even_splits);
+  }
+}
+
+void allToAll(Contribution& c, const Local& v) {
+  for (int j = 0; j < v.size; ++j) {
+    copyFlat(c.out[j], v.uniform ? c.in[v.rank] : c.in[j]);
+  }
+}
+
+LocalOp localOp(Op op) {
+  switch (op) {
+    case Op::all_reduce:
+    case Op::all_reduce_coalesced:
+      return allReduce;
+    case Op::reduce:
+      return reduce;
+    case Op::all_gather:
+    case Op::all_gather_coalesced:
+    case Op::gather:
+      return allGather;  // gather: the root's outputs; none elsewhere
+    case Op::all_gather_into_tensor:
+    case Op::all_gather_into_tensor_coalesced:
+    case Op::gather_into_tensor:
+      return allGatherIntoTensor;
+    case Op::scatter:
+      return scatter;
+    case Op::reduce_scatter:
+      return reduceScatter;
+    case Op::reduce_scatter_tensor:
+    case Op::reduce_scatter_tensor_coalesced:
+      return reduceScatterTensor;
+    case Op::all_to_all_single:
+      return allToAllSingle;
+    case Op::all_to_all:
+      return allToAll;
+    case Op::broadcast:  // every rank already holds the root's data (uniform)
+    case Op::send:       // or keeps its own (copy): nothing to write
+    case Op::recv:       // NOTE [Data this rank cannot know]
+    case Op::barrier:
+    case Op::kCount:
+      break;
+  }
+  return nothing;
+}
+
+class LocalSemantics final : public Semantics {
+ public:
+  LocalSemantics(bool uniform, int rank, int size) : v_{uniform, rank, size} {}
+
+  // NOTE [all_to_all under uniform values]: every rank sends this rank what
+  // this rank sends itself, so split sizes no uniform world could have are
+  // refused rather than approximated.
+  void check(const Contribution& c) const override {
+    if (!v_.uniform) {
+      return;
+    }
+    const int me = v_.rank;
+    if (c.op == Op::all_to_all_single) {
+      for (int j = 0; j < v_.size; ++j) {
+        TORCH_CHECK(
+            c.out_splits[j] == c.in_splits[me],
+            cat("fakepg all_to_all_single: output_split_sizes[",
+                j,
+                "] is ",
+                c.out_splits[j],
+                " but in a uniform world every rank sends this rank (",
+                me,
+                ") input_split_sizes[",
+                me,
+                "] = ",
+                c.in_splits[me],
+                " rows; use values='copy' for inconsistent splits"));
+      }
+    } else if (c.op == Op::all_to_all) {
+      for (int j = 0; j < v_.size; ++j) {
+        TORCH_CHECK(
+            c.out[j].sizes() == c.in[me].sizes(),
+            cat("fakepg all_to_all: output[",
+                j,
+                "] has shape ",
+                c.out[j].sizes(),
+                " but in a uniform world every rank sends this rank (",
+                me,
+                ") a tensor shaped like input[",
+                me,
+                "] ",
+                c.in[me].sizes()));
+      }
+    }
+  }
+
+  // NOTE [recv from any source]
+  // Some peer must be the sender. We pick the lowest group rank other than
+  // this one (rank 1 for rank 0; itself in a group of one), record it as the
+  // peer and report it through the work's sourceRank(), which is what
+  // torch.distributed.recv(src=None) returns.
+  int anySource() const override {
+    return v_.size == 1 ? 0 : (v_.rank == 0 ? 1 : 0);
+  }
+
+  // NOTE [Writing outputs]
+  // Real backends write outputs from kernels autograd never sees, so every
+  // write runs under AutoDispatchBelowAutograd (outputs may be views of
+  // tensors that require grad). An output is written only when the call
+  // succeeds: a fault deferred to wait() leaves the buffers as they were, as
+  // a failed communication would.
+  c10::intrusive_ptr<c10d::Work> issue(
+      Contribution c,
+      c10d::OpType type,
+      std::vector<at::Tensor> results,
+      std::exception_ptr fault) override {
+    if (!fault) {
+      at::AutoDispatchBelowAutograd guard;
+      localOp(c.op)(c, v_);
+    }
+    const int source = type == c10d::OpType::RECVANYSOURCE ? c.peer : -1;
+    return c10::make_intrusive<FakeWork>(
+        v_.rank, type, std::move(results), std::move(fault), source);
+  }
+
+  // Every coalesced op already ran (and was recorded) when it was issued.
+  void startCoalescing() override {}
+  c10::intrusive_ptr<c10d::Work> endCoalescing() override {
+    return c10::make_intrusive<FakeWork>(
+        v_.rank, c10d::OpType::COALESCED, std::vector<at::Tensor>{}, nullptr);
+  }
+
+ private:
+  Local v_;
+};
+
+}  // namespace
+
+std::unique_ptr<Semantics> localSemantics(bool uniform, int rank, int size) {
+  return std::make_unique<LocalSemantics>(uniform, rank, size);
 }
 
 }  // namespace fakepg

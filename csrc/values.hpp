@@ -1,14 +1,52 @@
-// Value semantics: what a fake collective writes into its outputs.
-// See NOTE [Uniform values] and NOTE [Fast paths] in values.cpp.
+// Local values (uniform and copy): what a fake collective writes into its
+// outputs from this rank's data alone, the local Semantics (NOTE [Value
+// semantics], semantics.hpp) and the completed work it returns. See NOTE
+// [Uniform values] and NOTE [Fast paths] in values.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
 
 #include <cstdint>
+#include <exception>
 #include <vector>
 
 namespace fakepg {
+
+// Work that is complete the moment it is created. It holds the outputs for
+// result() and getFuture(), or the injected error for wait()/getFuture().
+class FakeWork : public c10d::Work {
+ public:
+  FakeWork(
+      int rank,
+      c10d::OpType type,
+      std::vector<at::Tensor> outputs,
+      std::exception_ptr error,
+      int source_rank = -1);
+
+  bool isCompleted() override {
+    return true;
+  }
+  bool isSuccess() const override {
+    return !exception_;
+  }
+  std::exception_ptr exception() const override {
+    return exception_;
+  }
+  std::vector<at::Tensor> result() override {
+    return outputs_;
+  }
+  int sourceRank() const override;
+  void synchronize() override {}
+  bool wait(std::chrono::milliseconds /* timeout */ = kNoTimeout) override;
+  c10::intrusive_ptr<c10::ivalue::Future> getFuture() override;
+
+ private:
+  std::vector<at::Tensor> outputs_;
+  int source_rank_;  // group rank a recv-from-any "received" from, else -1
+};
+
 
 // dst = flat(src)[offset : offset + dst.numel()), dst read flat too.
 void copyFlat(const at::Tensor& dst, const at::Tensor& src, int64_t offset = 0);

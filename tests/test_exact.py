@@ -6,7 +6,6 @@ import gc
 import os
 import random
 import threading
-import time
 
 import pytest
 import torch
@@ -508,11 +507,10 @@ def test_skipped_collective_fails_at_once_naming_each_rank() -> None:
         if dist.get_rank() != 2:
             dist.all_reduce(torch.ones(1))
 
-    with FakeWorld(3, values="exact") as world:
-        start = time.perf_counter()
-        with pytest.raises(FakeWorldDeadlock) as info:
-            world.run(program)
-        assert time.perf_counter() - start < 1.0
+    # Found when no rank can run, not after a timeout: a hang would meet
+    # the suite's pytest-timeout instead (timings live in benchmarks/).
+    with FakeWorld(3, values="exact") as world, pytest.raises(FakeWorldDeadlock) as info:
+        world.run(program)
     text = str(info.value)
     assert "rank 0 waits in all_reduce on group default_pg at test_exact.py:" in text
     assert "rank 2 finished its program" in text
