@@ -125,6 +125,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
   m.doc() = "pytest-fakepg's fake c10d backend";
 
+  // Facts the records and the scheduler carry, for Python to read rather
+  // than copy: a record's flags and its code for "no reduce op", and the
+  // states Scheduler reports for a rank (WorldState.rank_states()).
+  m.attr("RECORD_FAILED") = fakepg::kFailed;
+  m.attr("RECORD_ANY_SOURCE") = fakepg::kAnySource;
+  m.attr("RECORD_OBJECT") = fakepg::kObject;
+  m.attr("NO_REDUCE_OP") = fakepg::kNoReduceOp;
+  m.attr("RANK_NOT_STARTED") = static_cast<int>(fakepg::Scheduler::kNew);
+  m.attr("RANK_WAITING") = static_cast<int>(fakepg::Scheduler::kBlocked);
+  m.attr("RANK_FINISHED") = static_cast<int>(fakepg::Scheduler::kDone);
+
   // "linux" or "portable": which platform.hpp the module was built with.
   m.def("platform", []() { return std::string(fakepg::platform::name()); });
 

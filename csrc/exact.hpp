@@ -128,8 +128,10 @@ class Scheduler : public c10::intrusive_ptr_target {
   // deadlock, as it was found.
   std::vector<std::string> waiting() const;
 
- private:
+  // A rank's state, as states() reports it.
   enum State : int { kNew = 0, kReady = 1, kBlocked = 2, kDone = 3 };
+
+ private:
   bool runnable(int rank) const;
   // With mu_ held: the next runnable rank after `rank`; or -1, stopping the
   // run as deadlocked if ranks remain and none can run.

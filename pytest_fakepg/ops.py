@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 ALL_OPS = "*"
-# A record's reduce-op code when the op has none (csrc: kNoReduceOp).
-NO_REDUCE_OP = 255
 
 
 class OpInfo(NamedTuple):

@@ -13,16 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
-from .ops import NO_REDUCE_OP, OP_NAMES, op_code
+from . import _backend
+from .ops import OP_NAMES, op_code
 
 if TYPE_CHECKING:
     import torch
     import torch.distributed as dist
 
-# Record flags, as csrc/world_state.hpp sets them.
-FAILED = 1
-ANY_SOURCE = 2
-OBJECT = 4  # issued by an object collective: NOTE [Object collectives]
 
 
 def ranks_text(ranks: Sequence[int]) -> str:
@@ -142,12 +139,13 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         make = tuple.__new__
         group = self._group
         reduce_ops = _reduce_ops()
+        failed = _backend.load().RECORD_FAILED
         out = []
         for op, g, red, dtype, peer, shapes, nbytes, flags, _site in self._native.records(start, stop, self._rank):
             name, grank, gsize, ranks, issuer = group(g)
             out.append(make(CollectiveRecord, (
                 OP_NAMES[op], name, gsize, grank, ranks, shapes, dtype, nbytes,
-                reduce_ops[red], None if peer < 0 else peer, bool(flags & FAILED), issuer,
+                reduce_ops[red], None if peer < 0 else peer, bool(flags & failed), issuer,
             )))
         return out
 
@@ -216,7 +214,7 @@ def _reduce_ops() -> dict[int, Any]:
     if not _REDUCE_OPS:
         import torch.distributed as dist
 
-        _REDUCE_OPS[NO_REDUCE_OP] = None
+        _REDUCE_OPS[_backend.load().NO_REDUCE_OP] = None
         for member in dist.ReduceOp.RedOpType.__members__.values():
             _REDUCE_OPS[int(member)] = member
     return _REDUCE_OPS
@@ -233,6 +231,8 @@ def trace_data(
     into the groups."""
     native = log._state()
     reduce_ops = _reduce_ops()
+    module = _backend.load()
+    any_source, object_call = module.RECORD_ANY_SOURCE, module.RECORD_OBJECT  # NOTE [Object collectives]
     groups = []
     index_of: dict[int, int] = {}
     seen: dict[tuple[int, ...] | None, int] = {}
@@ -252,7 +252,7 @@ def trace_data(
             index_of[g], OP_NAMES[op], [list(s) for s in shapes],
             None if dtype is None else str(dtype).replace("torch.", ""),
             None if reduce_op is None else reduce_op.name, None if peer < 0 else peer,
-            bool(flags & ANY_SOURCE), sites[site] if 0 <= site < len(sites) else None, bool(flags & OBJECT),
+            bool(flags & any_source), sites[site] if 0 <= site < len(sites) else None, bool(flags & object_call),
         ])
     return groups, calls
 

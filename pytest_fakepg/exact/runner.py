@@ -36,8 +36,6 @@ class Ranks(Protocol):
 
     def _deadlock_report(self, since: list[int]) -> str: ...
 
-# A rank's state, as the scheduler reports it (csrc/exact.hpp).
-NOT_STARTED, RUNNABLE, WAITING, FINISHED = range(4)
 
 
 class _RankState:

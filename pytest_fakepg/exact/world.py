@@ -165,22 +165,21 @@ class ExactWorld(FakeWorld, values="exact"):
         collectives the ranks issued since record ``since[rank]`` disagree,
         the divergence, as the check across ranks words it."""
         from ..checks import consistency
-        from .runner import FINISHED, NOT_STARTED, WAITING
 
-        native = self._native
+        native, module = self._native, _backend.load()
         labels = self.group_labels()
         sites = self.call_sites()
         lines = ["no rank can run: each waits for a call another rank never makes (on a cluster, a hang)"]
         for rank, (state, waiting) in enumerate(zip(native.rank_states(), native.waiting())):
-            if state == WAITING and waiting:
+            if state == module.RANK_WAITING and waiting:
                 op, group, site = waiting.decode().split("\x1f")
                 where = f" at {sites[int(site)]}" if 0 <= int(site) < len(sites) else ""
                 label = labels.get(group, "")
                 named = label if label and label != "undefined" else f"'{group}'"
                 lines.append(f"  rank {rank} waits in {op} on group {named}{where}")
-            elif state == FINISHED:
+            elif state == module.RANK_FINISHED:
                 lines.append(f"  rank {rank} finished its program")
-            elif state == NOT_STARTED:
+            elif state == module.RANK_NOT_STARTED:
                 lines.append(f"  rank {rank} never started")
         if self.spec.record:
             n, log = self.world_size, self.collectives
