@@ -577,6 +577,8 @@ def test_a_missing_torch_internal_names_the_torch_version(
     the torch version and the versions tested, and leaves nothing behind."""
     from pytest_fakepg import UnsupportedTorchError
 
+    with FakeWorld(2):  # fakepg registered (torch's register_backend writes _plugins itself)
+        pass
     with monkeypatch.context() as patched:  # not undo(): conftest's own patches stay
         patched.delattr(dist.Backend, "_plugins")
         with pytest.raises(UnsupportedTorchError) as info:
