@@ -7,6 +7,7 @@ Every error names the argument, the value given and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import re
@@ -349,10 +350,16 @@ def bind(
 ) -> dict[str, Any]:
     """Arguments bound to ``signature`` (a world's, or the marker's which
     extends it) as a dict of every parameter."""
+    allowed = f"(allowed: {', '.join(signature.parameters)})"
+    for name in kwargs:
+        if name not in signature.parameters:
+            close = difflib.get_close_matches(name, list(signature.parameters), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"got an unexpected keyword argument {name!r}{hint} {allowed}")
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
-        raise TypeError(f"{exc} (allowed: {', '.join(signature.parameters)})") from None
+        raise TypeError(f"{exc} {allowed}") from None
     bound.apply_defaults()
     return dict(bound.arguments)
 

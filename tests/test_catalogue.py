@@ -63,8 +63,11 @@ MARKER = [
     Row("unsupported device type", "fake_world(2, device='xpu')",
         "device must be one of 'cpu', 'cuda' (the device types the fakepg backend serves); got 'xpu'"),
     Row("unknown keyword", "fake_world(2, rnak=1)",
-        "got an unexpected keyword argument 'rnak' (allowed: world_size, rank, mesh, device, values, fail, "
+        "got an unexpected keyword argument 'rnak' (did you mean 'rank'?) (allowed: world_size, rank, mesh, "
+        "device, values, fail, "
         "fail_at, backend, record, check_ranks)"),
+    Row("a keyword one letter off", "fake_world(4, ranks='all')",
+        "got an unexpected keyword argument 'ranks' (did you mean 'rank'?) (allowed: world_size, rank, mesh, device, values, fail, fail_at, backend, record, check_ranks)"),
     Row("check_ranks not a bool", "fake_world(2, check_ranks='no')", "check_ranks must be True or False, got 'no'"),
     Row("stock backend asked for uniform values", "fake_world(2, backend='fake', values='uniform')",
         "values='uniform' needs the fakepg backend; torch's stock backend (backend='fake') only has values='copy'"),
