@@ -24,7 +24,7 @@ from . import _backend, _compat, _default_group, _sharding
 from .ops import ALL_OPS, check_op, op_code
 from .errors import FakeWorldFaultWarning
 from .records import CollectiveLog
-from .spec import FAIL_AT, SIGNATURE, FaultSpec, WorldSpec, check_choice, check_nth
+from .spec import FAIL_AT, SIGNATURE, FaultSpec, WorldSpec, bind, check_choice, check_nth
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup, Store
@@ -178,7 +178,11 @@ class FakeWorld:
         if len(args) == 1 and not kwargs and isinstance(args[0], WorldSpec):
             self.spec = args[0]
         else:
-            self.spec = WorldSpec.build(*args, **kwargs)
+            try:
+                self.spec = WorldSpec.build(*args, **kwargs)
+            except TypeError:
+                bind(args, kwargs)  # a wrong keyword: say which, and the one meant
+                raise
         self._native: Any = None
         self._pg: ProcessGroup | None = None
         self._store: Store | None = None

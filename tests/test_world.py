@@ -322,6 +322,7 @@ def test_stock_backend_refuses_what_it_cannot_do(kwargs: dict[str, Any], error: 
         ((4,), {"device": "xpu"}, ValueError, "device must be one of 'cpu', 'cuda' .* got 'xpu'"),
         ((4,), {"values": "random"}, ValueError, "values must be one of 'uniform', 'copy', 'exact', got 'random'"),
         ((4,), {"fail": "all_reduse"}, ValueError, "did you mean 'all_reduce'"),
+        ((4,), {"ranks": "all"}, TypeError, "unexpected keyword argument 'ranks' .did you mean 'rank'.."),
         ((4,), {"fail": {"barrier": 0}}, ValueError, "call number for 'barrier' must be an int >= 1"),
         ((4,), {"fail": 3}, TypeError, "fail must be None, True"),
         ((4,), {"fail_at": "never"}, ValueError, "fail_at must be one of 'issue', 'wait'"),
