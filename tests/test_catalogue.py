@@ -87,6 +87,9 @@ OPTIONS = [
 
 # Misuse: (row, test source, extra options, expected outcome).
 MISUSE = [
+    (Row("two markers on one test", "fake_world(4) over fake_world(8) on one function",
+         "2 @pytest.mark.fake_world markers on one test: fake_world(8) and fake_world(4); keep one (to run several worlds, give one marker lists: world_size=[4, 8], mesh=[...]) [invalid @pytest.mark.fake_world(...)]"),
+     "@pytest.mark.fake_world(4)\n@pytest.mark.fake_world(8)\ndef test_it():\n    pass\n", [], {"errors": 1}),
     (Row("cuda world without a GPU", "fake_world(8, device='cuda') on a machine without one",
          "fake_world(device='cuda') needs a cuda device; none is available"),
      "@pytest.mark.fake_world(8, device='cuda')\ndef test_it():\n    pass\n", ["-rs"], {"skipped": 1}),

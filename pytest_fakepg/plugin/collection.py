@@ -35,13 +35,27 @@ MARKER_HELP = (
 )
 
 
-def marker_args(marker: pytest.Mark) -> tuple[dict[str, Any], bool | None]:
-    """The marker's world arguments, bound, and its check_ranks."""
+def marker_args(marker: pytest.Mark, node: Any) -> tuple[dict[str, Any], bool | None]:
+    """The marker's world arguments, bound, and its check_ranks. ``node``
+    (the test's definition or item) may carry one marker of its own: two
+    would silently run one world."""
+    own = [m for m in node.own_markers if m.name == MARKER]
+    if len(own) > 1:
+        raise ValueError(
+            f"{len(own)} @pytest.mark.{MARKER} markers on one test: "
+            + " and ".join(_marker_text(m) for m in own)
+            + "; keep one (to run several worlds, give one marker lists: world_size=[4, 8], mesh=[...])"
+        )
     args = _spec.bind(marker.args, marker.kwargs, MARKER_SIGNATURE)
     check = args.pop("check_ranks")
     if check is not None and not isinstance(check, bool):
         raise TypeError(f"check_ranks must be True or False, got {check!r}")
     return args, check
+
+
+def _marker_text(marker: pytest.Mark) -> str:
+    given = [repr(a) for a in marker.args] + [f"{k}={v!r}" for k, v in marker.kwargs.items()]
+    return f"{MARKER}({', '.join(given)})"
 
 
 def error_text(exc: Exception) -> str:
@@ -68,7 +82,7 @@ def generate(metafunc: pytest.Metafunc) -> None:
         return  # worlds built at setup: see _single_case
     settings = metafunc.config.stash[SETTINGS]
     try:
-        args, check = marker_args(marker)
+        args, check = marker_args(marker, metafunc.definition)
         specs = _spec.expand(
             args,
             default_world_size=settings.world_size,
@@ -97,7 +111,7 @@ def single_case(item: pytest.Item, marker: pytest.Mark | None) -> Case:
     settings = item.config.stash[SETTINGS]
     params = getattr(getattr(item, "callspec", None), "params", {})
     try:
-        args, check = marker_args(marker) if marker is not None else (_spec.bind((), {}), None)
+        args, check = marker_args(marker, item) if marker is not None else (_spec.bind((), {}), None)
         for name in ("world_size", "rank"):
             if name in params:
                 args[name] = params[name]
