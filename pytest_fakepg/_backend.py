@@ -18,6 +18,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -189,14 +190,16 @@ def _compile(directory: Path, *, verbose: bool, quiet: bool) -> None:
 
     directory.mkdir(parents=True, exist_ok=True)
     _remove_outputs(directory)
+    started = time.perf_counter()
     if not quiet:
         # Under pytest the plugin suspends output capture around the first
-        # load, so this line reaches the terminal (see plugin._bring_up).
+        # load, so these lines reach the terminal (plugin/worlds.py,
+        # load_backend); each starts a line of its own, since pytest's
+        # progress line may be half written.
         print(
-            f"pytest-fakepg: compiling the fakepg c10d backend"
+            f"\npytest-fakepg: compiling the fakepg c10d backend"
             f"{' (portable build)' if portable_build() else ''} for torch "
-            f"{torch.__version__} (first use with this torch; about 50 s "
-            f"on 2 cores) into {directory}",
+            f"{torch.__version__}, once per torch (a minute or so on 2 cores), into {directory}",
             file=sys.stderr,
             flush=True,
         )
@@ -223,6 +226,12 @@ def _compile(directory: Path, *, verbose: bool, quiet: bool) -> None:
     tmp = directory / f"{_DONE_MARKER}.{os.getpid()}"
     tmp.write_text(f"{so.stat().st_size} {_file_digest(so)}\n")
     os.replace(tmp, directory / _DONE_MARKER)
+    if not quiet:
+        print(
+            f"pytest-fakepg: the fakepg c10d backend is built ({time.perf_counter() - started:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def is_loaded() -> bool:
