@@ -29,10 +29,10 @@ class PerRank:
         return f"<{self.name}: one per rank, given to the test body of an exact world>"
 
 
-def check_item(item: pytest.Item, plugin_module: str) -> None:
+def check_item(item: pytest.Item) -> None:
     """An exact world runs the test function once per rank; fixtures run once,
     outside every rank, so none may take a per-rank fixture (the plugin's
-    own, from ``plugin_module``, know what they give)."""
+    own, defined in this package's __init__, know what they give)."""
     cls = getattr(item, "cls", None)
     if not isinstance(item, pytest.Function) or (cls is not None and issubclass(cls, unittest.TestCase)):
         pytest.fail(
@@ -42,7 +42,7 @@ def check_item(item: pytest.Item, plugin_module: str) -> None:
         )
     for name, defs in item._fixtureinfo.name2fixturedefs.items():
         fixture = defs[-1]
-        if getattr(fixture.func, "__module__", None) == plugin_module:
+        if getattr(fixture.func, "__module__", None) == __package__:
             continue
         taken = [a for a in fixture.argnames if a in PER_RANK]
         if taken:

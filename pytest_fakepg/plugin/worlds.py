@@ -16,10 +16,6 @@ from .state import MARKER, REPORT_ENTRY, SETTINGS, SWEEP, WORLD, Case
 if TYPE_CHECKING:
     from ..world import FakeWorld
 
-# Where the plugin's own fixtures live (exact.check_item lets them take
-# per-rank fixtures: they know what they give).
-PLUGIN_MODULE = "pytest_fakepg.plugin"
-
 
 def bring_up(item: pytest.Item, case: Case) -> FakeWorld:
     if case.error is not None:
@@ -39,7 +35,7 @@ def bring_up(item: pytest.Item, case: Case) -> FakeWorld:
     if not device_available(spec.device):
         pytest.skip(f"fake_world(device={spec.device!r}) needs a {spec.device} device; none is available")
     if spec.values == "exact":
-        exact.check_item(item, PLUGIN_MODULE)
+        exact.check_item(item)
     if spec.backend == "fakepg":
         load_backend(item.config)
     world = FakeWorld(spec).start()
