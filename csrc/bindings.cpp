@@ -358,5 +358,31 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("rank"),
           py::arg("size"),
           py::arg("group_name"),
-          py::arg("global_ranks"));
+          py::arg("global_ranks"))
+      // The two coalesced ops c10d's Python Backend class does not bind,
+      // for collectives issued on meta tensors (pytest_fakepg/fake/).
+      .def(
+          "allgather_into_tensor_coalesced",
+          [](FakeBackend& self,
+             std::vector<at::Tensor> outputs,
+             std::vector<at::Tensor> inputs) {
+            return self.allgather_into_tensor_coalesced(outputs, inputs);
+          },
+          py::arg("outputs"),
+          py::arg("inputs"),
+          py::call_guard<py::gil_scoped_release>())
+      .def(
+          "reduce_scatter_tensor_coalesced",
+          [](FakeBackend& self,
+             std::vector<at::Tensor> outputs,
+             std::vector<at::Tensor> inputs,
+             const c10d::ReduceOp& op) {
+            c10d::ReduceScatterOptions opts;
+            opts.reduceOp = op;
+            return self.reduce_scatter_tensor_coalesced(outputs, inputs, opts);
+          },
+          py::arg("outputs"),
+          py::arg("inputs"),
+          py::arg("op"),
+          py::call_guard<py::gil_scoped_release>());
 }

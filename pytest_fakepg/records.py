@@ -10,7 +10,7 @@ iterate.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 from . import _backend
@@ -69,10 +69,15 @@ class CollectiveLog(Sequence[CollectiveRecord]):
     world's (``FakeWorld.collectives`` outside the ranks) holds every rank's.
     """
 
-    __slots__ = ("_native", "_groups", "_reason", "_cleared", "_rank")
+    __slots__ = ("_native", "_groups", "_reason", "_cleared", "_rank", "_labels")
 
-    def __init__(self, native: Any, reason: str | None = None, rank: int = -1) -> None:
+    def __init__(
+        self, native: Any, reason: str | None = None, rank: int = -1, labels: Callable[[], dict[str, str]] | None = None
+    ) -> None:
         self._native = native
+        # group name -> what to call it (a mesh dimension's name), while the
+        # world is up
+        self._labels = labels
         self._rank = rank  # the issuing rank whose records this is; -1: all
         self._groups: dict[int, tuple[str, int, int, tuple[int, ...]]] = {}
         # Why this log is empty for good (a world on torch's stock backend).
@@ -190,6 +195,37 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         for (group, op), (calls, nbytes, failed) in totals.items():
             name, _, _, ranks, _ = self._group(group)
             out.append((name, ranks, OP_NAMES[op], calls, nbytes, failed))
+        return out
+
+    def ledger(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """What the collectives sent, as plain data made to be stored and
+        diffed by snapshot tests (syrupy's ``snapshot``, pytest-regressions'
+        ``data_regression``): per group, per op, ``{"calls": n, "bytes": b,
+        "dtypes": [...]}``, in the order each first ran. A group is named by
+        its label - the mesh dimension's name, ``"default_pg"`` - with its
+        global ranks added where two groups share one, and by its ranks
+        where it has none. Bytes are input bytes, as in each record."""
+        labels = self._labels() if self._labels is not None else {}
+        rows: dict[tuple[str, tuple[int, ...]], dict[str, dict[str, Any]]] = {}
+        for r in self:
+            label = labels.get(r.group_name, "")
+            ops = rows.setdefault(("" if label == "undefined" else label, r.ranks), {})
+            row = ops.setdefault(r.op, {"calls": 0, "bytes": 0, "dtypes": []})
+            row["calls"] += 1
+            row["bytes"] += r.bytes
+            dtype = "none" if r.dtype is None else str(r.dtype).removeprefix("torch.")
+            if dtype not in row["dtypes"]:
+                row["dtypes"].append(dtype)
+        shared = [label for label, _ in rows]
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for (label, ranks), ops in rows.items():
+            if not label:
+                key = f"ranks {ranks_text(ranks)}"
+            elif shared.count(label) > 1:
+                key = f"{label} (ranks {ranks_text(ranks)})"
+            else:
+                key = label
+            out[key] = ops
         return out
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ from .ops import ALL_OPS, check_op
 VALUES = ("uniform", "copy", "exact")
 FAIL_AT = ("issue", "wait")
 BACKENDS = ("fakepg", "fake")
+TENSORS = ("real", "fake")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class WorldSpec:
     faults: tuple[FaultSpec, ...]
     backend: str
     record: bool
+    tensors: str = "real"
 
     @classmethod
     def build(
@@ -58,6 +60,7 @@ class WorldSpec:
         fail_at: str = "issue",
         backend: str | None = None,
         record: bool | None = None,
+        tensors: str = "real",
     ) -> WorldSpec:
         """Validate every argument (in signature order) and resolve defaults.
 
@@ -65,7 +68,9 @@ class WorldSpec:
         ``@pytest.mark.fake_world(...)`` bind to this signature. None means
         "the default": ``values`` "uniform" (on torch's stock backend "copy"),
         ``backend`` "fakepg" (for the marker: ``--fake-world-backend``),
-        ``record`` on for fakepg, off for the stock backend.
+        ``record`` on for fakepg, off for the stock backend. ``tensors``:
+        "real", or "fake" for shapes without storage (NOTE [What runs real
+        in a fake-tensor world]).
         """
         if world_size is not None:
             world_size = check_world_size(world_size)
@@ -81,8 +86,11 @@ class WorldSpec:
         faults = parse_fail(fail, fail_at)
         if record is not None and not isinstance(record, bool):
             raise TypeError(f"record must be True or False, got {record!r}")
+        tensors = check_choice("tensors", tensors, TENSORS)
         if values == "exact":
             _fit_exact(rank, backend)
+        if tensors == "fake":
+            _fit_fake_tensors(values, backend)
         if backend == "fake":
             values, record = _fit_stock_backend(values, record, faults)
         else:
@@ -98,6 +106,7 @@ class WorldSpec:
             faults=faults,
             backend=backend,
             record=record,
+            tensors=tensors,
         )
 
     @property
@@ -125,6 +134,22 @@ def _fit_exact(rank: int, backend: str) -> None:
             f"rank={rank} was given with values='exact', which runs every rank "
             "of the world in one test; leave rank out (the rank fixture and "
             "dist.get_rank() give each rank its own)"
+        )
+
+
+def _fit_fake_tensors(values: str | None, backend: str) -> None:
+    """Fake tensors have no values to exchange, and only fakepg records
+    what they send."""
+    if values == "exact":
+        raise ValueError(
+            "tensors='fake' was given with values='exact': fake tensors have no "
+            "values to exchange between ranks; use tensors='real' for exact values, "
+            "or leave values out"
+        )
+    if backend != "fakepg":
+        raise ValueError(
+            "tensors='fake' needs the fakepg backend, which records what fake "
+            "tensors send; torch's stock backend (backend='fake') records nothing"
         )
 
 

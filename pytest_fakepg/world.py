@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from . import _backend, _compat, _default_group, _sharding
 from .ops import ALL_OPS, check_op, op_code
 from .errors import FakeWorldFaultWarning
+from .memory import Memory
 from .records import CollectiveLog
 from .spec import FAIL_AT, SIGNATURE, FaultSpec, WorldSpec, bind, check_choice, check_nth
 
@@ -191,6 +192,7 @@ class FakeWorld:
         self._log: CollectiveLog | None = None
         self._faults: list[Fault] = []
         self._sites: list[str] | None = None
+        self._memory: Memory | None = None
         self._saved: dict[str, Any] = {}
         self._up = False
 
@@ -229,6 +231,11 @@ class FakeWorld:
         return self.spec.backend
 
     @property
+    def tensors(self) -> str:
+        """``"real"``, or ``"fake"``: the body runs on fake tensors."""
+        return self.spec.tensors
+
+    @property
     def pg(self) -> ProcessGroup:
         """The default process group."""
         return self._require(self._pg, "pg")
@@ -258,6 +265,32 @@ class FakeWorld:
         """The collectives issued: in an exact world, inside a rank's program
         this rank's, elsewhere every rank's (each record says its rank)."""
         return self._require(self._log, "collectives")
+
+    @property
+    def memory(self) -> Memory:
+        """This rank's tensor memory (peak, by category, live now): tracked
+        from the world's start with tensors="fake", else from the first time
+        this is read. Readable after the world goes down."""
+        if self._memory is not None:
+            return self._memory
+        self._require(None, "memory")
+        if self.exact:
+            raise RuntimeError(
+                "FakeWorld.memory measures one rank's memory; an exact world runs every rank "
+                "in this process, which it does not measure yet: use values='uniform' or 'copy'"
+            )
+        self._start_memory()
+        assert self._memory is not None
+        return self._memory
+
+    def measured_memory(self) -> Memory | None:
+        """``memory`` if this world measures it (tensors="fake", or once
+        ``memory`` was read), else None."""
+        return self._memory
+
+    def _start_memory(self) -> None:
+        mode = self._saved.get("tensor_mode")
+        self._memory = Memory(self.spec.device, on_wait=None if mode is None else mode.router.wait)
 
     def _require(self, value: Any, what: str) -> Any:
         if not self._up:
@@ -402,6 +435,7 @@ class FakeWorld:
             "dynamo_frames": _compat.dynamo.dynamo_frames(),
         }
         self._up = True
+        self._memory = None
         try:
             for name in _HIDDEN_ENV:
                 os.environ.pop(name, None)
@@ -411,10 +445,22 @@ class FakeWorld:
             self._saved["sharding"] = _sharding.share_sharding_decisions()
             for fault in spec.faults if spec.backend == "fakepg" else ():
                 self._arm(fault)
+            if spec.tensors == "fake":
+                self._enter_fake_tensors()
+                self._start_memory()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _enter_fake_tensors(self) -> None:
+        """From here until stop(), tensors are fake: NOTE [What runs real in
+        a fake-tensor world]."""
+        from .fake.mode import make_mode
+
+        mode = make_mode()
+        mode.__enter__()
+        self._saved["tensor_mode"] = mode
 
     def _bring_up_groups(self) -> None:
         """This rank's default group, and its mesh if asked for."""
@@ -452,7 +498,7 @@ class FakeWorld:
         global _running
         self._native = native
         _running = _Running(native, self.spec.world_size)
-        self._log = CollectiveLog(native)
+        self._log = CollectiveLog(native, labels=self._labels_now)
         _compat.c10d.register_stock_fake()
         self._saved["stock_fake"] = _compat.c10d.swap_backend_creator(_STOCK_FAKE, _create_backend)
 
@@ -517,6 +563,10 @@ class FakeWorld:
         unfired = self.unfired_faults()
         saved = self._saved
         try:
+            if self._memory is not None:
+                self._memory.stop()
+            if "tensor_mode" in saved:
+                saved.pop("tensor_mode").__exit__(None, None, None)
             if dist.is_initialized():
                 self._take_groups_count()
                 dist.destroy_process_group()
@@ -551,9 +601,10 @@ class FakeWorld:
         s = self.spec
         mesh = f", mesh={s.mesh_id}" if s.mesh_shape else ""
         state = "up" if self._up else "down"
+        tensors = ", fake tensors" if s.tensors == "fake" else ""
         return (
             f"<FakeWorld rank {s.rank} of {s.world_size}{mesh} on {s.device}, "
-            f"{s.backend}/{s.values}, {state}>"
+            f"{s.backend}/{s.values}{tensors}, {state}>"
         )
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from torch.distributed import Store
     from torch.distributed.device_mesh import DeviceMesh
 
+    from ..memory import Memory
     from ..records import CollectiveLog
     from ..world import FakeWorld
 
@@ -190,10 +191,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """An exact world runs the test function as every rank's program."""
+    """An exact world runs the test function as every rank's program. Memory
+    is measured from the start of the test body."""
     __tracebackhide__ = True
     world = pyfuncitem.stash.get(WORLD, None)
-    if world is None or not world.exact:
+    if world is None:
+        return None
+    memory = world.measured_memory()
+    if memory is not None:
+        memory.reset()
+    if not world.exact:
         return None
     exact.call(pyfuncitem, world)
     return True
@@ -300,3 +307,11 @@ def collectives() -> CollectiveLog:
     if world.exact:
         return exact.PerRank("collectives")  # type: ignore[return-value]
     return world.collectives
+
+
+@pytest.fixture
+def memory() -> Memory:
+    """This rank's tensor memory from the start of the test body: ``peak``
+    (bytes), ``at_peak`` and ``current`` (bytes by category: parameters,
+    gradients, optimizer, activations, other). Real or fake tensors."""
+    return _test_world().memory

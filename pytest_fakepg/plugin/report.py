@@ -20,10 +20,12 @@ if TYPE_CHECKING:
 
 
 def entry(world: FakeWorld) -> dict[str, Any] | None:
-    """What ``world`` ran, by group and op (cleared records included), or
-    None if it ran no collective."""
+    """What ``world`` ran, by group and op (cleared records included), and
+    its rank's memory peak where it was measured; None if it ran no
+    collective and measured nothing."""
     ran = world.collectives.ran()
-    if not ran:
+    memory = world.measured_memory()
+    if not ran and memory is None:
         return None
     labels = world.group_labels()
     # Groups by what they are (label and global ranks), not by name: names
@@ -34,10 +36,12 @@ def entry(world: FakeWorld) -> dict[str, Any] | None:
         label = labels.get(name, "")
         label = "" if label == "undefined" else label
         group = groups.setdefault(
-            f"{label} {ranks}", {"label": label, "ranks": ranks_text(ranks), "size": len(ranks), "ops": {}}
+            f"{label} {ranks}",
+            {"label": label, "ranks": ranks_text(ranks), "size": len(ranks), "ops": {},
+             "total": {"count": 0, "bytes": 0, "failed": 0}},
         )
         # In an exact world each rank has its own copy of every group.
-        for row in (group["ops"].setdefault(op, {"count": 0, "bytes": 0, "failed": 0}),
+        for row in (group["ops"].setdefault(op, {"count": 0, "bytes": 0, "failed": 0}), group["total"],
                     ops.setdefault(op, {"count": 0, "bytes": 0, "failed": 0})):
             row["count"] += calls
             row["bytes"] += nbytes
@@ -46,6 +50,8 @@ def entry(world: FakeWorld) -> dict[str, Any] | None:
         "world_size": world.world_size,
         "rank": None if world.exact else world.rank,
         "mesh": world.spec.mesh_id,
+        "tensors": world.tensors,
+        "memory": None if memory is None else {"peak": memory.peak, "at_peak": memory.at_peak},
         "groups": list(groups.values()),
         "collectives": ops,
         "total": {
@@ -91,10 +97,14 @@ def render(tr: pytest.TerminalReporter, entries: dict[str, dict[str, Any]]) -> N
     tr.write_sep("=", "fake world collectives")
     for nodeid, e in sorted(entries.items()):
         who = 'every rank, exact' if e['rank'] is None else f"rank {e['rank']}"
-        tr.write_line(f"{nodeid} (world {e['world_size']}, {who})")
+        fake = ", fake tensors" if e.get("tensors") == "fake" else ""
+        tr.write_line(f"{nodeid} (world {e['world_size']}, {who}{fake})")
+        if e.get("memory"):
+            parts = ", ".join(f"{k} {_human(v)}" for k, v in e["memory"]["at_peak"].items() if v)
+            tr.write_line(f"    memory peak {_human(e['memory']['peak'])}" + (f" ({parts})" if parts else ""))
         for group in e["groups"]:
             label = f"{group['label']} " if group["label"] else ""
-            tr.write_line(f"    group {label}(ranks {group['ranks']})")
+            tr.write_line(_line(4, f"group {label}(ranks {group['ranks']})", group["total"]))
             for op, stats in group["ops"].items():
                 tr.write_line(_line(8, op, stats))
         tr.write_line(_line(4, "total", e["total"]))

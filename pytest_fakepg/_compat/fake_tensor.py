@@ -1,0 +1,102 @@
+"""Fake tensors: torch's FakeTensorMode, what it raises for values it cannot
+know, and what a collective op's arguments are.
+
+Checked on 2.13.0, 2.14.1 and 2.15.0 (``torch._subclasses.fake_tensor``,
+``OpOverload._schema``, ``_resolve_process_group``); a missing name raises
+UnsupportedTorchError through the door.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ._door import door
+
+
+@functools.cache
+@door("run a world on fake tensors")
+def fake_tensor_mode_class() -> type:
+    """``FakeTensorMode``: the infra mode a tensors="fake" world subclasses."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode
+
+
+@functools.cache
+@door("run a world on fake tensors")
+def fake_tensor_class() -> type:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return FakeTensor
+
+
+@door("run a world on fake tensors")
+def unset_fake() -> Any:
+    """A context manager in which no fake mode is active (torch's own
+    ``unset_fake_temporarily``)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    return unset_fake_temporarily()
+
+
+@functools.cache
+@door("run a world on fake tensors")
+def value_errors() -> tuple[type[BaseException], ...]:
+    """What FakeTensorMode raises for an op whose result depends on values
+    (``.item()``, ``nonzero``, ``unique``, ``masked_select``)."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
+    return (DataDependentOutputException, DynamicOutputShapeException)
+
+
+@functools.cache
+def schema_arguments(op: Any) -> tuple[str, ...]:
+    """An op overload's argument names, in order (``OpOverload._schema``)."""
+    return tuple(arg.name for arg in op._schema.arguments)
+
+
+@functools.cache
+def schema_defaults(op: Any) -> dict[str, Any]:
+    return {arg.name: arg.default_value for arg in op._schema.arguments}
+
+
+@door("resolve a functional collective's group")
+def resolve_group(group: Any) -> Any:
+    """The ProcessGroup a functional collective names (by group name)."""
+    import torch.distributed as dist
+    from torch._C._distributed_c10d import _resolve_process_group
+
+    return group if isinstance(group, dist.ProcessGroup) else _resolve_process_group(group)
+
+
+def group_backend(group: Any, device: Any) -> Any:
+    """The backend ``group`` (a ProcessGroup) runs on ``device``
+    (``ProcessGroup._get_backend``)."""
+    return group._get_backend(device)
+
+
+@door("issue a collective on fake tensors")
+def options(kind: str) -> Any:
+    """A new c10d options object (``AllreduceOptions``, ...): they live in
+    ``torch._C._distributed_c10d``; torch.distributed re-exports all but
+    ``AllgatherOptions``."""
+    import torch._C._distributed_c10d as c10d
+
+    return getattr(c10d, kind)()
+
+
+# The modules DeviceMesh's code lives in (2.13.0-2.15.0): a tensor their code
+# makes in a fake-tensor world is made real.
+MESH_MODULES = frozenset({"torch.distributed.device_mesh", "torch.distributed._mesh_layout"})
+
+
+def allgather_base(backend: Any, output: Any, input: Any, opts: Any) -> Any:
+    """``Backend._allgather_base``: what c10d's ``_allgather_base_`` kernel
+    calls (all_gather_into_tensor)."""
+    return backend._allgather_base(output, input, opts)
+
+
+def reduce_scatter_base(backend: Any, output: Any, input: Any, opts: Any) -> Any:
+    """``Backend._reduce_scatter_base`` (reduce_scatter_tensor)."""
+    return backend._reduce_scatter_base(output, input, opts)

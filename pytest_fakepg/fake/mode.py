@@ -1,0 +1,159 @@
+"""The tensor mode of a tensors="fake" world: torch's FakeTensorMode, with
+collectives routed to the world's backend and DeviceMesh kept real.
+
+NOTE [What runs real in a fake-tensor world]
+A world with tensors="fake" runs everything on fake tensors (shapes, dtypes
+and devices, no storage, no compute), with three exceptions:
+ - collectives go to the world's backend (NOTE [Collectives on fake
+   tensors]), so the ledger is the one real tensors would give;
+ - a DeviceMesh is made of real tensors: its rank map is a few integers that
+   slicing, flattening and concatenating read. A tensor made by DeviceMesh's
+   own code (init_device_mesh's ``arange``, ``DeviceMesh([...])``) is made
+   real;
+ - an op whose tensor inputs are all real runs real (a real tensor in, a real
+   tensor out): the mesh's tensors stay real through slicing, and so does
+   what torch makes outside any mode, such as the RNG state DTensor's random
+   ops read. An op that mixes real and fake inputs runs fake.
+A value the test asks of a fake tensor (``.item()``, ``.tolist()``,
+``nonzero``) cannot be known: torch's error then carries a note naming the
+world's tensors="fake", the line that asked and where to read what to do.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any
+
+from .._compat import fake_tensor as _ft
+from .collectives import Router
+
+# Frames between an op's caller and this mode are torch's (dynamo's disable
+# around every mode's __torch_dispatch__, torch.device's function mode, a
+# user dispatch mode such as the memory tracker) or this package's.
+_BETWEEN = ("torch.", "pytest_fakepg.")
+_COLLECTIVE_NAMESPACES = frozenset({"c10d", "_c10d_functional"})
+_ALWAYS_FAKE = frozenset({"lift_fresh", "lift_fresh_copy", "lift"})
+RECIPE = "README.md, 'Will it fit?'"
+
+
+def _inputs(args: Any, kwargs: Any, fake_type: type) -> int:
+    """0: no tensor inputs; 1: only real ones; 2: some fake one."""
+    import torch
+
+    seen = 0
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            if isinstance(value, fake_type):
+                return 2
+            seen = 1
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, fake_type):
+                    return 2
+                if isinstance(item, torch.Tensor):
+                    seen = 1
+    return seen
+
+
+def _called_from_mesh() -> bool:
+    """Whether the op being dispatched was called by DeviceMesh's code: the
+    first frame up that is not torch's dispatch machinery (or this package)
+    is DeviceMesh's."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module in _ft.MESH_MODULES:
+            return True
+        if not module.startswith(_BETWEEN):
+            return False
+        frame = frame.f_back
+    return False
+
+
+@functools.cache
+def _not_user_code() -> tuple[str, ...]:
+    import pluggy
+    import pytest
+    import torch
+
+    here = os.path.dirname(os.path.dirname(__file__))
+    return tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, pytest, pluggy)) + (here + os.sep,)
+
+
+def user_line() -> str | None:
+    """``file.py:LINE: source`` of the innermost frame outside torch, pytest
+    and this package, or None."""
+    import linecache
+
+    skip = _not_user_code()
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame = frame.f_back
+    if frame is None:
+        return None
+    path, line = frame.f_code.co_filename, frame.f_lineno
+    source = linecache.getline(path, line).strip()
+    where = f"{os.path.basename(path)}:{line}"
+    return f"{where}: {source}" if source else where
+
+
+def _explain(exc: BaseException, func: Any) -> None:
+    if any("tensors='fake'" in n for n in getattr(exc, "__notes__", ())):
+        return
+    line = user_line()
+    at = f" at {line}" if line else ""
+    note = (
+        f"pytest-fakepg: {func} needs the values of a fake tensor{at}, and this world has "
+        "tensors='fake' (shapes and dtypes only, no values). Use tensors='real' for a test that "
+        f"reads values, or keep value-dependent code out of a fake-tensor test: see {RECIPE}."
+    )
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # Python 3.10
+        exc.args = (f"{exc.args[0] if exc.args else ''}\n{note}",)
+
+
+@functools.cache
+def mode_class() -> type:
+    base = _ft.fake_tensor_mode_class()
+    fake_type = _ft.fake_tensor_class()
+    value_errors = _ft.value_errors()
+
+    class WorldTensorMode(base):  # type: ignore[misc, valid-type]
+        """FakeTensorMode for one world: see NOTE [What runs real in a
+        fake-tensor world]."""
+
+        def __init__(self, router: Router) -> None:
+            super().__init__(allow_non_fake_inputs=True)
+            self.router = router
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            route = self.router.route(func)
+            if route is not None:
+                return route(self.router, self, func, args, kwargs)
+            if func.namespace in _COLLECTIVE_NAMESPACES:
+                raise NotImplementedError(
+                    f"pytest-fakepg: {func} has no route to the backend in a world with "
+                    "tensors='fake', so it would be left out of the ledger; please report it"
+                )
+            inputs = _inputs(args, kwargs, fake_type)
+            real = inputs == 1 and func.overloadpacket.__name__ not in _ALWAYS_FAKE
+            if real or (inputs == 0 and _called_from_mesh()):
+                return func(*args, **kwargs)
+            return self.fake_dispatch(func, args, kwargs, types)
+
+        def fake_dispatch(self, func: Any, args: Any, kwargs: Any, types: Any = ()) -> Any:
+            try:
+                return super().__torch_dispatch__(func, types, args, kwargs)
+            except value_errors as exc:
+                _explain(exc, func)
+                raise
+
+    return WorldTensorMode
+
+
+def make_mode() -> Any:
+    return mode_class()(Router())
