@@ -539,7 +539,12 @@ class FakeWorld:
 
     def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
         """(owner, {name: replacement}) to install while the world is up."""
-        return list(_object_collectives())
+        patches = list(_object_collectives())
+        if self.spec.tensors == "fake":
+            from .fake.mode import init_patches
+
+            patches.append(init_patches())  # NOTE [Initialisation on fake tensors]
+        return patches
 
     @staticmethod
     def _remove_patches(patches: list[tuple[Any, dict[str, Any], dict[str, Any]]]) -> None:

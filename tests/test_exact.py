@@ -659,7 +659,7 @@ def test_report_counts_every_ranks_calls(run_tests) -> None:
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
         "*test_it.py::test_it[[]w2-exact[]] (world 2, every rank, exact)",
-        "    group default_pg (ranks 0, 1)",
+        "    group default_pg (ranks 0, 1) * 2 calls * 32 B",
         "        all_reduce * 2 calls * 32 B",
     ])
 

@@ -305,10 +305,10 @@ def test_no_collectives():
     result.stdout.fnmatch_lines([
         "*= fake world collectives =*",
         "test_it.py::test_ops[[]w4-dp2xtp2-r0[]] (world 4, rank 0)",
-        "    group default_pg (ranks 0-3)",
+        "    group default_pg (ranks 0-3) * 3 calls (1 failed) *32 B",
         "        all_reduce * 2 calls (1 failed) *32 B",
         "        barrier * 1 call *0 B",
-        "    group tp (ranks 0, 1)",
+        "    group tp (ranks 0, 1) * 1 call *16 B",
         "        all_reduce * 1 call *16 B",
         "    total * 4 calls (1 failed) *48 B",
         "test_it.py::test_ops[[]w4-dp2xtp2-r1[]] (world 4, rank 1)",
@@ -325,10 +325,13 @@ def test_no_collectives():
     }
     entry = report["tests"]["test_it.py::test_ops[w4-dp2xtp2-r1]"]
     assert (entry["world_size"], entry["rank"], entry["mesh"]) == (4, 1, "dp2xtp2")
+    assert (entry["tensors"], entry["memory"]) == ("real", None)  # memory: only where measured
     assert entry["groups"] == [
         {"label": "default_pg", "ranks": "0-3", "size": 4,
-         "ops": {"all_reduce": {"count": 2, "bytes": 32, "failed": 1}, "barrier": {"count": 1, "bytes": 0, "failed": 0}}},
-        {"label": "tp", "ranks": "0, 1", "size": 2, "ops": {"all_reduce": {"count": 1, "bytes": 16, "failed": 0}}},
+         "ops": {"all_reduce": {"count": 2, "bytes": 32, "failed": 1}, "barrier": {"count": 1, "bytes": 0, "failed": 0}},
+         "total": {"count": 3, "bytes": 32, "failed": 1}},
+        {"label": "tp", "ranks": "0, 1", "size": 2, "ops": {"all_reduce": {"count": 1, "bytes": 16, "failed": 0}},
+         "total": {"count": 1, "bytes": 16, "failed": 0}},
     ]
     assert entry["total"] == {"count": 4, "bytes": 48, "failed": 1}
 
@@ -397,11 +400,11 @@ def test_markers_and_fixtures_are_documented(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--markers")
     result.stdout.fnmatch_lines([
         "@pytest.mark.fake_world(world_size=None, *, rank=0, mesh=None, device='cpu', values=None, "
-        "fail=None, fail_at='issue', backend=None, record=None, check_ranks=None): run the test in a fake "
+        "fail=None, fail_at='issue', backend=None, record=None, tensors='real', check_ranks=None): run the test in a fake "
         "torch.distributed world*",
     ])
     result = pytester.runpytest_subprocess("--fixtures")
-    for name in ("fake_world", "rank", "world_size", "device_mesh", "fake_store", "collectives"):
+    for name in ("fake_world", "rank", "world_size", "device_mesh", "fake_store", "collectives", "memory"):
         result.stdout.fnmatch_lines([f"{name} -- *pytest_fakepg*plugin*__init__.py*"])
 
 

@@ -53,6 +53,8 @@ def tracker_class() -> type:
             self._seen: weakref.WeakSet[Any] = weakref.WeakSet()
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func.is_view:  # a view allocates nothing: its storage is counted already
+                return func(*args, **(kwargs or {}))
             if self.on_wait is not None and func.__name__ == "wait_tensor.default" and args:
                 self.on_wait(args[0])
             return super().__torch_dispatch__(func, types, args, kwargs)

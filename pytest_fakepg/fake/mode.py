@@ -13,7 +13,12 @@ and devices, no storage, no compute), with three exceptions:
  - an op whose tensor inputs are all real runs real (a real tensor in, a real
    tensor out): the mesh's tensors stay real through slicing, and so does
    what torch makes outside any mode, such as the RNG state DTensor's random
-   ops read. An op that mixes real and fake inputs runs fake.
+   ops read. An op that mixes real and fake inputs runs fake;
+ - meta tensors are real (they have no storage either): a model built under
+   ``torch.device("meta")`` and parallelized there, as torchtitan does, is
+   chunked and sharded by ATen's meta kernels at C++ speed, and becomes fake
+   when it is made a tensor of a device (``to_empty``, ``empty_like(...,
+   device=...)``, ``.to(device)``).
 A value the test asks of a fake tensor (``.item()``, ``.tolist()``,
 ``nonzero``) cannot be known: torch's error then carries a note naming the
 world's tensors="fake", the line that asked and where to read what to do.
@@ -38,30 +43,32 @@ _ALWAYS_FAKE = frozenset({"lift_fresh", "lift_fresh_copy", "lift"})
 RECIPE = "README.md, 'Will it fit?'"
 
 
-def _inputs(args: Any, kwargs: Any, fake_type: type) -> int:
-    """0: no tensor inputs; 1: only real ones; 2: some fake one."""
+def _runs_real(func: Any, args: Any, kwargs: Any, fake_type: type) -> bool:
+    """NOTE [What runs real in a fake-tensor world], for one op."""
     import torch
 
-    seen = 0
+    real = meta = False
     for value in (*args, *kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            if isinstance(value, fake_type):
-                return 2
-            seen = 1
-        elif isinstance(value, (list, tuple)):
-            for item in value:
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, torch.Tensor):
                 if isinstance(item, fake_type):
-                    return 2
-                if isinstance(item, torch.Tensor):
-                    seen = 1
-    return seen
+                    return False
+                real = True
+                meta = meta or item.is_meta
+    device = kwargs.get("device")
+    to_meta = device is not None and torch.device(device).type == "meta"
+    if not real:  # a factory: meta tensors are real already; DeviceMesh's are made real
+        return to_meta or _called_from_mesh()
+    if meta and device is not None and not to_meta:
+        return False  # meta made into a tensor of a device (to_empty): fake
+    return func.overloadpacket.__name__ not in _ALWAYS_FAKE
 
 
 def _called_from_mesh() -> bool:
     """Whether the op being dispatched was called by DeviceMesh's code: the
     first frame up that is not torch's dispatch machinery (or this package)
     is DeviceMesh's."""
-    frame = sys._getframe(2)
+    frame = sys._getframe(3)
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if module in _ft.MESH_MODULES:
@@ -139,9 +146,7 @@ def mode_class() -> type:
                     f"pytest-fakepg: {func} has no route to the backend in a world with "
                     "tensors='fake', so it would be left out of the ledger; please report it"
                 )
-            inputs = _inputs(args, kwargs, fake_type)
-            real = inputs == 1 and func.overloadpacket.__name__ not in _ALWAYS_FAKE
-            if real or (inputs == 0 and _called_from_mesh()):
+            if _runs_real(func, args, kwargs, fake_type):
                 return func(*args, **kwargs)
             return self.fake_dispatch(func, args, kwargs, types)
 
@@ -157,3 +162,43 @@ def mode_class() -> type:
 
 def make_mode() -> Any:
     return mode_class()(Router())
+
+
+# -- weight initialisation ---------------------------------------------------------
+# NOTE [Initialisation on fake tensors]
+# torch.nn.init's functions set values, which a fake tensor does not have,
+# and some read values to do it: trunc_normal_ resamples until no value is
+# out of bounds (``.item()``, ``mask.any()``), orthogonal_ reads signs. In a
+# world with tensors="fake" each of them returns its tensor untouched when
+# that tensor is fake (a DTensor's local shard included), as torchtitan's
+# init_weights expects; on a real tensor it runs as always. They are
+# replaced in torch.nn.init while the world is up, so code that calls them
+# through the module (``nn.init.trunc_normal_(w)``) gets this, and code that
+# imported one by name before the world came up does not.
+
+
+def _holds_fake(tensor: Any, fake_type: type) -> bool:
+    if isinstance(tensor, fake_type):
+        return True
+    to_local = getattr(tensor, "to_local", None)  # a DTensor
+    return to_local is not None and isinstance(to_local(), fake_type)
+
+
+@functools.cache
+def init_patches() -> tuple[Any, dict[str, Any]]:
+    """(torch.nn.init, {name: replacement}) for every in-place initialiser."""
+    import torch.nn.init as init
+
+    fake_type = _ft.fake_tensor_class()
+
+    def skipping_fake(original: Any) -> Any:
+        @functools.wraps(original)
+        def initialise(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+            if _holds_fake(tensor, fake_type):
+                return tensor
+            return original(tensor, *args, **kwargs)
+
+        return initialise
+
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
+    return init, {name: skipping_fake(getattr(init, name)) for name in names}
