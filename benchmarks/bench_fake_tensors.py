@@ -8,8 +8,9 @@ AdamW - and the rank's ledger and memory read back. Reported: wall time of
 the whole subprocess body (world up to world down), peak RSS of the
 subprocess, the rank's memory peak, and bytes sent per mesh dimension. The
 baseline row is the same step of the "debug" model at 8 ranks, in the same
-command: cost grows with the number of ops a step runs (layers), not with
-world size or parameter bytes.
+command, and each wall time is also given as a multiple of it: cost grows
+with the number of ops a step runs (layers), not with world size or
+parameter bytes.
 
     python benchmarks/bench_fake_tensors.py [--plans 8B-fsdp,8B-fsdp-tp,70B-fsdp-tp]
 """
@@ -86,15 +87,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(child(args.child)))
         return
-    print("| plan | world | wall time | process peak RSS | rank memory peak (params / grads / optimizer / activations) "
-          "| sent per step, by mesh dimension |")
+    print("| plan | world | wall time (x the debug plan) | process peak RSS | rank memory peak (params / grads / "
+          "optimizer / activations) | sent per step, by mesh dimension |")
     print("|---|---|---|---|---|---|")
+    baseline = run("debug-fsdp-tp")["seconds"]
     for name in args.plans.split(","):
         r = run(name)
         _, size, mesh, _, _ = PLANS[name]
         dims = ", ".join(f"{d} {gib(b)}" for d, b in r["per_dim"].items())  # type: ignore[union-attr]
         shape = " x ".join(f"{d} {s}" for d, s in mesh.items())
-        print(f"| {name} | {size:,} ({shape}) | {r['seconds']:.1f} s | {r['rss_mib']:.0f} MiB | "
+        ratio = r["seconds"] / baseline  # type: ignore[operator]
+        print(f"| {name} | {size:,} ({shape}) | {r['seconds']:.1f} s ({ratio:.1f}x) | {r['rss_mib']:.0f} MiB | "
               f"{gib(r['peak'])} ({' / '.join(gib(v) for v in list(r['at_peak'].values())[:4])}) | "  # type: ignore
               f"{r['calls']} calls: {dims} |")
 
