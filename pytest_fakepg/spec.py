@@ -46,6 +46,8 @@ class WorldSpec:
     backend: str
     record: bool
     tensors: str = "real"
+    local_world_size: int = 1
+    env: bool = True
 
     @classmethod
     def build(
@@ -61,6 +63,8 @@ class WorldSpec:
         backend: str | None = None,
         record: bool | None = None,
         tensors: str = "real",
+        local_world_size: int | None = None,
+        env: bool | None = None,
     ) -> WorldSpec:
         """Validate every argument (in signature order) and resolve defaults.
 
@@ -70,7 +74,11 @@ class WorldSpec:
         ``backend`` "fakepg" (for the marker: ``--fake-world-backend``),
         ``record`` on for fakepg, off for the stock backend. ``tensors``:
         "real", or "fake" for shapes without storage (NOTE [What runs real
-        in a fake-tensor world]).
+        in a fake-tensor world]). ``local_world_size``: ranks per node, for
+        torchrun's ``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` (default: 8, or the
+        world size where 8 does not divide it, NOTE [torchrun's
+        environment]); ``env``: set torchrun's variables while the world is
+        up (default on; for the marker, the ini option ``fake_world_env``).
         """
         if world_size is not None:
             world_size = check_world_size(world_size)
@@ -87,6 +95,9 @@ class WorldSpec:
         if record is not None and not isinstance(record, bool):
             raise TypeError(f"record must be True or False, got {record!r}")
         tensors = check_choice("tensors", tensors, TENSORS)
+        local_world_size = check_local_world_size(local_world_size, world_size)
+        if env is not None and not isinstance(env, bool):
+            raise TypeError(f"env must be True or False, got {env!r}")
         if values == "exact":
             _fit_exact(rank, backend)
         if tensors == "fake":
@@ -107,6 +118,8 @@ class WorldSpec:
             backend=backend,
             record=record,
             tensors=tensors,
+            local_world_size=local_world_size,
+            env=True if env is None else env,
         )
 
     @property
@@ -211,6 +224,23 @@ def check_rank(rank: Any, world_size: int) -> int:
             f"-{world_size}) for world_size={world_size}, got {rank}"
         )
     return rank % world_size
+
+
+# Ranks per node when none is given: an 8-GPU node, as on most clusters.
+NODE_SIZE = 8
+
+
+def check_local_world_size(local: Any, world_size: int) -> int:
+    """Ranks per node: given, else 8 where 8 divides the world, else the
+    whole world on one node."""
+    if local is None:
+        return NODE_SIZE if world_size % NODE_SIZE == 0 else world_size
+    if not _is_int(local) or local < 1 or world_size % local:
+        raise ValueError(
+            f"local_world_size must be an int >= 1 that divides world_size={world_size} "
+            f"(ranks per node), got {local!r}"
+        )
+    return local
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
@@ -395,6 +425,7 @@ def expand(
     default_world_size: int,
     default_backend: str,
     all_ranks: bool = False,
+    default_env: bool = True,
 ) -> list[WorldSpec]:
     """Every world a marker asks for, in a stable order: world sizes, then
     meshes, then ranks. ``args`` are the bound marker arguments. Raises
@@ -425,6 +456,8 @@ def expand(
         raise ValueError("rank must not be an empty list")
     rest = {k: v for k, v in args.items() if k not in ("world_size", "rank", "mesh")}
     rest["backend"] = rest["backend"] or default_backend
+    if rest.get("env") is None:
+        rest["env"] = default_env
     specs: list[WorldSpec] = []
     for size in size_list:
         for mesh in mesh_list:

@@ -42,6 +42,32 @@ _HIDDEN_ENV = ("TORCH_DISTRIBUTED_DEBUG", "TORCH_DIST_INIT_BARRIER")
 _PYTEST_ENV = ("PYTEST_CURRENT_TEST", "PYTEST_VERSION")
 _PYTEST_ENV_PREFIX = "PYTEST_XDIST_"
 
+# NOTE [torchrun's environment]
+# Much training code learns its rank from the variables torchrun sets
+# (transformers takes its tensor-parallel size from WORLD_SIZE; scripts read
+# int(os.environ["LOCAL_RANK"])). While a world is up (env=True, the
+# default) they say what torchrun would tell this rank, on nodes of
+# ``local_world_size`` ranks (default 8): RANK, LOCAL_RANK (rank % local),
+# GROUP_RANK (the node, rank // local), ROLE_RANK, ROLE_NAME, WORLD_SIZE,
+# LOCAL_WORLD_SIZE and ROLE_WORLD_SIZE. MASTER_ADDR and MASTER_PORT are left
+# alone: there is no rendezvous, and the default group is up already. The
+# environment is put back exactly when the world goes down (_restore_env).
+# In an exact world the rank's variables change at every switch, so each
+# rank's program (and the threads it starts) reads its own.
+_PER_RANK_ENV = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK")
+
+
+def torchrun_env(spec: WorldSpec, rank: int | None) -> dict[str, str]:
+    """NOTE [torchrun's environment] for ``rank`` (None: the world's
+    variables only)."""
+    local = spec.local_world_size
+    env = {"WORLD_SIZE": str(spec.world_size), "LOCAL_WORLD_SIZE": str(local),
+           "ROLE_WORLD_SIZE": str(spec.world_size), "ROLE_NAME": "default"}
+    if rank is not None:
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank % local), GROUP_RANK=str(rank // local), ROLE_RANK=str(rank))
+    return env
+
+
 # torch's backend that `backend="fake"` names: groups a body asks for on it
 # (torchtitan does, for size-1 mesh dimensions) are served by fakepg while a
 # fakepg world is up. See NOTE [compat: backend plugins].
@@ -439,6 +465,8 @@ class FakeWorld:
         try:
             for name in _HIDDEN_ENV:
                 os.environ.pop(name, None)
+            if spec.env:
+                os.environ.update(torchrun_env(spec, None if self.exact else spec.rank))
             self._store = dist.HashStore()
             self._bring_up_groups()
             self._install_patches()

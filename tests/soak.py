@@ -74,7 +74,8 @@ def _pristine():
         prop = api.DTensor._op_dispatcher.sharding_propagator
         if prop.propagate_op_sharding.cache.cache_info().currsize:
             problems.append("DTensor sharding cache not empty")
-    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "SOAK_LEAK"):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME",
+                 "ROLE_WORLD_SIZE", "MASTER_ADDR", "SOAK_LEAK"):
         if name in os.environ:
             problems.append(f"{name} set")
     return problems
@@ -153,6 +154,7 @@ def make_test(i: int, rng: random.Random) -> tuple[str, str]:
     n = size if values == "uniform" else 1
     body = [
         f"    assert (dist.get_world_size(), dist.get_rank()) == ({size}, {rank % size})",
+        f"    assert (os.environ['WORLD_SIZE'], os.environ['RANK']) == ('{size}', '{rank % size}')",
         "    t = torch.ones(2)",
         "    dist.all_reduce(t)",
         f"    assert t.tolist() == [{float(n)}, {float(n)}]",

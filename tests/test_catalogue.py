@@ -65,9 +65,9 @@ MARKER = [
     Row("unknown keyword", "fake_world(2, rnak=1)",
         "got an unexpected keyword argument 'rnak' (did you mean 'rank'?) (allowed: world_size, rank, mesh, "
         "device, values, fail, "
-        "fail_at, backend, record, tensors, check_ranks)"),
+        "fail_at, backend, record, tensors, local_world_size, env, check_ranks)"),
     Row("a keyword one letter off", "fake_world(4, ranks='all')",
-        "got an unexpected keyword argument 'ranks' (did you mean 'rank'?) (allowed: world_size, rank, mesh, device, values, fail, fail_at, backend, record, tensors, check_ranks)"),
+        "got an unexpected keyword argument 'ranks' (did you mean 'rank'?) (allowed: world_size, rank, mesh, device, values, fail, fail_at, backend, record, tensors, local_world_size, env, check_ranks)"),
     Row("unknown tensors", "fake_world(2, tensors='meta')", "tensors must be one of 'real', 'fake', got 'meta'"),
     Row("fake tensors asked for exact values", "fake_world(2, tensors='fake', values='exact')",
         "tensors='fake' was given with values='exact': fake tensors have no values to exchange between ranks; "
@@ -75,6 +75,9 @@ MARKER = [
     Row("fake tensors on the stock backend", "fake_world(2, tensors='fake', backend='fake')",
         "tensors='fake' needs the fakepg backend, which records what fake tensors send; torch's stock backend "
         "(backend='fake') records nothing"),
+    Row("local_world_size not dividing the world", "fake_world(8, local_world_size=3)",
+        "local_world_size must be an int >= 1 that divides world_size=8 (ranks per node), got 3"),
+    Row("env not a bool", "fake_world(2, env='yes')", "env must be True or False, got 'yes'"),
     Row("check_ranks not a bool", "fake_world(2, check_ranks='no')", "check_ranks must be True or False, got 'no'"),
     Row("stock backend asked for uniform values", "fake_world(2, backend='fake', values='uniform')",
         "values='uniform' needs the fakepg backend; torch's stock backend (backend='fake') only has values='copy'"),

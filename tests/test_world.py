@@ -417,6 +417,7 @@ def test_the_public_signatures_agree() -> None:
     assert marker[:-1] == build and marker[-1].name == "check_ranks"
     assert [p.name for p in build] == [
         "world_size", "rank", "mesh", "device", "values", "fail", "fail_at", "backend", "record", "tensors",
+        "local_world_size", "env",
     ]
     assert FakeWorld(WorldSpec.build(4, rank=1)).spec == FakeWorld(4, rank=1).spec
 

@@ -339,3 +339,25 @@ def sequence_numbers_for(backend_type: type) -> tuple[Any, dict[str, Any]]:
 
     return dist.ProcessGroup, {"_get_sequence_number_for_group": get_sequence_number_for_group}
 
+
+
+@door("let a thread a rank starts act as that rank")
+def thread_world_state() -> dict[str, Any]:
+    """What this thread's c10d state is (NOTE [compat: per-rank c10d state]):
+    the per-thread ``_World``'s attributes, and the groups by name."""
+    return dict(_c10d()._world.__dict__)
+
+
+@door("let a thread a rank starts act as that rank")
+def adopt_thread_world_state(state: dict[str, Any]) -> None:
+    """This thread shares the c10d state of the thread ``state`` was read in:
+    the same containers (groups this thread makes are that rank's too, as
+    in one process), and every group registered by name in C++'s per-thread
+    registry (``_register_process_group``, 2.11-2.15.0), where functional
+    collectives and DTensor resolve them."""
+    import torch
+
+    _c10d()._world.__dict__.update(state)
+    register = torch._C._distributed_c10d._register_process_group
+    for pg, name in state.get("_per_thread_pg_names", {}).items():
+        register(name, pg)

@@ -57,3 +57,17 @@ def mesh_group_factory() -> tuple[Any, Any] | None:
         return None
     return mesh_cls, layout_cls
 
+
+
+def mesh_thread_state() -> dict[str, Any]:
+    """This thread's ``_mesh_resources`` (a ``threading.local``, 2.11-2.15.0)."""
+    module = sys.modules.get("torch.distributed.device_mesh")
+    resources = getattr(module, "_mesh_resources", None)
+    return dict(getattr(resources, "__dict__", {}))
+
+
+def adopt_mesh_thread_state(state: dict[str, Any]) -> None:
+    module = sys.modules.get("torch.distributed.device_mesh")
+    resources = getattr(module, "_mesh_resources", None)
+    if resources is not None:
+        resources.__dict__.update(state)

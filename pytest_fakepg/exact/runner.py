@@ -36,6 +36,8 @@ class Ranks(Protocol):
 
     def _deadlock_report(self, since: list[int]) -> str: ...
 
+    def _switch_to(self, rank: int) -> None: ...
+
 
 
 class _RankState:
@@ -210,6 +212,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
             states[old] = _RankState()
         states[new].restore()
         python_random.load(new)
+        world._switch_to(new)
 
     def body(rank: int) -> None:
         try:
@@ -242,6 +245,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
     try:
         states[0].restore()
         python_random.load(0)
+        world._switch_to(0)
         with _as_rank_thread(context):
             body(0)
         try:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _backend, _compat, _default_group, records
 from ..records import CollectiveLog
-from ..world import FakeWorld, _init_device_mesh, _new_backend
+from ..world import _PER_RANK_ENV, FakeWorld, _init_device_mesh, _new_backend, torchrun_env
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -103,8 +104,54 @@ class ExactWorld(FakeWorld, values="exact"):
 
     def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
         """An exact world runs torch's own object collectives: every rank has
-        its objects."""
-        return []
+        its objects. A thread started in a rank's program acts as that rank
+        (NOTE [Threads a rank starts])."""
+        return [(threading.Thread, {"start": self._thread_start()})]
+
+    def _thread_start(self) -> Callable[[threading.Thread], None]:
+        """NOTE [Threads a rank starts]
+        On a cluster every thread of a process sees its rank's groups: a data
+        loader, a checkpoint writer, the thread pool in which transformers
+        loads a tensor-parallel checkpoint. Here each rank's state is per
+        thread, so while the world is up ``Thread.start`` hands a thread
+        started in a rank's program that rank's state: its default group and
+        every group it made (the same containers, so a group either makes is
+        the rank's), its mesh registry and what FakeWorld says it is. Such a
+        thread's collectives are the rank's: one waits in the rank's place,
+        as the rank's own thread would (the rank's thread is then waiting for
+        it, for a future's result or a join). Processes a rank starts are
+        separate processes: they see no world, as on a cluster."""
+        world, original = self, threading.Thread.start
+
+        def start(thread: threading.Thread) -> None:
+            context = world._rank_context()
+            if context is not None:
+                run = thread.run
+
+                def run_as_rank() -> None:
+                    world._adopt(context)
+                    try:
+                        run()
+                    finally:
+                        world._local.__dict__.clear()
+
+                thread.run = run_as_rank  # type: ignore[method-assign]
+            original(thread)
+
+        return start
+
+    def _rank_context(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+        """The running rank's state, in a rank's thread; else None."""
+        if getattr(self._local, "rank", None) is None:
+            return None
+        return (dict(self._local.__dict__), _compat.c10d.thread_world_state(),
+                _compat.device_mesh.mesh_thread_state())
+
+    def _adopt(self, context: tuple[dict[str, Any], dict[str, Any], dict[str, Any]]) -> None:
+        local, c10d, mesh = context
+        self._local.__dict__.update(local)
+        _compat.c10d.adopt_thread_world_state(c10d)
+        _compat.device_mesh.adopt_mesh_thread_state(mesh)
 
     def _restore_threads(self, saved: dict[str, Any]) -> None:
         if "per_thread" in saved:
@@ -124,7 +171,22 @@ class ExactWorld(FakeWorld, values="exact"):
         self._require(None, "run")
         if getattr(self._local, "rank", None) is not None:
             raise RuntimeError("FakeWorld.run() was called inside a rank's program; call it from outside")
-        return runner.run(self, lambda rank: fn(*args, **kwargs), self._first_group())
+        outside = {name: os.environ.get(name) for name in _PER_RANK_ENV}
+        try:
+            return runner.run(self, lambda rank: fn(*args, **kwargs), self._first_group())
+        finally:
+            if self.spec.env:  # each rank's variables were its own: back to the world's
+                for name, value in outside.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+
+    def _switch_to(self, rank: int) -> None:
+        """Rank ``rank`` runs from now on: its torchrun variables (NOTE
+        [torchrun's environment])."""
+        if self.spec.env:
+            os.environ.update(torchrun_env(self.spec, rank))
 
     @contextlib.contextmanager
     def _rank_program(self, rank: int, first_group: int) -> Any:

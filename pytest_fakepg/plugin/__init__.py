@@ -91,6 +91,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("fake_world_report", "print the collectives report", type="bool", default=False)
     parser.addini("fake_world_strict", "leaks and faults that never fire are errors", type="bool", default=False)
     parser.addini(
+        "fake_world_env", "set torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, ...) in every world",
+        type="bool", default=True,
+    )
+    parser.addini(
         "fake_world_check_ranks", "check that the ranks of a sweep issue the same collectives",
         type="bool", default=True,
     )
@@ -145,6 +149,7 @@ def pytest_configure(config: pytest.Config) -> None:
         strict=bool(_option(config, "fake_world_strict")),
         check_ranks=bool(config.getini("fake_world_check_ranks")),
         trace_dir=trace_dir,
+        env=bool(config.getini("fake_world_env")),
     )
     config.stash[REPORT] = {}
     if not hasattr(config, "workerinput"):  # xdist workers send their reports on

@@ -87,6 +87,7 @@ def generate(metafunc: pytest.Metafunc) -> None:
             args,
             default_world_size=settings.world_size,
             default_backend=settings.backend,
+            default_env=settings.env,
             # a marker that names its ranks keeps them
             all_ranks=settings.all_ranks and "rank" not in marker.kwargs,
         )
@@ -126,7 +127,9 @@ def single_case(item: pytest.Item, marker: pytest.Mark | None) -> Case:
                 "unittest.TestCase method or parametrizes world_size/rank "
                 "itself): give one world size, one rank and one mesh"
             )
-        specs = _spec.expand(args, default_world_size=settings.world_size, default_backend=settings.backend)
+        specs = _spec.expand(
+            args, default_world_size=settings.world_size, default_backend=settings.backend, default_env=settings.env
+        )
     except (TypeError, ValueError) as exc:
         return Case(None, error_text(exc))
     return Case(specs[0], None, check)

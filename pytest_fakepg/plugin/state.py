@@ -27,6 +27,7 @@ class Settings(NamedTuple):
     strict: bool
     check_ranks: bool
     trace_dir: str | None
+    env: bool = True
 
 
 class Case(NamedTuple):
