@@ -255,66 +255,23 @@ def test_every_rank_of_8_on_one_gpu(device_mesh, rank, collectives):
 # -- tensors="fake": the memory estimate against the allocator -------------------------
 
 
-class Wide(torch.nn.Module):
-    """One 4096-wide feed-forward block (the issue's measurement)."""
-
-    def __init__(self, d: int = 4096) -> None:
-        super().__init__()
-        self.w1 = torch.nn.Linear(d, 4 * d, bias=False)
-        self.w2 = torch.nn.Linear(4 * d, d, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.w2(torch.relu(self.w1(x)))
-
-
-def _plan_step(world: FakeWorld, tp: int) -> None:
-    """Build 8 blocks on meta, shard them (FSDP2, or FSDP2 + TP), give them
-    memory on cuda, and run one AdamW training step on 8,192 tokens."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
-
-    n = world.world_size
-    mesh = init_device_mesh("cuda", (n // tp, tp), mesh_dim_names=("dp", "tp"))
-    with torch.device("meta"):
-        model = torch.nn.Sequential(*[Wide() for _ in range(8)])
-    for block in model:
-        if tp > 1:
-            parallelize_module(block, mesh["tp"], {"w1": ColwiseParallel(), "w2": RowwiseParallel()})
-        fully_shard(block, mesh=mesh["dp"])
-    fully_shard(model, mesh=mesh["dp"])
-    model.to_empty(device="cuda")
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.02)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model(torch.randn(8192, 4096, device="cuda")).sum().backward()
-    optimizer.step()
-
-
-MEMORY_FIGURES: list[str] = []
-
-
 @pytest.mark.parametrize("world_size", [64, 1024])
 @pytest.mark.parametrize("tp", [1, 8], ids=["fsdp2", "fsdp2+tp"])
 def test_fake_tensor_memory_estimate_is_within_10_percent_of_cuda(world_size: int, tp: int) -> None:
     """The same rank's peak: estimated on fake tensors, measured by the CUDA
-    caching allocator with real tensors (max_memory_allocated)."""
-    rank = world_size - 1
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    with FakeWorld(world_size, rank=rank, device="cuda") as world:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        _plan_step(world, tp)
-        torch.cuda.synchronize()
-        measured = torch.cuda.max_memory_allocated() - base
-    torch.cuda.empty_cache()
-    with FakeWorld(world_size, rank=rank, device="cuda", tensors="fake") as world:
-        _plan_step(world, tp)
-        estimate = world.memory.peak
+    caching allocator with real tensors (benchmarks/memory_accuracy.py, each
+    in a fresh process)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "memory_accuracy.py"
+    spec = importlib.util.spec_from_file_location("memory_accuracy", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    estimate, measured = module.measure(world_size, tp)
     error = (estimate - measured) / measured
     figures = (f"{'FSDP2 + TP' if tp > 1 else 'FSDP2'} world {world_size}: estimate {estimate / 2**30:.3f} GiB, "
                f"max_memory_allocated {measured / 2**30:.3f} GiB, error {error:+.1%}")
     print(figures)
-    MEMORY_FIGURES.append(figures)
     assert abs(error) <= 0.10, figures

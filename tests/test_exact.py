@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import random
 import threading
@@ -288,25 +287,32 @@ def test_each_rank_draws_from_a_copy_of_the_callers_python_random() -> None:
 def test_a_run_leaves_no_garbage_for_the_cycle_collector() -> None:
     """Garbage in reference cycles lives until a collection finds it; each
     run's would make the collector's full passes (over all of torch's objects)
-    come sooner."""
+    come sooner. In a fresh process: what earlier tests' worlds left behind
+    may be let go during a run, and is not the run's."""
+    import subprocess
+    import sys
 
-    def program() -> float:
-        t = torch.tensor([random.random()])
-        dist.all_reduce(t)
-        return t.item()
+    program = """
+import gc, random, torch, torch.distributed as dist
+from pytest_fakepg import FakeWorld
 
-    with FakeWorld(3, values="exact") as world:
-        world.run(program)  # warm: what is made once per process
-        gc.collect()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            world.run(program)
-            gc.collect()
-            left = sorted({type(o).__qualname__ for o in gc.garbage})
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-    assert left == []
+def program():
+    t = torch.tensor([random.random()])
+    dist.all_reduce(t)
+    return t.item()
+
+with FakeWorld(3, values="exact") as world:
+    world.run(program)  # warm: what is made once per process
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    world.run(program)
+    gc.collect()
+    print(sorted({type(o).__qualname__ for o in gc.garbage}))
+    gc.set_debug(0)
+"""
+    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.filterwarnings("ignore:DTensor random operators:UserWarning")

@@ -148,10 +148,11 @@ def train_step(model: nn.Module, d: int, steps: int = 1) -> None:
 
 
 def fsdp_program(world: FakeWorld) -> None:
+    mesh = world.device_mesh()  # a CPU mesh: fully_shard's default is a cuda one where CUDA is available
     model = nn.Sequential(Block(16), Block(16))
     for block in model:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     train_step(model, 16, steps=2)
 
 
@@ -210,7 +211,7 @@ def test_fsdp2_sends_its_padded_shard_at_1024_ranks() -> None:
     shapes = [(4 * d, d), (d, 4 * d), (4 * d, d), (d, 4 * d), (3000, d)]
     with FakeWorld(dp, rank=777, tensors="fake") as world:
         model = nn.Sequential(Block(d), Block(d), nn.Linear(d, 3000, bias=False))
-        fully_shard(model, reshard_after_forward=False)
+        fully_shard(model, mesh=world.device_mesh(), reshard_after_forward=False)
         world.collectives.clear()
         model(torch.randn(2, d)).sum().backward()
         shard = sum(math.ceil(s[0] / dp) * math.prod(s[1:]) for s in shapes) * 4
