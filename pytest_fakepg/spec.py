@@ -46,7 +46,7 @@ class WorldSpec:
     backend: str
     record: bool
     tensors: str = "real"
-    local_world_size: int = 1
+    local_world_size: int | None = None  # None: decided when the world starts (NOTE [torchrun's environment])
     env: bool = True
 
     @classmethod
@@ -75,9 +75,8 @@ class WorldSpec:
         ``record`` on for fakepg, off for the stock backend. ``tensors``:
         "real", or "fake" for shapes without storage (NOTE [What runs real
         in a fake-tensor world]). ``local_world_size``: ranks per node, for
-        torchrun's ``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` (default: 8, or the
-        world size where 8 does not divide it, NOTE [torchrun's
-        environment]); ``env``: set torchrun's variables while the world is
+        torchrun's ``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` (default: NOTE
+        [torchrun's environment]); ``env``: set torchrun's variables while the world is
         up (default on; for the marker, the ini option ``fake_world_env``).
         """
         if world_size is not None:
@@ -226,15 +225,11 @@ def check_rank(rank: Any, world_size: int) -> int:
     return rank % world_size
 
 
-# Ranks per node when none is given: an 8-GPU node, as on most clusters.
-NODE_SIZE = 8
-
-
-def check_local_world_size(local: Any, world_size: int) -> int:
-    """Ranks per node: given, else 8 where 8 divides the world, else the
-    whole world on one node."""
+def check_local_world_size(local: Any, world_size: int) -> int | None:
+    """Ranks per node, or None (the default, decided when the world
+    starts: NOTE [torchrun's environment])."""
     if local is None:
-        return NODE_SIZE if world_size % NODE_SIZE == 0 else world_size
+        return None
     if not _is_int(local) or local < 1 or world_size % local:
         raise ValueError(
             f"local_world_size must be an int >= 1 that divides world_size={world_size} "

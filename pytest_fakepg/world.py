@@ -47,20 +47,35 @@ _PYTEST_ENV_PREFIX = "PYTEST_XDIST_"
 # (transformers takes its tensor-parallel size from WORLD_SIZE; scripts read
 # int(os.environ["LOCAL_RANK"])). While a world is up (env=True, the
 # default) they say what torchrun would tell this rank, on nodes of
-# ``local_world_size`` ranks (default 8): RANK, LOCAL_RANK (rank % local),
+# ``local_world_size`` ranks: RANK, LOCAL_RANK (rank % local),
 # GROUP_RANK (the node, rank // local), ROLE_RANK, ROLE_NAME, WORLD_SIZE,
 # LOCAL_WORLD_SIZE and ROLE_WORLD_SIZE. MASTER_ADDR and MASTER_PORT are left
 # alone: there is no rendezvous, and the default group is up already. The
 # environment is put back exactly when the world goes down (_restore_env).
 # In an exact world the rank's variables change at every switch, so each
-# rank's program (and the threads it starts) reads its own.
+# rank's program (and the threads it starts) reads its own. Ranks per node,
+# unless given: on device="cpu" an 8-GPU node (8, or the whole world where 8
+# does not divide it); on device="cuda" this machine's GPUs (the largest
+# divisor of the world size not above torch.cuda.device_count()), because
+# LOCAL_RANK is a device index there: scripts and DeviceMesh itself call
+# torch.cuda.set_device(LOCAL_RANK), which must name a GPU this machine has.
 _PER_RANK_ENV = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK")
+
+
+def ranks_per_node(world_size: int, device: str) -> int:
+    """LOCAL_WORLD_SIZE when none is given: NOTE [torchrun's environment]."""
+    if device == "cuda":
+        import torch
+
+        gpus = max(torch.cuda.device_count(), 1)
+        return max(d for d in range(1, min(gpus, world_size) + 1) if world_size % d == 0)
+    return 8 if world_size % 8 == 0 else world_size
 
 
 def torchrun_env(spec: WorldSpec, rank: int | None) -> dict[str, str]:
     """NOTE [torchrun's environment] for ``rank`` (None: the world's
     variables only)."""
-    local = spec.local_world_size
+    local = spec.local_world_size or ranks_per_node(spec.world_size, spec.device)
     env = {"WORLD_SIZE": str(spec.world_size), "LOCAL_WORLD_SIZE": str(local),
            "ROLE_WORLD_SIZE": str(spec.world_size), "ROLE_NAME": "default"}
     if rank is not None:

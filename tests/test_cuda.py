@@ -275,3 +275,12 @@ def test_fake_tensor_memory_estimate_is_within_10_percent_of_cuda(world_size: in
                f"max_memory_allocated {measured / 2**30:.3f} GiB, error {error:+.1%}")
     print(figures)
     assert abs(error) <= 0.10, figures
+
+
+def test_local_rank_names_a_gpu_of_this_machine() -> None:
+    import os
+
+    with FakeWorld(64, rank=63, device="cuda", mesh={"dp": 8, "tp": 8}):
+        local = int(os.environ["LOCAL_RANK"])
+        assert 0 <= local < torch.cuda.device_count()
+        assert int(os.environ["RANK"]) == 63

@@ -185,3 +185,18 @@ def test_threads_started_outside_the_ranks_are_left_alone() -> None:
         thread.join()
         assert found == [False]
     assert threading.Thread.start.__module__ == "threading"
+
+
+@pytest.mark.parametrize(
+    ("size", "device", "gpus", "expected"),
+    [(16, "cpu", 0, 8), (6, "cpu", 0, 6), (16, "cuda", 1, 1), (1024, "cuda", 8, 8), (12, "cuda", 8, 6), (4, "cuda", 8, 4)],
+)
+def test_ranks_per_node_default_to_this_machines_gpus_on_cuda(
+    monkeypatch: pytest.MonkeyPatch, size: int, device: str, gpus: int, expected: int
+) -> None:
+    """On device="cuda" LOCAL_RANK is a device index (DeviceMesh calls
+    torch.cuda.set_device(LOCAL_RANK)): it must name a GPU this machine has."""
+    from pytest_fakepg.world import ranks_per_node
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert ranks_per_node(size, device) == expected
