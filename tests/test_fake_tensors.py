@@ -70,6 +70,9 @@ def c10d_program(world: FakeWorld) -> None:
     dist.send(torch.ones(3, dtype=torch.int64), dst=(me + 1) % n)
     dist.recv(torch.empty(3, dtype=torch.int64), src=(me - 1) % n)
     dist.barrier()
+    if hasattr(dist, "gather_single"):  # 2.14.1 and later
+        dist.gather_single(torch.ones(6, 2), None, group_dst=0)
+        dist.gather_single(torch.ones(6, 2), torch.empty(6 * n, 2), group_dst=me)
     work = dist.all_reduce(torch.ones(4, dtype=torch.bfloat16), async_op=True)
     work.wait()
     with dist._coalescing_manager(async_ops=True) as cm:

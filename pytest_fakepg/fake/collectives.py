@@ -13,7 +13,10 @@ C++ code as with real tensors (NOTE [Meta tensors have no values] in
 csrc/values.cpp). It returns what torch's meta kernel returns, but with the
 backend's Work, so that ``wait()`` raises a fault armed with ``at="wait"``.
 A functional collective's fake output is torch's own; its work is kept until
-``wait_tensor`` waits on it, as c10d's work registry does.
+``wait_tensor`` (or 2.15's ``wait_tensors``) waits on it, as c10d's work
+registry does. The ops were checked on 2.11, 2.13.0, 2.14.1 and 2.15.0 (which
+adds ``c10d::gather_into_tensor_`` and ``_c10d_functional::wait_tensors``);
+an op of a later torch that no route serves is refused by name (mode.py).
 """
 
 from __future__ import annotations
@@ -195,6 +198,12 @@ def _gather(b: Any, a: dict[str, Any]) -> Any:
     return b.gather(_nested_metas(a["output_tensors"]), _metas(a["input_tensors"]), opts)
 
 
+@_c10d_op("gather_into_tensor_", "input_tensor", True)  # 2.15
+def _gather_into_tensor(b: Any, a: dict[str, Any]) -> Any:
+    opts = _options("GatherOptions", rootRank=a["root_rank"], **_timeout(a))
+    return b.gather_single(_meta(a["output_tensor"]), _meta(a["input_tensor"]), opts)
+
+
 @_c10d_op("scatter_", "output_tensors", True)
 def _scatter(b: Any, a: dict[str, Any]) -> Any:
     opts = _options("ScatterOptions", rootRank=a["root_rank"], **_timeout(a))
@@ -338,6 +347,12 @@ def _wait_tensor(router: Router, mode: Any, func: Any, args: Any, kwargs: Any) -
     return mode.fake_dispatch(func, args, kwargs)
 
 
+def _wait_tensors(router: Router, mode: Any, func: Any, args: Any, kwargs: Any) -> Any:
+    for tensor in router.bound(func, args, kwargs)["tensors"]:
+        router.wait(tensor)
+    return mode.fake_dispatch(func, args, kwargs)
+
+
 @functools.cache
 def _routes() -> dict[Any, Route]:
     import torch
@@ -349,4 +364,6 @@ def _routes() -> dict[Any, Route]:
          for name, how in _FUNCTIONAL.items() if hasattr(functional, name)}
     )
     routes[torch.ops._c10d_functional.wait_tensor.default] = _wait_tensor
+    if hasattr(functional, "wait_tensors"):  # 2.15
+        routes[functional.wait_tensors.default] = _wait_tensors
     return routes
