@@ -237,6 +237,21 @@ def test_the_body_runs_on_fake_tensors_of_any_size() -> None:
     assert not isinstance(torch.ones(1), FakeTensor)  # the mode is gone with the world
 
 
+def test_initialisers_skip_fake_tensors_and_still_fill_real_ones() -> None:
+    """trunc_normal_ resamples until no value is out of bounds (.item(),
+    mask.any()): on a fake tensor it returns it untouched, as torchtitan's
+    init_weights needs."""
+    original = nn.init.trunc_normal_
+    real = torch.full((3, 3), 100.0)
+    with FakeWorld(2, tensors="fake"):
+        weight = torch.empty(1000, 1000)
+        assert nn.init.trunc_normal_(weight, std=0.02) is weight
+        assert nn.init.orthogonal_(weight) is weight
+        nn.init.trunc_normal_(real, std=0.02)  # made before the world: real, and filled
+        assert real.abs().max().item() <= 2.0
+    assert nn.init.trunc_normal_ is original
+
+
 def test_device_mesh_is_real_inside_a_fake_tensor_world() -> None:
     with FakeWorld(16, rank=6, tensors="fake"):
         mesh = init_device_mesh("cpu", (2, 2, 4), mesh_dim_names=("pp", "dp", "tp"))
