@@ -3,7 +3,7 @@ collectives routed to the world's backend and DeviceMesh kept real.
 
 NOTE [What runs real in a fake-tensor world]
 A world with tensors="fake" runs everything on fake tensors (shapes, dtypes
-and devices, no storage, no compute), with three exceptions:
+and devices, no storage, no compute), with four exceptions:
  - collectives go to the world's backend (NOTE [Collectives on fake
    tensors]), so the ledger is the one real tensors would give;
  - a DeviceMesh is made of real tensors: its rank map is a few integers that
