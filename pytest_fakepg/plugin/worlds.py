@@ -33,7 +33,11 @@ def bring_up(item: pytest.Item, case: Case) -> FakeWorld:
     from ..world import FakeWorld
 
     if not device_available(spec.device):
-        pytest.skip(f"fake_world(device={spec.device!r}) needs a {spec.device} device; none is available")
+        # Reported at the test, not at this line (as a skip marker is).
+        raise pytest.skip.Exception(
+            f"fake_world(device={spec.device!r}) needs a {spec.device} device; none is available",
+            _use_item_location=True,
+        )
     if spec.values == "exact":
         exact.check_item(item)
     if spec.backend == "fakepg":
@@ -85,7 +89,14 @@ def take_down(item: pytest.Item, world: FakeWorld) -> None:
         message = f"{item.nodeid}: " + "; ".join(unfired)
         if settings.strict:
             pytest.fail(message, pytrace=False)
-        warnings.warn(FakeWorldFaultWarning(message), stacklevel=1)
+        warn_at_test(item, FakeWorldFaultWarning(message))
+
+
+def warn_at_test(item: pytest.Item, warning: Warning) -> None:
+    """A warning about a test, shown at the test's own line (not this
+    plugin's) in pytest's warnings summary."""
+    path, line, _ = item.reportinfo()
+    warnings.warn_explicit(warning, type(warning), filename=str(path), lineno=(line or 0) + 1)
 
 
 def check_leaks(item: pytest.Item) -> None:
@@ -101,4 +112,4 @@ def check_leaks(item: pytest.Item) -> None:
     )
     if item.config.stash[SETTINGS].strict:
         pytest.fail(message, pytrace=False)
-    warnings.warn(FakeWorldLeakWarning(message), stacklevel=1)
+    warn_at_test(item, FakeWorldLeakWarning(message))
