@@ -67,6 +67,24 @@ def test_dtype(rank):
                     "test_it.py:5 - on a cluster this is a dtype mismatch*")
 
 
+def test_last_failed_reruns_the_whole_sweep_the_check_needs(run_tests: RunTests) -> None:
+    """--lf after a divergence reruns every case of the sweep: the one case
+    that carried the failure would pass alone, and the run would look fixed."""
+    source = """
+@pytest.mark.fake_world(4, rank="all")
+def test_shape(rank):
+    dist.all_reduce(torch.ones(5 if rank == 3 else 4))
+
+@pytest.mark.fake_world(2, rank="all")
+def test_fine(rank):
+    dist.barrier()
+"""
+    run_tests(source).assert_outcomes(failed=1, passed=5)
+    rerun = run_tests(source, "--lf")
+    rerun.assert_outcomes(failed=1, passed=3)  # the sweep of 4, not test_fine
+    assert any(line.startswith("fake world ranks diverge: ") for line in rerun.stdout.lines)
+
+
 def test_a_root_or_reduce_op_that_differs(run_tests: RunTests) -> None:
     result = run_tests("""
 @pytest.mark.fake_world(2, rank="all")

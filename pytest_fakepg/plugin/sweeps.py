@@ -34,9 +34,11 @@ class SweepChecker:
     """Collects the traces of swept cases as their reports come in; when a
     sweep is complete, checks it and fails the case that completed it."""
 
-    def __init__(self, trace_dir: str | None) -> None:
+    def __init__(self, trace_dir: str | None, on_divergence: Any = None) -> None:
         self.trace_dir = trace_dir
         self.pending: dict[str, dict[int, dict[str, Any]]] = {}
+        # Told every case of a sweep that diverges (each took part).
+        self.on_divergence = on_divergence
 
     def add(self, report: pytest.TestReport, data: dict[str, Any]) -> None:
         traces = self.pending.setdefault(data["key"], {})
@@ -55,6 +57,8 @@ class SweepChecker:
         message = consistency.check(traces)
         if message is None:
             return
+        if self.on_divergence is not None:
+            self.on_divergence([t["nodeid"] for t in traces.values()])
         if report.passed:
             report.outcome = "failed"
             report.longrepr = f"fake world ranks diverge: {message}"
@@ -99,8 +103,20 @@ class Gatherer:
         trace = getattr(report, "fake_world_trace", None)
         if trace is not None:
             if self.checker is None:
-                self.checker = SweepChecker(self.config.stash[SETTINGS].trace_dir)
+                self.checker = SweepChecker(self.config.stash[SETTINGS].trace_dir, self._rerun_whole_sweep)
             self.checker.add(report, trace)
         entry = getattr(report, "fake_world_report", None)
         if entry is not None:
             self.config.stash[REPORT][report.nodeid] = entry
+
+    def _rerun_whole_sweep(self, nodeids: list[str]) -> None:
+        """A divergence is the sweep's, not the one case it fails: every case
+        goes into pytest's record of failures, so that ``--lf`` (and ``--ff``)
+        rerun the whole sweep the check needs rather than one case, which
+        alone would pass. pytest's cache plugin keeps that record as a dict
+        it writes at the end of the session (``lfplugin.lastfailed``)."""
+        lf = self.config.pluginmanager.get_plugin("lfplugin")
+        lastfailed = getattr(lf, "lastfailed", None)
+        if isinstance(lastfailed, dict):
+            for nodeid in nodeids:
+                lastfailed[nodeid] = True
