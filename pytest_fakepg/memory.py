@@ -26,9 +26,6 @@ from typing import Any
 
 from ._compat import tools as _tools
 
-CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "other")
-
-
 class Memory:
     """This rank's tensor memory since tracking began (or ``reset()``).
 
@@ -88,10 +85,6 @@ class Memory:
     def reset(self) -> None:
         """Forget the peak so far: from now, the peak is at least what is live."""
         _tools.reset_peak(self._tracker)
-
-    def as_dict(self) -> dict[str, Any]:
-        """``{"peak": ..., "at_peak": {...}, "current": {...}}``: plain data."""
-        return {"peak": self.peak, "at_peak": self.at_peak, "current": self.current}
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{k} {v:,}" for k, v in self.at_peak.items() if v)

@@ -72,14 +72,19 @@ def ranks_per_node(world_size: int, device: str) -> int:
     return 8 if world_size % 8 == 0 else world_size
 
 
-def torchrun_env(spec: WorldSpec, rank: int | None) -> dict[str, str]:
-    """NOTE [torchrun's environment] for ``rank`` (None: the world's
-    variables only)."""
-    local = spec.local_world_size or ranks_per_node(spec.world_size, spec.device)
-    env = {"WORLD_SIZE": str(spec.world_size), "LOCAL_WORLD_SIZE": str(local),
-           "ROLE_WORLD_SIZE": str(spec.world_size), "ROLE_NAME": "default"}
+def rank_env(rank: int, local: int) -> dict[str, str]:
+    """The variables of NOTE [torchrun's environment] that differ per rank."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank % local), "GROUP_RANK": str(rank // local),
+            "ROLE_RANK": str(rank)}
+
+
+def torchrun_env(world_size: int, local: int, rank: int | None) -> dict[str, str]:
+    """NOTE [torchrun's environment] on nodes of ``local`` ranks, for
+    ``rank`` (None: the world's variables only)."""
+    env = {"WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(local),
+           "ROLE_WORLD_SIZE": str(world_size), "ROLE_NAME": "default"}
     if rank is not None:
-        env.update(RANK=str(rank), LOCAL_RANK=str(rank % local), GROUP_RANK=str(rank // local), ROLE_RANK=str(rank))
+        env.update(rank_env(rank, local))
     return env
 
 
@@ -234,6 +239,7 @@ class FakeWorld:
         self._faults: list[Fault] = []
         self._sites: list[str] | None = None
         self._memory: Memory | None = None
+        self._ranks_per_node = 1  # LOCAL_WORLD_SIZE, decided at start (NOTE [torchrun's environment])
         self._saved: dict[str, Any] = {}
         self._up = False
 
@@ -481,7 +487,9 @@ class FakeWorld:
             for name in _HIDDEN_ENV:
                 os.environ.pop(name, None)
             if spec.env:
-                os.environ.update(torchrun_env(spec, None if self.exact else spec.rank))
+                self._ranks_per_node = spec.local_world_size or ranks_per_node(spec.world_size, spec.device)
+                rank = None if self.exact else spec.rank  # an exact world's ranks get theirs as they run
+                os.environ.update(torchrun_env(spec.world_size, self._ranks_per_node, rank))
             self._store = dist.HashStore()
             self._bring_up_groups()
             self._install_patches()

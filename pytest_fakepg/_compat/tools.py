@@ -18,7 +18,9 @@ from typing import Any
 
 from ._door import door
 
-# _MemRefType's values -> the memory fixture's categories.
+# The memory fixture's categories (NOTE [Memory categories] in memory.py),
+# and _MemRefType's values -> them.
+CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "other")
 CATEGORY_OF = {
     "Parameter": "parameters",
     "Buffer": "parameters",
@@ -83,7 +85,7 @@ def tracker_class() -> type:
 
 
 def _by_category(snapshot: dict[Any, int]) -> dict[str, int]:
-    out = dict.fromkeys(("parameters", "gradients", "optimizer", "activations", "other"), 0)
+    out = dict.fromkeys(CATEGORIES, 0)
     for kind, nbytes in snapshot.items():
         name = getattr(kind, "value", kind)
         if name != _TOTAL:

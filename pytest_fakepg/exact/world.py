@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _backend, _compat, _default_group, records
 from ..records import CollectiveLog
-from ..world import _PER_RANK_ENV, FakeWorld, _init_device_mesh, _new_backend, torchrun_env
+from ..world import _PER_RANK_ENV, FakeWorld, _init_device_mesh, _new_backend, rank_env
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -186,7 +186,7 @@ class ExactWorld(FakeWorld, values="exact"):
         """Rank ``rank`` runs from now on: its torchrun variables (NOTE
         [torchrun's environment])."""
         if self.spec.env:
-            os.environ.update(torchrun_env(self.spec, rank))
+            os.environ.update(rank_env(rank, self._ranks_per_node))
 
     @contextlib.contextmanager
     def _rank_program(self, rank: int, first_group: int) -> Any:

@@ -79,20 +79,12 @@ def _called_from_mesh() -> bool:
     return False
 
 
-@functools.cache
-def _not_user_code() -> tuple[str, ...]:
-    import pluggy
-    import pytest
-    import torch
-
-    here = os.path.dirname(os.path.dirname(__file__))
-    return tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, pytest, pluggy)) + (here + os.sep,)
-
-
 def user_line() -> str | None:
-    """``file.py:LINE: source`` of the innermost frame outside torch, pytest
-    and this package, or None."""
+    """``file.py:LINE: source`` of the innermost frame outside torch and
+    this package (where call sites come from too), or None."""
     import linecache
+
+    from ..world import _not_user_code
 
     skip = _not_user_code()
     frame = sys._getframe(1)
