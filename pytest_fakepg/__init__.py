@@ -11,12 +11,14 @@ from .records import CollectiveLog, CollectiveRecord
 from .spec import WorldSpec
 from .world import FakeWorld, Fault
 from .exact import ExactWorld  # noqa: F401 - registers the values="exact" layer (isort: skip)
+from .exact.testcase import ExactTestCase, create_exact_test_class  # (isort: skip)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CollectiveLog",
     "CollectiveRecord",
+    "ExactTestCase",
     "FakeWorld",
     "FakeWorldDeadlock",
     "FakeWorldFaultWarning",
@@ -26,4 +28,5 @@ __all__ = [
     "UnsupportedTorchError",
     "WorldSpec",
     "__version__",
+    "create_exact_test_class",
 ]

@@ -20,6 +20,7 @@ NOT_TORCHS = {
     "_fixtureinfo": "pytest: a test's fixture closure, to call a test as each rank's program",
     "_inst": "Python's random: the hidden instance whose bound methods the module exports",
     "_getframe": "Python's sys: the frame that issued a collective, for its call site",
+    "_testMethodName": "unittest: the test method a TestCase instance runs, to run it as each rank's program",
 }
 _PRIVATE_MODULE = re.compile(r"\btorch(?:\.\w+)*\._\w+")
 

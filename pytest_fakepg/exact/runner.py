@@ -38,6 +38,9 @@ class Ranks(Protocol):
 
     def _switch_to(self, rank: int) -> None: ...
 
+    # Set by ``run`` for its length: ``_stop(rank, exc)`` ends the run with
+    # ``exc`` as if ``rank`` had raised it, while that rank's program goes on.
+    _stop: Callable[[int, BaseException], None] | None
 
 
 class _RankState:
@@ -195,6 +198,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
     __tracebackhide__ = True
 
     native, n = world._native, world.world_size
+    _compat.c10d.quiet_abort_logs(ABORTED)
     if world.device == "cuda":
         import torch
 
@@ -214,6 +218,17 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
         python_random.load(new)
         world._switch_to(new)
 
+    def stop(rank: int, exc: BaseException) -> None:
+        """The run ends with ``exc``, raised by (or for) ``rank``: the other
+        ranks are stopped, unless the run already ended."""
+        if not stopped.is_set() and not native.deadlocked():
+            stopped.set()
+            failures.append((rank, exc))
+            native.abort(
+                f"fakepg: rank {rank} raised {type(exc).__name__}, which {ABORTED} "
+                "(on a cluster the other ranks would hang or be killed)"
+            )
+
     def body(rank: int) -> None:
         try:
             if native.enter(rank):
@@ -221,13 +236,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
                     with world._rank_program(rank, first_group):
                         results[rank] = program(rank)
                 except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
-                    if not stopped.is_set() and not native.deadlocked():
-                        stopped.set()
-                        failures.append((rank, exc))
-                        native.abort(
-                            f"fakepg: rank {rank} raised {type(exc).__name__}, which stopped the "
-                            "exact world (on a cluster the other ranks would hang or be killed)"
-                        )
+                    stop(rank, exc)
                 finally:
                     native.leave(rank)
         finally:
@@ -242,6 +251,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
     for rank, thread in enumerate(threads, start=1):
         thread.job = (functools.partial(body, rank), context)
     native.set_switch_hook(switch)
+    world._stop = stop
     try:
         states[0].restore()
         python_random.load(0)
@@ -252,11 +262,12 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
             while not native.finish():  # a signal: Python's handlers run here
                 pass
         except BaseException:  # Ctrl-C while the other ranks run: stop them first
-            native.abort("fakepg: the exact world was interrupted")
+            native.abort(f"fakepg: an interrupt {ABORTED}")
             while not native.finish():
                 pass
             raise
     finally:
+        world._stop = None
         native.set_switch_hook(None)
         native.restore_caller_rng()
         entry.restore()
@@ -290,6 +301,10 @@ def _set_grad_and_device(context: tuple[bool, Any]) -> None:
 
 
 _CALLER_GATES = threading.local()
+
+# What every message that stops a run says; c10d's exception logger drops
+# its records of the calls a stop made raise (_compat.c10d.quiet_abort_logs).
+ABORTED = "stopped the exact world"
 
 
 def _caller_gate() -> Any:

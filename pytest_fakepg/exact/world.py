@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import threading
 from collections.abc import Callable
@@ -32,6 +34,7 @@ class ExactWorld(FakeWorld, values="exact"):
         # kept for reports.
         self._local = threading.local()
         self._labels: dict[str, str] = {}
+        self._stop: Callable[[int, BaseException], None] | None = None  # set by runner.run for its length
 
     __init__.__signature__ = FakeWorld.__init__.__signature__  # type: ignore[attr-defined]
 
@@ -105,8 +108,55 @@ class ExactWorld(FakeWorld, values="exact"):
     def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
         """An exact world runs torch's own object collectives: every rank has
         its objects. A thread started in a rank's program acts as that rank
-        (NOTE [Threads a rank starts])."""
-        return [(threading.Thread, {"start": self._thread_start()})]
+        (NOTE [Threads a rank starts]); a rank's ``init_process_group`` finds
+        the world's group (``_init_process_group``)."""
+        import torch.distributed as dist
+        import torch.distributed.distributed_c10d as c10d
+
+        init = {"init_process_group": self._init_process_group(c10d.init_process_group)}
+        return [(threading.Thread, {"start": self._thread_start()}), (dist, init), (c10d, init)]
+
+    def _init_process_group(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """``init_process_group`` while the world is up. Each rank's program
+        starts with its default group made, as the world's own; a harness that
+        sets up its group itself (torch's ``MultiProcessTestCase``,
+        ``DTensorTestBase.init_pg``, a test's own call) is served by it: a
+        call that agrees with the world (its size and this rank, or neither
+        given) returns, and after the rank destroyed its default group makes
+        it again, on this world's backend and store, whatever backend, store or
+        init method the call names. Outside a rank's program, torch's own."""
+        world = self
+
+        @functools.wraps(original)
+        def init_process_group(*args: Any, **kwargs: Any) -> None:
+            import torch.distributed as dist
+
+            rank = getattr(world._local, "rank", None)
+            if rank is None:
+                return original(*args, **kwargs)
+            bound = inspect.signature(original).bind_partial(*args, **kwargs).arguments
+            size, asked = bound.get("world_size", -1), bound.get("rank", -1)
+            if size not in (-1, world.world_size) or asked not in (-1, rank):
+                raise ValueError(
+                    f"init_process_group(world_size={size}, rank={asked}) in rank {rank}'s program of an exact "
+                    f"fake world of {world.world_size}: the world's group is this rank's; give world_size="
+                    f"{world.world_size} and rank={rank}, or neither"
+                )
+            if dist.is_initialized():
+                return None
+            timeout = bound.get("timeout")
+            return original(backend="fakepg", rank=rank, world_size=world.world_size, store=world._store,
+                            **({"timeout": timeout} if timeout is not None else {}))
+
+        return init_process_group
+
+    def _stop_run(self, exc: BaseException) -> None:
+        """End the run as if the running rank had raised ``exc``: the other
+        ranks are stopped, while this rank's program goes on (to clean up, as
+        a failing process does before it exits). How a unittest result that
+        records a failure stops the world (``testcase.py``)."""
+        if self._stop is not None:
+            self._stop(self.rank, exc)
 
     def _thread_start(self) -> Callable[[threading.Thread], None]:
         """NOTE [Threads a rank starts]

@@ -29,17 +29,30 @@ class PerRank:
         return f"<{self.name}: one per rank, given to the test body of an exact world>"
 
 
+def is_testcase(item: pytest.Item) -> bool:
+    """Whether ``item`` is a unittest.TestCase method."""
+    cls = getattr(item, "cls", None)
+    return cls is not None and issubclass(cls, unittest.TestCase)
+
+
 def check_item(item: pytest.Item) -> None:
     """An exact world runs the test function once per rank; fixtures run once,
     outside every rank, so none may take a per-rank fixture (the plugin's
-    own, defined in this package's __init__, know what they give)."""
-    cls = getattr(item, "cls", None)
-    if not isinstance(item, pytest.Function) or (cls is not None and issubclass(cls, unittest.TestCase)):
+    own, defined in this package's __init__, know what they give). A
+    unittest.TestCase method takes no fixtures; its class must not be one of
+    torch's harness classes, which start processes of their own."""
+    if not isinstance(item, pytest.Function):
         pytest.fail(
-            f"values='exact' runs a test function once per rank; {item.name} is not a plain "
-            f"test function (a unittest.TestCase method?) [invalid @pytest.mark.{MARKER}(...)]",
+            f"values='exact' runs a test function once per rank; {item.name} is not a test function "
+            f"[invalid @pytest.mark.{MARKER}(...)]",
             pytrace=False,
         )
+    if is_testcase(item):
+        from ..exact import testcase
+
+        if testcase.is_torch_harness(item.cls):  # type: ignore[arg-type]
+            pytest.fail(testcase.harness_error(item.cls), pytrace=False)  # type: ignore[arg-type]
+        return
     for name, defs in item._fixtureinfo.name2fixturedefs.items():
         fixture = defs[-1]
         if getattr(fixture.func, "__module__", None) == __package__:
@@ -69,3 +82,18 @@ def call(item: pytest.Function, world: FakeWorld) -> None:
         item.obj(**kwargs)
 
     world.run(program)
+
+
+def call_testcase(item: pytest.Function, world: FakeWorld) -> None:
+    """Run a unittest.TestCase method as every rank's program of ``world``:
+    each rank runs setUp, the method and tearDown on its own instance
+    (``testcase.run_test_method``); the outcome is pytest's."""
+    __tracebackhide__ = True
+    from ..exact import testcase
+
+    try:
+        testcase.run_test_method(world, item.cls, item.name)  # type: ignore[arg-type]
+    except unittest.SkipTest as exc:
+        raise pytest.skip.Exception(str(exc), _use_item_location=True) from None
+    except testcase.ExpectedFailure as exc:
+        raise pytest.xfail.Exception(str(exc)) from None

@@ -3,6 +3,7 @@ with the leaks and unfired faults it left reported."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,8 @@ def bring_up(item: pytest.Item, case: Case) -> FakeWorld:
         load_backend(item.config)
     world = FakeWorld(spec).start()
     item.stash[WORLD] = world
+    if world.exact and exact.is_testcase(item):  # pytest runs it through unittest: run it per rank instead
+        item.runtest = functools.partial(exact.call_testcase, item, world)  # type: ignore[method-assign]
     try:
         if SWEEP in item.stash:
             world.record_call_sites()
@@ -84,6 +87,7 @@ def take_down(item: pytest.Item, world: FakeWorld) -> None:
         unfired = world.unfired_faults()
     finally:
         del item.stash[WORLD]
+        vars(item).pop("runtest", None)
         world.stop()
     if unfired:
         message = f"{item.nodeid}: " + "; ".join(unfired)
