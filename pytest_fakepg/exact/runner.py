@@ -3,7 +3,7 @@
 NOTE [Exact worlds] (csrc/exact.cpp) says how collectives meet; NOTE [The
 baton] (csrc/exact.hpp) how ranks take turns. This module starts the rank
 threads, gives each rank the per-process state a separate process would have
-(the RNG streams, DTensor's RNG tracker) at each switch, and turns the way a
+(its RNG streams, and NOTE [Per-rank process state]) at each switch, and turns the way a
 run ended into one error: the first rank's exception, or a deadlock report.
 """
 
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .. import _compat
+from . import process_state
 from ..errors import FakeWorldDeadlock
 
 
@@ -43,45 +44,25 @@ class Ranks(Protocol):
     _stop: Callable[[int, BaseException], None] | None
 
 
-class _RankState:
-    """What a separate process would keep to itself, is process-wide here, and
-    is kept in Python: torch's CUDA generators (once initialised), DTensor's
-    RNG tracker and its redistribute caches (NOTE [compat: redistribute
-    caches]). Captured when a rank stops running, loaded for the next. The
-    CPU generator is swapped by the scheduler itself (NOTE [The baton])."""
+class _CudaRng:
+    """What a separate process would keep to itself and torch keeps neither
+    per thread nor in module-level Python state (NOTE [Per-rank process
+    state] covers that): its CUDA generators, once initialised. Captured
+    when a rank stops running, loaded for the next. The CPU generator is
+    swapped by the scheduler itself (NOTE [The baton])."""
 
-    __slots__ = ("cuda", "tracker", "redistribute")
+    __slots__ = ("cuda",)
 
     def __init__(self) -> None:
         import torch
 
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self.tracker = _compat.dtensor.dtensor_rng_tracker()
-        self.redistribute = _compat.dtensor.redistribute_caches()
-
-    def for_a_rank(self) -> _RankState:
-        """This state with empty redistribute caches of its own: a rank's
-        first, before it ever ran."""
-        state = _RankState.__new__(_RankState)
-        state.cuda, state.tracker = self.cuda, self.tracker
-        state.redistribute = _FRESH
-        return state
 
     def restore(self) -> None:
         import torch
 
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
-        _compat.dtensor.set_dtensor_rng_tracker(self.tracker)
-        if self.redistribute is _FRESH:  # made once DTensor is loaded
-            self.redistribute = _compat.dtensor.redistribute_caches(fresh=True) or _FRESH
-        elif self.redistribute is None:  # the caller's, from before DTensor was loaded
-            self.redistribute = _compat.dtensor.torchs_redistribute_caches()
-        if self.redistribute is not _FRESH:
-            _compat.dtensor.set_redistribute_caches(self.redistribute)
-
-
-_FRESH = object()  # a rank's redistribute caches, not made yet
 
 
 class _PythonRandom:
@@ -203,8 +184,9 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
         import torch
 
         torch.cuda.init()  # so every rank's CUDA generator is saved from the start
-    entry = _RankState()
-    states = [entry.for_a_rank() for _ in range(n)]  # every rank starts where the caller's streams are
+    entry = _CudaRng()
+    states = [entry] * n  # every rank starts where the caller's streams are
+    views = process_state.RankViews(n)
     excepthook = sys.excepthook  # torch's init_process_group, where it makes a rank's group, wraps it
     python_random = _PythonRandom(n)
     results: list[Any] = [None] * n
@@ -213,8 +195,10 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
 
     def switch(old: int, new: int) -> None:
         if old >= 0:
-            states[old] = _RankState()
+            states[old] = _CudaRng()
+            views.leave(old)
         states[new].restore()
+        views.enter(new)
         python_random.load(new)
         world._switch_to(new)
 
@@ -254,6 +238,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
     world._stop = stop
     try:
         states[0].restore()
+        views.enter(0)
         python_random.load(0)
         world._switch_to(0)
         with _as_rank_thread(context):
@@ -271,6 +256,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
         native.set_switch_hook(None)
         native.restore_caller_rng()
         entry.restore()
+        views.finish()
         python_random.restore()
         sys.excepthook = excepthook
     if native.deadlocked():
