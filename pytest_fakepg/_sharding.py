@@ -1,5 +1,7 @@
-"""DTensor's sharding decisions, kept across worlds: see NOTE [Sharding
-decisions across worlds]. The propagator's private parts come through
+"""DTensor's planning, shared: its sharding decisions across worlds and
+ranks (NOTE [Sharding decisions across worlds]), its redistribute plans
+across the ranks of a world, both where they cannot differ between ranks
+(NOTE [Sharing rank-free work]). The private parts come through
 ``_compat.dtensor``."""
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ def share_sharding_decisions() -> Any:
     meshes, whose groups die with it), so each test and each rank of an exact
     world decided everything afresh. While a world is up, decisions go through
     ``_SHARED`` instead: kept across worlds and threads, keyed by the schema
-    and the caller's coordinate on the mesh (some decisions compute this
-    rank's local shape), and handed out with the caller's own mesh in place of
+    (and, where shards are uneven, the caller's coordinate: NOTE [Sharing
+    rank-free work]), and handed out with the caller's own mesh in place of
     the one they were made with. DeviceMesh equality ignores the rank and the
     groups, so a later world's equal mesh finds them. Returns what
     ``unshare_sharding_decisions`` needs; None when DTensor is not loaded
@@ -54,6 +56,136 @@ def unshare_sharding_decisions(saved: Any) -> None:
     _SHARED.detach_fresh()
 
 
+def rank_part(mesh: Any, specs: Any) -> Any:
+    """NOTE [Sharing rank-free work]
+    DTensor's planning (sharding decisions, redistribute plans) reads the
+    rank only through the mesh coordinate, to size this rank's shard of an
+    uneven split. When every dimension of every DTensor involved is a
+    multiple of the mesh's size, every split along any mesh dimensions, one
+    after another, is even: each rank's shard has the same size, and the
+    plan is the same on every rank. Such work is done once and shared by
+    every rank of an exact world (and by later worlds, for decisions);
+    otherwise it is keyed by the caller's coordinate as well. This is the
+    part of a key that says which: None, or the coordinate (("outside",)
+    for a rank not in the mesh)."""
+    size = mesh.size()
+    for spec in specs:
+        meta = spec.tensor_meta
+        if meta is None or any(int(dim) % size for dim in meta.shape):
+            coordinate = mesh.get_coordinate()
+            return ("outside",) if coordinate is None else tuple(coordinate)
+    return None
+
+
+def _specs(obj: Any, spec_type: type) -> Any:
+    """Every DTensorSpec in ``obj`` (nested tuples, lists and dicts)."""
+    if isinstance(obj, spec_type):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _specs(item, spec_type)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _specs(item, spec_type)
+
+
+def share_transform_plans() -> Any:
+    """Redistribute plans (``_gen_transform_infos_non_cached``: which
+    collective on which mesh dimension, 2.11-2.15.0), the bulk of planning
+    when the graph-based planner searches, are shared by the ranks of the
+    world while it is up: keyed by both specs, the planner's choice, the
+    flags of its module (the names its functions rebind, as
+    ``use_min_cost_redistribution_plan`` does) and ``rank_part``. torch's
+    cache in front of it is per rank (NOTE [Per-rank process state]). A plan
+    that holds a mesh (a flattened one) is not shared. Returns what
+    ``unshare_transform_plans`` needs; None when DTensor is not loaded."""
+    parts = dtensor.transform_planner()
+    if parts is None:
+        return None
+    module, plan, mesh_type = parts
+    from .exact.process_state import module_flags
+
+    flags = module_flags(module)
+    space = vars(module)
+    plans: dict[Any, Any] = {}
+
+    @functools.wraps(plan)
+    def shared(src_spec: Any, dst_spec: Any, use_graph_based_transform: Any = None) -> Any:
+        mesh = src_spec.device_mesh
+        try:
+            key = (src_spec, dst_spec, use_graph_based_transform, tuple(space.get(n) for n in flags),
+                   rank_part(mesh, (src_spec, dst_spec)))
+            found = plans.get(key)
+        except TypeError:  # unhashable (symbolic shapes)
+            return plan(src_spec, dst_spec, use_graph_based_transform)
+        if found is not None:
+            return list(found)
+        infos = plan(src_spec, dst_spec, use_graph_based_transform)
+        if not any(isinstance(value, mesh_type) for info in infos for value in _fields(info)):
+            plans[key] = tuple(infos)
+        return infos
+
+    space[_PLAN] = shared
+    return (module, plan, shared, plans), _share_min_cost_paths()
+
+
+def unshare_transform_plans(saved: Any) -> None:
+    """torch's planner back, and the plans (which hold the world's meshes) gone."""
+    if saved is None:
+        return
+    (module, plan, shared, plans), paths = saved
+    plans.clear()
+    if vars(module).get(_PLAN) is shared:
+        vars(module)[_PLAN] = plan
+    if paths is not None:
+        planner, search, shared_search, found = paths
+        found.clear()
+        if vars(planner).get(_SEARCH) is shared_search:
+            setattr(planner, _SEARCH, search)
+
+
+def _share_min_cost_paths() -> Any:
+    """The graph-based planner's search (``DTensorRedistributePlanner.
+    find_min_cost_path``, 2.11-2.15.0: Dijkstra over placements, costed from
+    global shapes and the mesh's topology) is rank-free even where the plan
+    is not: only the logical shapes it annotates the path with afterwards
+    read the coordinate. Paths are shared by the ranks of the world, keyed by
+    the planner's mesh, tensor metadata, targets, cost function and both
+    states."""
+    planner = dtensor.redistribute_planner_class()
+    if planner is None:
+        return None
+    search = vars(planner)[_SEARCH]
+    found: dict[Any, Any] = {}
+
+    @functools.wraps(search)
+    def shared(self: Any, src_state: Any, dst_state: Any) -> Any:
+        try:
+            key = (self.device_mesh, self.dtensor_meta, frozenset(self.strided_shard_placements_in_target),
+                   frozenset(self.partial_reduce_ops_in_target), getattr(self.cost_function, "__code__", None),
+                   src_state, dst_state)
+            path = found.get(key)
+        except (AttributeError, TypeError):  # a planner of another make, or unhashable (symbolic shapes)
+            return search(self, src_state, dst_state)
+        if path is None:
+            path = found[key] = tuple(search(self, src_state, dst_state))
+        return list(path)
+
+    setattr(planner, _SEARCH, shared)
+    return planner, search, shared, found
+
+
+# What the two functions above replace while a world is up.
+_PLAN, _SEARCH = "_gen_transform_infos_non_cached", "find_min_cost_path"
+
+
+def _fields(info: Any) -> list[Any]:
+    import dataclasses
+
+    return [getattr(info, f.name, None) for f in dataclasses.fields(info)] if dataclasses.is_dataclass(info) \
+        else list(vars(info).values()) if hasattr(info, "__dict__") else []
+
+
 class _SharedShardingDecisions:
     """The decisions behind ``share_sharding_decisions``."""
 
@@ -77,8 +209,7 @@ class _SharedShardingDecisions:
             mesh = _first_mesh((op_schema.args_schema, op_schema.kwargs_schema), spec)
             if mesh is None or tracing():
                 return decide(op_schema)
-            coordinate = mesh.get_coordinate()
-            key = (op_schema, None if coordinate is None else tuple(coordinate))
+            key = (op_schema, rank_part(mesh, _specs((op_schema.args_schema, op_schema.kwargs_schema), spec)))
             # The op's rules as they are now: register_sharding may replace them.
             rules = [table.get(op_schema.op) for table in tables]
             try:

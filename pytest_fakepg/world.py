@@ -494,6 +494,7 @@ class FakeWorld:
             self._bring_up_groups()
             self._install_patches()
             self._saved["sharding"] = _sharding.share_sharding_decisions()
+            self._saved["plans"] = _sharding.share_transform_plans()
             for fault in spec.faults if spec.backend == "fakepg" else ():
                 self._arm(fault)
             if spec.tensors == "fake":
@@ -633,6 +634,7 @@ class FakeWorld:
                 _compat.c10d.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
             self._remove_patches(saved.get("patches", []))
             _sharding.unshare_sharding_decisions(saved.get("sharding"))
+            _sharding.unshare_transform_plans(saved.get("plans"))
             _compat.device_mesh.clear_mesh_registries()
             _compat.dtensor.clear_dtensor_state()
             if _compat.dynamo.dynamo_frames() != saved["dynamo_frames"]:

@@ -148,3 +148,40 @@ def test_cached_redistribute_plans_are_the_ranks_own_however_imported() -> None:
     got = exact(4, program)
     # mesh dim 1 splits this rank's rows of mesh dim 0: 3 rows for row 0, 2 for row 1
     assert got == [(row, [[(3 if row == 0 else 2, 4)]] * 2) for row in (0, 0, 1, 1)]
+
+
+def test_rank_free_planning_is_done_once_for_every_rank(monkeypatch) -> None:
+    """NOTE [Sharing rank-free work]: with even shards every rank's plan is
+    the same, so the ranks of a world share one; with uneven shards each
+    rank's plan has its own logical shapes, while the graph search behind it
+    (costed from global shapes) is still shared. Values are right either way."""
+    from torch.distributed.tensor import _redistribute
+    from torch.distributed.tensor._redistribute import use_min_cost_redistribution_plan
+
+    plans, searches = [], []
+    plan = _redistribute._gen_transform_infos_non_cached
+    search = _redistribute.DTensorRedistributePlanner.find_min_cost_path
+
+    def counted(calls, fn):
+        return lambda *args: calls.append(dist.get_rank()) or fn(*args)
+
+    monkeypatch.setattr(_redistribute, "_gen_transform_infos_non_cached", counted(plans, plan))
+    monkeypatch.setattr(_redistribute.DTensorRedistributePlanner, "find_min_cost_path", counted(searches, search))
+
+    def program(rows):
+        def run():
+            mesh = dist.device_mesh.init_device_mesh("cpu", (2, 2, 2))
+            full = torch.arange(rows * 8.0).reshape(rows, 8)
+            with use_min_cost_redistribution_plan():
+                moved = distribute_tensor(full, mesh, [Shard(0), Shard(0), Shard(1)]).redistribute(
+                    mesh, [Replicate(), Shard(1), Shard(0)])
+            return torch.equal(moved.full_tensor(), full)
+        return run
+
+    assert exact(8, program(16)) == [True] * 8  # 16 rows: even on 8 ranks
+    # two plans (the redistribute, then full_tensor's), one graph search: for all 8 ranks
+    assert (len(plans), len(searches)) == (2, 1)
+    plans.clear()
+    searches.clear()
+    assert exact(8, program(13)) == [True] * 8  # uneven: each rank plans, one search
+    assert (len(plans), len(searches)) == (16, 1)

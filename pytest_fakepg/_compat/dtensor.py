@@ -64,3 +64,28 @@ def sharding_propagator() -> tuple[Any, Any, Any, Any, type] | None:
         return None
     return propagator, decide, cached, tracing, spec
 
+
+
+def transform_planner() -> tuple[Any, Any, type] | None:
+    """``tensor._redistribute`` (the module), its
+    ``_gen_transform_infos_non_cached`` (which ``_gen_transform_infos``'s
+    cache and ``redistribute_local_tensor`` call by module global) and
+    DeviceMesh, 2.11-2.15.0. None when the module is not loaded or lacks it."""
+    module = sys.modules.get("torch.distributed.tensor._redistribute")
+    plan = getattr(module, "_gen_transform_infos_non_cached", None)
+    mesh = getattr(sys.modules.get("torch.distributed.device_mesh"), "DeviceMesh", None)
+    if plan is None or mesh is None:
+        return None
+    return module, plan, mesh
+
+
+def redistribute_planner_class() -> type | None:
+    """``tensor._redistribute.DTensorRedistributePlanner`` when it defines
+    ``find_min_cost_path`` itself and its instances keep ``device_mesh``,
+    ``dtensor_meta``, ``strided_shard_placements_in_target``,
+    ``partial_reduce_ops_in_target`` and ``cost_function`` (2.13-2.15.0; 2.11
+    has no graph-based planner), else None."""
+    planner = getattr(sys.modules.get("torch.distributed.tensor._redistribute"), "DTensorRedistributePlanner", None)
+    if planner is None or "find_min_cost_path" not in vars(planner):
+        return None
+    return planner

@@ -130,6 +130,11 @@ def _written(module: types.ModuleType) -> tuple[set[str], set[str]]:
     return rebound, mutated
 
 
+def module_flags(module: types.ModuleType) -> tuple[str, ...]:
+    """The module-level names ``module``'s functions rebind: its flags."""
+    return tuple(sorted(_CELLS.written(module)[0]))
+
+
 def _singleton(value: Any) -> bool:
     """An object of torch.distributed's own class whose attributes are state."""
     kind = type(value)
@@ -152,6 +157,12 @@ class _Cells:
         self.caches: list[Any] = []
         self.modules = 0  # len(sys.modules) when found: a new module is looked at next run
         self.scanned: dict[str, tuple[set[str], set[str]]] = {}
+
+    def written(self, module: types.ModuleType) -> tuple[set[str], set[str]]:
+        found = self.scanned.get(module.__name__)
+        if found is None:
+            found = self.scanned[module.__name__] = _written(module)
+        return found
 
     def refresh(self) -> None:
         if len(sys.modules) == self.modules:
@@ -190,9 +201,7 @@ class _Cells:
         for name, module in list(sys.modules.items()):
             if module is None or not _tracked(name):
                 continue
-            if name not in self.scanned:
-                self.scanned[name] = _written(module)
-            rebound, mutated = self.scanned[name]
+            rebound, mutated = self.written(module)
             space = vars(module)
             for attr in rebound:
                 if attr not in shared.get(name, ()):
