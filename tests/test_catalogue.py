@@ -138,11 +138,19 @@ MISUSE = [
          "instead."),
      "@pytest.fixture\ndef mine(rank):\n    return rank\n@pytest.mark.fake_world(2, values='exact')\n"
      "def test_it(mine):\n    pass\n", [], {"errors": 1}),
-    (Row("an exact world on a unittest.TestCase", "fake_world(2, values='exact') on a TestCase method",
-         "values='exact' runs a test function once per rank; test_it is not a plain test function (a "
-         "unittest.TestCase method?) [invalid @pytest.mark.fake_world(...)]"),
-     "import unittest\nclass T(unittest.TestCase):\n    @pytest.mark.fake_world(2, values='exact')\n"
-     "    def test_it(self):\n        pass\n", [], {"errors": 1}),
+    (Row("an exact world on a torch harness class", "fake_world(2, values='exact') on a MultiProcessTestCase",
+         "T is built on torch's MultiProcessTestCase, which starts a process (or thread) per rank itself; run it "
+         "in exact worlds with pytest_fakepg.create_exact_test_class(T), or with pytest_fakepg.ExactTestCase "
+         "first among its bases, instead of @pytest.mark.fake_world(..., values='exact')"),
+     "from torch.testing._internal.common_distributed import MultiProcessTestCase\n"
+     "@pytest.mark.fake_world(2, values='exact')\nclass T(MultiProcessTestCase):\n"
+     "    def test_it(self):\n        pass\n", ["-W", "ignore::ImportWarning"], {"errors": 1}),
+    (Row("a rank's own init_process_group that disagrees", "init_process_group(world_size=3) in fake_world(2, "
+         "values='exact')",
+         "init_process_group(world_size=3, rank=0) in rank 0's program of an exact fake world of 2: the world's "
+         "group is this rank's; give world_size=2 and rank=0, or neither"),
+     "import torch.distributed as dist\n@pytest.mark.fake_world(2, values='exact')\ndef test_it():\n"
+     "    dist.init_process_group('gloo', rank=0, world_size=3)\n", [], {"failed": 1}),
     (Row("a per-rank attribute outside the ranks", "world.rank of an exact world in a fixture",
          "FakeWorld.rank differs per rank in an exact world (values='exact') and is only available inside a "
          "rank's program (the test body, or a function given to FakeWorld.run), not in fixtures or outside run()"),
