@@ -9,8 +9,10 @@ timing plugin: setup + call + teardown per test):
 * LocalTensor: ``create_local_tensor_test_class(cls)`` (torch's one-process way);
 * exact: ``pytest_fakepg.create_exact_test_class(cls)``.
 
-Reported: the median per test and the total of the class, with each harness's
-ratio to exact measured in the same command.
+and a class of planning-heavy tests at 8 ranks (every placement pair of a
+3-D mesh; graph-based plans, even and uneven shapes) under LocalTensor and
+exact. Reported: the median per test and the total of the class, with each
+harness's ratio to exact measured in the same command.
 
     python benchmarks/bench_unittest.py [--rounds 3] [--skip-mp]
 """
@@ -21,7 +23,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -107,6 +108,56 @@ class Representative(DTensorTestBase):
         self.assertEqual(torch.softmax(sharded, dim=0).full_tensor(), torch.softmax(full, dim=0))
 '''
 
+PLANNING = '''
+
+class Planning(DTensorTestBase):
+    """Planning-heavy bodies at 8 ranks: every placement pair of a 3-D mesh,
+    and graph-based (min-cost) plans with even and uneven shapes."""
+
+    @property
+    def world_size(self):
+        return 8
+
+    @with_comms
+    def test_every_placement_pair_3d(self):
+        import itertools
+
+        mesh = init_device_mesh(self.device_type, (2, 2, 2))
+        full = torch.arange(64.0).reshape(8, 8)
+        combos = list(itertools.product([Replicate(), Shard(0), Shard(1)], repeat=3))
+        for src in combos:
+            sharded = distribute_tensor(full, mesh, src)
+            for dst in combos[::3]:
+                self.assertEqual(sharded.redistribute(mesh, dst).full_tensor(), full)
+
+    def _min_cost_plans(self, shape):
+        import itertools
+        from torch.distributed.tensor._redistribute import use_min_cost_redistribution_plan
+
+        mesh = init_device_mesh(self.device_type, (2, 2, 2))
+        full = torch.arange(shape[0] * shape[1] * 1.0).reshape(shape)
+        combos = list(itertools.product([Replicate(), Shard(0), Shard(1)], repeat=3))
+        with use_min_cost_redistribution_plan():
+            for src in combos[::2]:
+                sharded = distribute_tensor(full, mesh, src)
+                for dst in combos[::5]:
+                    self.assertEqual(sharded.redistribute(mesh, dst).full_tensor(), full)
+
+    @with_comms
+    def test_min_cost_plans_even(self):
+        self._min_cost_plans((16, 8))
+
+    @with_comms
+    def test_min_cost_plans_uneven(self):
+        self._min_cost_plans((12, 10))
+'''
+
+PLANNING_HARNESSES = {
+    "LocalTensor (create_local_tensor_test_class)":
+        "PlanningWithLocalTensor = create_local_tensor_test_class(Planning)\ndel Planning\n",
+    "exact (create_exact_test_class)": "PlanningExact = create_exact_test_class(Planning)\ndel Planning\n",
+}
+
 HARNESSES = {
     "processes (MultiProcessTestCase, gloo)": "",
     "LocalTensor (create_local_tensor_test_class)":
@@ -116,15 +167,21 @@ HARNESSES = {
 TESTS = CLASS.count("    def test_")
 
 
-def run(harness: str, rounds: int, workdir: Path) -> list[float]:
-    """Per-test times of ``rounds`` runs of the class under ``harness``."""
-    module = CLASS + "\n" + HARNESSES[harness]
-    bench_pytest.STYLES[harness] = lambda n, ws: module
+def run(module: str, tests: int, rounds: int, workdir: Path) -> list[float]:
+    """Per-test times of ``rounds`` runs of ``module`` (one harness's class)."""
+    bench_pytest.STYLES["unittest"] = lambda n, ws: module
     times: list[float] = []
     for _ in range(rounds):
-        got = bench_pytest.run_style(harness, TESTS, 4, workdir)
-        times.extend(got)
+        times.extend(bench_pytest.run_style("unittest", tests, 4, workdir))
     return times
+
+
+def table(title: str, rows: list[tuple[str, float, float]]) -> str:
+    exact = rows[-1]
+    text = f"| {title} | median per test | class total | ratio to exact |\n|---|---:|---:|---:|\n"
+    for harness, median_ms, total in rows:
+        text += f"| {harness} | {median_ms:.1f} ms | {total:.2f} s | {total / exact[2]:.1f}x |\n"
+    return text
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -135,21 +192,22 @@ def main(argv: list[str] | None = None) -> str:
     # Every test counts: run_style drops warm-up tests only past 10.
     workdir = Path(tempfile.mkdtemp(prefix="fakepg-bench-unittest-"))
     rows = []
-    for harness in HARNESSES:
+    for harness, tail in HARNESSES.items():
         if args.skip_mp and harness.startswith("processes"):
             continue
         rounds = 1 if harness.startswith("processes") else args.rounds
-        times = run(harness, rounds, workdir)
+        times = run(CLASS + "\n" + tail, TESTS, rounds, workdir)
         rows.append((harness, statistics.median(times) * 1e3, sum(times) / rounds))
-    exact = rows[-1]
-    table = textwrap.dedent(f"""\
-        | {TESTS} DTensorTestBase tests, world 4 | median per test | class total | ratio to exact |
-        |---|---:|---:|---:|
-    """)
-    for harness, median_ms, total in rows:
-        table += f"| {harness} | {median_ms:.1f} ms | {total:.2f} s | {total / exact[2]:.1f}x |\n"
-    print(table, end="")
-    return table
+    text = table(f"{TESTS} DTensorTestBase tests, world 4", rows) + "\n"
+    rows = []
+    tests = PLANNING.count("    def test_")
+    for harness, tail in PLANNING_HARNESSES.items():
+        times = run(CLASS + PLANNING + "\n" + tail + "del Representative\n",
+                    tests, args.rounds, workdir)
+        rows.append((harness, statistics.median(times) * 1e3, sum(times) / args.rounds))
+    text += table(f"{tests} planning-heavy tests, world 8", rows)
+    print(text, end="")
+    return text
 
 
 if __name__ == "__main__":

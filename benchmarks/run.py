@@ -24,6 +24,7 @@ import bench_exact  # noqa: E402
 import bench_fake_tensors  # noqa: E402
 import bench_pytest  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_unittest  # noqa: E402
 
 
 def main() -> None:
@@ -46,6 +47,8 @@ def main() -> None:
     print("\n### Exact values (values=\"exact\")\n")
     bench_exact.main(["--tests", "100" if args.quick else "150", "--rounds", "2" if args.quick else "3"]
                      + (["--skip-mp"] if args.quick else []))
+    print("\n### unittest suites in exact worlds\n")
+    bench_unittest.main(["--rounds", "1" if args.quick else "3"] + (["--skip-mp"] if args.quick else []))
     print("\n### Will it fit? (tensors=\"fake\", one training step)\n")
     bench_fake_tensors.main(["--plans", "8B-fsdp,8B-fsdp-tp" if args.quick else ",".join(bench_fake_tensors.PLANS)])
     print("\n### Scale\n")

@@ -139,6 +139,56 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // "linux" or "portable": which platform.hpp the module was built with.
   m.def("platform", []() { return std::string(fakepg::platform::name()); });
 
+  // NOTE [Per-rank process state] (exact/process_state.py): the check made
+  // at each switch, without the interpreter. changed_bindings: the indices i
+  // where spaces[i].get(names[i], missing) is not expected[i]. Both lists
+  // are the caller's and are not changed meanwhile (the GIL is held).
+  m.def(
+      "changed_bindings",
+      [](const py::list& spaces,
+         const py::list& names,
+         const py::list& expected,
+         const py::object& missing) {
+        py::list out;
+        const Py_ssize_t n = PyList_GET_SIZE(spaces.ptr());
+        for (Py_ssize_t i = 0; i < n; ++i) {
+          PyObject* value = PyDict_GetItemWithError(
+              PyList_GET_ITEM(spaces.ptr(), i), PyList_GET_ITEM(names.ptr(), i));
+          if (value == nullptr) {
+            if (PyErr_Occurred()) {
+              throw py::error_already_set();
+            }
+            value = missing.ptr();
+          }
+          if (value != PyList_GET_ITEM(expected.ptr(), i)) {
+            out.append(i);
+          }
+        }
+        return out;
+      });
+  // The indices i where containers[i] != expected[i] (dict, set and list
+  // equality: identity first, then ==); one whose == raises counts as
+  // changed, for the caller to look at again.
+  m.def(
+      "changed_containers",
+      [](const py::list& containers, const py::list& expected) {
+        py::list out;
+        const Py_ssize_t n = PyList_GET_SIZE(containers.ptr());
+        for (Py_ssize_t i = 0; i < n; ++i) {
+          const int same = PyObject_RichCompareBool(
+              PyList_GET_ITEM(containers.ptr(), i),
+              PyList_GET_ITEM(expected.ptr(), i),
+              Py_EQ);
+          if (same < 0) {
+            PyErr_Clear();
+          }
+          if (same != 1) {
+            out.append(i);
+          }
+        }
+        return out;
+      });
+
   m.def("op_names", []() {
     std::vector<std::string> names;
     for (int i = 0; i < fakepg::kNumOps; ++i) {

@@ -12,6 +12,13 @@ from typing import Any
 # per-rank c10d state], c10d.py).
 PER_RANK_ELSEWHERE = frozenset({"torch.distributed.distributed_c10d"})
 
+# Packages a rank's program does not run in a fake world: RPC (its agents
+# need real processes), the launcher and elastic agents (they start the
+# processes a fake world replaces), and LocalTensor (another one-process
+# world, with its own per-rank values).
+NOT_IN_A_RANK = ("torch.distributed.rpc", "torch.distributed.elastic", "torch.distributed.launcher",
+                 "torch.distributed._local_tensor")
+
 # Flags that guard a one-time registration in torch's C++ state, which every
 # rank of an exact world shares: a rank that saw it unset would register again.
 SHARED_STATE: dict[str, frozenset[str]] = {

@@ -72,7 +72,8 @@ _MISSING = object()
 
 def _tracked(name: str) -> bool:
     return (name.startswith("torch.distributed.") or name == "torch.nn.modules.module") and \
-        name not in _compat.state.PER_RANK_ELSEWHERE
+        name not in _compat.state.PER_RANK_ELSEWHERE and \
+        not any(name == p or name.startswith(p + ".") for p in _compat.state.NOT_IN_A_RANK)
 
 
 def _functions(module: types.ModuleType) -> list[types.CodeType]:
@@ -148,7 +149,8 @@ def _singleton(value: Any) -> bool:
 
 
 class _Cells:
-    """The state ranks keep to themselves, as found in the loaded modules."""
+    """The state ranks keep to themselves, as found in the loaded modules:
+    each module is read once, when a run first finds it loaded."""
 
     def __init__(self) -> None:
         self.spaces: list[dict[str, Any]] = []  # binding i is self.spaces[i][self.names[i]]
@@ -157,6 +159,8 @@ class _Cells:
         self.caches: list[Any] = []
         self.modules = 0  # len(sys.modules) when found: a new module is looked at next run
         self.scanned: dict[str, tuple[set[str], set[str]]] = {}
+        # module name -> (the module, its bindings, containers and caches)
+        self.found: dict[str, tuple[types.ModuleType, list[tuple[dict[str, Any], str]], list[Any], list[Any]]] = {}
 
     def written(self, module: types.ModuleType) -> tuple[set[str], set[str]]:
         found = self.scanned.get(module.__name__)
@@ -168,60 +172,69 @@ class _Cells:
         if len(sys.modules) == self.modules:
             return
         self.modules = len(sys.modules)
-        shared = _compat.state.SHARED_STATE
-        rank_free = _compat.state.rank_free_caches()
-        spaces, names, containers, caches = [], [], [], []
-        seen: set[int] = set()
-
-        def bind(space: dict[str, Any], name: str) -> None:
-            spaces.append(space)
-            names.append(name)
-
-        def hold(container: Any) -> None:
-            if id(container) not in seen:
-                seen.add(id(container))
-                containers.append(container)
-
-        def singleton(obj: Any) -> None:
-            if id(obj) in seen:
-                return
-            seen.add(id(obj))
-            space = vars(obj)
-            for name, value in space.items():
-                bind(space, name)
-                if isinstance(value, _CONTAINERS) and len(value) <= _SMALL:
-                    hold(value)
-
-        def cache(fn: Any) -> None:
-            fn = getattr(fn, "__func__", fn)
-            if callable(getattr(fn, "cache_clear", None)) and id(fn) not in seen and fn not in rank_free:
-                seen.add(id(fn))
-                caches.append(fn)
-
+        rank_free: list[Any] | None = None
         for name, module in list(sys.modules.items()):
             if module is None or not _tracked(name):
                 continue
-            rebound, mutated = self.written(module)
-            space = vars(module)
-            for attr in rebound:
-                if attr not in shared.get(name, ()):
-                    bind(space, attr)
-            for attr in mutated:
-                value = space.get(attr)
-                if isinstance(value, _CONTAINERS) and len(value) <= _SMALL and attr not in shared.get(name, ()):
-                    hold(value)
-            for value in list(space.values()):
-                if isinstance(value, type) and value.__module__ == name:
-                    for attr in list(vars(value).values()):
-                        if _singleton(attr):
-                            singleton(attr)
-                        else:
-                            cache(attr)
-                elif _singleton(value):
-                    singleton(value)
-                elif getattr(value, "__module__", None) == name:
-                    cache(value)
+            known = self.found.get(name)
+            if known is None or known[0] is not module:
+                if rank_free is None:
+                    rank_free = _compat.state.rank_free_caches()
+                self.found[name] = (module, *self._read(name, module, rank_free))
+        spaces, names, containers, caches = [], [], [], []
+        seen: set[tuple[int, str]] = set()
+        held: set[int] = set()
+        for _, bindings, holds, cached in self.found.values():
+            for space, attr in bindings:
+                if (id(space), attr) not in seen:  # a singleton re-exported by another module
+                    seen.add((id(space), attr))
+                    spaces.append(space)
+                    names.append(attr)
+            for obj in (*holds, *cached):
+                if id(obj) not in held:
+                    held.add(id(obj))
+                    (containers if isinstance(obj, _CONTAINERS) else caches).append(obj)
         self.spaces, self.names, self.containers, self.caches = spaces, names, containers, caches
+
+    def _read(self, name: str, module: types.ModuleType,
+              rank_free: list[Any]) -> tuple[list[tuple[dict[str, Any], str]], list[Any], list[Any]]:
+        """``module``'s bindings, containers and caches (see the NOTE)."""
+        shared = _compat.state.SHARED_STATE.get(name, frozenset())
+        bindings: list[tuple[dict[str, Any], str]] = []
+        containers: list[Any] = []
+        caches: list[Any] = []
+
+        def singleton(obj: Any) -> None:
+            space = vars(obj)
+            for attr, value in space.items():
+                bindings.append((space, attr))
+                if isinstance(value, _CONTAINERS) and len(value) <= _SMALL:
+                    containers.append(value)
+
+        def cache(fn: Any) -> None:
+            fn = getattr(fn, "__func__", fn)
+            if callable(getattr(fn, "cache_clear", None)) and not any(fn is f for f in rank_free):
+                caches.append(fn)
+
+        rebound, mutated = self.written(module)
+        space = vars(module)
+        bindings.extend((space, attr) for attr in sorted(rebound - shared))
+        for attr in sorted(mutated - shared):
+            value = space.get(attr)
+            if isinstance(value, _CONTAINERS) and len(value) <= _SMALL:
+                containers.append(value)
+        for value in list(space.values()):
+            if isinstance(value, type) and value.__module__ == name:
+                for attr in list(vars(value).values()):
+                    if _singleton(attr):
+                        singleton(attr)
+                    else:
+                        cache(attr)
+            elif _singleton(value):
+                singleton(value)
+            elif getattr(value, "__module__", None) == name:
+                cache(value)
+        return bindings, containers, caches
 
 
 _CELLS = _Cells()
@@ -232,6 +245,10 @@ class RankViews:
     turn ends, ``enter(rank)`` when one starts, ``finish()`` at the end."""
 
     def __init__(self, ranks: int) -> None:
+        from .. import _backend
+
+        native = _backend.load()
+        self._changed_bindings, self._changed = native.changed_bindings, native.changed_containers
         _CELLS.refresh()
         self.spaces, self.names = _CELLS.spaces, _CELLS.names
         self.containers, self.caches = _CELLS.containers, _CELLS.caches
@@ -250,17 +267,16 @@ class RankViews:
         self.running = -1
         for fn in self.caches:
             fn.cache_clear()
+        changed = self._changed_bindings(self.spaces, self.names, self.expected, _MISSING)
+        changed_containers = self._changed_containers()
         own = self.own[rank]
-        bindings, contents = own if own is not None else ({}, {})
-        now = self._bindings()
-        if any(map(operator.is_not, now, self.expected)):
-            for i, (value, expected) in enumerate(zip(now, self.expected)):
-                if value is not expected:
-                    bindings[i] = value
-        for j in self._changed_containers():
-            contents[j] = _copy(self.containers[j])
-        if not bindings and not contents:
+        if not own and not changed and not changed_containers:
             return
+        bindings, contents = own if own is not None else ({}, {})
+        for i in changed:
+            bindings[i] = self.spaces[i].get(self.names[i], _MISSING)
+        for j in changed_containers:
+            contents[j] = _copy(self.containers[j])
         self.own[rank] = (bindings, contents)
         for i in bindings:
             _set(self.spaces[i], self.names[i], self.base[i])
@@ -270,16 +286,12 @@ class RankViews:
             self.expected_contents[j] = self.base_contents[j]
 
     def _changed_containers(self) -> list[int]:
-        try:
-            if not any(map(operator.ne, self.containers, self.expected_contents)):
-                return []
-        except Exception:  # noqa: BLE001 - an element whose == raises (a tensor): look one by one
-            pass
         changed = []
-        for j, (container, expected) in enumerate(zip(self.containers, self.expected_contents)):
+        for j in self._changed(self.containers, self.expected_contents):
+            container, expected = self.containers[j], self.expected_contents[j]
             try:
                 same = container == expected
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - an element whose == raises (a tensor): by identity
                 same = len(container) == len(expected) and all(map(operator.is_, _values(container), _values(expected)))
             if not same:
                 changed.append(j)
@@ -303,9 +315,8 @@ class RankViews:
         """The caller's values in every cell again."""
         if self.running >= 0:
             self.leave(self.running)
-        for i, value in enumerate(self._bindings()):  # a rank's thread after the last switch
-            if value is not self.base[i]:
-                _set(self.spaces[i], self.names[i], self.base[i])
+        for i in self._changed_bindings(self.spaces, self.names, self.base, _MISSING):  # after the last switch
+            _set(self.spaces[i], self.names[i], self.base[i])
         for j in self._changed_containers():
             _fill(self.containers[j], self.base_contents[j])
         for fn in self.caches:
