@@ -2,6 +2,7 @@
 // heavy pybind/torch-python headers are compiled in one translation unit only.
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/DynamicTypes.h>
+#include <torch/csrc/distributed/c10d/Store.hpp>
 #include <torch/csrc/utils/pybind.h>
 
 #include <array>
@@ -257,6 +258,36 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "abort",
           [](WorldState& w, const std::string& reason) {
             w.scheduler()->abort(reason);
+          })
+      // NOTE [Store waits are turns] (exact/store.py): rank `rank` waits,
+      // running the other ranks meanwhile, until `store` (a C++ store: the
+      // world's HashStore) has every key; `what` is what a deadlock report
+      // says it waits for.
+      .def(
+          "wait_for_keys",
+          [](WorldState& w,
+             int rank,
+             const py::object& store,
+             std::vector<std::string> keys,
+             std::string what) {
+            auto inner = c10::intrusive_ptr<::c10d::Store>::reclaim_copy(
+                py::cast<::c10d::Store*>(store));
+            std::exception_ptr stopped;  // raised with the GIL back
+            fakepg::withoutGil([&] {
+              try {
+                w.scheduler()->blockUntil(
+                    rank,
+                    [inner, keys = std::move(keys)] {
+                      return inner->check(keys);
+                    },
+                    std::move(what));
+              } catch (...) {
+                stopped = std::current_exception();
+              }
+            });
+            if (stopped) {
+              std::rethrow_exception(stopped);
+            }
           })
       .def(
           "restore_caller_rng",

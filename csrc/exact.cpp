@@ -105,7 +105,11 @@ void CpuRng::install() const {
 }
 
 Scheduler::Scheduler(int world_size)
-    : n_(world_size), state_(world_size, kNew), waiting_on_(world_size) {}
+    : n_(world_size),
+      state_(world_size, kNew),
+      waiting_on_(world_size),
+      ready_(world_size),
+      waiting_for_(world_size) {}
 
 void Scheduler::wakeAll() {
   for (auto& gate : gates_) {
@@ -137,6 +141,8 @@ void Scheduler::start(std::vector<c10::intrusive_ptr<Gate>> gates) {
   gates_ = std::move(gates);
   std::fill(state_.begin(), state_.end(), kNew);
   std::fill(waiting_on_.begin(), waiting_on_.end(), nullptr);
+  std::fill(ready_.begin(), ready_.end(), nullptr);
+  std::fill(waiting_for_.begin(), waiting_for_.end(), std::string());
   current_ = 0;  // the caller runs rank 0
   ended_ = 0;
   caller_rng_ = CpuRng::current();
@@ -227,15 +233,25 @@ std::vector<std::string> Scheduler::waiting() const {
     return dead_waiting_;
   }
   std::vector<std::string> out;
-  for (auto* w : waiting_on_) {
-    out.push_back(w ? w->what() : std::string());
+  for (int r = 0; r < n_; ++r) {
+    out.push_back(waitingFor(r));
   }
   return out;
 }
 
+std::string Scheduler::waitingFor(int rank) const {
+  return waiting_on_[rank] ? waiting_on_[rank]->what() : waiting_for_[rank];
+}
+
 bool Scheduler::runnable(int rank) const {
-  return state_[rank] == kNew ||
-      (state_[rank] == kBlocked && waiting_on_[rank]->done());
+  if (state_[rank] == kNew) {
+    return true;
+  }
+  if (state_[rank] != kBlocked) {
+    return false;
+  }
+  return waiting_on_[rank] ? waiting_on_[rank]->done()
+                           : (ready_[rank] && ready_[rank]());
 }
 
 int Scheduler::pickNext(int rank) {
@@ -251,8 +267,8 @@ int Scheduler::pickNext(int rank) {
       })) {
     dead_states_.assign(state_.begin(), state_.end());
     dead_waiting_.clear();
-    for (auto* w : waiting_on_) {
-      dead_waiting_.push_back(w ? w->what() : std::string());
+    for (int r = 0; r < n_; ++r) {
+      dead_waiting_.push_back(waitingFor(r));
     }
     aborted_ = deadlocked_ = true;
     reason_ =
@@ -322,6 +338,38 @@ void Scheduler::block(int rank, ExactWork* work) {
   awaitTurn(rank);
   std::lock_guard<std::mutex> lk(mu_);
   waiting_on_[rank] = nullptr;
+  throwIfAborted();
+  state_[rank] = kReady;
+}
+
+void Scheduler::blockUntil(
+    int rank,
+    std::function<bool()> ready,
+    std::string what) {
+  int next;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    throwIfAborted();
+    TORCH_CHECK(
+        current_ == rank,
+        cat("fakepg: rank ",
+            rank,
+            " waited on the store from a thread that is not running it"));
+    if (ready()) {
+      return;
+    }
+    state_[rank] = kBlocked;
+    ready_[rank] = std::move(ready);
+    waiting_for_[rank] = std::move(what);
+    next = pickNext(rank);
+  }
+  if (next != rank) {
+    handTo(rank, next);
+  }
+  awaitTurn(rank);
+  std::lock_guard<std::mutex> lk(mu_);
+  ready_[rank] = nullptr;
+  waiting_for_[rank].clear();
   throwIfAborted();
   state_[rank] = kReady;
 }

@@ -108,6 +108,12 @@ class Scheduler : public c10::intrusive_ptr_target {
   // Wait until `work` completes, running other ranks meanwhile (from inside
   // Work::wait). Throws when the run is stopped.
   void block(int rank, ExactWork* work);
+  // Wait until `ready()` holds, running other ranks meanwhile: a store wait
+  // (NOTE [Store waits are turns], exact/store.py). `ready` is called with
+  // the scheduler's lock held, from whichever thread picks the next rank, so
+  // it must neither take the GIL nor call back into the scheduler; `what`
+  // is what waiting() reports ("op\x1fgroup\x1fsite").
+  void blockUntil(int rank, std::function<bool()> ready, std::string what);
   // At each switch, by the rank that stops running, before the next one
   // wakes, the scheduler saves rank `from`'s CPU generator (from is -1 when
   // that rank finished) and installs `to`'s; each rank starts with the state
@@ -133,6 +139,8 @@ class Scheduler : public c10::intrusive_ptr_target {
 
  private:
   bool runnable(int rank) const;
+  // With mu_ held: what `rank` waits for (waiting()).
+  std::string waitingFor(int rank) const;
   // With mu_ held: the next runnable rank after `rank`; or -1, stopping the
   // run as deadlocked if ranks remain and none can run.
   int pickNext(int rank);
@@ -151,6 +159,9 @@ class Scheduler : public c10::intrusive_ptr_target {
   int ended_ = 0;
   std::vector<State> state_;
   std::vector<ExactWork*> waiting_on_;
+  // A rank waiting in blockUntil(): its condition and what it waits for.
+  std::vector<std::function<bool()>> ready_;
+  std::vector<std::string> waiting_for_;
   bool aborted_ = false;
   bool deadlocked_ = false;
   std::string reason_;

@@ -238,6 +238,7 @@ class FakeWorld:
         self._log: CollectiveLog | None = None
         self._faults: list[Fault] = []
         self._sites: list[str] | None = None
+        self._site: Callable[[], int] | None = None  # the user's line now, as an index into _sites
         self._memory: Memory | None = None
         self._ranks_per_node = 1  # LOCAL_WORLD_SIZE, decided at start (NOTE [torchrun's environment])
         self._saved: dict[str, Any] = {}
@@ -427,7 +428,8 @@ class FakeWorld:
         native = self._live_native("FakeWorld.record_call_sites()")
         if self._sites is None:
             self._sites = []
-            native.set_site_source(_site_source(self._sites))
+            self._site = _site_source(self._sites)
+            native.set_site_source(self._site)
 
     def call_sites(self) -> list[str]:
         """The call sites recorded so far; a raw record's site indexes this."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _backend, _compat, _default_group, records
 from ..records import CollectiveLog
 from ..world import _PER_RANK_ENV, FakeWorld, _init_device_mesh, _new_backend, rank_env
+from .store import exact_store
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -83,6 +84,18 @@ class ExactWorld(FakeWorld, values="exact"):
             )
         return self._local
 
+    def _own_thread_rank(self) -> int | None:
+        """The running rank, on that rank's own thread; else None (outside
+        the ranks, or a thread a rank started)."""
+        local = self._local
+        rank = getattr(local, "rank", None)
+        return rank if rank is not None and getattr(local, "thread", None) == threading.get_ident() else None
+
+    def _site_of_caller(self) -> int:
+        """The user's line calling into the package now, as an index into
+        ``call_sites()`` (-1 if none is recorded)."""
+        return self._site() if self._site is not None else -1
+
     def _fault_ranks(self) -> list[int]:
         """The running rank inside its program, else each rank (with its own
         call count, as in a real world where every process arms its own)."""
@@ -101,6 +114,7 @@ class ExactWorld(FakeWorld, values="exact"):
     def _bring_up_groups(self) -> None:
         """No group in this thread; each rank makes its own in run()."""
         spec = self.spec
+        self._store = exact_store(self)  # NOTE [Store waits are turns]
         self._serve(_backend.load().WorldState("exact", spec.record, spec.world_size))
         self._saved["per_thread"] = _compat.c10d.install_thread_local_world()
         self.record_call_sites()  # a hang is reported with each rank's line
@@ -248,6 +262,7 @@ class ExactWorld(FakeWorld, values="exact"):
         _compat.c10d.set_group_count(first_group)  # every rank names groups alike
         _default_group.init_default_group("fakepg", rank, spec.world_size, self._store, _new_backend)
         local.rank = rank
+        local.thread = threading.get_ident()
         local.pg = _compat.c10d.default_group()
         local.log = CollectiveLog(self._native, rank=rank)
         local.mesh = local.flat_mesh = None
@@ -286,6 +301,9 @@ class ExactWorld(FakeWorld, values="exact"):
             if state == module.RANK_WAITING and waiting:
                 op, group, site = waiting.decode().split("\x1f")
                 where = f" at {sites[int(site)]}" if 0 <= int(site) < len(sites) else ""
+                if not group:  # a store wait (NOTE [Store waits are turns])
+                    lines.append(f"  rank {rank} waits in {op}{where}, for a key no rank sets")
+                    continue
                 label = labels.get(group, "")
                 named = label if label and label != "undefined" else f"'{group}'"
                 lines.append(f"  rank {rank} waits in {op} on group {named}{where}")
