@@ -125,11 +125,38 @@ void Scheduler::awaitTurn(int rank) {
         break;
       }
     }
-    gates_[rank]->wait();
+    // Rank 0 runs on the caller's thread, where Python runs its signal
+    // handlers: NOTE [Signals in exact worlds].
+    if (rank == 0) {
+      if (!gates_[0]->wait(/*interruptible=*/true)) {
+        runSignalHandlers();
+      }
+    } else {
+      gates_[rank]->wait();
+    }
   }
   // The baton may have come back before this thread slept: the hand-over
   // narrowed it all the same (NOTE [Hand-overs stay on one CPU]).
   gates_[rank]->settle();
+}
+
+// NOTE [Signals in exact worlds]
+// Python runs signal handlers (Ctrl-C, pytest-timeout's alarm) on the main
+// thread, between bytecodes. While rank 0 (the caller's thread) waits for its
+// turn, it wakes every tick to run them; one that raises stops the run, and
+// its exception is rank 0's, raised from the call it waited in. The rank
+// holding the baton meanwhile may be running Python that never waits (a loop):
+// the runner raises into its thread (exact/runner.py, stop()).
+void Scheduler::runSignalHandlers() {
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() == 0) {
+    return;
+  }
+  py::error_already_set raised;
+  abort(cat("fakepg: a signal handler raised ",
+            raised.type() ? std::string(py::str(raised.type().attr("__name__"))) : "an error",
+            " in rank 0's thread, which stopped the exact world"));
+  throw raised;
 }
 
 void Scheduler::start(std::vector<c10::intrusive_ptr<Gate>> gates) {

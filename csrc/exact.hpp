@@ -151,6 +151,9 @@ class Scheduler : public c10::intrusive_ptr_target {
   void wakeAll();
   // Without mu_: until it is `rank`'s turn or the run stopped.
   void awaitTurn(int rank);
+  // Without mu_ or the GIL, on rank 0's thread: Python's signal handlers;
+  // one that raised stops the run, and its error is thrown here.
+  void runSignalHandlers();
 
   mutable std::mutex mu_;
   std::vector<c10::intrusive_ptr<Gate>> gates_;

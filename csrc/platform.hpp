@@ -16,6 +16,7 @@
 #define FAKEPG_PLATFORM_LINUX 1
 #include <sched.h>
 #include <semaphore.h>
+#include <ctime>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -59,14 +60,23 @@ class Semaphore {
     sem_post(&sem_);
   }
   // Waits for a post. With `interruptible`, returns false early when a
-  // signal arrives, so the caller can run Python's signal handlers.
+  // signal arrives or a tick (50 ms) passes, so the caller can run Python's
+  // signal handlers: a process-directed signal (pytest-timeout's SIGALRM)
+  // may interrupt another thread, which only flags it for the main one.
   bool wait(bool interruptible) {
-    while (sem_wait(&sem_) != 0) {
-      if (errno == EINTR && interruptible) {
-        return false;
+    if (!interruptible) {
+      while (sem_wait(&sem_) != 0) {
       }
+      return true;
     }
-    return true;
+    timespec until{};
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += 50 * 1000 * 1000;
+    if (until.tv_nsec >= 1000 * 1000 * 1000) {
+      until.tv_sec += 1;
+      until.tv_nsec -= 1000 * 1000 * 1000;
+    }
+    return sem_timedwait(&sem_, &until) == 0;
   }
   bool tryWait() {
     return sem_trywait(&sem_) == 0;

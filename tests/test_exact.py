@@ -578,6 +578,34 @@ def test_a_store_wait_no_rank_answers_is_a_deadlock_naming_the_key() -> None:
         assert world.run(lambda: world.store.add("n", 1)) == [1, 2]
 
 
+def test_pytest_timeout_ends_an_exact_world_and_the_run_goes_on(run_tests) -> None:
+    """NOTE [Signals in exact worlds]: with pytest-timeout's default (signal)
+    method, a rank that loops forever while rank 0 waits for it ends at the
+    test's timeout; the world is torn down and the next test runs."""
+    result = run_tests(
+        """
+        @pytest.mark.timeout(2)
+        @pytest.mark.fake_world(3, values="exact")
+        def test_loops(rank):
+            if rank == 1:
+                while True:
+                    pass
+            dist.barrier()
+
+        @pytest.mark.fake_world(3, values="exact")
+        def test_next(rank):
+            t = torch.ones(1)
+            dist.all_reduce(t)
+            assert t.item() == 3.0
+        """.replace("\n        ", "\n"),
+        "-p", "timeout", "--timeout-method=signal", "--durations=2",
+    )
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*Failed: Timeout (>2.0s) from pytest-timeout*"])
+    durations = [line for line in result.stdout.lines if line.strip().endswith("test_loops[w3-exact]")]
+    assert durations and float(durations[0].split("s")[0]) < 10  # the timeout's 2 s, not the store's 300
+
+
 def test_shape_mismatch_fails_every_rank_with_both_calls() -> None:
     def program() -> None:
         dist.all_reduce(torch.ones(dist.get_rank() + 1))

@@ -10,6 +10,7 @@ run ended into one error: the first rank's exception, or a deadlock report.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import random
 import sys
@@ -135,11 +136,13 @@ class _RankThread:
 
         self.gate = _backend.load().Gate()
         self.job: tuple[Callable[[], None], tuple[bool, Any]] | None = None
+        self.ident = 0  # the thread's, once it runs
         parked = threading.Event()
         threading.Thread(target=self._serve, args=(parked,), name="fakepg-rank", daemon=True).start()
         parked.wait()  # else its first Python would wait out a running rank's switch interval
 
     def _serve(self, parked: threading.Event) -> None:
+        self.ident = threading.get_ident()
         parked.set()
         while True:
             self.gate.wait()
@@ -193,7 +196,11 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
     failures: list[tuple[int, BaseException]] = []
     stopped = threading.Event()
 
+    running = [0]  # the rank holding the baton, as of the last switch
+    caller = threading.get_ident()
+
     def switch(old: int, new: int) -> None:
+        running[0] = new
         if old >= 0:
             states[old] = _CudaRng()
             views.leave(old)
@@ -212,6 +219,20 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
                 f"fakepg: rank {rank} raised {type(exc).__name__}, which {ABORTED} "
                 "(on a cluster the other ranks would hang or be killed)"
             )
+            interrupt_the_running_rank(rank)
+
+    def interrupt_the_running_rank(rank: int) -> None:
+        """NOTE [Signals in exact worlds] (csrc/exact.cpp): a stop that did
+        not come from the rank holding the baton (a signal handler that raised
+        in rank 0's thread while another rank ran) raises RankStopped in that
+        rank's thread, which may be running Python that never waits. It takes
+        effect at the thread's next bytecode (a C call it is in, such as a
+        sleep, ends first)."""
+        holder = running[0]
+        if holder < 0 or holder == rank:
+            return
+        ident = caller if holder == 0 else threads[holder - 1].ident
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(RankStopped))
 
     def body(rank: int) -> None:
         try:
@@ -246,8 +267,10 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
         try:
             while not native.finish():  # a signal: Python's handlers run here
                 pass
-        except BaseException:  # Ctrl-C while the other ranks run: stop them first
+        except BaseException:  # Ctrl-C, a timeout, while the other ranks run: stop them first
+            stopped.set()
             native.abort(f"fakepg: an interrupt {ABORTED}")
+            interrupt_the_running_rank(-1)
             while not native.finish():
                 pass
             raise
@@ -284,6 +307,12 @@ def _set_grad_and_device(context: tuple[bool, Any]) -> None:
         torch.set_grad_enabled(grad)
     if _compat.runtime.default_device() != device:
         torch.set_default_device(device)
+
+
+class RankStopped(BaseException):
+    """Raised into a rank's thread that runs Python while its run was
+    stopped from outside it (NOTE [Signals in exact worlds]). A
+    BaseException, so that a program's ``except Exception`` lets it through."""
 
 
 _CALLER_GATES = threading.local()
