@@ -437,15 +437,29 @@ class FakeWorld:
 
     def group_labels(self) -> dict[str, str]:
         """Group name -> what to call it: the mesh dimension's name for a
-        DeviceMesh group, else its description ("default_pg", ...)."""
+        DeviceMesh group, else its description ("default_pg", ...); a group
+        that is also a dimension of the world's mesh carries both
+        ("default_pg/tp" where a dp1 x tp2 mesh's tp is the whole world)."""
         self._require(None, "group_labels")
-        return self._labels_now()
+        return self._labels_now(self._mesh)
 
     @staticmethod
-    def _labels_now() -> dict[str, str]:
-        """The labels of the groups this thread has now."""
-        return {name: desc[len("mesh_"):] if desc.startswith("mesh_") else desc
-                for name, desc in _compat.c10d.group_descriptions().items()}
+    def _labels_now(mesh: DeviceMesh | None = None) -> dict[str, str]:
+        """The labels of the groups this thread has now, and the names of
+        ``mesh``'s dimensions on the groups they use."""
+        labels = {name: desc[len("mesh_"):] if desc.startswith("mesh_") else desc
+                  for name, desc in _compat.c10d.group_descriptions().items()}
+        for dim in getattr(mesh, "mesh_dim_names", None) or ():
+            try:
+                name = mesh.get_group(dim).group_name  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - a dimension without a group of this rank's
+                continue
+            label = labels.get(name)
+            if label is None or label == "undefined":
+                labels[name] = dim
+            elif dim not in label.split("/"):
+                labels[name] = f"{label}/{dim}"
+        return labels
 
     # -- life cycle -------------------------------------------------------
     def __enter__(self) -> FakeWorld:
@@ -552,7 +566,7 @@ class FakeWorld:
         global _running
         self._native = native
         _running = _Running(native, self.spec.world_size)
-        self._log = CollectiveLog(native, labels=self._labels_now)
+        self._log = CollectiveLog(native, labels=lambda: self._labels_now(self._mesh))
         _compat.c10d.register_stock_fake()
         self._saved["stock_fake"] = _compat.c10d.swap_backend_creator(_STOCK_FAKE, _create_backend)
 

@@ -56,6 +56,21 @@ def test_shape(rank):
                     "cluster this is a size mismatch*")
 
 
+def test_tb_line_shows_a_divergence_once_at_the_test(run_tests: RunTests) -> None:
+    """--tb=line printed the divergence twice, the second copy cut at 50
+    characters (#23, point 6): now once, as pytest shows any failure's line."""
+    result = run_tests("""
+@pytest.mark.fake_world(4, rank="all")
+def test_shape(rank):
+    dist.all_reduce(torch.ones(4 + (rank == 3)))
+""", "--tb=line")
+    result.assert_outcomes(failed=1, passed=3)
+    shown = [line for line in result.stdout.lines if "fake world ranks diverge" in line and "FAILED" not in line]
+    assert len(shown) == 1, shown
+    assert shown[0].startswith("test_it.py:3: fake world ranks diverge: ranks 0 and 3 diverge on group default_pg")
+    assert shown[0].endswith("size mismatch: gloo raises, NCCL hangs or corrupts data")
+
+
 def test_a_dtype_that_differs(run_tests: RunTests) -> None:
     result = run_tests("""
 @pytest.mark.fake_world(2, rank="all")

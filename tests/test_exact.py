@@ -607,12 +607,35 @@ def test_pytest_timeout_ends_an_exact_world_and_the_run_goes_on(run_tests) -> No
 
 
 def test_shape_mismatch_fails_every_rank_with_both_calls() -> None:
+    """Worded as the check across ranks words it (#23, point 5): the group's
+    label, not its number, and each call's line."""
     def program() -> None:
         dist.all_reduce(torch.ones(dist.get_rank() + 1))
 
+    line = program.__code__.co_firstlineno + 1
     with FakeWorld(2, values="exact") as world, pytest.raises(dist.DistBackendError) as info:
         world.run(program)
-    assert "rank 0 all_reduce float32[1]; rank 1 all_reduce float32[2] - a size mismatch" in str(info.value)
+    assert str(info.value) == (
+        f"ranks 0 and 1 diverge on group default_pg (ranks 0, 1) at its call 1: rank 0 all_reduce float32[1] SUM "
+        f"at test_exact.py:{line}; rank 1 all_reduce float32[2] SUM at test_exact.py:{line} - on a cluster this "
+        "is a size mismatch: gloo raises, NCCL hangs or corrupts data"
+    )
+
+
+def test_a_mismatch_on_a_mesh_dimension_names_it_and_hides_torchs_frames(run_tests) -> None:
+    """A dp1 x tp2 mesh's tp is the whole world: the group carries both labels;
+    the failure shows the test's line, not all_reduce's body."""
+    result = run_tests(
+        """
+        @pytest.mark.fake_world(2, values="exact", mesh={"dp": 1, "tp": 2})
+        def test_it(rank, device_mesh):
+            dist.all_reduce(torch.ones(2 + rank), group=device_mesh["tp"].get_group())
+        """.replace("\n        ", "\n"),
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*DistBackendError: ranks 0 and 1 diverge on group default_pg/tp (ranks 0, 1)*"])
+    text = result.stdout.str()
+    assert "def all_reduce" not in text and "c10d_logger" not in text
 
 
 def test_first_rank_to_raise_stops_the_world_and_is_reported() -> None:

@@ -363,20 +363,20 @@ def adopt_thread_world_state(state: dict[str, Any]) -> None:
         register(name, pg)
 
 
-def quiet_abort_logs(marker: str) -> None:
+def quiet_backend_error_logs() -> None:
     """c10d's ``_exception_logger`` logs every exception a collective raises,
     at DEBUG, to its logger ``c10d_logger._c10d_logger`` (2.11-2.15.0), which
     pytest captures: one line per rank an exact world stopped, under the
-    failure that stopped it. A filter on that logger drops the records whose
-    error contains ``marker`` (the world's own abort message); installed once.
-    Nothing happens when the logger is missing."""
+    failure that is already the test's. A filter on that logger drops the
+    records of errors the fakepg backend raised ("fakepg: ..."); installed
+    once. Nothing happens when the logger is missing."""
     logger = getattr(sys.modules.get("torch.distributed.c10d_logger"), "_c10d_logger", None)
     if logger is None or any(getattr(f, "_fakepg", False) for f in logger.filters):
         return
 
     def keep(record: Any) -> bool:
         msg = record.msg
-        return not (isinstance(msg, dict) and marker in str(msg.get("error", "")))
+        return not (isinstance(msg, dict) and str(msg.get("error", "")).startswith("fakepg: "))
 
     keep._fakepg = True  # type: ignore[attr-defined]
     logger.addFilter(keep)

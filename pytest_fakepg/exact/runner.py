@@ -40,6 +40,8 @@ class Ranks(Protocol):
 
     def _switch_to(self, rank: int) -> None: ...
 
+    def _reword(self, exc: BaseException, since: list[int]) -> None: ...
+
     # Set by ``run`` for its length: ``_stop(rank, exc)`` ends the run with
     # ``exc`` as if ``rank`` had raised it, while that rank's program goes on.
     _stop: Callable[[int, BaseException], None] | None
@@ -182,7 +184,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
     __tracebackhide__ = True
 
     native, n = world._native, world.world_size
-    _compat.c10d.quiet_abort_logs(ABORTED)
+    _compat.c10d.quiet_backend_error_logs()
     if world.device == "cuda":
         import torch
 
@@ -286,6 +288,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
         raise FakeWorldDeadlock(world._deadlock_report(since))
     if failures:
         rank, exc = failures[0]
+        world._reword(exc, since)
         if isinstance(exc, Exception) and hasattr(exc, "add_note"):
             exc.add_note(f"(raised by rank {rank} of an exact fake world of {n}; the other ranks were stopped)")
         raise exc

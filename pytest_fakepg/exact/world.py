@@ -108,7 +108,7 @@ class ExactWorld(FakeWorld, values="exact"):
 
     def group_labels(self) -> dict[str, str]:
         self._require(None, "group_labels")
-        return {**self._labels, **self._labels_now()}
+        return {**self._labels, **self._labels_now(getattr(self._local, "mesh", None))}
 
     # -- life cycle ------------------------------------------------------------
     def _bring_up_groups(self) -> None:
@@ -275,7 +275,7 @@ class ExactWorld(FakeWorld, values="exact"):
             # through torch's teardown, as they ran.
             with _TEARDOWN:
                 try:
-                    self._labels.update(self._labels_now())
+                    self._labels.update(self._labels_now(local.mesh))
                     if dist.is_initialized():
                         self._take_groups_count()
                         dist.destroy_process_group()
@@ -287,12 +287,40 @@ class ExactWorld(FakeWorld, values="exact"):
                     _compat.dtensor.clear_dtensor_state()
                     local.__dict__.clear()
 
+    def _divergence(self, since: list[int]) -> str | None:
+        """Where the collectives the ranks issued since record ``since[rank]``
+        first disagree, as the check across ranks words it (labels, lines),
+        or None."""
+        from ..checks import consistency
+
+        if not self.spec.record:
+            return None
+        n, log = self.world_size, self.collectives
+        labels, sites = self.group_labels(), self.call_sites()
+        traces = {}
+        for rank in range(n):
+            groups, calls = records.trace_data(log, rank, n, labels, sites, since[rank])
+            traces[rank] = {"rank": rank, "world_size": n, "groups": groups, "calls": calls}
+        return consistency.check(traces)
+
+    def _reword(self, exc: BaseException, since: list[int]) -> None:
+        """A mismatch the backend found (calls that met but disagree, raised
+        on every member) worded as the check across ranks words it: group
+        labels for group numbers, each call with its line."""
+        import torch.distributed as dist
+
+        text = str(exc)
+        if not (isinstance(exc, dist.DistBackendError) and text.startswith("fakepg: ranks ")
+                and " diverge on group " in text):
+            return
+        divergence = self._divergence(since)
+        if divergence:
+            exc.args = (divergence,)
+
     def _deadlock_report(self, since: list[int]) -> str:
         """Each rank's pending call (op, group, line) and, where the
         collectives the ranks issued since record ``since[rank]`` disagree,
         the divergence, as the check across ranks words it."""
-        from ..checks import consistency
-
         native, module = self._native, _backend.load()
         labels = self.group_labels()
         sites = self.call_sites()
@@ -311,13 +339,7 @@ class ExactWorld(FakeWorld, values="exact"):
                 lines.append(f"  rank {rank} finished its program")
             elif state == module.RANK_NOT_STARTED:
                 lines.append(f"  rank {rank} never started")
-        if self.spec.record:
-            n, log = self.world_size, self.collectives
-            traces = {}
-            for rank in range(n):
-                groups, calls = records.trace_data(log, rank, n, labels, sites, since[rank])
-                traces[rank] = {"rank": rank, "world_size": n, "groups": groups, "calls": calls}
-            divergence = consistency.check(traces)
-            if divergence:
-                lines.append(divergence)
+        divergence = self._divergence(since)
+        if divergence:
+            lines.append(divergence)
         return "\n".join(lines)

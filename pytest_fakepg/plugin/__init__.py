@@ -211,6 +211,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """A collective that failed in a test's fake world is shown at the test's
+    own line: torch's frames (all_reduce's body and docstring) are left out."""
+    if call.excinfo is not None and CASE in item.stash:
+        worlds.show_at_user_code(call.excinfo)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     """After the test's fixtures are torn down: the world goes down, and a

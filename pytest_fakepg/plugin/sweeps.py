@@ -34,8 +34,9 @@ class SweepChecker:
     """Collects the traces of swept cases as their reports come in; when a
     sweep is complete, checks it and fails the case that completed it."""
 
-    def __init__(self, trace_dir: str | None, on_divergence: Any = None) -> None:
+    def __init__(self, trace_dir: str | None, on_divergence: Any = None, one_line: bool = False) -> None:
         self.trace_dir = trace_dir
+        self.one_line = one_line  # --tb=line
         self.pending: dict[str, dict[int, dict[str, Any]]] = {}
         # Told every case of a sweep that diverges (each took part).
         self.on_divergence = on_divergence
@@ -61,9 +62,36 @@ class SweepChecker:
             self.on_divergence([t["nodeid"] for t in traces.values()])
         if report.passed:
             report.outcome = "failed"
-            report.longrepr = f"fake world ranks diverge: {message}"
+            path, line, _ = report.location
+            report.longrepr = Divergence(f"fake world ranks diverge: {message}", f"{path}:{line + 1}", self.one_line)
         else:
             report.sections.append(("fake world ranks diverge", message))
+
+
+class Divergence:
+    """A sweep's failure, as pytest shows a failure: the message, and with
+    ``--tb=line`` one line at the test's location (pytest prints a plain
+    string's first 50 characters after it, a second, cut copy)."""
+
+    def __init__(self, message: str, location: str, one_line: bool) -> None:
+        self.message = message
+        self.reprcrash = _CrashLine(f"{location}: {message}")
+        self.one_line = one_line
+
+    def toterminal(self, tw: Any) -> None:
+        if not self.one_line:  # with --tb=line the crash line says it all
+            tw.line(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _CrashLine(str):
+    """``reprcrash``: what ``--tb=line`` and the short summary show."""
+
+    @property
+    def message(self) -> str:
+        return str(self).split(": ", 1)[-1]
 
 
 class Carrier:
@@ -103,7 +131,8 @@ class Gatherer:
         trace = getattr(report, "fake_world_trace", None)
         if trace is not None:
             if self.checker is None:
-                self.checker = SweepChecker(self.config.stash[SETTINGS].trace_dir, self._rerun_whole_sweep)
+                self.checker = SweepChecker(self.config.stash[SETTINGS].trace_dir, self._rerun_whole_sweep,
+                                            self.config.getoption("tbstyle", "auto") == "line")
             self.checker.add(report, trace)
         entry = getattr(report, "fake_world_report", None)
         if entry is not None:

@@ -117,3 +117,35 @@ def check_leaks(item: pytest.Item) -> None:
     if item.config.stash[SETTINGS].strict:
         pytest.fail(message, pytrace=False)
     warn_at_test(item, FakeWorldLeakWarning(message))
+
+
+def show_at_user_code(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Leave torch's frames out of the traceback of a collective's failure
+    (``DistBackendError``: a mismatch, an injected fault, a stopped world) or
+    a deadlock, when frames of the test's own code remain."""
+    import sys
+
+    from ..errors import FakeWorldDeadlock
+
+    torch = sys.modules.get("torch")
+    dist = sys.modules.get("torch.distributed")
+    backend_error = getattr(dist, "DistBackendError", None)
+    if torch is None or not isinstance(excinfo.value, (FakeWorldDeadlock, *((backend_error,) if backend_error else ()))):
+        return
+    import os
+
+    inside = os.path.dirname(torch.__file__) + os.sep
+    # pytest cuts a traceback from the test function's frame by following the
+    # raw frames, so the raw chain itself leaves torch's out.
+    nodes = []
+    tb = excinfo.tb
+    while tb is not None:
+        nodes.append(tb)
+        tb = tb.tb_next
+    kept = [node for node in nodes if not node.tb_frame.f_code.co_filename.startswith(inside)]
+    if not kept or len(kept) == len(nodes) or kept[0] is not nodes[0]:
+        return
+    for node, after in zip(kept, kept[1:]):
+        node.tb_next = after
+    kept[-1].tb_next = None
+    excinfo.traceback = pytest.ExceptionInfo.from_exc_info((excinfo.type, excinfo.value, nodes[0])).traceback
