@@ -345,6 +345,36 @@ def test_no_collectives():
     assert json.loads((pytester.path / "xdist.json").read_text()) == report
 
 
+def test_report_totals_only_by_op_and_by_group_label(run_tests: RunTests) -> None:
+    """#23, point 10: a totals-only form, and a group named by every label it
+    carries (a dp1 x tp2 mesh's tp is the default group)."""
+    result = run_tests(
+        """
+@pytest.mark.fake_world(4, mesh={"dp": 2, "tp": 2})
+def test_a(device_mesh):
+    dist.all_reduce(torch.ones(4), group=device_mesh["tp"].get_group())
+    dist.all_reduce(torch.ones(8), group=device_mesh["dp"].get_group())
+
+@pytest.mark.fake_world(2, mesh={"dp": 1, "tp": 2})
+def test_b(device_mesh):
+    dist.all_reduce(torch.ones(4), group=device_mesh["tp"].get_group())
+""",
+        "--fake-world-report-totals",
+    )
+    result.assert_outcomes(passed=2)
+    text = result.stdout.str()
+    assert "test_it.py::test_a" not in text.split("fake world collectives")[1]  # no per-test part
+    result.stdout.fnmatch_lines([
+        "all tests",
+        "    all_reduce * 3 calls * 64 B",
+        "all tests, by group",
+        "    default_pg/tp * 1 call * 16 B",
+        "    dp * 1 call * 32 B",
+        "    tp * 1 call * 16 B",
+        "2 tests ran 3 collectives, 64 B in all",
+    ])
+
+
 def test_report_json_path_is_checked_before_the_run(run_tests: RunTests) -> None:
     result = run_tests("def test_it():\n    raise AssertionError('ran')\n",
                  "--fake-world-report-json=no/such/dir/r.json")

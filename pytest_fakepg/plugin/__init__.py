@@ -63,6 +63,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="print the collectives each fake-world test ran, by group and op, with totals.",
     )
     group.addoption(
+        "--fake-world-report-totals",
+        dest="fake_world_report_totals",
+        action="store_true",
+        default=None,
+        help="print only the collectives report's totals: by op and by group label, for the whole run.",
+    )
+    group.addoption(
         "--fake-world-report-json",
         dest="fake_world_report_json",
         default=None,
@@ -89,6 +96,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("fake_world_backend", "default c10d backend: fakepg or fake", default="fakepg")
     parser.addini("fake_world_ranks", "'all' to sweep every rank of marked tests", default="")
     parser.addini("fake_world_report", "print the collectives report", type="bool", default=False)
+    parser.addini("fake_world_report_totals", "print only the collectives report's totals", type="bool",
+                  default=False)
     parser.addini("fake_world_strict", "leaks and faults that never fire are errors", type="bool", default=False)
     parser.addini(
         "fake_world_env", "set torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, ...) in every world",
@@ -144,7 +153,8 @@ def pytest_configure(config: pytest.Config) -> None:
         backend=backend,
         all_ranks=ranks == _spec.RANK_SWEEP,
         world_size=size,
-        report=bool(_option(config, "fake_world_report")),
+        report=bool(_option(config, "fake_world_report") or _option(config, "fake_world_report_totals")),
+        report_totals=bool(_option(config, "fake_world_report_totals")),
         report_json=_writable_file("--fake-world-report-json", config.getoption("fake_world_report_json")),
         strict=bool(_option(config, "fake_world_strict")),
         check_ranks=bool(config.getini("fake_world_check_ranks")),
@@ -243,7 +253,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         return
     from . import report
 
-    report.render(terminalreporter, config.stash[REPORT])
+    report.render(terminalreporter, config.stash[REPORT], totals_only=settings.report_totals)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

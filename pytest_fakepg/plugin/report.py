@@ -93,9 +93,23 @@ def _run_totals(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]
     return totals
 
 
-def render(tr: pytest.TerminalReporter, entries: dict[str, dict[str, Any]]) -> None:
+def _label_totals(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Every test's traffic by group label (a mesh dimension's name, or the
+    group's description), for the whole run."""
+    totals: dict[str, dict[str, int]] = {}
+    for e in entries.values():
+        for group in e["groups"]:
+            row = totals.setdefault(group["label"] or "(unlabelled groups)", {"count": 0, "bytes": 0, "failed": 0})
+            for key in row:
+                row[key] += group["total"].get(key, 0)
+    return totals
+
+
+def render(tr: pytest.TerminalReporter, entries: dict[str, dict[str, Any]], totals_only: bool = False) -> None:
+    """The report: each test's collectives by group and op, then the run's
+    totals; with ``totals_only``, the run's totals by op and by group label."""
     tr.write_sep("=", "fake world collectives")
-    for nodeid, e in sorted(entries.items()):
+    for nodeid, e in sorted(entries.items()) if not totals_only else ():
         who = 'every rank, exact' if e['rank'] is None else f"rank {e['rank']}"
         fake = ", fake tensors" if e.get("tensors") == "fake" else ""
         tr.write_line(f"{nodeid} (world {e['world_size']}, {who}{fake})")
@@ -113,6 +127,10 @@ def render(tr: pytest.TerminalReporter, entries: dict[str, dict[str, Any]]) -> N
         tr.write_line("all tests")
         for op, stats in sorted(totals.items()):
             tr.write_line(_line(4, op, stats))
+        if totals_only:
+            tr.write_line("all tests, by group")
+            for label, stats in sorted(_label_totals(entries).items()):
+                tr.write_line(_line(4, label, stats))
     count = sum(s["count"] for s in totals.values())
     nbytes = sum(s["bytes"] for s in totals.values())
     failed = sum(s["failed"] for s in totals.values())

@@ -28,6 +28,7 @@ class Settings(NamedTuple):
     check_ranks: bool
     trace_dir: str | None
     env: bool = True
+    report_totals: bool = False  # the report without its per-test part
 
 
 class Case(NamedTuple):
