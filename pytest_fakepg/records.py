@@ -257,14 +257,16 @@ def _reduce_ops() -> dict[int, Any]:
 
 
 def trace_data(
-    log: CollectiveLog, rank: int, world_size: int, labels: dict[str, str], sites: list[str], since: int = 0
+    log: CollectiveLog, rank: int, world_size: int, labels: dict[str, str], sites: list[str], since: int = 0,
+    batches: list[tuple[int, int, int]] = (),  # type: ignore[assignment]
 ) -> tuple[list[Any], list[Any]]:
     """The groups and calls in ``log`` of ``rank`` (-1: of a world of one rank) from its
     record ``since`` on, as plain data: what a trace holds (NOTE [Traces and
     the check], checks/consistency.py). A group is [global ranks or None
     for every rank, its place among groups of the same ranks, label, name];
     a call is a ``checks.consistency.Call``'s fields, its group an index
-    into the groups."""
+    into the groups, with the index into ``batches`` of the batch it was
+    issued in (``FakeWorld.batches``), if any."""
     native = log._state()
     reduce_ops = _reduce_ops()
     module = _backend.load()
@@ -281,14 +283,18 @@ def trace_data(
         seen[members] = ordinal + 1
         index_of[index] = len(groups)
         groups.append([None if members is None else ranks, ordinal, labels.get(name, ""), name])
+    # The batch (batch_isend_irecv) each of this rank's records is in, by its place.
+    batch_of = {k: b for b, (r, first, end) in enumerate(batches) if r == rank for k in range(first, end)}
     calls = []
-    for op, g, red, dtype, peer, shapes, _, flags, site in native.records(since, len(native), rank):
+    for k, (op, g, red, dtype, peer, shapes, _, flags, site) in enumerate(native.records(since, len(native), rank),
+                                                                          start=since):
         reduce_op = reduce_ops[red]
         calls.append([
             index_of[g], OP_NAMES[op], [list(s) for s in shapes],
             None if dtype is None else str(dtype).replace("torch.", ""),
             None if reduce_op is None else reduce_op.name, None if peer < 0 else peer,
             bool(flags & any_source), sites[site] if 0 <= site < len(sites) else None, bool(flags & object_call),
+            batch_of.get(k),
         ])
     return groups, calls
 

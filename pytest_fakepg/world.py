@@ -97,6 +97,7 @@ _STOCK_FAKE = "fake"
 class _Running(NamedTuple):
     native: Any  # the compiled WorldState shared by every group of the world
     world_size: int
+    world: FakeWorld
 
 
 # The world that is up (one at a time), read by _create_backend whenever torch
@@ -238,6 +239,9 @@ class FakeWorld:
         self._log: CollectiveLog | None = None
         self._faults: list[Fault] = []
         self._sites: list[str] | None = None
+        # Batches of point-to-point calls (batch_isend_irecv): (issuing rank, or
+        # -1 for the world's one, first record, end), counted as size_of counts.
+        self.batches: list[tuple[int, int, int]] = []
         self._site: Callable[[], int] | None = None  # the user's line now, as an index into _sites
         self._memory: Memory | None = None
         self._ranks_per_node = 1  # LOCAL_WORLD_SIZE, decided at start (NOTE [torchrun's environment])
@@ -565,7 +569,7 @@ class FakeWorld:
         backend every fakepg group gets, and every "fake" group too."""
         global _running
         self._native = native
-        _running = _Running(native, self.spec.world_size)
+        _running = _Running(native, self.spec.world_size, self)
         self._log = CollectiveLog(native, labels=lambda: self._labels_now(self._mesh))
         _compat.c10d.register_stock_fake()
         self._saved["stock_fake"] = _compat.c10d.swap_backend_creator(_STOCK_FAKE, _create_backend)
@@ -607,7 +611,7 @@ class FakeWorld:
 
     def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
         """(owner, {name: replacement}) to install while the world is up."""
-        patches = list(_object_collectives())
+        patches = [*_object_collectives(), *_batch_markers()]
         if self.spec.tensors == "fake":
             from .fake.mode import init_patches
 
@@ -698,6 +702,36 @@ def _object_collectives() -> tuple[tuple[Any, dict[str, Any]], ...]:
 
     c10d = dist.distributed_c10d
     replacements = _objects.make({name: getattr(c10d, name) for name in _objects.NAMES}, _running_native)
+    return (dist, replacements), (c10d, replacements)
+
+
+@functools.cache
+def _batch_markers() -> tuple[tuple[Any, dict[str, Any]], ...]:
+    """``batch_isend_irecv`` in both modules that export it, noting which of
+    the running world's records one batch issued: a batch is one coalesced
+    group in NCCL's Flight Recorder, as the dumps write it (checks/
+    flight_recorder.py). Made once per process; finds the running world
+    when called."""
+    import torch.distributed as dist
+
+    c10d = dist.distributed_c10d
+    original = c10d.batch_isend_irecv
+
+    @functools.wraps(original)
+    def batch_isend_irecv(p2p_op_list: list[Any]) -> list[Any]:
+        running = _running
+        if running is None:
+            return original(p2p_op_list)
+        world, native = running.world, running.native
+        rank = world._calling_rank()
+        first = native.size_of(rank)
+        works = original(p2p_op_list)
+        end = native.size_of(rank)
+        if end - first > 1:
+            world.batches.append((rank, first, end))
+        return works
+
+    replacements = {"batch_isend_irecv": batch_isend_irecv}
     return (dist, replacements), (c10d, replacements)
 
 

@@ -312,3 +312,51 @@ def test_divergent(rank):
     assert "Culprit rank 1" in report
     assert "Expected input sizes: '[[4]]' does not match found input sizes: '[[5]]'" in report
     assert "at test_it.py:11" in report
+
+
+def test_flight_recorder_dumps_of_p2p_and_object_collectives(pytester: pytest.Pytester, run_tests: RunTests) -> None:
+    """#23, point 11: correct programs with point-to-point calls, object
+    collectives and DTensor read clean in torch's analyzer (a send/recv pair
+    used to crash it: its sequence number was taken for the next collective's,
+    grouping the two; an object collective's empty sizes did too), and a
+    batch is written as NCCL's recorder writes it: one coalesced group."""
+    import pickle
+
+    result = run_tests("""
+from torch.distributed.tensor import Shard, distribute_tensor
+
+@pytest.mark.fake_world(2, rank="all")
+def test_pairs(rank):
+    t = torch.zeros(2)
+    if rank == 0:
+        dist.send(t, 1)
+    else:
+        dist.recv(t, 0)
+    op = dist.P2POp(dist.isend, t, 1) if rank == 0 else dist.P2POp(dist.irecv, t, 0)
+    for work in dist.batch_isend_irecv([op]):
+        work.wait()
+    dist.all_reduce(t)
+
+@pytest.mark.fake_world(4, rank="all")
+def test_objects(rank, device_mesh):
+    out = [None] * 4
+    dist.all_gather_object(out, {"rank": rank, "pad": "x" * rank})
+    dist.broadcast_object_list([rank], src=0)
+    distribute_tensor(torch.arange(8.0), device_mesh, [Shard(0)]).full_tensor()
+
+@pytest.mark.fake_world(3, rank="all")
+def test_ring(rank):
+    ops = [dist.P2POp(dist.isend, torch.ones(2), (rank + 1) % 3), dist.P2POp(dist.irecv, torch.zeros(2), (rank - 1) % 3)]
+    for work in dist.batch_isend_irecv(ops):
+        work.wait()
+""", "--fake-world-trace-dir=traces")
+    result.assert_outcomes(passed=9)
+    traces = pytester.path / "traces"
+    for name in ("test_it.py_test_pairs[w2]", "test_it.py_test_objects[w4]"):
+        clean = analyze(traces / name)
+        assert not any(word in clean.lower() for word in ("error", "missing", "mismatch")), clean
+    with open(traces / "test_it.py_test_ring[w3]" / "rank_0", "rb") as fh:
+        entries = pickle.load(fh)["entries"]
+    assert [(e["profiling_name"], e["p2p_seq_id"], e["is_p2p"]) for e in entries] == [
+        ("nccl:send 0->1", 1, True), ("nccl:recv 0<-2", 1, True), ("nccl:coalesced", 1, True),
+    ]

@@ -41,6 +41,7 @@ class Call(NamedTuple):
     any_source: bool
     site: str | None
     object_call: bool  # sizes follow each rank's objects: not compared
+    batch: int | None = None  # the batch_isend_irecv it was issued in (for Flight Recorder dumps)
 
 
 # -- describing calls ------------------------------------------------------------

@@ -9,8 +9,10 @@ analyses a fake run with the tool people use on real ones. The fields are
 c10d's (torch/csrc/distributed/c10d/FlightRecorder.hpp, dump version 2.10,
 the one torch 2.11 to 2.15.0 write); every call is "completed", since a fake
 call never waits. Group names in a dump are the same on every rank (a group
-is known by its global ranks and creation order; see consistency.py), and
-calls of object collectives carry no sizes (their byte counts follow each
+is known by its global ranks and creation order; see consistency.py); a
+batch of point-to-point calls (``batch_isend_irecv``) is one coalesced
+group, as NCCL's recorder writes it; calls of object collectives are written
+with one byte a rank, the same on every rank (their byte counts follow each
 rank's objects: NOTE [Object collectives]).
 """
 
@@ -35,11 +37,17 @@ _DTYPES = {
 
 
 def _sizes(call: Call, rank_in_group: int, size: int) -> tuple[list[list[int]], list[list[int]]]:
-    """(input sizes, output sizes) as a real backend would record them."""
-    if call.object_call:
-        return [], []
-    shapes = [list(s) for s in call.shapes]
+    """(input sizes, output sizes) as a real backend would record them. An
+    object collective's bytes follow each rank's objects; it is written as one
+    element a rank (the same on every rank), shaped as its op's sizes are."""
     op = call.op
+    if call.object_call:
+        if op in ("all_gather", "all_gather_into_tensor"):
+            return [[1]], [[size]]
+        if op in ("reduce_scatter", "reduce_scatter_tensor", "scatter"):
+            return [[size]], [[1]]
+        return [[1]], [[1]]
+    shapes = [list(s) for s in call.shapes]
     if op in ("all_gather_into_tensor", "all_gather_into_tensor_coalesced"):
         return shapes, [[s[0] * size, *s[1:]] if s else [size] for s in shapes]
     if op in ("reduce_scatter_tensor", "reduce_scatter_tensor_coalesced"):
@@ -72,49 +80,69 @@ def write(root: str, traces: dict[int, dict[str, Any]]) -> str:
         for ranks, ordinal, label, _ in t.groups:
             name = names[(ranks, ordinal)]
             config[name] = {"name": name, "desc": label or "undefined", "ranks": str(list(ranks))}
-        entries = []
+        entries: list[dict[str, Any]] = []
         collective_seq: dict[str, int] = {}
         p2p_seq: dict[str, int] = {}
-        for i, call in enumerate(t.calls):
+        calls = t.calls
+        for i, call in enumerate(calls):
             ranks, ordinal, label, _ = t.groups[call.group]
             name = names[(ranks, ordinal)]
             me = ranks.index(rank) if rank in ranks else -1
             is_p2p = call.op in POINT_TO_POINT
+            # A batch (batch_isend_irecv) is one coalesced group, as NCCL's
+            # recorder writes it: its calls share one p2p sequence number and
+            # an "nccl:coalesced" entry closes it.
+            batched = is_p2p and call.batch is not None
+            opens = batched and (i == 0 or calls[i - 1].batch != call.batch)
+            closes = batched and (i + 1 == len(calls) or calls[i + 1].batch != call.batch)
             if is_p2p:
-                p2p_seq[name] = p2p_seq.get(name, 0) + 1
+                if not batched or opens:
+                    p2p_seq[name] = max(p2p_seq.get(name, 0), collective_seq.get(name, 0)) + 1
                 peer = ranks.index(call.peer) if call.peer in ranks else -1
                 fr_name = f"send {me}->{peer}" if call.op == "send" else f"recv {me}<-{peer}"
             else:
-                collective_seq[name] = collective_seq.get(name, 0) + 1
+                collective_seq[name] = max(p2p_seq.get(name, 0), collective_seq.get(name, 0)) + 1
                 fr_name = FLIGHT_RECORDER_NAMES[call.op]
             inputs, outputs = _sizes(call, me, len(ranks))
-            dtype = _DTYPES.get(call.dtype or "", call.dtype or "")
-            filename, _, line = (call.site or ":0").rpartition(":")
-            entries.append({
-                "record_id": i,
-                "pg_id": call.group,
-                "process_group": (name, label or "undefined"),
-                "collective_seq_id": collective_seq.get(name, 0),
-                "p2p_seq_id": p2p_seq.get(name, 0),
-                "op_id": i + 1,
-                "profiling_name": f"nccl:{fr_name}",
-                "time_created_ns": i + 1,
-                "input_sizes": inputs,
-                "input_dtypes": [dtype] * len(inputs),
-                "output_sizes": outputs,
-                "output_dtypes": [dtype] * len(outputs),
-                "state": "completed",
-                "time_discovered_started_ns": i + 1,
-                "time_discovered_completed_ns": i + 1,
-                "retired": True,
-                "timeout_ms": 0,
-                "duration_ms": 0.0,
-                "is_p2p": is_p2p,
-                "frames": [{"name": "", "filename": filename, "line": int(line or 0)}] if call.site else [],
-                "thread_id": "0",
-                "thread_name": "fake world",
-            })
+            dtype = "Byte" if call.object_call else _DTYPES.get(call.dtype or "", call.dtype or "")
+            entries.append(_entry(entries, call, (name, label or "undefined"), collective_seq.get(name, 0),
+                                  p2p_seq.get(name, 0), f"nccl:{fr_name}", (inputs, outputs, dtype), is_p2p))
+            if closes:
+                entries.append(_entry(entries, call, (name, label or "undefined"), collective_seq.get(name, 0),
+                                      p2p_seq[name], "nccl:coalesced", ([], [], dtype), True))
         dump = {"version": VERSION, "pg_config": config, "pg_status": {}, "entries": entries}
         with open(os.path.join(folder, f"rank_{rank}"), "wb") as fh:
             pickle.dump(dump, fh)
     return folder
+
+
+def _entry(entries: list[dict[str, Any]], call: Call, group: tuple[str, str], collective_seq: int, p2p_seq: int,
+           name: str, sizes: tuple[list[list[int]], list[list[int]], str], is_p2p: bool) -> dict[str, Any]:
+    """One Flight Recorder entry, the next in ``entries``."""
+    i = len(entries)
+    inputs, outputs, dtype = sizes
+    filename, _, line = (call.site or ":0").rpartition(":")
+    return {
+        "record_id": i,
+        "pg_id": call.group,
+        "process_group": group,
+        "collective_seq_id": collective_seq,
+        "p2p_seq_id": p2p_seq,
+        "op_id": i + 1,
+        "profiling_name": name,
+        "time_created_ns": i + 1,
+        "input_sizes": inputs,
+        "input_dtypes": [dtype] * len(inputs),
+        "output_sizes": outputs,
+        "output_dtypes": [dtype] * len(outputs),
+        "state": "completed",
+        "time_discovered_started_ns": i + 1,
+        "time_discovered_completed_ns": i + 1,
+        "retired": True,
+        "timeout_ms": 0,
+        "duration_ms": 0.0,
+        "is_p2p": is_p2p,
+        "frames": [{"name": "", "filename": filename, "line": int(line or 0)}] if call.site else [],
+        "thread_id": "0",
+        "thread_name": "fake world",
+    }

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _backend, _compat, _default_group, records
 from ..records import CollectiveLog
-from ..world import _PER_RANK_ENV, FakeWorld, _init_device_mesh, _new_backend, rank_env
+from ..world import _PER_RANK_ENV, FakeWorld, _batch_markers, _init_device_mesh, _new_backend, rank_env
 from .store import exact_store
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class ExactWorld(FakeWorld, values="exact"):
         import torch.distributed.distributed_c10d as c10d
 
         init = {"init_process_group": self._init_process_group(c10d.init_process_group)}
-        return [(threading.Thread, {"start": self._thread_start()}), (dist, init), (c10d, init)]
+        return [(threading.Thread, {"start": self._thread_start()}), (dist, init), (c10d, init), *_batch_markers()]
 
     def _init_process_group(self, original: Callable[..., Any]) -> Callable[..., Any]:
         """``init_process_group`` while the world is up. Each rank's program
@@ -299,7 +299,7 @@ class ExactWorld(FakeWorld, values="exact"):
         labels, sites = self.group_labels(), self.call_sites()
         traces = {}
         for rank in range(n):
-            groups, calls = records.trace_data(log, rank, n, labels, sites, since[rank])
+            groups, calls = records.trace_data(log, rank, n, labels, sites, since[rank], self.batches)
             traces[rank] = {"rank": rank, "world_size": n, "groups": groups, "calls": calls}
         return consistency.check(traces)
 
