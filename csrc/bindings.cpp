@@ -80,6 +80,22 @@ std::function<int32_t()> siteSource(py::object fn) {
   };
 }
 
+// The callable that names a group in messages; it takes the GIL to call.
+std::function<std::string(const std::string&)> labelSource(py::object fn) {
+  if (fn.is_none()) {
+    return nullptr;
+  }
+  return [held = held(std::move(fn))](const std::string& name) -> std::string {
+    py::gil_scoped_acquire gil;
+    try {
+      return (*held)(name).cast<std::string>();
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("pytest-fakepg's group labels");
+      return std::string();
+    }
+  };
+}
+
 // The exact world's switch hook: NOTE [The baton]. Errors it raises go
 // where the rank's program would see them, so it must not raise.
 std::function<void(int, int)> switchHook(py::object fn) {
@@ -316,6 +332,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "set_site_source",
           [](WorldState& w, py::object fn) {
             w.setSiteSource(fakepg::siteSource(std::move(fn)));
+          })
+      .def(
+          "set_label_source",
+          [](WorldState& w, py::object fn) {
+            w.setLabelSource(fakepg::labelSource(std::move(fn)));
           })
       .def("set_in_object_collective", &WorldState::setInObjectCollective)
       .def("__len__", &WorldState::size)

@@ -231,6 +231,7 @@ std::exception_ptr WorldState::begin(
     return nullptr;
   }
   const auto& g = groups_.at(group);
+  const std::string label = label_source_ ? label_source_(g.name) : std::string();
   auto error = distBackendError(
       cat("fakepg: injected fault in ",
           kOpNames[code],
@@ -240,9 +241,9 @@ std::exception_ptr WorldState::begin(
           kOpNames[code],
           slots_ == 1 ? std::string(" in this world")
                       : cat(" by rank ", issuer),
-          ", group '",
-          g.name,
-          "' of size ",
+          ", group ",
+          label.empty() ? cat("'", g.name, "'") : label,
+          " of size ",
           g.size,
           ")"));
   const FailAt at = fired->at;

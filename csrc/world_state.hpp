@@ -143,6 +143,11 @@ class WorldState : public torch::CustomClassHolder {
   // collective. Finding it means walking the Python stack, so it happens only
   // while a site source is set (by Python, when a check will run): a
   // callable that returns the site's number, kept beside each record.
+  // What to call a group in messages (its label: a mesh dimension's name,
+  // "default_pg"), given its name; unset, the name in quotes.
+  void setLabelSource(std::function<std::string(const std::string&)> source) {
+    label_source_ = std::move(source);
+  }
   void setSiteSource(std::function<int32_t()> source) {
     site_source_ = std::move(source);
   }
@@ -214,6 +219,7 @@ class WorldState : public torch::CustomClassHolder {
   std::vector<int64_t> shapes_;
   std::vector<int32_t> sites_;  // beside records_ once a site source was set
   std::function<int32_t()> site_source_;
+  std::function<std::string(const std::string&)> label_source_;
   bool in_object_collective_ = false;
   std::vector<std::array<int64_t, kNumOps>> calls_;
   std::vector<int64_t> total_calls_;

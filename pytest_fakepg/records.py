@@ -42,6 +42,9 @@ class CollectiveRecord(NamedTuple):
     or None; ``peer`` the global rank of the root/peer or None. ``failed`` is
     True when an injected fault fired for this call. ``rank`` is the global
     rank that issued it (in an exact world, each rank issues its own).
+    ``group`` is what the check across ranks and the report call the group:
+    its mesh dimension's name or description ("tp", "default_pg", both as
+    "default_pg/tp" where a group is both), else its name.
     """
 
     op: str
@@ -56,6 +59,7 @@ class CollectiveRecord(NamedTuple):
     peer: int | None
     failed: bool = False
     rank: int = 0
+    group: str = ""
 
 
 class CollectiveLog(Sequence[CollectiveRecord]):
@@ -145,12 +149,15 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         group = self._group
         reduce_ops = _reduce_ops()
         failed = _backend.load().RECORD_FAILED
+        labels = self._labels() if self._labels is not None and stop > start else {}
         out = []
         for op, g, red, dtype, peer, shapes, nbytes, flags, _site in self._native.records(start, stop, self._rank):
             name, grank, gsize, ranks, issuer = group(g)
+            label = labels.get(name, "")
             out.append(make(CollectiveRecord, (
                 OP_NAMES[op], name, gsize, grank, ranks, shapes, dtype, nbytes,
                 reduce_ops[red], None if peer < 0 else peer, bool(flags & failed), issuer,
+                name if label in ("", "undefined") else label,
             )))
         return out
 

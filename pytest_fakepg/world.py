@@ -570,9 +570,20 @@ class FakeWorld:
         global _running
         self._native = native
         _running = _Running(native, self.spec.world_size, self)
-        self._log = CollectiveLog(native, labels=lambda: self._labels_now(self._mesh))
+        self._log = CollectiveLog(native, labels=lambda: self._labels_now(self._mesh_here()))
+        native.set_label_source(self._label_of)
         _compat.c10d.register_stock_fake()
         self._saved["stock_fake"] = _compat.c10d.swap_backend_creator(_STOCK_FAKE, _create_backend)
+
+    def _mesh_here(self) -> DeviceMesh | None:
+        """The world's mesh as the calling thread sees it."""
+        return self._mesh
+
+    def _label_of(self, name: str) -> str:
+        """What messages call group ``name`` (the backend asks, for a fault's
+        message): its label, or "" for none."""
+        label = self._labels_now(self._mesh_here()).get(name, "")
+        return "" if label == "undefined" else label
 
     def _take_groups_count(self) -> None:
         """Carry torch's group counter on before its groups are destroyed
@@ -665,6 +676,7 @@ class FakeWorld:
             _restore_env(saved["env"])
             if self._native is not None:
                 self._native.set_site_source(None)
+                self._native.set_label_source(None)
             self._pg = self._store = self._mesh = self._flat_mesh = None
             self._saved = {}
             self._up = False

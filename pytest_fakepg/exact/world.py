@@ -84,6 +84,9 @@ class ExactWorld(FakeWorld, values="exact"):
             )
         return self._local
 
+    def _mesh_here(self) -> DeviceMesh | None:
+        return getattr(self._local, "mesh", None)
+
     def _own_thread_rank(self) -> int | None:
         """The running rank, on that rank's own thread; else None (outside
         the ranks, or a thread a rank started)."""
@@ -264,7 +267,7 @@ class ExactWorld(FakeWorld, values="exact"):
         local.rank = rank
         local.thread = threading.get_ident()
         local.pg = _compat.c10d.default_group()
-        local.log = CollectiveLog(self._native, rank=rank)
+        local.log = CollectiveLog(self._native, rank=rank, labels=lambda: self._labels_now(self._mesh_here()))
         local.mesh = local.flat_mesh = None
         try:
             if spec.mesh_shape is not None:
