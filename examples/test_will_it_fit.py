@@ -45,5 +45,9 @@ def test_llama_1b_fits_and_sends_what_the_plan_says(device_mesh, memory, collect
         "all_gather_into_tensor": {"calls": 33, "bytes": 4_966_432, "dtypes": ["bfloat16"]},
         "reduce_scatter_tensor": {"calls": 17, "bytes": 767_827_968, "dtypes": ["float32"]},
     }
+    # TP's all-reduces (the norms' gradients): torch 2.15 runs them all in
+    # float32, where 2.11-2.14 run some in bfloat16.
+    tp_all_reduce = 319_488 if torch.__version__ >= "2.15" else 184_320
+    assert ledger["tp"]["all_reduce"]["calls"] == 36
     sent = {dim: sum(op["bytes"] for op in ops.values()) for dim, ops in ledger.items()}
-    assert sent == {"dp": 772_794_400, "tp": 1_245_892_608}
+    assert sent == {"dp": 772_794_400, "tp": 1_245_708_288 + tp_all_reduce}

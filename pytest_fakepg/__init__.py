@@ -5,6 +5,7 @@ from .errors import (
     FakeWorldFaultWarning,
     FakeWorldLeakWarning,
     FakeWorldWarning,
+    RankStopped,
     UnsupportedTorchError,
 )
 from .records import CollectiveLog, CollectiveRecord
@@ -25,6 +26,7 @@ __all__ = [
     "FakeWorldLeakWarning",
     "FakeWorldWarning",
     "Fault",
+    "RankStopped",
     "UnsupportedTorchError",
     "WorldSpec",
     "__version__",

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from .. import _compat
 from . import process_state
-from ..errors import FakeWorldDeadlock
+from ..errors import FakeWorldDeadlock, RankStopped
 
 
 class Ranks(Protocol):
@@ -312,16 +312,10 @@ def _set_grad_and_device(context: tuple[bool, Any]) -> None:
         torch.set_default_device(device)
 
 
-class RankStopped(BaseException):
-    """Raised into a rank's thread that runs Python while its run was
-    stopped from outside it (NOTE [Signals in exact worlds]). A
-    BaseException, so that a program's ``except Exception`` lets it through."""
-
-
 _CALLER_GATES = threading.local()
 
 # What every message that stops a run says; c10d's exception logger drops
-# its records of the calls a stop made raise (_compat.c10d.quiet_abort_logs).
+# its records of the calls a stop made raise (_compat.c10d.quiet_backend_error_logs).
 ABORTED = "stopped the exact world"
 
 
