@@ -22,7 +22,9 @@ def diverge(result: pytest.RunResult, message: str) -> None:
     """One case failed, and its report says `message` (a trailing "*":
     starts with it)."""
     result.assert_outcomes(failed=1, passed=result.parseoutcomes()["passed"])
-    lines = [line for line in result.stdout.lines if line.startswith("fake world ranks diverge: ")]
+    # Less the closing "[...]" that says which case carries the failure.
+    lines = [line.rsplit(" [", 1)[0] if line.endswith("]") else line
+             for line in result.stdout.lines if line.startswith("fake world ranks diverge: ")]
     expected = f"fake world ranks diverge: {message}"
     if expected.endswith("*"):
         assert [line[: len(expected) - 1] for line in lines] == [expected[:-1]], lines
@@ -68,7 +70,8 @@ def test_shape(rank):
     shown = [line for line in result.stdout.lines if "fake world ranks diverge" in line and "FAILED" not in line]
     assert len(shown) == 1, shown
     assert shown[0].startswith("test_it.py:3: fake world ranks diverge: ranks 0 and 3 diverge on group default_pg")
-    assert shown[0].endswith("size mismatch: gloo raises, NCCL hangs or corrupts data")
+    assert shown[0].endswith("size mismatch: gloo raises, NCCL hangs or corrupts data [reported on rank 3's case: its "
+                             "collectives differ from every other rank's]")
 
 
 def test_a_dtype_that_differs(run_tests: RunTests) -> None:
@@ -113,7 +116,7 @@ def test_op(rank):
     result.assert_outcomes(failed=2, passed=2)
     result.stdout.fnmatch_lines([
         "*at its call 1: rank 0 broadcast float32[[]3[]] from rank 0 at test_it.py:5; rank 1 broadcast "
-        "float32[[]3[]] from rank 1 at test_it.py:5 - on a cluster the ranks wait for different roots: a hang",
+        "float32[[]3[]] from rank 1 at test_it.py:5 - on a cluster the ranks wait for different roots: a hang*",
         "*at its call 1: rank 0 all_reduce float32[[]3[]] SUM at test_it.py:9; rank 1 all_reduce "
         "float32[[]3[]] MAX at test_it.py:9 - on a cluster the ranks reduce with different ops*",
     ])
@@ -156,7 +159,7 @@ def test_no_recv(rank):
         "to rank 3 at test_it.py:9; rank 3 recv float32[[]3[]] from rank 2 at test_it.py:9 - on a cluster "
         "this is a size mismatch*",
         "fake world ranks diverge: ranks 0 and 1 diverge on point-to-point 0 -> 1: rank 0 send float32[[]2[]] "
-        "to rank 1 at test_it.py:15; rank 1 posted no matching recv - on a cluster rank 0 waits forever",
+        "to rank 1 at test_it.py:15; rank 1 posted no matching recv - on a cluster rank 0 waits forever*",
     ])
 
 
@@ -360,3 +363,32 @@ def test_ring(rank):
     assert [(e["profiling_name"], e["p2p_seq_id"], e["is_p2p"]) for e in entries] == [
         ("nccl:send 0->1", 1, True), ("nccl:recv 0<-2", 1, True), ("nccl:coalesced", 1, True),
     ]
+
+
+DEVIATES = """
+@pytest.mark.fake_world(4, rank="all")
+def test_div(rank):
+    dist.all_reduce(torch.ones(2 if rank != 1 else 3))
+"""
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_deviating_ranks_case_fails_in_every_order(run_tests: RunTests, seed: int) -> None:
+    """#23, point 4: the failure is on the case of the one rank whose calls
+    differ from the others', whatever order the cases run in."""
+    pytest.importorskip("pytest_randomly")
+    result = run_tests(DEVIATES, "-p", "randomly", f"--randomly-seed={seed}")
+    result.assert_outcomes(failed=1, passed=3)
+    result.stdout.fnmatch_lines([
+        "*[[]reported on rank 1's case: its collectives differ from every other rank's[]]",
+        "FAILED test_it.py::test_div[[]w4-r1[]]*",
+    ])
+
+
+def test_under_xdist_the_message_names_the_deviating_case(run_tests: RunTests) -> None:
+    pytest.importorskip("xdist")
+    result = run_tests(DEVIATES, "-n", "2")
+    result.assert_outcomes(failed=1, passed=3)
+    text = result.stdout.str()
+    if "FAILED test_it.py::test_div[w4-r1]" not in text:  # completed elsewhere: named in the message
+        assert "rank 1's case (test_it.py::test_div[w4-r1]) differs from every other rank's" in text

@@ -25,6 +25,8 @@ divergence: on a cluster it waits forever. Only ranks that ran are compared.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from typing import Any, NamedTuple
 
 from ..ops import FROM_ROOT, POINT_TO_POINT, SAME_SHAPES, TO_ROOT
@@ -113,6 +115,25 @@ class Trace:
         ranks, _, label, name = self.groups[call.group]
         named = label if label and label != "undefined" else f"'{name}'"
         return f"group {named} (ranks {ranks_text(ranks)})"
+
+
+def deviant(traces: dict[int, dict[str, Any]]) -> int | None:
+    """The one rank whose collectives differ from those of every other rank
+    while all the others agree (groups compared by size, place and label, so
+    that each rank's own sub-group counts alike): where a divergence is
+    reported. None when no one rank stands out (two ranks, or several that
+    differ)."""
+    signatures = {}
+    for r, data in traces.items():
+        t = Trace(data)
+        signatures[r] = tuple(
+            (len(t.groups[c.group][0]), t.groups[c.group][1], t.groups[c.group][2], c.op,
+             None if c.object_call else tuple(map(tuple, c.shapes)), c.dtype, c.reduce_op)
+            for c in t.calls if c.op not in POINT_TO_POINT
+        )
+    common, agree = Counter(signatures.values()).most_common(1)[0]
+    odd = [r for r, sig in signatures.items() if sig != common]
+    return odd[0] if len(odd) == 1 and agree >= 2 else None
 
 
 def check(traces: dict[int, dict[str, Any]]) -> str | None:

@@ -188,6 +188,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reporting = settings.report or settings.report_json
     if (swept or reporting) and not config.pluginmanager.has_plugin("fakepg-carrier"):
         config.pluginmanager.register(sweeps.Carrier(), "fakepg-carrier")
+    # Without pytest-xdist (whose workers each run part of a sweep), a
+    # divergence is put on the deviating rank's case.
+    if swept and not hasattr(config, "workerinput") and not config.pluginmanager.has_plugin("fakepg-holder"):
+        config.pluginmanager.register(sweeps.Holder(), "fakepg-holder")
 
 
 # -- bringing worlds up and down -------------------------------------------------

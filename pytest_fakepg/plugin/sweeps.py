@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .. import records
-from .state import REPORT, REPORT_ENTRY, SETTINGS, SWEEP, WORLD
+from .state import CASE, REPORT, REPORT_ENTRY, SETTINGS, SWEEP, WORLD
 
 if TYPE_CHECKING:
     from ..world import FakeWorld
@@ -60,12 +60,80 @@ class SweepChecker:
             return
         if self.on_divergence is not None:
             self.on_divergence([t["nodeid"] for t in traces.values()])
+        message += _where(consistency.deviant(traces), data["rank"], traces)
         if report.passed:
             report.outcome = "failed"
             path, line, _ = report.location
             report.longrepr = Divergence(f"fake world ranks diverge: {message}", f"{path}:{line + 1}", self.one_line)
         else:
             report.sections.append(("fake world ranks diverge", message))
+
+
+def _where(deviant: int | None, here: int, traces: dict[int, dict[str, Any]]) -> str:
+    """Which case carries a divergence, and why (#23: the same case in every order)."""
+    if deviant is None:
+        return " [reported on the case that completed the sweep: no one rank differs from all the others]"
+    if deviant == here:
+        return f" [reported on rank {deviant}'s case: its collectives differ from every other rank's]"
+    return (f" [rank {deviant}'s case ({traces[deviant]['nodeid']}) differs from every other rank's; reported "
+            "here, on the case that completed the sweep, as under pytest-xdist]")
+
+
+class Holder:
+    """Without pytest-xdist, a checked sweep's cases are run as usual but
+    their reports held back until the sweep is complete, then reported with
+    the case of the deviating rank (``consistency.deviant``) last: the check,
+    which fails the case that completes a sweep, fails that case in every
+    order. Under pytest-xdist a sweep's cases run in several processes and the
+    reports cannot wait: the failure stays on the completing case, whose
+    message names the deviating one."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, list[tuple[pytest.Item, list[pytest.TestReport]]]] = {}
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+        sweep = item.stash.get(SWEEP, None)
+        if sweep is None or not sweep[2]:
+            return None
+        from _pytest.runner import runtestprotocol
+
+        key, cases, _ = sweep
+        held = self.held.setdefault(key, [])
+        held.append((item, runtestprotocol(item, nextitem=nextitem, log=False)))
+        if len(held) == cases:
+            del self.held[key]
+            self._report(held, reorder=True)
+        return True
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        """A run stopped early (-x, a failure limit): what is held is reported as it ran."""
+        for held in self.held.values():
+            self._report(held, reorder=False)
+        self.held.clear()
+
+    @staticmethod
+    def _report(held: list[tuple[pytest.Item, list[pytest.TestReport]]], reorder: bool) -> None:
+        if reorder:
+            from ..checks import consistency
+
+            traces = {}
+            for _, reports in held:
+                for rep in reports:
+                    trace = getattr(rep, "fake_world_trace", None)
+                    if trace is not None:
+                        traces[trace["rank"]] = trace
+            odd = consistency.deviant(traces) if len(traces) == len(held) and consistency.check(traces) else None
+            if odd is not None:
+                last = [h for h in held if getattr(h[0].stash.get(CASE, None), "spec", None) is not None
+                        and h[0].stash[CASE].spec.rank == odd]
+                held = [h for h in held if h not in last] + last
+        for item, reports in held:
+            item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+            for rep in reports:
+                item.ihook.pytest_runtest_logreport(report=rep)
+            item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
 
 
 class Divergence:
