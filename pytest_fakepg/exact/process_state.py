@@ -38,9 +38,10 @@ C++ (``_compat.state.SHARED_STATE``) stay shared on purpose, since the
 registry they guard is shared. c10d's own state is per rank by other means
 (NOTE [compat: per-rank c10d state]).
 
-The cost is a check of each cell at each switch: one C-level pass over the
-bindings (about 40 of them), one over the containers, and a ``cache_clear``
-per cache.
+The cost is a check of each cell at each switch, in C++ (``changed_bindings``
+and ``changed_containers``, bindings.cpp): in a DTensor program about 10
+bindings and 20 containers, and a ``cache_clear`` per cache; about 1.5 us a
+switch (docs/performance.md).
 """
 
 from __future__ import annotations
