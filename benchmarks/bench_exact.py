@@ -36,11 +36,8 @@ TRIVIAL = """
         assert t.item() == 6.0
 """
 
-PARITY = '''
-import torch.nn as nn
-CHECK = globals().get("CHECK", True)  # values are exact: compare with one device
-from torch.distributed.device_mesh import init_device_mesh
-
+# The model the parity bodies train (bench_unittest.py's classes use it too).
+MLP = '''
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -48,6 +45,13 @@ class MLP(nn.Module):
         self.w2 = nn.Linear(16, 8)
     def forward(self, x):
         return self.w2(torch.relu(self.w1(x)))
+'''
+
+PARITY = '''
+import torch.nn as nn
+CHECK = globals().get("CHECK", True)  # values are exact: compare with one device
+from torch.distributed.device_mesh import init_device_mesh
+''' + MLP + '''
 
 def train(model, batch, steps=3):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_exact  # noqa: E402
 import bench_pytest  # noqa: E402
 
 CLASS = '''
@@ -40,17 +41,7 @@ from torch.testing._internal.distributed._tensor.common_dtensor import (
     DTensorTestBase, create_local_tensor_test_class, with_comms,
 )
 from pytest_fakepg import create_exact_test_class
-
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w1 = nn.Linear(8, 16)
-        self.w2 = nn.Linear(16, 8)
-
-    def forward(self, x):
-        return self.w2(torch.relu(self.w1(x)))
-
+''' + bench_exact.MLP + '''
 
 class Representative(DTensorTestBase):
     @property

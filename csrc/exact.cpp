@@ -107,9 +107,7 @@ void CpuRng::install() const {
 Scheduler::Scheduler(int world_size)
     : n_(world_size),
       state_(world_size, kNew),
-      waiting_on_(world_size),
-      ready_(world_size),
-      waiting_for_(world_size) {}
+      waiting_(world_size) {}
 
 void Scheduler::wakeAll() {
   for (auto& gate : gates_) {
@@ -167,9 +165,7 @@ void Scheduler::start(std::vector<c10::intrusive_ptr<Gate>> gates) {
   std::lock_guard<std::mutex> lk(mu_);
   gates_ = std::move(gates);
   std::fill(state_.begin(), state_.end(), kNew);
-  std::fill(waiting_on_.begin(), waiting_on_.end(), nullptr);
-  std::fill(ready_.begin(), ready_.end(), nullptr);
-  std::fill(waiting_for_.begin(), waiting_for_.end(), std::string());
+  std::fill(waiting_.begin(), waiting_.end(), Wait{});
   current_ = 0;  // the caller runs rank 0
   ended_ = 0;
   caller_rng_ = CpuRng::current();
@@ -199,7 +195,7 @@ void Scheduler::leave(int rank) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     state_[rank] = kDone;
-    waiting_on_[rank] = nullptr;
+    waiting_[rank] = Wait{};
     if (current_ != rank) {
       return;
     }
@@ -267,7 +263,8 @@ std::vector<std::string> Scheduler::waiting() const {
 }
 
 std::string Scheduler::waitingFor(int rank) const {
-  return waiting_on_[rank] ? waiting_on_[rank]->what() : waiting_for_[rank];
+  const Wait& w = waiting_[rank];
+  return w.work ? w.work->what() : w.what;
 }
 
 bool Scheduler::runnable(int rank) const {
@@ -277,8 +274,8 @@ bool Scheduler::runnable(int rank) const {
   if (state_[rank] != kBlocked) {
     return false;
   }
-  return waiting_on_[rank] ? waiting_on_[rank]->done()
-                           : (ready_[rank] && ready_[rank]());
+  const Wait& w = waiting_[rank];
+  return w.work ? w.work->done() : (w.ready && w.ready());
 }
 
 int Scheduler::pickNext(int rank) {
@@ -344,50 +341,36 @@ void Scheduler::block(int rank, ExactWork* work) {
   if (PyGILState_Check()) {
     release.emplace();
   }
-  int next;
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    throwIfAborted();
-    TORCH_CHECK(
-        current_ == rank,
-        cat("fakepg: rank ",
-            rank,
-            " waited on its work from a thread that is not running it "
-            "(exact worlds run one rank at a time; wait on work in the "
-            "rank's own program)"));
-    state_[rank] = kBlocked;
-    waiting_on_[rank] = work;
-    next = pickNext(rank);
-  }
-  if (next != rank) {
-    handTo(rank, next);
-  }
-  awaitTurn(rank);
-  std::lock_guard<std::mutex> lk(mu_);
-  waiting_on_[rank] = nullptr;
-  throwIfAborted();
-  state_[rank] = kReady;
+  suspend(
+      rank,
+      Wait{work, nullptr, std::string()},
+      "its work from a thread that is not running it (exact worlds run one "
+      "rank at a time; wait on work in the rank's own program)");
 }
 
 void Scheduler::blockUntil(
     int rank,
     std::function<bool()> ready,
     std::string what) {
+  suspend(
+      rank,
+      Wait{nullptr, std::move(ready), std::move(what)},
+      "the store from a thread that is not running it");
+}
+
+void Scheduler::suspend(int rank, Wait wait, const char* on) {
   int next;
   {
     std::lock_guard<std::mutex> lk(mu_);
     throwIfAborted();
     TORCH_CHECK(
         current_ == rank,
-        cat("fakepg: rank ",
-            rank,
-            " waited on the store from a thread that is not running it"));
-    if (ready()) {
-      return;
+        cat("fakepg: rank ", rank, " waited on ", on));
+    if (!wait.work && wait.ready()) {
+      return;  // already there: no turn to give up
     }
     state_[rank] = kBlocked;
-    ready_[rank] = std::move(ready);
-    waiting_for_[rank] = std::move(what);
+    waiting_[rank] = std::move(wait);
     next = pickNext(rank);
   }
   if (next != rank) {
@@ -395,8 +378,7 @@ void Scheduler::blockUntil(
   }
   awaitTurn(rank);
   std::lock_guard<std::mutex> lk(mu_);
-  ready_[rank] = nullptr;
-  waiting_for_[rank].clear();
+  waiting_[rank] = Wait{};
   throwIfAborted();
   state_[rank] = kReady;
 }

@@ -138,9 +138,20 @@ class Scheduler : public c10::intrusive_ptr_target {
   enum State : int { kNew = 0, kReady = 1, kBlocked = 2, kDone = 3 };
 
  private:
+  // What a waiting rank waits for: its work (block()), or a condition and
+  // its description (blockUntil()).
+  struct Wait {
+    ExactWork* work = nullptr;
+    std::function<bool()> ready;
+    std::string what;
+  };
   bool runnable(int rank) const;
   // With mu_ held: what `rank` waits for (waiting()).
   std::string waitingFor(int rank) const;
+  // Without mu_, on `rank`'s thread (the running one): it waits for `wait`,
+  // running the other ranks meanwhile; `on` completes the error "rank r
+  // waited on ..." for a thread that is not running `rank`.
+  void suspend(int rank, Wait wait, const char* on);
   // With mu_ held: the next runnable rank after `rank`; or -1, stopping the
   // run as deadlocked if ranks remain and none can run.
   int pickNext(int rank);
@@ -161,10 +172,7 @@ class Scheduler : public c10::intrusive_ptr_target {
   int current_ = -1;
   int ended_ = 0;
   std::vector<State> state_;
-  std::vector<ExactWork*> waiting_on_;
-  // A rank waiting in blockUntil(): its condition and what it waits for.
-  std::vector<std::function<bool()>> ready_;
-  std::vector<std::string> waiting_for_;
+  std::vector<Wait> waiting_;  // by rank
   bool aborted_ = false;
   bool deadlocked_ = false;
   std::string reason_;

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .. import records
-from .state import CASE, REPORT, REPORT_ENTRY, SETTINGS, SWEEP, WORLD
+from .state import REPORT, REPORT_ENTRY, SETTINGS, SWEEP, WORLD
 
 if TYPE_CHECKING:
     from ..world import FakeWorld
@@ -124,11 +124,10 @@ class Holder:
                     trace = getattr(rep, "fake_world_trace", None)
                     if trace is not None:
                         traces[trace["rank"]] = trace
-            odd = consistency.deviant(traces) if len(traces) == len(held) and consistency.check(traces) else None
-            if odd is not None:
-                last = [h for h in held if getattr(h[0].stash.get(CASE, None), "spec", None) is not None
-                        and h[0].stash[CASE].spec.rank == odd]
-                held = [h for h in held if h not in last] + last
+            odd = consistency.deviant(traces) if len(traces) == len(held) else None
+            if odd is not None:  # its case last: the one the check fails
+                nodeid = traces[odd]["nodeid"]
+                held = sorted(held, key=lambda h: h[0].nodeid == nodeid)
         for item, reports in held:
             item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
             for rep in reports:
