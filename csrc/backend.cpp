@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <functional>
 
 #include "compat.hpp"
 #include "text.hpp"
@@ -45,6 +46,14 @@ void checkSameCount(
   TORCH_CHECK(
       outputs == inputs,
       cat("fakepg ", op, ": ", outputs, " outputs for ", inputs, " ", what));
+}
+
+// What c10d's validators call with a complaint about an argument of `op`
+// (NOTE [compat: argument validators]).
+std::function<void(const std::string&)> invalidArgument(const char* op) {
+  return [op](const std::string& complaint) {
+    TORCH_CHECK(false, cat("fakepg ", op, ": ", complaint));
+  };
 }
 
 // NOTE [One-tensor coalesced calls]
@@ -119,14 +128,13 @@ Contribution FakeBackend::part(
 }
 
 void FakeBackend::checkRoot(const char* op, int64_t root) const {
-  TORCH_CHECK(
-      root >= 0 && root < size_,
-      cat("fakepg ",
-          op,
-          ": root ",
-          root,
-          " is outside a group of size ",
-          size_));
+  const auto invalid = invalidArgument(op);
+  compat::assertRootRank(
+      [&](const std::string& complaint) {
+        invalid(cat(complaint, " (a group of ", size_, " has ranks 0 to ", size_ - 1, ")"));
+      },
+      root,
+      size_);
 }
 
 int32_t FakeBackend::globalRank(int64_t group_rank) const {
@@ -226,16 +234,9 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather(
     std::vector<std::vector<at::Tensor>>& outputs,
     std::vector<at::Tensor>& inputs,
     const c10d::AllgatherOptions& /* opts */) {
-  TORCH_CHECK(
-      inputs.size() == 1 && outputs.size() == 1,
-      "fakepg all_gather: expects one input and one output list");
-  TORCH_CHECK(
-      static_cast<int>(outputs[0].size()) == size_,
-      cat("fakepg all_gather: the output list has ",
-          outputs[0].size(),
-          " tensors but the group has ",
-          size_,
-          " ranks"));
+  const auto invalid = invalidArgument("all_gather");
+  compat::assertSingleElementInput(invalid, inputs);
+  compat::assertGatherOutputTensorList(invalid, outputs, size_);
   return issue(
       part(Op::all_gather, inputs, outputs[0]),
       c10d::OpType::ALLGATHER,
@@ -259,21 +260,13 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
     std::vector<std::vector<at::Tensor>>& outputs,
     std::vector<at::Tensor>& inputs,
     const c10d::AllgatherOptions& /* opts */) {
-  TORCH_CHECK(
-      static_cast<int>(outputs.size()) == size_,
-      cat("fakepg all_gather_coalesced: expects one output list per rank (",
-          size_,
-          "), got ",
-          outputs.size()));
+  compat::assertAllgatherCoalescedOutputTensorLists(
+      invalidArgument("all_gather_coalesced"),
+      outputs,
+      inputs.size(),
+      size_);
   std::vector<at::Tensor> outs;  // laid out [j * inputs + k]
   for (const auto& list : outputs) {
-    TORCH_CHECK(
-        list.size() == inputs.size(),
-        cat("fakepg all_gather_coalesced: each output list must have one "
-            "tensor per input (",
-            inputs.size(),
-            "), got ",
-            list.size()));
     outs.insert(outs.end(), list.begin(), list.end());
   }
   return issue(
@@ -305,14 +298,11 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gather(
     std::vector<at::Tensor>& inputs,
     const c10d::GatherOptions& opts) {
   checkRoot("gather", opts.rootRank);
-  TORCH_CHECK(inputs.size() == 1, "fakepg gather: expects one input tensor");
+  const auto invalid = invalidArgument("gather");
+  compat::assertSingleElementInput(invalid, inputs);
   const bool root = rank_ == opts.rootRank;
   if (root) {
-    TORCH_CHECK(
-        outputs.size() == 1 && static_cast<int>(outputs[0].size()) == size_,
-        cat("fakepg gather: the root needs one output list of ",
-            size_,
-            " tensors"));
+    compat::assertGatherOutputTensorList(invalid, outputs, size_);
   }
   auto outs = root ? outputs[0] : std::vector<at::Tensor>{};
   auto c = part(Op::gather, inputs, outs);
@@ -350,14 +340,11 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::scatter(
     std::vector<std::vector<at::Tensor>>& inputs,
     const c10d::ScatterOptions& opts) {
   checkRoot("scatter", opts.rootRank);
-  TORCH_CHECK(outputs.size() == 1, "fakepg scatter: expects one output tensor");
+  const auto invalid = invalidArgument("scatter");
+  compat::assertSingleElementOutput(invalid, outputs);
   const bool root = rank_ == opts.rootRank;
   if (root) {
-    TORCH_CHECK(
-        inputs.size() == 1 && static_cast<int>(inputs[0].size()) == size_,
-        cat("fakepg scatter: the root needs one input list of ",
-            size_,
-            " tensors"));
+    compat::assertScatterInputTensorList(invalid, inputs, size_);
   }
   auto c = part(
       Op::scatter, root ? inputs[0] : std::vector<at::Tensor>{}, outputs);
@@ -446,15 +433,8 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall(
     std::vector<at::Tensor>& outputs,
     std::vector<at::Tensor>& inputs,
     const c10d::AllToAllOptions& /* opts */) {
-  TORCH_CHECK(
-      static_cast<int>(outputs.size()) == size_ &&
-          static_cast<int>(inputs.size()) == size_,
-      cat("fakepg all_to_all: needs ",
-          size_,
-          " input and output tensors, got ",
-          inputs.size(),
-          " and ",
-          outputs.size()));
+  compat::assertAllToAllTensorListSizes(
+      invalidArgument("all_to_all"), outputs.size(), inputs.size(), size_);
   return issue(
       part(Op::all_to_all, inputs, outputs),
       c10d::OpType::ALLTOALL,

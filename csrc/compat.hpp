@@ -22,6 +22,21 @@ inline void checkSplitSizes(
   c10d::checkSplitSizes(split_sizes, tensor, group_size);
 }
 
+// NOTE [compat: argument validators]
+// c10d/Utils.hpp's assert* helpers are the checks gloo runs on a collective's
+// arguments, each given the function that raises the complaint; the backend
+// runs the same ones (backend.cpp, invalidArgument), so a bad argument reads
+// as it does under gloo, with the op and the group's size added. Internal
+// helpers with the same signatures from 2.11 to 2.15.0; should they go, copy
+// them here.
+using c10d::assertAllgatherCoalescedOutputTensorLists;
+using c10d::assertAllToAllTensorListSizes;
+using c10d::assertGatherOutputTensorList;
+using c10d::assertRootRank;
+using c10d::assertScatterInputTensorList;
+using c10d::assertSingleElementInput;
+using c10d::assertSingleElementOutput;
+
 // NOTE [compat: PREMUL_SUM]
 // The scaling factor of a PREMUL_SUM reduce op rides in a supplement. torch
 // 2.11 names its type NCCLPreMulSumSupplement; later releases rename it

@@ -502,3 +502,42 @@ def test_in_place_all_gather_whose_input_is_a_view_of_the_output(group: Group, o
         outs = list(out.view(group.size, 3).unbind())
         dist.all_gather(outs, inp, group=group.pg)
         assert torch.equal(out, mine.repeat(group.size))
+
+
+# -- bad arguments: c10d's own validators ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: dist.gather(torch.ones(2), [torch.ones(2)] * 3, dst=0),
+         "fakepg gather: Incorrect output list size 3. Output list size should be 4, same as size of the process group."),
+        (lambda: dist.scatter(torch.ones(2), [torch.ones(2)] * 5, src=0),
+         "fakepg scatter: Incorrect input list size 5. Input list size should be 4, same as size of the process group."),
+        (lambda: dist.all_gather([torch.ones(2)] * 3, torch.ones(2)),
+         "fakepg all_gather: Incorrect output list size 3. Output list size should be 4, same as size of the process "
+         "group."),
+        (lambda: dist.all_to_all([torch.ones(2)] * 4, [torch.ones(2)] * 3),
+         "fakepg all_to_all: input tensor list size 3 does not match world size 4"),
+        (lambda: dist.group.WORLD.broadcast([torch.ones(2)], _root(7)),
+         "fakepg broadcast: invalid root rank: 7 (a group of 4 has ranks 0 to 3)"),
+        (lambda: dist.group.WORLD.reduce([torch.ones(2)], _root(-1, dist.ReduceOptions)),
+         "fakepg reduce: invalid root rank: -1 (a group of 4 has ranks 0 to 3)"),
+    ],
+    ids=["gather", "scatter", "all_gather", "all_to_all", "broadcast", "reduce"],
+)
+def test_bad_arguments_are_refused_as_gloo_refuses_them_and_not_counted(call: Any, message: str) -> None:
+    """The checks are c10d's (gloo's words), the op named; nothing is recorded."""
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(4, rank=0) as world:
+        with pytest.raises(RuntimeError) as info:
+            call()
+        assert str(info.value).splitlines()[0] == message
+        assert world.collectives.count() == 0
+
+
+def _root(rank: int, options: Any = None) -> Any:
+    opts = (options or dist.BroadcastOptions)()
+    opts.rootRank = rank
+    return opts
