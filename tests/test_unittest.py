@@ -146,11 +146,13 @@ MARKED = """
 import unittest
 
 EVENTS = []
+INSTANCES = []  # kept alive, so that no later instance takes the id of one
 
 
 @pytest.mark.fake_world(4, values="exact")
 class TestMarked(unittest.TestCase):
     def setUp(self):
+        INSTANCES.append(self)
         EVENTS.append(("setUp", self.rank, id(self)))
 
     def tearDown(self):
