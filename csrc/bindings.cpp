@@ -96,6 +96,60 @@ std::function<std::string(const std::string&)> labelSource(py::object fn) {
   };
 }
 
+// One member's part of a mismatch, as records.mismatch_data reads it:
+// (global rank, group rank, op, shapes, dtype, reduce op, peer, any source,
+// input splits, output splits). A part's tensors are its inputs, a recv's
+// its buffer.
+py::tuple partTuple(const Contribution& c, const std::vector<int64_t>& ranks) {
+  const auto& ts = c.in.empty() ? c.out : c.in;
+  py::tuple shapes(ts.size());
+  for (size_t i = 0; i < ts.size(); ++i) {
+    shapes[i] = py::tuple(py::cast(ts[i].sizes().vec()));
+  }
+  const auto global = [&](int64_t r) -> int64_t {
+    return r < 0 || ranks.empty() ? r : ranks.at(r);
+  };
+  return py::make_tuple(
+      c.global_rank,
+      c.rank,
+      static_cast<int>(c.op),
+      shapes,
+      dtypeObject(ts.empty() ? -1 : static_cast<int8_t>(ts[0].scalar_type())),
+      c.reduces ? static_cast<int>(c.reduce.op_) : kNoReduceOp,
+      global(c.root),
+      (c.op == Op::recv && c.root < 0),
+      c.in_splits,
+      c.out_splits);
+}
+
+// The callable that words a mismatch an exact world's exchange found (NOTE
+// [Mismatches are worded in Python], exact.hpp); it takes the GIL to call.
+std::function<std::string(const Mismatch&)> mismatchSource(py::object fn) {
+  if (fn.is_none()) {
+    return nullptr;
+  }
+  return [held = held(std::move(fn))](const Mismatch& m) -> std::string {
+    py::gil_scoped_acquire gil;
+    try {
+      py::object ranks = py::none();
+      if (!m.ranks->empty()) {
+        ranks = py::cast(*m.ranks);
+      }
+      return (*held)(py::make_tuple(
+                         static_cast<int>(m.kind),
+                         m.group,
+                         ranks,
+                         m.seq,
+                         partTuple(*m.a, *m.ranks),
+                         partTuple(*m.b, *m.ranks)))
+          .cast<std::string>();
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("pytest-fakepg's mismatch wording");
+      return std::string();
+    }
+  };
+}
+
 // The exact world's switch hook: NOTE [The baton]. Errors it raises go
 // where the rank's program would see them, so it must not raise.
 std::function<void(int, int)> switchHook(py::object fn) {
@@ -149,6 +203,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("RECORD_ANY_SOURCE") = fakepg::kAnySource;
   m.attr("RECORD_OBJECT") = fakepg::kObject;
   m.attr("NO_REDUCE_OP") = fakepg::kNoReduceOp;
+  m.attr("MISMATCH_KINDS") = py::make_tuple("calls", "point_to_point", "splits");
   m.attr("RANK_NOT_STARTED") = static_cast<int>(fakepg::Scheduler::kNew);
   m.attr("RANK_WAITING") = static_cast<int>(fakepg::Scheduler::kBlocked);
   m.attr("RANK_FINISHED") = static_cast<int>(fakepg::Scheduler::kDone);
@@ -205,6 +260,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         }
         return out;
       });
+
+  // (torch dtype, c10 name) of every scalar type torch names in Python:
+  // Flight Recorder dumps spell dtypes as c10 does ("Float").
+  m.def("scalar_type_names", []() {
+    py::list out;
+    for (int i = 0; i < static_cast<int>(at::ScalarType::NumOptions); ++i) {
+      const auto t = static_cast<at::ScalarType>(i);
+      try {
+        out.append(py::make_tuple(fakepg::dtypeObject(static_cast<int8_t>(i)), c10::toString(t)));
+      } catch (const std::exception&) {
+        PyErr_Clear();  // a scalar type with no Python dtype
+      }
+    }
+    return out;
+  });
 
   m.def("op_names", []() {
     std::vector<std::string> names;
@@ -337,6 +407,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "set_label_source",
           [](WorldState& w, py::object fn) {
             w.setLabelSource(fakepg::labelSource(std::move(fn)));
+          })
+      .def(
+          "set_mismatch_source",
+          [](WorldState& w, py::object fn) {
+            w.setMismatchSource(fakepg::mismatchSource(std::move(fn)));
           })
       .def("set_in_object_collective", &WorldState::setInObjectCollective)
       .def("__len__", &WorldState::size)

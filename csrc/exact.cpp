@@ -568,60 +568,6 @@ at::Tensor reduceExact(
   return acc;
 }
 
-// torch's Python names ("float32"), as the check across ranks writes them.
-std::string dtypeText(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return "float32";
-    case at::kDouble:
-      return "float64";
-    case at::kHalf:
-      return "float16";
-    case at::kBFloat16:
-      return "bfloat16";
-    case at::kLong:
-      return "int64";
-    case at::kInt:
-      return "int32";
-    case at::kShort:
-      return "int16";
-    case at::kChar:
-      return "int8";
-    case at::kByte:
-      return "uint8";
-    case at::kBool:
-      return "bool";
-    case at::kComplexFloat:
-      return "complex64";
-    case at::kComplexDouble:
-      return "complex128";
-    default:
-      return c10::toString(t);
-  }
-}
-
-std::string tensorsText(const std::vector<at::Tensor>& ts) {
-  if (ts.empty()) {
-    return "";
-  }
-  std::string s = dtypeText(ts[0].scalar_type());
-  if (ts.size() > 4) {
-    return cat(ts.size(), " tensors of ", s);
-  }
-  std::string out;
-  for (size_t i = 0; i < ts.size(); ++i) {
-    out += i ? ", " : "";
-    out += dtypeText(ts[i].scalar_type());
-    append(out, ts[i].sizes());
-  }
-  return out;
-}
-
-std::string callText(const Contribution& c) {
-  auto t = tensorsText(c.in);
-  return cat("rank ", c.global_rank, " ", opName(c.op), t.empty() ? "" : " ", t);
-}
-
 void synchronizeIfDevice(const std::vector<Contribution>& members) {
   for (const auto& m : members) {
     for (const auto* list : {&m.in, &m.out}) {
@@ -675,55 +621,55 @@ void Exchange::post(uint64_t seq, Contribution c) {
   }
 }
 
+namespace {
+
 // The check every real backend makes before it moves a byte: the same op,
-// root, reduce op and dtype everywhere, and sizes that fit.
-static std::string mismatch(
-    const std::vector<Contribution>& m,
-    const std::string& label,
-    uint64_t seq) {
+// root, reduce op and dtype everywhere, sizes that fit and, for
+// all_to_all_single, splits that agree. The members that differ, or none.
+struct Found {
+  Mismatch::Kind kind;
+  size_t a;
+  size_t b;
+};
+
+std::optional<Found> findMismatch(const std::vector<Contribution>& m) {
   const auto& a = m[0];
   for (size_t i = 1; i < m.size(); ++i) {
     const auto& b = m[i];
-    const char* what = nullptr;
-    if (a.op != b.op) {
-      what = "the ranks issue different collectives: on a cluster each waits forever";
-    } else if (a.root != b.root) {
-      what = "the ranks name different roots: on a cluster this hangs";
-    } else if (a.reduces && a.reduce.op_ != b.reduce.op_) {
-      what = "the ranks reduce with different ops: the result is undefined";
-    } else if (
-        !a.in.empty() && !b.in.empty() &&
-        a.in[0].scalar_type() != b.in[0].scalar_type()) {
-      what = "a dtype mismatch: gloo raises, NCCL reads the wrong bytes";
-    } else if (a.in.size() != b.in.size() && a.op != Op::scatter) {
-      what = "the ranks pass different numbers of tensors";
-    } else {
-      const bool sized = opHas(a.op, kSameShapes);
-      for (size_t k = 0; sized && k < a.in.size(); ++k) {
-        if (a.in[k].numel() != b.in[k].numel()) {
-          what = "a size mismatch: gloo raises, NCCL hangs or corrupts data";
+    bool differ = a.op != b.op || a.root != b.root ||
+        (a.reduces && a.reduce.op_ != b.reduce.op_) ||
+        (!a.in.empty() && !b.in.empty() &&
+         a.in[0].scalar_type() != b.in[0].scalar_type()) ||
+        (a.in.size() != b.in.size() && a.op != Op::scatter);
+    for (size_t k = 0; !differ && opHas(a.op, kSameShapes) && k < a.in.size(); ++k) {
+      differ = a.in[k].numel() != b.in[k].numel();
+    }
+    if (differ) {
+      return Found{Mismatch::Kind::calls, 0, i};
+    }
+  }
+  if (a.op == Op::all_to_all_single) {
+    // Member i's output split j must be member j's input split i.
+    for (size_t i = 0; i < m.size(); ++i) {
+      for (size_t j = 0; j < m.size(); ++j) {
+        if (m[i].out_splits[j] != m[j].in_splits[i]) {
+          return Found{Mismatch::Kind::splits, i, j};
         }
       }
     }
-    if (what) {
-      return cat(
-          "fakepg: ranks ",
-          a.global_rank,
-          " and ",
-          b.global_rank,
-          " diverge on group ",
-          label,
-          " at its call ",
-          seq,
-          ": ",
-          callText(a),
-          "; ",
-          callText(b),
-          " - ",
-          what);
-    }
   }
-  return "";
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::exception_ptr Exchange::error(
+    Mismatch::Kind kind,
+    uint64_t seq,
+    const Contribution& a,
+    const Contribution& b) const {
+  return distBackendError(
+      world_.mismatchText(Mismatch{kind, name_, &ranks_, seq, &a, &b}));
 }
 
 // ---------------------------------------------------------------------------
@@ -877,22 +823,6 @@ void reduceScatterTensor(std::vector<Contribution>& m, int n, const Writes& writ
 
 void allToAllSingle(std::vector<Contribution>& m, int n, const Writes& writes) {
   const auto& first = m[0];
-  // Member i's output split j is member j's input split i.
-  for (int i = 0; i < n; ++i) {
-    for (int j = 0; j < n; ++j) {
-      TORCH_CHECK(
-          m[i].out_splits[j] == m[j].in_splits[i],
-          cat("fakepg all_to_all_single: rank ",
-              m[i].global_rank,
-              " expects ",
-              m[i].out_splits[j],
-              " rows from rank ",
-              m[j].global_rank,
-              ", which sends it ",
-              m[j].in_splits[i],
-              " - on a cluster this is a size mismatch"));
-    }
-  }
   std::vector<std::vector<at::Tensor>> pieces(n);
   for (int j = 0; j < n; ++j) {
     const auto& in = m[j].in[0];
@@ -979,9 +909,8 @@ void Exchange::complete(uint64_t seq, std::vector<Contribution>& m) {
     return a.rank < b.rank;
   });
   std::exception_ptr error;
-  auto bad = mismatch(m, label_, seq);
-  if (!bad.empty()) {
-    error = distBackendError(bad);
+  if (auto found = findMismatch(m)) {
+    error = this->error(found->kind, seq, m[found->a], m[found->b]);
   } else {
     try {
       at::AutoDispatchBelowAutograd guard;
@@ -1006,24 +935,7 @@ void Exchange::match(Contribution& s, Contribution& r) {
   const auto& src = s.in.at(0);
   const auto& dst = r.out.at(0);
   if (src.numel() != dst.numel() || src.scalar_type() != dst.scalar_type()) {
-    error = distBackendError(cat(
-        "fakepg: ranks ",
-        s.global_rank,
-        " and ",
-        r.global_rank,
-        " diverge on point-to-point ",
-        s.global_rank,
-        " -> ",
-        r.global_rank,
-        ": rank ",
-        s.global_rank,
-        " sends ",
-        tensorsText(s.in),
-        "; rank ",
-        r.global_rank,
-        " receives into ",
-        tensorsText(r.out),
-        " - on a cluster the receiver gets the wrong bytes, or both hang"));
+    error = this->error(Mismatch::Kind::point_to_point, 0, s, r);
   } else if (!workOf(r).fault() && !workOf(s).fault()) {
     at::AutoDispatchBelowAutograd guard;
     std::vector<Contribution> both{s, r};

@@ -233,11 +233,31 @@ class ExactWork : public c10d::Work {
   std::vector<c10::intrusive_ptr<ExactWork>> parts_;
 };
 
+// NOTE [Mismatches are worded in Python]
+// Before it moves a byte, a real backend checks that its members' calls fit;
+// so does an exchange (the same op, root, reduce op, dtype and sizes; a
+// send's and its recv's sizes; all_to_all_single's splits), and a mismatch
+// fails every member's work. The exchange only finds a mismatch: it hands
+// Python the mismatch itself (which check, the group, the call's number,
+// both members' parts; WorldState::setMismatchSource), and Python words it
+// as the check across ranks words a divergence (checks/consistency.py), so
+// there is one wording. Without a source, the error says only where.
+struct Mismatch {
+  enum class Kind : uint8_t { calls = 0, point_to_point = 1, splits = 2 };
+  Kind kind;
+  std::string group;                  // the group's name
+  const std::vector<int64_t>* ranks;  // its global ranks; empty: every rank
+  uint64_t seq;                       // its call, from 1; 0 point to point
+  const Contribution* a;
+  const Contribution* b;
+};
+
 // One group of an exact world as every member sees it: where the members'
 // calls meet. Shared by the group's backends on every member rank.
 class Exchange {
  public:
-  Exchange(std::string label, int size) : label_(std::move(label)), size_(size) {}
+  Exchange(const WorldState& world, std::string name, std::vector<int64_t> ranks, int size)
+      : world_(world), name_(std::move(name)), ranks_(std::move(ranks)), size_(size) {}
 
   // The `seq`-th collective of the group (from 1), issued by one member.
   void post(uint64_t seq, Contribution c);
@@ -251,9 +271,17 @@ class Exchange {
     std::vector<Contribution> members;  // in arrival order
   };
   void complete(uint64_t seq, std::vector<Contribution>& members);
-  static void match(Contribution& send, Contribution& recv);
+  void match(Contribution& send, Contribution& recv);
+  // The error of a mismatch found among the members' parts.
+  std::exception_ptr error(
+      Mismatch::Kind kind,
+      uint64_t seq,
+      const Contribution& a,
+      const Contribution& b) const;
 
-  std::string label_;
+  const WorldState& world_;  // which owns the exchange
+  std::string name_;
+  std::vector<int64_t> ranks_;
   int size_;
   std::map<uint64_t, Slot> slots_;
   std::deque<Contribution> sends_;  // unmatched, in posting order

@@ -79,9 +79,25 @@ std::shared_ptr<Exchange> WorldState::exchange(
   }
   auto& found = exchanges_[key];
   if (!found) {
-    found = std::make_shared<Exchange>("'" + name + "'", size);
+    found = std::make_shared<Exchange>(*this, name, ranks, size);
   }
   return found;
+}
+
+std::string WorldState::mismatchText(const Mismatch& m) const {
+  std::string text = mismatch_source_ ? mismatch_source_(m) : std::string();
+  if (text.empty()) {
+    text = cat(
+        "ranks ",
+        m.a->global_rank,
+        " and ",
+        m.b->global_rank,
+        " issue calls that do not match on group '",
+        m.group,
+        "'",
+        m.seq ? cat(" at its call ", m.seq) : std::string());
+  }
+  return "fakepg: " + text;
 }
 
 void WorldState::startRun(std::vector<c10::intrusive_ptr<Gate>> gates) {

@@ -19,6 +19,7 @@ namespace fakepg {
 class Gate;  // exact.hpp
 class Scheduler;  // exact.hpp
 class Exchange;   // exact.hpp
+struct Mismatch;  // exact.hpp
 
 // A c10::DistBackendError carrying `msg`, as an exception_ptr.
 std::exception_ptr distBackendError(const std::string& msg);
@@ -151,6 +152,12 @@ class WorldState : public torch::CustomClassHolder {
   void setSiteSource(std::function<int32_t()> source) {
     site_source_ = std::move(source);
   }
+  // The words for a mismatch an exchange found (NOTE [Mismatches are worded
+  // in Python], exact.hpp), by the source Python sets.
+  void setMismatchSource(std::function<std::string(const Mismatch&)> source) {
+    mismatch_source_ = std::move(source);
+  }
+  std::string mismatchText(const Mismatch& m) const;
 
   // NOTE [Object collectives] all_gather_object, broadcast_object_list and
   // the like move pickled bytes whose sizes follow each rank's objects (a
@@ -220,6 +227,7 @@ class WorldState : public torch::CustomClassHolder {
   std::vector<int32_t> sites_;  // beside records_ once a site source was set
   std::function<int32_t()> site_source_;
   std::function<std::string(const std::string&)> label_source_;
+  std::function<std::string(const Mismatch&)> mismatch_source_;
   bool in_object_collective_ = false;
   std::vector<std::array<int64_t, kNumOps>> calls_;
   std::vector<int64_t> total_calls_;

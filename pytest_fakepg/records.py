@@ -305,3 +305,27 @@ def trace_data(
         ])
     return groups, calls
 
+
+
+def mismatch_data(raw: tuple[Any, ...], label: str, world_size: int) -> dict[str, Any]:
+    """A mismatch an exact world's exchange found (NOTE [Mismatches are
+    worded in Python], csrc/exact.hpp), as plain data: its kind ("calls",
+    "point_to_point" or "splits"), the group ``[global ranks, label,
+    name]``, the group's call number (0 point to point) and both
+    members' parts, each ``[global rank, group rank, call, input splits,
+    output splits]`` with the call as a ``checks.consistency.Call``'s fields."""
+    module = _backend.load()
+    reduce_ops = _reduce_ops()
+    kind, name, ranks, seq, *parts = raw
+    sides = []
+    for rank, group_rank, op, shapes, dtype, red, peer, any_source, in_splits, out_splits in parts:
+        reduce_op = reduce_ops[red]
+        call = [
+            0, OP_NAMES[op], [list(s) for s in shapes], None if dtype is None else str(dtype).replace("torch.", ""),
+            None if reduce_op is None else reduce_op.name, None if peer < 0 else peer, any_source, None, False,
+        ]
+        sides.append([rank, group_rank, call, list(in_splits), list(out_splits)])
+    return {
+        "kind": module.MISMATCH_KINDS[kind], "group": [list(range(world_size)) if ranks is None else list(ranks), label, name],
+        "seq": seq, "a": sides[0], "b": sides[1],
+    }

@@ -20,7 +20,8 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from . import _backend, _compat, _default_group, _sharding
+from . import _backend, _compat, _default_group, _sharding, records
+from .checks import consistency
 from .ops import ALL_OPS, check_op, op_code
 from .errors import FakeWorldFaultWarning
 from .memory import Memory
@@ -572,6 +573,7 @@ class FakeWorld:
         _running = _Running(native, self.spec.world_size, self)
         self._log = CollectiveLog(native, labels=lambda: self._labels_now(self._mesh_here()))
         native.set_label_source(self._label_of)
+        native.set_mismatch_source(self._word_mismatch)
         _compat.c10d.register_stock_fake()
         self._saved["stock_fake"] = _compat.c10d.swap_backend_creator(_STOCK_FAKE, _create_backend)
 
@@ -584,6 +586,12 @@ class FakeWorld:
         message): its label, or "" for none."""
         label = self._labels_now(self._mesh_here()).get(name, "")
         return "" if label == "undefined" else label
+
+    def _word_mismatch(self, raw: tuple[Any, ...]) -> str:
+        """A mismatch the backend found between the ranks' calls, worded as
+        the check across ranks words it (NOTE [Mismatches are worded in
+        Python], csrc/exact.hpp)."""
+        return consistency.word_mismatch(records.mismatch_data(raw, self._label_of(raw[1]), self.world_size))
 
     def _take_groups_count(self) -> None:
         """Carry torch's group counter on before its groups are destroyed
@@ -677,6 +685,7 @@ class FakeWorld:
             if self._native is not None:
                 self._native.set_site_source(None)
                 self._native.set_label_source(None)
+                self._native.set_mismatch_source(None)
             self._pg = self._store = self._mesh = self._flat_mesh = None
             self._saved = {}
             self._up = False

@@ -622,6 +622,74 @@ def test_shape_mismatch_fails_every_rank_with_both_calls() -> None:
     )
 
 
+def test_without_records_a_mismatch_is_worded_alike_without_lines() -> None:
+    """The backend only finds a mismatch; Python words it (NOTE [Mismatches
+    are worded in Python]), so the words are the check's even with nothing
+    recorded, and a rank that catches the error reads them too."""
+    caught = {}
+
+    def program() -> None:
+        try:
+            dist.all_reduce(torch.ones(2, dtype=torch.float64 if dist.get_rank() else torch.float32))
+        except dist.DistBackendError as e:
+            caught[dist.get_rank()] = str(e)
+
+    with FakeWorld(2, values="exact", record=False) as world:
+        world.run(program)
+    words = (
+        "ranks 0 and 1 diverge on group default_pg (ranks 0, 1) at its call 1: rank 0 all_reduce float32[2] SUM; "
+        "rank 1 all_reduce float64[2] SUM - on a cluster this is a dtype mismatch: gloo raises, NCCL reads the bytes "
+        "as the wrong type"
+    )
+    assert caught == {0: f"fakepg: {words}", 1: f"fakepg: {words}"}
+
+
+def test_a_send_and_recv_that_disagree_fail_both_ranks_naming_both() -> None:
+    def program() -> None:
+        if dist.get_rank() == 0:
+            dist.send(torch.ones(3), 1)
+        else:
+            dist.recv(torch.ones(2), 0)
+
+    send, recv = program.__code__.co_firstlineno + 2, program.__code__.co_firstlineno + 4
+    with FakeWorld(2, values="exact") as world, pytest.raises(dist.DistBackendError) as info:
+        world.run(program)
+    assert str(info.value) == (
+        f"ranks 0 and 1 diverge on point-to-point 0 -> 1: rank 0 send float32[3] to rank 1 at test_exact.py:{send}; "
+        f"rank 1 recv float32[2] from rank 0 at test_exact.py:{recv} - on a cluster this is a size mismatch: the "
+        "receiver gets the wrong bytes, or both ranks hang"
+    )
+
+
+def test_all_to_all_single_splits_that_disagree_name_the_rows() -> None:
+    def program() -> None:
+        rank = dist.get_rank()
+        dist.all_to_all_single(torch.zeros(3), torch.zeros(3), [1, 2] if rank == 0 else [2, 1], [1, 2])
+
+    with FakeWorld(2, values="exact") as world, pytest.raises(dist.DistBackendError) as info:
+        world.run(program)
+    assert str(info.value) == (
+        "ranks 0 and 1 diverge on group default_pg (ranks 0, 1) at its call 1: rank 0 all_to_all_single float32[3] "
+        "expects 2 rows from rank 1, which sends it 1 - on a cluster this is a size mismatch: gloo raises, NCCL hangs "
+        "or corrupts data"
+    )
+
+
+def test_ranks_passing_different_numbers_of_tensors_diverge() -> None:
+    """all_gather_coalesced's sizes may differ per rank, its count may not."""
+    def program() -> None:
+        inputs = [torch.ones(2) for _ in range(2 + dist.get_rank())]
+        dist.all_gather_coalesced([[torch.zeros(2) for _ in inputs] for _ in range(2)], inputs)
+
+    with FakeWorld(2, values="exact", record=False) as world, pytest.raises(dist.DistBackendError) as info:
+        world.run(program)
+    assert str(info.value) == (
+        "ranks 0 and 1 diverge on group default_pg (ranks 0, 1) at its call 1: rank 0 all_gather_coalesced "
+        "float32[2], float32[2]; rank 1 all_gather_coalesced float32[2], float32[2], float32[2] - on a cluster the "
+        "ranks pass different numbers of tensors: gloo raises, NCCL hangs or corrupts data"
+    )
+
+
 def test_a_mismatch_on_a_mesh_dimension_names_it_and_hides_torchs_frames(run_tests) -> None:
     """A dp1 x tp2 mesh's tp is the whole world: the group carries both labels;
     the failure shows the test's line, not all_reduce's body."""

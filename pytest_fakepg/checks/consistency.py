@@ -113,8 +113,12 @@ class Trace:
 
     def group_text(self, call: Call) -> str:
         ranks, _, label, name = self.groups[call.group]
-        named = label if label and label != "undefined" else f"'{name}'"
-        return f"group {named} (ranks {ranks_text(ranks)})"
+        return group_text(ranks, label, name)
+
+
+def group_text(ranks: tuple[int, ...], label: str, name: str) -> str:
+    named = label if label and label != "undefined" else f"'{name}'"
+    return f"group {named} (ranks {ranks_text(ranks)})"
 
 
 def deviant(traces: dict[int, dict[str, Any]]) -> int | None:
@@ -168,26 +172,17 @@ def _check_groups(ranks: dict[int, Trace]) -> str | None:
                     outcome = _mismatch(a, b, first, other)
                     if outcome is None:
                         continue
-                    return _message(ranks, key, i, (first, a), (other, b), outcome)
+                    return _message(ranks[first].group_text(a), i, (first, a), (other, b), outcome)
                 if a is None and b is None:
                     continue
                 waiting = other if a is None else first
                 outcome = f"on a cluster rank {waiting} waits forever"
-                return _message(ranks, key, i, (first, a), (other, b), outcome)
+                known = (first, a) if a is not None else (other, b)
+                return _message(ranks[known[0]].group_text(known[1]), i, (first, a), (other, b), outcome)
     return None
 
 
-def _message(
-    ranks: dict[int, Trace],
-    key: tuple[tuple[int, ...], int],
-    i: int,
-    x: tuple[int, Call | None],
-    y: tuple[int, Call | None],
-    outcome: str,
-) -> str:
-    known = x if x[1] is not None else y
-    group = ranks[known[0]].group_text(known[1])  # type: ignore[arg-type]
-
+def _message(group: str, i: int, x: tuple[int, Call | None], y: tuple[int, Call | None], outcome: str) -> str:
     def side(rank: int, call: Call | None) -> str:
         if call is not None:
             return f"rank {rank} {describe(call)}"
@@ -225,14 +220,9 @@ def _check_p2p(ranks: dict[int, Trace]) -> str | None:
                     f"rank {a} sent nothing more to rank {b} - on a cluster rank {b} waits forever"
                 )
             send = queue.pop(0)
-            sized = not (send.object_call or call.object_call)
-            if (sized and _numel(send) != _numel(call)) or send.dtype != call.dtype:
-                kind = "dtype" if send.dtype != call.dtype else "size"
-                return (
-                    f"ranks {a} and {b} diverge on point-to-point {a} -> {b}: rank {a} {describe(send)}; "
-                    f"rank {b} {describe(call)} - on a cluster this is a {kind} mismatch: the receiver "
-                    "gets the wrong bytes, or both ranks hang"
-                )
+            message = _p2p_mismatch((a, send), (b, call))
+            if message:
+                return message
     for (a, b), queue in sends.items():
         if queue:
             return (
@@ -240,3 +230,40 @@ def _check_p2p(ranks: dict[int, Trace]) -> str | None:
                 f"rank {b} posted no matching recv - on a cluster rank {a} waits forever"
             )
     return None
+
+
+def _p2p_mismatch(x: tuple[int, Call], y: tuple[int, Call]) -> str | None:
+    """What a cluster does when rank a's send meets rank b's recv, or None
+    if they match."""
+    (a, send), (b, recv) = x, y
+    sized = not (send.object_call or recv.object_call)
+    if (sized and _numel(send) != _numel(recv)) or send.dtype != recv.dtype:
+        kind = "dtype" if send.dtype != recv.dtype else "size"
+        return (
+            f"ranks {a} and {b} diverge on point-to-point {a} -> {b}: rank {a} {describe(send)}; "
+            f"rank {b} {describe(recv)} - on a cluster this is a {kind} mismatch: the receiver "
+            "gets the wrong bytes, or both ranks hang"
+        )
+    return None
+
+
+def word_mismatch(data: dict[str, Any]) -> str:
+    """A mismatch an exact world's exchange found (``records.mismatch_data``;
+    NOTE [Mismatches are worded in Python], csrc/exact.hpp), worded as the
+    check words a divergence, without call sites."""
+    (rank_a, grank_a, fields_a, _, out_splits), (rank_b, grank_b, fields_b, in_splits, _) = data["a"], data["b"]
+    a, b = Call(*fields_a), Call(*fields_b)
+    if data["kind"] == "point_to_point":
+        return _p2p_mismatch((rank_a, a), (rank_b, b)) or f"ranks {rank_a} and {rank_b} diverge on point-to-point"
+    group = group_text(*data["group"])
+    if data["kind"] == "splits":
+        return (
+            f"ranks {rank_a} and {rank_b} diverge on {group} at its call {data['seq']}: rank {rank_a} "
+            f"{describe(a)} expects {out_splits[grank_b]} rows from rank {rank_b}, which sends it "
+            f"{in_splits[grank_a]} - on a cluster this is a size mismatch: gloo raises, NCCL hangs or corrupts data"
+        )
+    # The backend also compares how many tensors the ranks pass, which the
+    # sweep's check leaves to the shapes of the ops that need them.
+    outcome = _mismatch(a, b, rank_a, rank_b) or ("on a cluster the ranks pass different numbers of tensors: gloo raises, "
+                                               "NCCL hangs or corrupts data")
+    return _message(group, data["seq"] - 1, (rank_a, a), (rank_b, b), outcome)

@@ -28,12 +28,12 @@ from .consistency import Call, Trace
 
 VERSION = "2.10"
 
-# torch dtype names -> c10 ScalarType names, as dumps spell them.
-_DTYPES = {
-    "float32": "Float", "float64": "Double", "float16": "Half", "bfloat16": "BFloat16",
-    "int64": "Long", "int32": "Int", "int16": "Short", "int8": "Char", "uint8": "Byte", "bool": "Bool",
-    "complex64": "ComplexFloat", "complex128": "ComplexDouble",
-}
+def _c10_dtype_names() -> dict[str, str]:
+    """torch dtype names -> c10 ScalarType names, as dumps spell them
+    ("float32" -> "Float"), from the backend, which knows both."""
+    from .. import _backend
+
+    return {str(dtype).removeprefix("torch."): name for dtype, name in _backend.load().scalar_type_names()}
 
 
 def _sizes(call: Call, rank_in_group: int, size: int) -> tuple[list[list[int]], list[list[int]]]:
@@ -67,6 +67,7 @@ def write(root: str, traces: dict[int, dict[str, Any]]) -> str:
     """Write one dump per rank of ``traces`` (one sweep) under ``root``;
     return the sweep's folder."""
     parsed = {r: Trace(t) for r, t in sorted(traces.items())}
+    c10_names = _c10_dtype_names()
     key = next(iter(traces.values()))["key"]
     folder = os.path.join(root, re.sub(r"[^\w.\-\[\]]+", "_", key))
     os.makedirs(folder, exist_ok=True)
@@ -104,7 +105,7 @@ def write(root: str, traces: dict[int, dict[str, Any]]) -> str:
                 collective_seq[name] = max(p2p_seq.get(name, 0), collective_seq.get(name, 0)) + 1
                 fr_name = FLIGHT_RECORDER_NAMES[call.op]
             inputs, outputs = _sizes(call, me, len(ranks))
-            dtype = "Byte" if call.object_call else _DTYPES.get(call.dtype or "", call.dtype or "")
+            dtype = "Byte" if call.object_call else c10_names.get(call.dtype or "", call.dtype or "")
             entries.append(_entry(entries, call, (name, label or "undefined"), collective_seq.get(name, 0),
                                   p2p_seq.get(name, 0), f"nccl:{fr_name}", (inputs, outputs, dtype), is_p2p))
             if closes:

@@ -308,17 +308,15 @@ class ExactWorld(FakeWorld, values="exact"):
 
     def _reword(self, exc: BaseException, since: list[int]) -> None:
         """A mismatch the backend found (calls that met but disagree, raised
-        on every member) worded as the check across ranks words it: group
-        labels for group numbers, each call with its line."""
+        on every member), already worded by the check across ranks (NOTE
+        [Mismatches are worded in Python], csrc/exact.hpp): where records
+        are on, the check's first divergence, with each call's line."""
         import torch.distributed as dist
 
         text = str(exc)
-        if not (isinstance(exc, dist.DistBackendError) and text.startswith("fakepg: ranks ")
-                and " diverge on group " in text):
+        if not (isinstance(exc, dist.DistBackendError) and text.startswith("fakepg: ranks ") and " diverge on " in text):
             return
-        divergence = self._divergence(since)
-        if divergence:
-            exc.args = (divergence,)
+        exc.args = (self._divergence(since) or text.removeprefix("fakepg: "),)
 
     def _deadlock_report(self, since: list[int]) -> str:
         """Each rank's pending call (op, group, line) and, where the
