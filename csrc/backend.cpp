@@ -161,7 +161,7 @@ std::exception_ptr FakeBackend::begin(
 c10::intrusive_ptr<c10d::Work> FakeBackend::issue(
     Contribution c,
     c10d::OpType type,
-    std::vector<at::Tensor> results,
+    Results results,
     const std::vector<at::Tensor>& recorded,
     int32_t peer,
     bool any_source) {
@@ -178,7 +178,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::broadcast(
   return issue(
       std::move(c),
       c10d::OpType::BROADCAST,
-      tensors,
+      kOutputs,
       tensors,
       globalRank(opts.rootRank));
 }
@@ -189,7 +189,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce(
   return issue(
       part(Op::all_reduce, tensors, tensors, opts.reduceOp),
       c10d::OpType::ALLREDUCE,
-      tensors,
+      kOutputs,
       tensors);
 }
 
@@ -211,7 +211,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_coalesced(
   return issue(
       part(op, tensors, tensors, opts.reduceOp),
       c10d::OpType::ALLREDUCE_COALESCED,
-      tensors,
+      kOutputs,
       tensors);
 }
 
@@ -240,7 +240,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather(
   return issue(
       part(Op::all_gather, inputs, outputs[0]),
       c10d::OpType::ALLGATHER,
-      outputs[0],
+      kOutputs,
       inputs);
 }
 
@@ -252,7 +252,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::_allgather_base(
   return issue(
       part(Op::all_gather_into_tensor, {input}, {output}),
       c10d::OpType::_ALLGATHER_BASE,
-      {output},
+      kOutputs,
       {input});
 }
 
@@ -272,7 +272,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
   return issue(
       part(Op::all_gather_coalesced, inputs, outs),
       c10d::OpType::ALLGATHER_COALESCED,
-      outs,
+      kOutputs,
       inputs);
 }
 
@@ -290,7 +290,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_into_tensor_coalesced(
       Op::all_gather_into_tensor_coalesced,
       inputs.size());
   return issue(
-      part(op, inputs, outputs), c10d::OpType::COALESCED, outputs, inputs);
+      part(op, inputs, outputs), c10d::OpType::COALESCED, kOutputs, inputs);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::gather(
@@ -310,7 +310,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gather(
   return issue(
       std::move(c),
       c10d::OpType::GATHER,
-      outs,
+      kOutputs,
       inputs,
       globalRank(opts.rootRank));
 }
@@ -330,7 +330,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gatherIntoTensor(
   return issue(
       std::move(c),
       c10d::OpType::GATHER,
-      outs,
+      kOutputs,
       {input},
       globalRank(opts.rootRank));
 }
@@ -352,7 +352,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::scatter(
   return issue(
       std::move(c),
       c10d::OpType::SCATTER,
-      outputs,
+      kOutputs,
       root ? inputs[0] : outputs,
       globalRank(opts.rootRank));
 }
@@ -374,7 +374,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter(
     flat.insert(flat.end(), list.begin(), list.end());
   }
   auto c = part(Op::reduce_scatter, flat, outputs, opts.reduceOp);
-  return issue(std::move(c), c10d::OpType::REDUCE_SCATTER, outputs, flat);
+  return issue(std::move(c), c10d::OpType::REDUCE_SCATTER, kOutputs, flat);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::_reduce_scatter_base(
@@ -385,7 +385,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::_reduce_scatter_base(
   return issue(
       part(Op::reduce_scatter_tensor, {input}, {output}, opts.reduceOp),
       c10d::OpType::_REDUCE_SCATTER_BASE,
-      {output},
+      kOutputs,
       {input});
 }
 
@@ -405,7 +405,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter_tensor_coalesced(
   return issue(
       part(op, inputs, outputs, opts.reduceOp),
       c10d::OpType::COALESCED,
-      outputs,
+      kOutputs,
       inputs);
 }
 
@@ -426,7 +426,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
       outputSplitSizes.empty() ? equalSplits(output) : outputSplitSizes;
   c.even_splits = outputSplitSizes.empty() && inputSplitSizes.empty();
   return issue(
-      std::move(c), c10d::OpType::ALLTOALL_BASE, {output}, {input});
+      std::move(c), c10d::OpType::ALLTOALL_BASE, kOutputs, {input});
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall(
@@ -438,7 +438,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall(
   return issue(
       part(Op::all_to_all, inputs, outputs),
       c10d::OpType::ALLTOALL,
-      outputs,
+      kOutputs,
       inputs);
 }
 
@@ -461,7 +461,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::recv(
   c.peer = srcRank;
   c.tag = tag;
   return issue(
-      std::move(c), c10d::OpType::RECV, tensors, tensors, globalRank(srcRank));
+      std::move(c), c10d::OpType::RECV, kOutputs, tensors, globalRank(srcRank));
 }
 
 // NOTE [recv from any source] (values.cpp) says which peer a local recv
@@ -476,7 +476,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::recvAnysource(
   return issue(
       std::move(c),
       c10d::OpType::RECVANYSOURCE,
-      tensors,
+      kOutputs,
       tensors,
       peer,
       /*any_source=*/true);
@@ -484,7 +484,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::recvAnysource(
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::barrier(
     const c10d::BarrierOptions& /* opts */) {
-  return issue(part(Op::barrier, {}, {}), c10d::OpType::BARRIER, {}, {});
+  return issue(part(Op::barrier, {}, {}), c10d::OpType::BARRIER, kOutputs, {});
 }
 
 void FakeBackend::startCoalescing() {

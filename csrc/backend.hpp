@@ -164,7 +164,7 @@ class FakeBackend : public c10d::Backend {
   c10::intrusive_ptr<c10d::Work> issue(
       Contribution c,
       c10d::OpType type,
-      std::vector<at::Tensor> results,
+      Results results,
       const std::vector<at::Tensor>& recorded,
       int32_t peer = kNoPeer,
       bool any_source = false);

@@ -1012,13 +1012,13 @@ class ExactSemantics final : public Semantics {
   c10::intrusive_ptr<c10d::Work> issue(
       Contribution c,
       c10d::OpType type,
-      std::vector<at::Tensor> results,
+      Results results,
       std::exception_ptr fault) override {
     auto work = c10::make_intrusive<ExactWork>(
         world_->scheduler(),
         global_rank_,
         type,
-        std::move(results),
+        results ? std::move(*results) : c.out,
         cat(opName(c.op), "\x1f", group_name_, "\x1f", world_->lastSite()),
         std::move(fault));
     if (coalescing_) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,11 @@ struct Contribution {
   c10::intrusive_ptr<c10d::Work> work;  // exact semantics: this part's
 };
 
+// What a work's future holds, when it is not the part's outputs (kOutputs,
+// most ops: one list fewer to copy per call).
+using Results = std::optional<std::vector<at::Tensor>>;
+inline constexpr std::nullopt_t kOutputs = std::nullopt;
+
 class Semantics {
  public:
   virtual ~Semantics() = default;
@@ -60,11 +66,11 @@ class Semantics {
   virtual int anySource() const = 0;
   // Does `c`, already counted and recorded; `fault` is the error an
   // injected fault deferred to wait() (outputs are then not written).
-  // `results` are what the work's future holds.
+  // `results` are what the work's future holds: kOutputs for c.out.
   virtual c10::intrusive_ptr<c10d::Work> issue(
       Contribution c,
       c10d::OpType type,
-      std::vector<at::Tensor> results,
+      Results results,
       std::exception_ptr fault) = 0;
   virtual void startCoalescing() = 0;
   virtual c10::intrusive_ptr<c10d::Work> endCoalescing() = 0;

@@ -4,6 +4,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/cpu/vec/vec.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -61,9 +62,18 @@ void scale(at::Tensor& t, int64_t factor) {
   if (plainCpu(t) && loopScalable(t.scalar_type())) {
     AT_DISPATCH_ALL_TYPES_AND2(
         at::kHalf, at::kBFloat16, t.scalar_type(), "fakepg_scale", [&] {
+          // ATen's vector type: fixed-width blocks the compiler vectorizes
+          // whatever the build's flags, then the tail one by one.
+          using Vec = at::vec::Vectorized<scalar_t>;
           auto* p = t.data_ptr<scalar_t>();
           const auto f = static_cast<scalar_t>(factor);
-          for (int64_t i = 0, n = t.numel(); i < n; ++i) {
+          const Vec fv(f);
+          const int64_t n = t.numel();
+          int64_t i = 0;
+          for (; i + Vec::size() <= n; i += Vec::size()) {
+            (Vec::loadu(p + i) * fv).store(p + i);
+          }
+          for (; i < n; ++i) {
             p[i] = static_cast<scalar_t>(p[i] * f);
           }
         });
@@ -475,7 +485,7 @@ class LocalSemantics final : public Semantics {
   c10::intrusive_ptr<c10d::Work> issue(
       Contribution c,
       c10d::OpType type,
-      std::vector<at::Tensor> results,
+      Results results,
       std::exception_ptr fault) override {
     if (!fault && !shapesOnly(c)) {
       at::AutoDispatchBelowAutograd guard;
@@ -483,7 +493,11 @@ class LocalSemantics final : public Semantics {
     }
     const int source = type == c10d::OpType::RECVANYSOURCE ? c.peer : -1;
     return c10::make_intrusive<FakeWork>(
-        v_.rank, type, std::move(results), std::move(fault), source);
+        v_.rank,
+        type,
+        results ? std::move(*results) : std::move(c.out),
+        std::move(fault),
+        source);
   }
 
   // Every coalesced op already ran (and was recorded) when it was issued.

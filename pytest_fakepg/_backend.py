@@ -58,8 +58,12 @@ def source_files(src: Path) -> list[Path]:
     return sorted(p for p in src.iterdir() if p.suffix in _SOURCE_SUFFIXES)
 
 
+# The compiler flags every build uses; part of the build's key.
+_CFLAGS = ("-O2", "-g0")
+
+
 def _source_hash(src: Path) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(" ".join(_CFLAGS).encode())
     for path in source_files(src):
         h.update(path.name.encode())
         h.update(path.read_bytes())
@@ -208,7 +212,7 @@ def _compile(directory: Path, *, verbose: bool, quiet: bool) -> None:
         cpp_extension.load(
             name=_module_name(directory),
             sources=[str(p) for p in source_files(src) if p.suffix == ".cpp"],
-            extra_cflags=["-O2", "-g0", *(["-DFAKEPG_PORTABLE"] if portable_build() else [])],
+            extra_cflags=[*_CFLAGS, *(["-DFAKEPG_PORTABLE"] if portable_build() else [])],
             extra_include_paths=[str(src)],
             build_directory=str(directory),
             with_cuda=False,

@@ -45,6 +45,12 @@ def test_source_hash_changes_with_the_sources(tmp_path: Path) -> None:
     assert _backend._source_hash(src) != before
 
 
+def test_source_hash_changes_with_the_compiler_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _backend._source_hash(_backend.sources_dir())
+    monkeypatch.setattr(_backend, "_CFLAGS", ("-O3", "-g0"))
+    assert _backend._source_hash(_backend.sources_dir()) != before
+
+
 def test_finished_build_is_trusted(cache_copy: Path) -> None:
     assert _backend._cache_is_valid(cache_copy)
 
