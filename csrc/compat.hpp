@@ -7,6 +7,8 @@
 #include <torch/csrc/distributed/c10d/Utils.hpp>
 
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <vector>
 
 namespace fakepg::compat {
@@ -26,16 +28,76 @@ inline void checkSplitSizes(
 // c10d/Utils.hpp's assert* helpers are the checks gloo runs on a collective's
 // arguments, each given the function that raises the complaint; the backend
 // runs the same ones (backend.cpp, invalidArgument), so a bad argument reads
-// as it does under gloo, with the op and the group's size added. Internal
-// helpers with the same signatures from 2.11 to 2.15.0; should they go, copy
-// them here.
-using c10d::assertAllgatherCoalescedOutputTensorLists;
-using c10d::assertAllToAllTensorListSizes;
-using c10d::assertGatherOutputTensorList;
+// as it does under gloo, with the op named. assertRootRank and
+// assertSingleElementInput/Output are in Utils.hpp from 2.11 to 2.15.0. The
+// list checks below joined Utils.hpp after 2.11 (before, they sat inside
+// ProcessGroupGloo.cpp), so they are copied here with the same words, for every
+// release to read the same.
 using c10d::assertRootRank;
-using c10d::assertScatterInputTensorList;
 using c10d::assertSingleElementInput;
 using c10d::assertSingleElementOutput;
+
+using Complain = std::function<void(const std::string&)>;
+
+inline void assertGatherOutputTensorList(
+    const Complain& fn,
+    const std::vector<std::vector<at::Tensor>>& outputTensors,
+    int64_t size) {
+  if (outputTensors.size() != 1) {
+    fn("requires a single-element output list containing a list with " +
+       std::to_string(size) + " tensors.");
+  } else if (outputTensors[0].size() != static_cast<size_t>(size)) {
+    fn("Incorrect output list size " + std::to_string(outputTensors[0].size()) +
+       ". Output list size should be " + std::to_string(size) +
+       ", same as size of the process group.");
+  }
+}
+
+inline void assertScatterInputTensorList(
+    const Complain& fn,
+    const std::vector<std::vector<at::Tensor>>& inputTensors,
+    int64_t size) {
+  if (inputTensors.size() != 1) {
+    fn("requires a single-element input list containing a list with " +
+       std::to_string(size) + " tensors.");
+  } else if (inputTensors[0].size() != static_cast<size_t>(size)) {
+    fn("Incorrect input list size " + std::to_string(inputTensors[0].size()) +
+       ". Input list size should be " + std::to_string(size) +
+       ", same as size of the process group.");
+  }
+}
+
+inline void assertAllgatherCoalescedOutputTensorLists(
+    const Complain& fn,
+    const std::vector<std::vector<at::Tensor>>& outputTensorLists,
+    size_t inputTensorListSize,
+    int64_t worldSize) {
+  if (outputTensorLists.size() != static_cast<size_t>(worldSize)) {
+    fn("output lists should be equal to world size");
+  }
+  for (const auto& list : outputTensorLists) {
+    if (list.size() != inputTensorListSize) {
+      fn("invalid output size: (expected length " +
+         std::to_string(inputTensorListSize) + ", got " +
+         std::to_string(list.size()) + ")");
+    }
+  }
+}
+
+inline void assertAllToAllTensorListSizes(
+    const Complain& fn,
+    size_t outputTensorListSize,
+    size_t inputTensorListSize,
+    int64_t worldSize) {
+  if (inputTensorListSize != static_cast<size_t>(worldSize)) {
+    fn("input tensor list size " + std::to_string(inputTensorListSize) +
+       " does not match world size " + std::to_string(worldSize));
+  }
+  if (outputTensorListSize != static_cast<size_t>(worldSize)) {
+    fn("output tensor list size " + std::to_string(outputTensorListSize) +
+       " does not match world size " + std::to_string(worldSize));
+  }
+}
 
 // NOTE [compat: PREMUL_SUM]
 // The scaling factor of a PREMUL_SUM reduce op rides in a supplement. torch
