@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from . import _backend, _compat, _default_group, _sharding, records
+from ._frames import not_user_code
 from .checks import consistency
 from .ops import ALL_OPS, check_op, op_code
 from .errors import FakeWorldFaultWarning
@@ -764,18 +765,11 @@ def _sequence_numbers() -> tuple[Any, dict[str, Any]]:
 
 
 @functools.cache
-def _not_user_code() -> tuple[str, ...]:
-    """Where torch's and this package's frames come from."""
-    import torch
-
-    return (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
-
-
 def _site_source(sites: list[str]) -> Any:
     """The callable the backend calls per collective while call sites are
     recorded: the first frame outside torch and this package, as an index
     into ``sites`` ("file.py:LINE")."""
-    skip = _not_user_code()
+    skip = not_user_code()
     index: dict[tuple[str, int], int] = {}
 
     def site() -> int:

@@ -18,15 +18,22 @@ rank's own thread (a fixture, a thread the rank started), a wait is the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .world import ExactWorld
+from typing import Any, Protocol
 
 _STORE_CLASS: type | None = None
 
 
-def exact_store(world: ExactWorld) -> Any:
+class Turns(Protocol):
+    """What the store asks of the exact world it serves (exact/world.py)."""
+
+    _native: Any  # the world's WorldState, whose scheduler hands turns on
+
+    def _own_thread_rank(self) -> int | None: ...
+
+    def _site_of_caller(self) -> int: ...
+
+
+def exact_store(world: Turns) -> Any:
     """A store for ``world`` whose waits are turns (see the NOTE)."""
     global _STORE_CLASS
     if _STORE_CLASS is None:
@@ -41,7 +48,7 @@ def _make_class() -> type:
         """An exact world's store: a ``HashStore`` whose waits are turns
         (NOTE [Store waits are turns])."""
 
-        def __init__(self, world: ExactWorld) -> None:
+        def __init__(self, world: Turns) -> None:
             super().__init__()
             self._inner = dist.HashStore()
             self._world = world

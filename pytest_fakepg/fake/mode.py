@@ -32,6 +32,7 @@ import sys
 from typing import Any
 
 from .._compat import fake_tensor as _ft
+from .._frames import not_user_code
 from .collectives import Router
 
 # Frames between an op's caller and this mode are torch's (dynamo's disable
@@ -84,9 +85,7 @@ def user_line() -> str | None:
     this package (where call sites come from too), or None."""
     import linecache
 
-    from ..world import _not_user_code
-
-    skip = _not_user_code()
+    skip = not_user_code()
     frame = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame = frame.f_back
