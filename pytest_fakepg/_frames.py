@@ -4,9 +4,11 @@ first frame that is."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 
+@functools.cache
 def not_user_code() -> tuple[str, ...]:
     """Where torch's and this package's frames come from (path prefixes)."""
     import torch

@@ -764,7 +764,6 @@ def _sequence_numbers() -> tuple[Any, dict[str, Any]]:
     return _compat.c10d.sequence_numbers_for(_backend.load().FakeBackend)
 
 
-@functools.cache
 def _site_source(sites: list[str]) -> Any:
     """The callable the backend calls per collective while call sites are
     recorded: the first frame outside torch and this package, as an index
