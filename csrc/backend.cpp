@@ -119,6 +119,7 @@ Contribution FakeBackend::part(
   Contribution c;
   c.op = op;
   c.rank = rank_;
+  c.size = size_;
   c.global_rank = globalRank(rank_);
   c.in = std::move(in);
   c.out = std::move(out);
@@ -417,13 +418,9 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
     const c10d::AllToAllOptions& /* opts */) {
   compat::checkSplitSizes(inputSplitSizes, input, size_);
   compat::checkSplitSizes(outputSplitSizes, output, size_);
-  auto equalSplits = [this](const at::Tensor& t) {
-    return std::vector<int64_t>(size_, t.dim() ? t.size(0) / size_ : 0);
-  };
   auto c = part(Op::all_to_all_single, {input}, {output});
-  c.in_splits = inputSplitSizes.empty() ? equalSplits(input) : inputSplitSizes;
-  c.out_splits =
-      outputSplitSizes.empty() ? equalSplits(output) : outputSplitSizes;
+  c.in_splits = inputSplitSizes;
+  c.out_splits = outputSplitSizes;
   c.even_splits = outputSplitSizes.empty() && inputSplitSizes.empty();
   return issue(
       std::move(c), c10d::OpType::ALLTOALL_BASE, kOutputs, {input});

@@ -106,6 +106,13 @@ py::tuple partTuple(const Contribution& c, const std::vector<int64_t>& ranks) {
   for (size_t i = 0; i < ts.size(); ++i) {
     shapes[i] = py::tuple(py::cast(ts[i].sizes().vec()));
   }
+  const auto splits = [&](bool input) {
+    std::vector<int64_t> rows;
+    for (int j = 0; c.op == Op::all_to_all_single && j < c.size; ++j) {
+      rows.push_back(c.splitRows(input, j));
+    }
+    return rows;
+  };
   const auto global = [&](int64_t r) -> int64_t {
     return r < 0 || ranks.empty() ? r : ranks.at(r);
   };
@@ -118,8 +125,8 @@ py::tuple partTuple(const Contribution& c, const std::vector<int64_t>& ranks) {
       c.reduces ? static_cast<int>(c.reduce.op_) : kNoReduceOp,
       global(c.root),
       (c.op == Op::recv && c.root < 0),
-      c.in_splits,
-      c.out_splits);
+      splits(true),
+      splits(false));
 }
 
 // The callable that words a mismatch an exact world's exchange found (NOTE

@@ -652,7 +652,7 @@ std::optional<Found> findMismatch(const std::vector<Contribution>& m) {
     // Member i's output split j must be member j's input split i.
     for (size_t i = 0; i < m.size(); ++i) {
       for (size_t j = 0; j < m.size(); ++j) {
-        if (m[i].out_splits[j] != m[j].in_splits[i]) {
+        if (m[i].splitRows(false, j) != m[j].splitRows(true, i)) {
           return Found{Mismatch::Kind::splits, i, j};
         }
       }
@@ -828,7 +828,7 @@ void allToAllSingle(std::vector<Contribution>& m, int n, const Writes& writes) {
     const auto& in = m[j].in[0];
     int64_t off = 0;
     for (int i = 0; i < n; ++i) {
-      const auto rows = m[j].in_splits[i];
+      const auto rows = m[j].splitRows(true, i);
       pieces[j].push_back(
           in.dim() ? in.narrow(0, off, rows).clone() : in.clone());
       off += rows;
@@ -841,7 +841,7 @@ void allToAllSingle(std::vector<Contribution>& m, int n, const Writes& writes) {
     const auto& out = m[i].out[0];
     int64_t off = 0;
     for (int j = 0; j < n; ++j) {
-      const auto rows = m[i].out_splits[j];
+      const auto rows = m[i].splitRows(false, j);
       if (out.dim()) {
         out.narrow(0, off, rows).copy_(pieces[j][i]);
       } else {

@@ -41,12 +41,25 @@ struct Contribution {
   int64_t root = -1;  // in the group
   std::vector<at::Tensor> in;
   std::vector<at::Tensor> out;
-  std::vector<int64_t> in_splits;   // all_to_all_single, one per rank
-  std::vector<int64_t> out_splits;  // all_to_all_single, one per rank
-  bool even_splits = false;  // all_to_all_single given no split sizes
+  int size = 1;  // the group's
+  // all_to_all_single: the split sizes given, one per rank, or none (equal
+  // splits: splitRows computes them, so the common call keeps no list).
+  std::vector<int64_t> in_splits;
+  std::vector<int64_t> out_splits;
+  bool even_splits = false;  // given no split sizes at all
   int peer = -1;  // send/recv: the other member (group rank); -1 any source
   int tag = 0;
   c10::intrusive_ptr<c10d::Work> work;  // exact semantics: this part's
+
+  // all_to_all_single: the rows of split j of the input (or the output).
+  int64_t splitRows(bool input, int j) const {
+    const auto& given = input ? in_splits : out_splits;
+    if (!given.empty()) {
+      return given[j];
+    }
+    const auto& t = input ? in.at(0) : out.at(0);
+    return t.dim() ? t.size(0) / size : 0;
+  }
 };
 
 // What a work's future holds, when it is not the part's outputs (kOutputs,

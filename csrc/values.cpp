@@ -210,33 +210,27 @@ void reduceScatterChunk(
 // this rank's own input chunk number `rank`, so output chunk j is input chunk
 // `rank` for every j, and every output split must equal
 // input_split_sizes[rank] (the backend checks that before calling this).
-void allToAllUniform(
-    at::Tensor& output,
-    const at::Tensor& input,
-    const std::vector<int64_t>& in_splits,
-    int rank,
-    int size) {
+void allToAllUniform(const Contribution& c, int rank) {
+  const auto& input = c.in[0];
   int64_t rows = 0;
   for (int j = 0; j < rank; ++j) {
-    rows += in_splits[j];
+    rows += c.splitRows(true, j);
   }
   const auto row = input.dim() ? input.numel() / std::max<int64_t>(input.size(0), 1) : 1;
-  fillChunks(output, input, size, rows * row);
+  fillChunks(c.out[0], input, c.size, rows * row);
 }
 
-void allToAllCopy(
-    at::Tensor& output,
-    const at::Tensor& input,
-    const std::vector<int64_t>& out_splits,
-    bool even) {
-  if (even) {
+void allToAllCopy(const Contribution& c) {
+  const auto& input = c.in[0];
+  const auto& output = c.out[0];
+  if (c.even_splits) {
     output.copy_(input);
     return;
   }
   const auto in_rows = input.size(0);
   int64_t out_off = 0;
-  for (size_t j = 0; j < out_splits.size(); ++j) {
-    int64_t remaining = out_splits[j];
+  for (int j = 0; j < c.size; ++j) {
+    int64_t remaining = c.splitRows(false, j);
     TORCH_CHECK(
         remaining == 0 || in_rows > 0,
         cat("fakepg all_to_all_single: the input is empty but "
@@ -250,7 +244,7 @@ void allToAllCopy(
       dst += chunk;
       remaining -= chunk;
     }
-    out_off += out_splits[j];
+    out_off += c.splitRows(false, j);
   }
 }
 
@@ -363,9 +357,9 @@ void reduceScatterTensor(Contribution& c, const Local& v) {
 
 void allToAllSingle(Contribution& c, const Local& v) {
   if (v.uniform) {
-    allToAllUniform(c.out[0], c.in[0], c.in_splits, v.rank, v.size);
+    allToAllUniform(c, v.rank);
   } else {
-    allToAllCopy(c.out[0], c.in[0], c.out_splits, c.even_splits);
+    allToAllCopy(c);
   }
 }
 
@@ -436,17 +430,17 @@ class LocalSemantics final : public Semantics {
     if (c.op == Op::all_to_all_single) {
       for (int j = 0; j < v_.size; ++j) {
         TORCH_CHECK(
-            c.out_splits[j] == c.in_splits[me],
+            c.splitRows(false, j) == c.splitRows(true, me),
             cat("fakepg all_to_all_single: output_split_sizes[",
                 j,
                 "] is ",
-                c.out_splits[j],
+                c.splitRows(false, j),
                 " but in a uniform world every rank sends this rank (",
                 me,
                 ") input_split_sizes[",
                 me,
                 "] = ",
-                c.in_splits[me],
+                c.splitRows(true, me),
                 " rows; use values='copy' for inconsistent splits"));
       }
     } else if (c.op == Op::all_to_all) {

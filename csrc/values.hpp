@@ -12,6 +12,8 @@
 #include <exception>
 #include <vector>
 
+#include "semantics.hpp"
+
 namespace fakepg {
 
 // Work that is complete the moment it is created. It holds the outputs for
@@ -73,20 +75,11 @@ void reduceScatterChunk(
     int64_t n,
     bool uniform);
 
-// all_to_all_single: NOTE [all_to_all under uniform values]. The splits are
-// complete (one per rank) and already validated.
-void allToAllUniform(
-    at::Tensor& output,
-    const at::Tensor& input,
-    const std::vector<int64_t>& in_splits,
-    int rank,
-    int size);
+// all_to_all_single (`c`): NOTE [all_to_all under uniform values]. The
+// splits are already validated.
+void allToAllUniform(const Contribution& c, int rank);
 // torch's stock fake approximation: each output split repeats the start of
 // the input.
-void allToAllCopy(
-    at::Tensor& output,
-    const at::Tensor& input,
-    const std::vector<int64_t>& out_splits,
-    bool even);
+void allToAllCopy(const Contribution& c);
 
 }  // namespace fakepg
