@@ -700,7 +700,7 @@ void allReduce(std::vector<Contribution>& m, int n, const Writes& writes) {
   }
 }
 
-void reduce(std::vector<Contribution>& m, int n, const Writes& writes) {
+void reduce(std::vector<Contribution>& m, int /* n */, const Writes& writes) {
   const auto& first = m[0];
   std::vector<at::Tensor> xs;
   for (const auto& c : m) {
@@ -758,7 +758,7 @@ void allGatherIntoTensor(std::vector<Contribution>& m, int n, const Writes& writ
   }
 }
 
-void gatherIntoTensor(std::vector<Contribution>& m, int n, const Writes& writes) {
+void gatherIntoTensor(std::vector<Contribution>& m, int /* n */, const Writes& writes) {
   const auto& first = m[0];
   std::vector<at::Tensor> xs;
   for (const auto& c : m) {
@@ -822,7 +822,6 @@ void reduceScatterTensor(std::vector<Contribution>& m, int n, const Writes& writ
 }
 
 void allToAllSingle(std::vector<Contribution>& m, int n, const Writes& writes) {
-  const auto& first = m[0];
   std::vector<std::vector<at::Tensor>> pieces(n);
   for (int j = 0; j < n; ++j) {
     const auto& in = m[j].in[0];
@@ -853,7 +852,6 @@ void allToAllSingle(std::vector<Contribution>& m, int n, const Writes& writes) {
 }
 
 void allToAll(std::vector<Contribution>& m, int n, const Writes& writes) {
-  const auto& first = m[0];
   const auto staged = stagedInputs(m);
   for (int i = 0; i < n; ++i) {
     for (int j = 0; writes[i] && j < n; ++j) {
