@@ -306,7 +306,6 @@ def trace_data(
     return groups, calls
 
 
-
 def mismatch_data(raw: tuple[Any, ...], label: str, world_size: int) -> dict[str, Any]:
     """A mismatch an exact world's exchange found (NOTE [Mismatches are
     worded in Python], csrc/exact.hpp), as plain data: its kind ("calls",
@@ -325,7 +324,7 @@ def mismatch_data(raw: tuple[Any, ...], label: str, world_size: int) -> dict[str
             None if reduce_op is None else reduce_op.name, None if peer < 0 else peer, any_source, None, False,
         ]
         sides.append([rank, group_rank, call, list(in_splits), list(out_splits)])
+    members = list(range(world_size)) if ranks is None else list(ranks)
     return {
-        "kind": module.MISMATCH_KINDS[kind], "group": [list(range(world_size)) if ranks is None else list(ranks), label, name],
-        "seq": seq, "a": sides[0], "b": sides[1],
+        "kind": module.MISMATCH_KINDS[kind], "group": [members, label, name], "seq": seq, "a": sides[0], "b": sides[1],
     }

@@ -511,9 +511,11 @@ def test_in_place_all_gather_whose_input_is_a_view_of_the_output(group: Group, o
     ("call", "message"),
     [
         (lambda: dist.gather(torch.ones(2), [torch.ones(2)] * 3, dst=0),
-         "fakepg gather: Incorrect output list size 3. Output list size should be 4, same as size of the process group."),
+         "fakepg gather: Incorrect output list size 3. Output list size should be 4, same as size of the process "
+         "group."),
         (lambda: dist.scatter(torch.ones(2), [torch.ones(2)] * 5, src=0),
-         "fakepg scatter: Incorrect input list size 5. Input list size should be 4, same as size of the process group."),
+         "fakepg scatter: Incorrect input list size 5. Input list size should be 4, same as size of the process "
+         "group."),
         (lambda: dist.all_gather([torch.ones(2)] * 3, torch.ones(2)),
          "fakepg all_gather: Incorrect output list size 3. Output list size should be 4, same as size of the process "
          "group."),

@@ -264,6 +264,7 @@ def word_mismatch(data: dict[str, Any]) -> str:
         )
     # The backend also compares how many tensors the ranks pass, which the
     # sweep's check leaves to the shapes of the ops that need them.
-    outcome = _mismatch(a, b, rank_a, rank_b) or ("on a cluster the ranks pass different numbers of tensors: gloo raises, "
-                                               "NCCL hangs or corrupts data")
+    outcome = _mismatch(a, b, rank_a, rank_b) or (
+        "on a cluster the ranks pass different numbers of tensors: gloo raises, NCCL hangs or corrupts data"
+    )
     return _message(group, data["seq"] - 1, (rank_a, a), (rank_b, b), outcome)

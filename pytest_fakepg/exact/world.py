@@ -314,7 +314,8 @@ class ExactWorld(FakeWorld, values="exact"):
         import torch.distributed as dist
 
         text = str(exc)
-        if not (isinstance(exc, dist.DistBackendError) and text.startswith("fakepg: ranks ") and " diverge on " in text):
+        worded = text.startswith("fakepg: ranks ") and " diverge on " in text
+        if not (isinstance(exc, dist.DistBackendError) and worded):
             return
         exc.args = (self._divergence(since) or text.removeprefix("fakepg: "),)
 
