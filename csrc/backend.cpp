@@ -421,7 +421,6 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
   auto c = part(Op::all_to_all_single, {input}, {output});
   c.in_splits = inputSplitSizes;
   c.out_splits = outputSplitSizes;
-  c.even_splits = outputSplitSizes.empty() && inputSplitSizes.empty();
   return issue(
       std::move(c), c10d::OpType::ALLTOALL_BASE, kOutputs, {input});
 }

@@ -46,7 +46,6 @@ struct Contribution {
   // splits: splitRows computes them, so the common call keeps no list).
   std::vector<int64_t> in_splits;
   std::vector<int64_t> out_splits;
-  bool even_splits = false;  // given no split sizes at all
   int peer = -1;  // send/recv: the other member (group rank); -1 any source
   int tag = 0;
   c10::intrusive_ptr<c10d::Work> work;  // exact semantics: this part's
@@ -59,6 +58,10 @@ struct Contribution {
     }
     const auto& t = input ? in.at(0) : out.at(0);
     return t.dim() ? t.size(0) / size : 0;
+  }
+  // all_to_all_single given no split sizes at all.
+  bool evenSplits() const {
+    return in_splits.empty() && out_splits.empty();
   }
 };
 

@@ -223,7 +223,7 @@ void allToAllUniform(const Contribution& c, int rank) {
 void allToAllCopy(const Contribution& c) {
   const auto& input = c.in[0];
   const auto& output = c.out[0];
-  if (c.even_splits) {
+  if (c.evenSplits()) {
     output.copy_(input);
     return;
   }
