@@ -20,9 +20,8 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from . import _backend, _compat, _default_group, _sharding, records
+from . import _backend, _compat, _default_group, _sharding
 from ._frames import not_user_code
-from .checks import consistency
 from .ops import ALL_OPS, check_op, op_code
 from .errors import FakeWorldFaultWarning
 from .memory import Memory
@@ -574,7 +573,6 @@ class FakeWorld:
         _running = _Running(native, self.spec.world_size, self)
         self._log = CollectiveLog(native, labels=lambda: self._labels_now(self._mesh_here()))
         native.set_label_source(self._label_of)
-        native.set_mismatch_source(self._word_mismatch)
         _compat.c10d.register_stock_fake()
         self._saved["stock_fake"] = _compat.c10d.swap_backend_creator(_STOCK_FAKE, _create_backend)
 
@@ -587,12 +585,6 @@ class FakeWorld:
         message): its label, or "" for none."""
         label = self._labels_now(self._mesh_here()).get(name, "")
         return "" if label == "undefined" else label
-
-    def _word_mismatch(self, raw: tuple[Any, ...]) -> str:
-        """A mismatch the backend found between the ranks' calls, worded as
-        the check across ranks words it (NOTE [Mismatches are worded in
-        Python], csrc/exact.hpp)."""
-        return consistency.word_mismatch(records.mismatch_data(raw, self._label_of(raw[1]), self.world_size))
 
     def _take_groups_count(self) -> None:
         """Carry torch's group counter on before its groups are destroyed

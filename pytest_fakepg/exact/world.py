@@ -119,6 +119,7 @@ class ExactWorld(FakeWorld, values="exact"):
         spec = self.spec
         self._store = exact_store(self)  # NOTE [Store waits are turns]
         self._serve(_backend.load().WorldState("exact", spec.record, spec.world_size))
+        self._native.set_mismatch_source(self._word_mismatch)  # cleared with the other sources at stop
         self._saved["per_thread"] = _compat.c10d.install_thread_local_world()
         self.record_call_sites()  # a hang is reported with each rank's line
 
@@ -305,6 +306,14 @@ class ExactWorld(FakeWorld, values="exact"):
             groups, calls = records.trace_data(log, rank, n, labels, sites, since[rank], self.batches)
             traces[rank] = {"rank": rank, "world_size": n, "groups": groups, "calls": calls}
         return consistency.check(traces)
+
+    def _word_mismatch(self, raw: tuple[Any, ...]) -> str:
+        """A mismatch the backend found between the ranks' calls, worded as
+        the check across ranks words it (NOTE [Mismatches are worded in
+        Python], csrc/exact.hpp)."""
+        from ..checks import consistency
+
+        return consistency.word_mismatch(records.mismatch_data(raw, self._label_of(raw[1]), self.world_size))
 
     def _reword(self, exc: BaseException, since: list[int]) -> None:
         """A mismatch the backend found (calls that met but disagree, raised
