@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -606,6 +607,13 @@ def test_pytest_timeout_ends_an_exact_world_and_the_run_goes_on(run_tests) -> No
     assert durations and float(durations[0].split("s")[0]) < 10  # the timeout's 2 s, not the store's 300
 
 
+def mismatch_raised(program: Callable[[], None], **world: object) -> str:
+    """The DistBackendError an exact world of two running ``program`` ends with."""
+    with FakeWorld(2, values="exact", **world) as w, pytest.raises(dist.DistBackendError) as info:
+        w.run(program)
+    return str(info.value)
+
+
 def test_shape_mismatch_fails_every_rank_with_both_calls() -> None:
     """Worded as the check across ranks words it (#23, point 5): the group's
     label, not its number, and each call's line."""
@@ -613,9 +621,7 @@ def test_shape_mismatch_fails_every_rank_with_both_calls() -> None:
         dist.all_reduce(torch.ones(dist.get_rank() + 1))
 
     line = program.__code__.co_firstlineno + 1
-    with FakeWorld(2, values="exact") as world, pytest.raises(dist.DistBackendError) as info:
-        world.run(program)
-    assert str(info.value) == (
+    assert mismatch_raised(program) == (
         f"ranks 0 and 1 diverge on group default_pg (ranks 0, 1) at its call 1: rank 0 all_reduce float32[1] SUM "
         f"at test_exact.py:{line}; rank 1 all_reduce float32[2] SUM at test_exact.py:{line} - on a cluster this "
         "is a size mismatch: gloo raises, NCCL hangs or corrupts data"
@@ -652,9 +658,7 @@ def test_a_send_and_recv_that_disagree_fail_both_ranks_naming_both() -> None:
             dist.recv(torch.ones(2), 0)
 
     send, recv = program.__code__.co_firstlineno + 2, program.__code__.co_firstlineno + 4
-    with FakeWorld(2, values="exact") as world, pytest.raises(dist.DistBackendError) as info:
-        world.run(program)
-    assert str(info.value) == (
+    assert mismatch_raised(program) == (
         f"ranks 0 and 1 diverge on point-to-point 0 -> 1: rank 0 send float32[3] to rank 1 at test_exact.py:{send}; "
         f"rank 1 recv float32[2] from rank 0 at test_exact.py:{recv} - on a cluster this is a size mismatch: the "
         "receiver gets the wrong bytes, or both ranks hang"
@@ -666,9 +670,7 @@ def test_all_to_all_single_splits_that_disagree_name_the_rows() -> None:
         rank = dist.get_rank()
         dist.all_to_all_single(torch.zeros(3), torch.zeros(3), [1, 2] if rank == 0 else [2, 1], [1, 2])
 
-    with FakeWorld(2, values="exact") as world, pytest.raises(dist.DistBackendError) as info:
-        world.run(program)
-    assert str(info.value) == (
+    assert mismatch_raised(program) == (
         "ranks 0 and 1 diverge on group default_pg (ranks 0, 1) at its call 1: rank 0 all_to_all_single float32[3] "
         "expects 2 rows from rank 1, which sends it 1 - on a cluster this is a size mismatch: gloo raises, NCCL hangs "
         "or corrupts data"
@@ -681,9 +683,7 @@ def test_ranks_passing_different_numbers_of_tensors_diverge() -> None:
         inputs = [torch.ones(2) for _ in range(2 + dist.get_rank())]
         dist.all_gather_coalesced([[torch.zeros(2) for _ in inputs] for _ in range(2)], inputs)
 
-    with FakeWorld(2, values="exact", record=False) as world, pytest.raises(dist.DistBackendError) as info:
-        world.run(program)
-    assert str(info.value) == (
+    assert mismatch_raised(program, record=False) == (
         "ranks 0 and 1 diverge on group default_pg (ranks 0, 1) at its call 1: rank 0 all_gather_coalesced "
         "float32[2], float32[2]; rank 1 all_gather_coalesced float32[2], float32[2], float32[2] - on a cluster the "
         "ranks pass different numbers of tensors: gloo raises, NCCL hangs or corrupts data"
