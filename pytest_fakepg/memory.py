@@ -36,7 +36,7 @@ class Memory:
     categories]).
     """
 
-    __slots__ = ("_tracker", "_device_type", "_tracking", "_hooks")
+    __slots__ = ("_tracker", "_device_type", "_tracking", "_hooks", "_unwatch")
 
     def __init__(self, device_type: str, on_wait: Any = None) -> None:
         from torch.nn.modules import module
@@ -54,6 +54,7 @@ class Memory:
                 lambda _module, _name, buf: _tools.track_as_parameter(tracker, buf, buffer=True)),
         )
         tracker.__enter__()
+        self._unwatch = _tools.watch(tracker)
         self._tracking = True
 
     @property
@@ -67,6 +68,7 @@ class Memory:
             self._tracking = False
             for hook in self._hooks:
                 hook.remove()
+            self._unwatch()
             self._tracker.on_wait = None
             self._tracker.__exit__(None, None, None)
 

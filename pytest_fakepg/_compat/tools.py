@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,11 @@ def tracker_class() -> type:
     still reaches ``on_wait`` first, so a fault armed at wait fires."""
     import weakref
 
+    import torch
     from torch.distributed._tools.mem_tracker import MemTracker
+
+    from torch.distributed._tools.mem_tracker import _MemRefType
+    from torch.utils._pytree import tree_map_only
 
     class Tracker(MemTracker):  # type: ignore[misc, valid-type]
         on_wait: Callable[[Any], None] | None = None
@@ -53,13 +58,20 @@ def tracker_class() -> type:
         def __init__(self) -> None:
             super().__init__()
             self._seen: weakref.WeakSet[Any] = weakref.WeakSet()
+            self.converting = 0  # module conversions running (NOTE [Module state made anew])
+            self.propagating = 0  # DTensor propagations running (NOTE [DTensor's scratch tensors])
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            if func.is_view:  # a view allocates nothing: its storage is counted already
+            # A view allocates nothing: its storage is counted already.
+            if func.is_view or self.propagating:
                 return func(*args, **(kwargs or {}))
             if self.on_wait is not None and func.__name__ == "wait_tensor.default" and args:
                 self.on_wait(args[0])
-            return super().__torch_dispatch__(func, types, args, kwargs)
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            if self.converting and out is not NotImplemented:
+                # NOTE [Module state made anew]: what a conversion makes is the module's state
+                tree_map_only(torch.Tensor, lambda t: recategorize(self, t, _MemRefType.PARAM), out)
+            return out
 
         def _pre_fw_hook(self, module: Any, inputs: Any) -> None:
             if module not in self._seen:
@@ -128,4 +140,116 @@ def track_as_parameter(tracker: Any, tensor: Any, buffer: bool = False) -> None:
     from torch.distributed._tools.mem_tracker import _MemRefType
 
     if tensor is not None:
-        tracker._update_and_maybe_create_winfos(tensor, _MemRefType.BUFFER if buffer else _MemRefType.PARAM)
+        recategorize(tracker, tensor, _MemRefType.BUFFER if buffer else _MemRefType.PARAM)
+
+
+def recategorize(tracker: Any, tensor: Any, reftype: Any) -> None:
+    """Count ``tensor``'s storages as ``reftype`` from now. Where what is live
+    now is the peak, the peak's categories are now's too: the same bytes at
+    the same moment, told apart better."""
+    tracker._update_and_maybe_create_winfos(tensor, reftype)
+    for device, snap in tracker._curr_mem_snap.items():
+        if tracker._peak_mem.get(device) == snap.get(_TOTAL):
+            tracker._peak_mem_snap[device] = copy.deepcopy(snap)
+
+
+# NOTE [Module state made anew]
+# nn.Module's conversions give a module's parameters, buffers and gradients
+# new storages: ``to_empty`` (a model built on the meta device comes to life
+# this way), ``to``, ``half`` and the rest, through ``_apply``, and FSDP2's
+# ``_apply`` pads each new shard after it. torch's tracker counts a storage by
+# the context it was made in, so these counted as activations until the module
+# first ran. While a conversion runs, what it makes counts as parameters, and
+# when the outermost one returns each new storage counts as what it replaced:
+# parameters, buffers, or a parameter's gradient.
+CONVERSIONS = ("_apply", "to_empty", "to", "cpu", "cuda", "xpu", "half", "float", "double", "bfloat16", "type")
+
+
+# NOTE [DTensor's scratch tensors]
+# DTensor's sharding propagation runs each new op once on tensors of the
+# global shape to learn its output's shape, under the fake mode it finds
+# active, else one of its own. torch's tracker skips what runs under a fake
+# mode other than the one it started in, so with real tensors these are not
+# counted; in a fake-tensor world the active mode is the world's, and every
+# propagation counted a global-size tensor (a whole unsharded weight, at
+# ``to_empty`` of an FSDP2 model). ``ShardingPropagator._fake_mode_lock`` is
+# entered around exactly that work (checked on 2.13.0, 2.14.1 and 2.15.0), so
+# while the tracker runs it is wrapped by one that tells the tracker to skip.
+
+
+class _Propagating:
+    """``ShardingPropagator._fake_mode_lock`` while ``tracker`` counts: the
+    lock torch had, and the tracker told that DTensor propagates."""
+
+    def __init__(self, lock: Any, tracker: Any) -> None:
+        self.lock, self.tracker = lock, tracker
+
+    def __enter__(self) -> Any:
+        entered = self.lock.__enter__()
+        self.tracker.propagating += 1
+        return entered
+
+    def __exit__(self, *exc: Any) -> Any:
+        self.tracker.propagating -= 1
+        return self.lock.__exit__(*exc)
+
+
+@door("measure memory")
+def watch(tracker: Any) -> Callable[[], None]:
+    """Tell ``tracker`` what torch's tracker cannot see by itself, until the
+    returned function is called: module conversions (NOTE [Module state made
+    anew]) and DTensor's propagation (NOTE [DTensor's scratch tensors])."""
+    from torch.distributed.tensor._sharding_prop import ShardingPropagator
+
+    lock = vars(ShardingPropagator).get("_fake_mode_lock")
+    propagating = None if lock is None else _Propagating(lock, tracker)
+    if propagating is not None:  # absent: scratch tensors count, as before 2.13 did
+        ShardingPropagator._fake_mode_lock = propagating
+    unwrap = _track_conversions(tracker)
+
+    def undo() -> None:
+        unwrap()
+        if propagating is not None and vars(ShardingPropagator).get("_fake_mode_lock") is propagating:
+            ShardingPropagator._fake_mode_lock = lock
+
+    return undo
+
+
+def _track_conversions(tracker: Any) -> Callable[[], None]:
+    """Wrap nn.Module's conversions (NOTE [Module state made anew]) for
+    ``tracker`` until the returned function is called."""
+    import torch
+    from torch.distributed._tools.mem_tracker import _MemRefType
+    from torch.nn import Module
+
+    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def converting(module: Any, *args: Any, **kwargs: Any) -> Any:
+            tracker.converting += 1
+            try:
+                return original(module, *args, **kwargs)
+            finally:
+                tracker.converting -= 1
+                if not tracker.converting:
+                    for sub in module.modules():
+                        for tensor in itertools.chain(sub._parameters.values(), sub._buffers.values()):
+                            if tensor is None:
+                                continue
+                            is_param = isinstance(tensor, torch.nn.Parameter)
+                            recategorize(tracker, tensor, _MemRefType.PARAM if is_param else _MemRefType.BUFFER)
+                            if tensor.grad is not None:
+                                recategorize(tracker, tensor.grad, _MemRefType.GRAD)
+
+        return converting
+
+    originals = {name: vars(Module)[name] for name in CONVERSIONS}
+    wrapped = {name: wrap(fn) for name, fn in originals.items()}
+    for name, fn in wrapped.items():
+        setattr(Module, name, fn)
+
+    def undo() -> None:
+        for name, fn in originals.items():
+            if vars(Module).get(name) is wrapped[name]:
+                setattr(Module, name, fn)
+
+    return undo

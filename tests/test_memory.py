@@ -1,0 +1,93 @@
+"""The memory fixture's categories for module state made anew: a model built on
+the meta device and brought to life with ``to_empty`` (alone or after FSDP2
+sharded it there), a state dict assigned, and a module cast with its
+gradients. Each counts by what it is from the moment it exists, with real and
+fake tensors alike (NOTE [Module state made anew], _compat/tools.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.distributed.fsdp import fully_shard
+
+from pytest_fakepg import FakeWorld
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+NOTHING = {"parameters": 0, "gradients": 0, "optimizer": 0, "activations": 0, "other": 0}
+LINEAR_BYTES = (64 * 30 + 30) * 4  # nn.Linear(64, 30) in float32
+
+
+def meta_then_to_empty(world: FakeWorld) -> nn.Module:
+    with torch.device("meta"):
+        model = nn.Linear(64, 30)
+    return model.to_empty(device="cpu")
+
+
+def assigned_state_dict(world: FakeWorld) -> nn.Module:
+    with torch.device("meta"):
+        model = nn.Linear(64, 30)
+    model.load_state_dict({"weight": torch.ones(30, 64), "bias": torch.zeros(30)}, assign=True)
+    return model
+
+
+def fsdp2_on_meta_then_to_empty(world: FakeWorld) -> nn.Module:
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(64, 30), nn.Linear(30, 30))
+    for layer in model:
+        fully_shard(layer, mesh=world.mesh)
+    fully_shard(model, mesh=world.mesh)
+    return model.to_empty(device="cpu")
+
+
+# FSDP2 on 4 ranks pads 30 rows to 32 and keeps 8 a rank, in one storage per parameter.
+FSDP2_SHARD_BYTES = (8 * 64 + 8 + 8 * 30 + 8) * 4
+
+
+@pytest.mark.parametrize(
+    ("build", "param_bytes"),
+    [(meta_then_to_empty, LINEAR_BYTES), (assigned_state_dict, LINEAR_BYTES),
+     (fsdp2_on_meta_then_to_empty, FSDP2_SHARD_BYTES)],
+    ids=["to_empty", "load_state_dict-assign", "fully_shard-to_empty"],
+)
+@pytest.mark.parametrize("tensors", ["real", "fake"])
+def test_module_state_made_anew_counts_as_parameters(
+    tensors: str, build: Callable[[FakeWorld], nn.Module], param_bytes: int
+) -> None:
+    with FakeWorld(mesh={"dp": 4}, tensors=tensors) as world:
+        memory = world.memory
+        model = build(world)
+        assert memory.current == {**NOTHING, "parameters": param_bytes}
+        assert memory.at_peak == {**NOTHING, "parameters": param_bytes}
+        # and a step on: the categories the first forward used to correct stay
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        model(torch.ones(2, 64)).sum().backward()
+        optimizer.step()
+        assert memory.current["parameters"] == param_bytes
+        assert memory.current["gradients"] == param_bytes
+
+
+def test_a_cast_keeps_parameters_and_gradients_in_their_categories() -> None:
+    # Real tensors only: torch cannot swap a fake parameter for its cast
+    # ("_apply(): Couldn't swap Linear.weight"), with or without a world.
+    with FakeWorld(2) as world:
+        memory = world.memory
+        model = nn.Linear(64, 30)
+        model(torch.ones(2, 64)).sum().backward()
+        model.half()
+        assert model.weight.grad.dtype == torch.float16
+        assert memory.current == {**NOTHING, "parameters": LINEAR_BYTES // 2, "gradients": LINEAR_BYTES // 2}
+
+
+@pytest.mark.parametrize("build", [meta_then_to_empty, assigned_state_dict, fsdp2_on_meta_then_to_empty])
+def test_real_and_fake_tensors_give_the_same_figures(build: Callable[[FakeWorld], nn.Module]) -> None:
+    figures = {}
+    for tensors in ("real", "fake"):
+        with FakeWorld(mesh={"dp": 4}, tensors=tensors) as world:
+            memory = world.memory
+            build(world)
+            figures[tensors] = (memory.peak, memory.at_peak, memory.current)
+    assert figures["fake"] == figures["real"]
