@@ -32,7 +32,7 @@ def test_llama_1b_fits_and_sends_what_the_plan_says(device_mesh, memory, collect
 
     # Memory: the rank's peak, by what holds it, under an 8 GiB budget.
     assert memory.peak < 8 * GiB
-    assert memory.at_peak["activations"] > 40 * memory.at_peak["parameters"]  # activations dominate
+    assert memory.at_peak["activations"] > 10 * memory.at_peak["parameters"]  # activations dominate
     # After the step: this rank's shard of the weights and AdamW's two moments.
     assert memory.current["optimizer"] == pytest.approx(2 * memory.current["parameters"], rel=0.2)
 

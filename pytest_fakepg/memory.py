@@ -9,7 +9,8 @@ NOTE [Memory categories]
   parameters   module parameters and buffers (FSDP's sharded ones; the
                unsharded ones it gathers for a layer count as activations
                while they live, as torch's tracker made them during forward
-               or backward)
+               or backward), from the moment they exist: registered, made by
+               ``to_empty`` or a cast, or assigned from a state dict
   gradients    parameter gradients
   optimizer    optimizer state (made during ``optimizer.step()``)
   activations  tensors made in forward and backward passes
