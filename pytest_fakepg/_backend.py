@@ -203,7 +203,7 @@ def _compile(directory: Path, *, verbose: bool, quiet: bool) -> None:
         print(
             f"\npytest-fakepg: compiling the fakepg c10d backend"
             f"{' (portable build)' if portable_build() else ''} for torch "
-            f"{torch.__version__}, once per torch (a minute or so on 2 cores), into {directory}",
+            f"{torch.__version__}, once per torch (about 50 s on 2 idle cores, longer while they are busy), into {directory}",
             file=sys.stderr,
             flush=True,
         )

@@ -93,8 +93,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
+        "--slow",
+        action="store_true",
+        help="also run the slow packaging and cold-build checks (marked slow; .ci/run does)",
+    )
+    parser.addoption(
         "--soak-tests",
         type=int,
         default=300,
         help="tests in the generated soak suite (CI: 300; the full soak: 10000)",
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="a slow packaging or cold-build check: run with --slow (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

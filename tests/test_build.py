@@ -146,6 +146,7 @@ def test_the_plugin_loads_where_fcntl_does_not_exist(tmp_path: Path) -> None:
     assert result.stdout.strip() == "locked"
 
 
+@pytest.mark.slow  # two cold builds at once, then a third: minutes on 2 cores
 def test_concurrent_cold_builds_share_one_cache_and_corruption_is_rebuilt(tmp_path: Path) -> None:
     """Two processes building at once (xdist workers, parallel CI jobs) both
     succeed with one build; a corrupted library is then rebuilt, not loaded."""

@@ -17,6 +17,9 @@ import pytest
 
 import pytest_fakepg
 
+# Minutes of pip and compiler work: CI runs these (--slow), the everyday run skips them.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
