@@ -352,10 +352,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           [](WorldState& w, const std::string& reason) {
             w.scheduler()->abort(reason);
           })
-      // NOTE [Store waits are turns] (exact/store.py): rank `rank` waits,
+      // NOTE [Store waits are turns] (store.py): rank `rank` waits,
       // running the other ranks meanwhile, until `store` (a C++ store: the
       // world's HashStore) has every key; `what` is what a deadlock report
-      // says it waits for.
+      // says it waits for. False: the wait timed out (NOTE [A store wait
+      // times out], exact.cpp).
       .def(
           "wait_for_keys",
           [](WorldState& w,
@@ -366,9 +367,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             auto inner = c10::intrusive_ptr<::c10d::Store>::reclaim_copy(
                 py::cast<::c10d::Store*>(store));
             std::exception_ptr stopped;  // raised with the GIL back
+            bool found = false;
             fakepg::withoutGil([&] {
               try {
-                w.scheduler()->blockUntil(
+                found = w.scheduler()->blockUntil(
                     rank,
                     [inner, keys = std::move(keys)] {
                       return inner->check(keys);
@@ -381,6 +383,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             if (stopped) {
               std::rethrow_exception(stopped);
             }
+            return found;
           })
       .def(
           "restore_caller_rng",

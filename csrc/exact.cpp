@@ -171,6 +171,7 @@ void Scheduler::start(std::vector<c10::intrusive_ptr<Gate>> gates) {
   caller_rng_ = CpuRng::current();
   rng_.assign(n_, caller_rng_);
   aborted_ = deadlocked_ = false;
+  waits_begun_ = 0;
   reason_.clear();
   dead_states_.clear();
   dead_waiting_.clear();
@@ -275,7 +276,30 @@ bool Scheduler::runnable(int rank) const {
     return false;
   }
   const Wait& w = waiting_[rank];
-  return w.work ? w.work->done() : (w.ready && w.ready());
+  return w.work ? w.work->done() : (w.timed_out || (w.ready && w.ready()));
+}
+
+// NOTE [A store wait times out]
+// On a cluster, a store wait that no rank answers ends when its timeout runs
+// out, with a DistStoreError the program may catch (a common fallback: try
+// the key, carry on without it). In an exact world time does not pass while
+// every rank waits, so when no rank can run and some wait on the store, the
+// wait that began first times out at once: its rank runs again and raises
+// the store's timeout error (exact/world.py), and the run goes on. Only when
+// no rank waits on the store is "no rank can run" a deadlock.
+int Scheduler::timeOutAStoreWait() {
+  int first = -1;
+  for (int r = 0; r < n_; ++r) {
+    const Wait& w = waiting_[r];
+    if (state_[r] == kBlocked && !w.work && w.ready &&
+        (first < 0 || w.since < waiting_[first].since)) {
+      first = r;
+    }
+  }
+  if (first >= 0) {
+    waiting_[first].timed_out = true;
+  }
+  return first;
 }
 
 int Scheduler::pickNext(int rank) {
@@ -284,6 +308,10 @@ int Scheduler::pickNext(int rank) {
     if (runnable(r)) {
       return r;
     }
+  }
+  const int timed_out = timeOutAStoreWait();
+  if (timed_out >= 0) {
+    return timed_out;
   }
   current_ = -1;
   if (std::any_of(state_.begin(), state_.end(), [](State s) {
@@ -348,17 +376,17 @@ void Scheduler::block(int rank, ExactWork* work) {
       "rank at a time; wait on work in the rank's own program)");
 }
 
-void Scheduler::blockUntil(
+bool Scheduler::blockUntil(
     int rank,
     std::function<bool()> ready,
     std::string what) {
-  suspend(
+  return suspend(
       rank,
       Wait{nullptr, std::move(ready), std::move(what)},
       "the store from a thread that is not running it");
 }
 
-void Scheduler::suspend(int rank, Wait wait, const char* on) {
+bool Scheduler::suspend(int rank, Wait wait, const char* on) {
   int next;
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -367,7 +395,10 @@ void Scheduler::suspend(int rank, Wait wait, const char* on) {
         current_ == rank,
         cat("fakepg: rank ", rank, " waited on ", on));
     if (!wait.work && wait.ready()) {
-      return;  // already there: no turn to give up
+      return true;  // already there: no turn to give up
+    }
+    if (!wait.work) {
+      wait.since = waits_begun_++;
     }
     state_[rank] = kBlocked;
     waiting_[rank] = std::move(wait);
@@ -378,9 +409,11 @@ void Scheduler::suspend(int rank, Wait wait, const char* on) {
   }
   awaitTurn(rank);
   std::lock_guard<std::mutex> lk(mu_);
+  const bool timed_out = waiting_[rank].timed_out;
   waiting_[rank] = Wait{};
   throwIfAborted();
   state_[rank] = kReady;
+  return !timed_out;
 }
 
 // ---------------------------------------------------------------------------

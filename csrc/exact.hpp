@@ -109,11 +109,12 @@ class Scheduler : public c10::intrusive_ptr_target {
   // Work::wait). Throws when the run is stopped.
   void block(int rank, ExactWork* work);
   // Wait until `ready()` holds, running other ranks meanwhile: a store wait
-  // (NOTE [Store waits are turns], exact/store.py). `ready` is called with
+  // (NOTE [Store waits are turns], store.py). `ready` is called with
   // the scheduler's lock held, from whichever thread picks the next rank, so
   // it must neither take the GIL nor call back into the scheduler; `what`
-  // is what waiting() reports ("op\x1fgroup\x1fsite").
-  void blockUntil(int rank, std::function<bool()> ready, std::string what);
+  // is what waiting() reports ("op\x1fgroup\x1fsite"). Returns false if the
+  // wait timed out: NOTE [A store wait times out].
+  bool blockUntil(int rank, std::function<bool()> ready, std::string what);
   // At each switch, by the rank that stops running, before the next one
   // wakes, the scheduler saves rank `from`'s CPU generator (from is -1 when
   // that rank finished) and installs `to`'s; each rank starts with the state
@@ -144,14 +145,20 @@ class Scheduler : public c10::intrusive_ptr_target {
     ExactWork* work = nullptr;
     std::function<bool()> ready;
     std::string what;
+    long since = 0;  // a store wait's place in the order waits began
+    bool timed_out = false;
   };
   bool runnable(int rank) const;
   // With mu_ held: what `rank` waits for (waiting()).
   std::string waitingFor(int rank) const;
   // Without mu_, on `rank`'s thread (the running one): it waits for `wait`,
   // running the other ranks meanwhile; `on` completes the error "rank r
-  // waited on ..." for a thread that is not running `rank`.
-  void suspend(int rank, Wait wait, const char* on);
+  // waited on ..." for a thread that is not running `rank`. Returns false if
+  // the wait timed out.
+  bool suspend(int rank, Wait wait, const char* on);
+  // With mu_ held, when no rank can run: the rank whose store wait began
+  // first, its wait marked timed out, or -1 if no rank waits on the store.
+  int timeOutAStoreWait();
   // With mu_ held: the next runnable rank after `rank`; or -1, stopping the
   // run as deadlocked if ranks remain and none can run.
   int pickNext(int rank);
@@ -173,6 +180,7 @@ class Scheduler : public c10::intrusive_ptr_target {
   int ended_ = 0;
   std::vector<State> state_;
   std::vector<Wait> waiting_;  // by rank
+  long waits_begun_ = 0;  // store waits so far, for Wait::since
   bool aborted_ = false;
   bool deadlocked_ = false;
   std::string reason_;

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 
 @functools.cache
@@ -14,3 +15,13 @@ def not_user_code() -> tuple[str, ...]:
     import torch
 
     return (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
+
+
+def user_line() -> str | None:
+    """The user's line that called into torch or this package now
+    (``file.py:LINE``), or None."""
+    skip = not_user_code()
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame = frame.f_back
+    return None if frame is None else f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"

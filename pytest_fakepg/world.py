@@ -21,12 +21,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from . import _backend, _compat, _default_group, _sharding
-from ._frames import not_user_code
+from ._frames import not_user_code, user_line
 from .ops import ALL_OPS, check_op, op_code
 from .errors import FakeWorldFaultWarning
 from .memory import Memory
 from .records import CollectiveLog
 from .spec import FAIL_AT, SIGNATURE, FaultSpec, WorldSpec, bind, check_choice, check_nth
+from .store import world_store
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup, Store
@@ -511,7 +512,7 @@ class FakeWorld:
                 self._ranks_per_node = spec.local_world_size or ranks_per_node(spec.world_size, spec.device)
                 rank = None if self.exact else spec.rank  # an exact world's ranks get theirs as they run
                 os.environ.update(torchrun_env(spec.world_size, self._ranks_per_node, rank))
-            self._store = dist.HashStore()
+            self._store = world_store(self)  # NOTE [A store wait in a uniform world]
             self._bring_up_groups()
             self._install_patches()
             self._saved["sharding"] = _sharding.share_sharding_decisions()
@@ -579,6 +580,19 @@ class FakeWorld:
     def _mesh_here(self) -> DeviceMesh | None:
         """The world's mesh as the calling thread sees it."""
         return self._mesh
+
+    def _store_wait(self, store: Any, keys: list[str], call: str, timeout: Any) -> None:
+        """A wait on the world's store for ``keys``, some not set: NOTE [A
+        store wait in a uniform world] (store.py)."""
+        import torch.distributed as dist
+
+        missing = [key for key in keys if not store.check([key])]
+        line = user_line()
+        raise dist.DistStoreError(
+            f"{call}{f' at {line}' if line else ''} waits for {', '.join(map(repr, missing))}, which no rank will "
+            f"set: in a {self.values} world only rank {self.rank} of {self.world_size} runs. Set the key in the "
+            "test before waiting for it, or use values='exact' to run every rank"
+        )
 
     def _label_of(self, name: str) -> str:
         """What messages call group ``name`` (the backend asks, for a fault's

@@ -74,9 +74,9 @@ def run_tests(pytester: pytest.Pytester) -> RunTests:
     """Write `source` (after `header`) as test_it.py and run pytest on it in a
     subprocess: torch's distributed state is per process."""
 
-    def run(source: str, *args: str, header: str = HEADER) -> pytest.RunResult:
+    def run(source: str, *args: str, header: str = HEADER, timeout: float | None = None) -> pytest.RunResult:
         pytester.makepyfile(test_it=header + source)
-        return pytester.runpytest_subprocess("-p", "no:randomly", "-W", "ignore::FutureWarning", *args)
+        return pytester.runpytest_subprocess("-p", "no:randomly", "-W", "ignore::FutureWarning", *args, timeout=timeout)
 
     return run
 

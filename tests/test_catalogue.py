@@ -156,6 +156,21 @@ MISUSE = [
          "rank's program (the test body, or a function given to FakeWorld.run), not in fixtures or outside run()"),
      "@pytest.fixture\ndef mine(fake_world):\n    return fake_world.rank\n"
      "@pytest.mark.fake_world(2, values='exact')\ndef test_it(mine):\n    pass\n", [], {"errors": 1}),
+    (Row("a store wait no rank answers, uniform", "fake_store.get('ready') in fake_world(4, rank=1)",
+         "store get('ready') at test_it.py:4 waits for 'ready', which no rank will set: in a uniform world only "
+         "rank 1 of 4 runs. Set the key in the test before waiting for it, or use values='exact' to run every rank"),
+     "@pytest.mark.fake_world(4, rank=1)\ndef test_it(fake_store):\n    fake_store.get('ready')\n", [],
+     {"failed": 1}),
+    (Row("a store wait no rank answers, exact", "fake_store.get('ready') in rank 1 of fake_world(2, values='exact')",
+         "store get('ready') at test_it.py:5 in rank 1 timed out: no rank set 'ready', and no other rank could "
+         "run (an exact world times such a wait out at once; a cluster, after the store's timeout)"),
+     "@pytest.mark.fake_world(2, values='exact')\ndef test_it(rank, fake_store):\n    if rank == 1:\n"
+     "        fake_store.get('ready')\n", [], {"failed": 1}),
+    (Row("a misspelt marker", "@pytest.mark.fake_wrold(4)",
+         "@pytest.mark.fake_wrold is not a marker anyone registered: did you mean @pytest.mark.fake_world? (as "
+         "written, the test would run without a fake world)"),
+     "@pytest.mark.fake_wrold(4)\ndef test_it():\n    pass\n", ["-W", "ignore::pytest.PytestUnknownMarkWarning"],
+     {"errors": 1}),
     (Row("a fixture where torch is not installed", "rank fixture, torch missing",
          "pytest-fakepg's fake worlds need torch, which could not be imported (No module named 'torch'); "
          "install it, e.g. pip install torch"),

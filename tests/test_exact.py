@@ -535,50 +535,6 @@ def test_recv_no_one_sends_to_is_a_deadlock() -> None:
     assert "rank 0 finished its program" in str(info.value)
 
 
-def test_a_store_handshake_passes_between_ranks(run_tests) -> None:
-    """NOTE [Store waits are turns]: rank 0 waits for a key rank 1 sets
-    later, valid on any cluster, through the fixture's store and through the
-    store behind the default group (torch's own path, via PrefixStore)."""
-    result = run_tests(
-        """
-        @pytest.mark.fake_world(3, values="exact")
-        def test_it(rank, fake_store):
-            if rank == 0:
-                assert fake_store.get("ready") == b"yes"
-                fake_store.wait(["later"])
-                assert fake_store.multi_get(["ready", "later"]) == [b"yes", b"too"]
-            elif rank == 1:
-                fake_store.set("ready", "yes")
-            else:
-                fake_store.set("later", "too")
-            store = dist.distributed_c10d._get_default_store()  # the default group's
-            if rank == 2:
-                assert store.get(f"from-{0}") == b"0"
-            if rank == 0:
-                store.set("from-0", "0")
-        """.replace("\n        ", "\n"),
-        "-p", "timeout", "--timeout", "60",
-    )
-    result.assert_outcomes(passed=1)
-
-
-def test_a_store_wait_no_rank_answers_is_a_deadlock_naming_the_key() -> None:
-    def program() -> None:
-        if dist.get_rank() == 0:
-            world.store.get("never")
-        else:
-            dist.barrier()
-
-    with FakeWorld(2, values="exact") as world, pytest.raises(FakeWorldDeadlock) as info:
-        world.run(program)
-    lines = str(info.value).splitlines()
-    assert lines[1].startswith("  rank 0 waits in store get('never') at test_exact.py:")
-    assert lines[1].endswith(", for a key no rank sets")
-    assert lines[2].startswith("  rank 1 waits in barrier on group default_pg at test_exact.py:")
-    with FakeWorld(2, values="exact") as world:  # and the world after it is sound
-        assert world.run(lambda: world.store.add("n", 1)) == [1, 2]
-
-
 def test_pytest_timeout_ends_an_exact_world_and_the_run_goes_on(run_tests) -> None:
     """NOTE [Signals in exact worlds]: with pytest-timeout's default (signal)
     method, a rank that loops forever while rank 0 waits for it ends at the

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _backend, _compat, _default_group, records
 from ..records import CollectiveLog
 from ..world import _PER_RANK_ENV, FakeWorld, _batch_markers, _init_device_mesh, _new_backend, rank_env
-from .store import exact_store
+from ..store import poll, world_store
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -94,6 +94,28 @@ class ExactWorld(FakeWorld, values="exact"):
         rank = getattr(local, "rank", None)
         return rank if rank is not None and getattr(local, "thread", None) == threading.get_ident() else None
 
+    def _store_wait(self, store: Any, keys: list[str], call: str, timeout: Any) -> None:
+        """A wait on the world's store for ``keys``, some not set: in a
+        rank's program a turn (NOTE [Store waits are turns], store.py) that
+        times out where no rank can set them (NOTE [A store wait times out],
+        csrc/exact.cpp); elsewhere a wait for them, that signals can end."""
+        import torch.distributed as dist
+
+        rank = self._own_thread_rank()
+        if rank is None:
+            return poll(store, keys, timeout, call)
+        site = self._site_of_caller()
+        if self._native.wait_for_keys(rank, store.inner, keys, f"{call}\x1f\x1f{site}"):
+            return None
+        sites = self.call_sites()
+        where = f" at {sites[site]}" if 0 <= site < len(sites) else ""
+        missing = ", ".join(repr(key) for key in keys if not store.check([key]))
+        others = "\n".join(line for other, line in self._rank_lines() if other != rank)
+        raise dist.DistStoreError(
+            f"{call}{where} in rank {rank} timed out: no rank set {missing}, and no other rank could run "
+            f"(an exact world times such a wait out at once; a cluster, after the store's timeout)\n{others}"
+        )
+
     def _site_of_caller(self) -> int:
         """The user's line calling into the package now, as an index into
         ``call_sites()`` (-1 if none is recorded)."""
@@ -117,7 +139,7 @@ class ExactWorld(FakeWorld, values="exact"):
     def _bring_up_groups(self) -> None:
         """No group in this thread; each rank makes its own in run()."""
         spec = self.spec
-        self._store = exact_store(self)  # NOTE [Store waits are turns]
+        self._store = world_store(self)  # NOTE [Store waits are turns]
         self._serve(_backend.load().WorldState("exact", spec.record, spec.world_size))
         self._native.set_mismatch_source(self._word_mismatch)  # cleared with the other sources at stop
         self._saved["per_thread"] = _compat.c10d.install_thread_local_world()
@@ -332,25 +354,32 @@ class ExactWorld(FakeWorld, values="exact"):
         """Each rank's pending call (op, group, line) and, where the
         collectives the ranks issued since record ``since[rank]`` disagree,
         the divergence, as the check across ranks words it."""
+        lines = ["no rank can run: each waits for a call another rank never makes (on a cluster, a hang)"]
+        lines += [line for _, line in self._rank_lines()]
+        divergence = self._divergence(since)
+        if divergence:
+            lines.append(divergence)
+        return "\n".join(lines)
+
+    def _rank_lines(self) -> list[tuple[int, str]]:
+        """What each rank that is not running does now: its pending call (op,
+        group, line), or that it finished or never started."""
         native, module = self._native, _backend.load()
         labels = self.group_labels()
         sites = self.call_sites()
-        lines = ["no rank can run: each waits for a call another rank never makes (on a cluster, a hang)"]
+        lines = []
         for rank, (state, waiting) in enumerate(zip(native.rank_states(), native.waiting())):
             if state == module.RANK_WAITING and waiting:
                 op, group, site = waiting.decode().split("\x1f")
                 where = f" at {sites[int(site)]}" if 0 <= int(site) < len(sites) else ""
                 if not group:  # a store wait (NOTE [Store waits are turns])
-                    lines.append(f"  rank {rank} waits in {op}{where}, for a key no rank sets")
+                    lines.append((rank, f"  rank {rank} waits in {op}{where}, for a key not set"))
                     continue
                 label = labels.get(group, "")
                 named = label if label and label != "undefined" else f"'{group}'"
-                lines.append(f"  rank {rank} waits in {op} on group {named}{where}")
+                lines.append((rank, f"  rank {rank} waits in {op} on group {named}{where}"))
             elif state == module.RANK_FINISHED:
-                lines.append(f"  rank {rank} finished its program")
+                lines.append((rank, f"  rank {rank} finished its program"))
             elif state == module.RANK_NOT_STARTED:
-                lines.append(f"  rank {rank} never started")
-        divergence = self._divergence(since)
-        if divergence:
-            lines.append(divergence)
-        return "\n".join(lines)
+                lines.append((rank, f"  rank {rank} never started"))
+        return lines

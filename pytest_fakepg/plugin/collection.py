@@ -4,6 +4,7 @@ are keyed as a sweep for the check across ranks."""
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import warnings
 from typing import Any
@@ -135,6 +136,21 @@ def single_case(item: pytest.Item, marker: pytest.Mark | None) -> Case:
     return Case(specs[0], None, check)
 
 
+def _misspelt_marker(item: pytest.Item, known: set[str]) -> str | None:
+    """Why ``item`` errors if it carries a marker no one registered whose
+    name is this plugin's, misspelt (``fake_wrold``): it would otherwise run
+    with no world, and fail far from the typo."""
+    for mark in item.iter_markers():
+        name = mark.name
+        if (abs(len(name) - len(MARKER)) <= 2 and name not in known
+                and difflib.SequenceMatcher(None, name, MARKER).ratio() >= 0.8):
+            return (
+                f"@pytest.mark.{name} is not a marker anyone registered: did you mean "
+                f"@pytest.mark.{MARKER}? (as written, the test would run without a fake world)"
+            )
+    return None
+
+
 def note_items(config: pytest.Config, items: list[pytest.Item]) -> bool:
     """Note which items get a world, once, so the per-test hooks below cost
     unmarked tests one stash lookup; and which cases form a sweep whose ranks
@@ -143,12 +159,16 @@ def note_items(config: pytest.Config, items: list[pytest.Item]) -> bool:
     # key -> (compare the ranks?, the sweep's cases)
     sweeps: dict[str, tuple[bool, list[pytest.Item]]] = {}
     unswept = []
+    known = {line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")}
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         case = params.get(CASE_PARAM)
         if case is None:
             marker = item.get_closest_marker(MARKER)
             if marker is None:
+                misspelt = _misspelt_marker(item, known)
+                if misspelt is not None:
+                    item.stash[CASE] = Case(None, misspelt)
                 continue
             case = single_case(item, marker)
             exact = case.spec is not None and case.spec.values == "exact"  # runs every rank already
