@@ -13,8 +13,11 @@ when every rank holds the data this rank holds: its own objects, as fresh
 copies) and issue the same collectives, with the same shapes, that torch's
 would, so records, faults and the consistency check see what a real run
 issues. ``scatter_object_list`` on a non-source rank needs the input list to
-have a uniform answer; without one it raises, saying why. On the source rank
-torch's own function runs.
+have a uniform answer; without one it raises, saying why, and so does
+``recv_object_list`` given only placeholders (``[None]``, as
+torch.distributed.pipelining's shape inference receives its neighbour's
+metadata): nothing this rank holds can stand for what another rank sends. On
+the source rank torch's own function runs.
 
 All six object collectives (these three, ``all_gather_object``,
 ``gather_object`` and ``send_object_list``) mark the calls they issue as
@@ -33,6 +36,8 @@ import functools
 import pickle
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from ._frames import user_line
 
 NAMES = (
     "all_gather_object", "gather_object", "broadcast_object_list",
@@ -149,6 +154,16 @@ def make(originals: dict[str, Any], current_native: Callable[[], Any]) -> dict[s
         use_batch: bool = False,
     ) -> int:
         pg, root = _group_root(group, src, group_src)
+        if all(obj is None for obj in object_list):
+            line = user_line()
+            raise RuntimeError(
+                f"recv_object_list from rank {dist.get_global_rank(pg, root)}"
+                f"{f' (reached from {line})' if line else ''} in a fake world where only rank "
+                f"{dist.get_rank()} runs, so what the sender sends cannot be known, and this rank's list "
+                f"holds only placeholders ({object_list!r}) to stand for it. torch.distributed.pipelining "
+                "receives each stage's metadata this way: run pipeline stages with values='exact', where "
+                "every rank runs"
+            )
         sizes, payload, _ = _serialize(object_list)
         sender = dist.recv(sizes, group=pg, group_src=root)
         dist.recv(payload, group=pg, group_src=root)

@@ -171,6 +171,13 @@ MISUSE = [
          "written, the test would run without a fake world)"),
      "@pytest.mark.fake_wrold(4)\ndef test_it():\n    pass\n", ["-W", "ignore::pytest.PytestUnknownMarkWarning"],
      {"errors": 1}),
+    (Row("receiving objects only another rank has", "dist.recv_object_list([None], src=0) in fake_world(2, rank=1)",
+         "recv_object_list from rank 0 (reached from test_it.py:5) in a fake world where only rank 1 runs, so what "
+         "the sender sends cannot be known, and this rank's list holds only placeholders ([None]) to stand for "
+         "it. torch.distributed.pipelining receives each stage's metadata this way: run pipeline stages with "
+         "values='exact', where every rank runs"),
+     "import torch.distributed as dist\n@pytest.mark.fake_world(2, rank=1)\ndef test_it():\n"
+     "    dist.recv_object_list([None], src=0)\n", [], {"failed": 1}),
     (Row("a fixture where torch is not installed", "rank fixture, torch missing",
          "pytest-fakepg's fake worlds need torch, which could not be imported (No module named 'torch'); "
          "install it, e.g. pip install torch"),

@@ -459,6 +459,28 @@ def test_recv_object_list_keeps_this_ranks_objects() -> None:
         assert world.collectives.ops == ["recv", "recv"]
 
 
+def test_recv_object_list_of_placeholders_says_what_to_do() -> None:
+    """torch.distributed.pipelining receives a neighbour's metadata into
+    [None]: a uniform world cannot stand for it, and says so at the call."""
+    from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(2, rank=1) as world:
+        stage = PipelineStage(torch.nn.Linear(4, 4), stage_index=1, num_stages=2, device=torch.device("cpu"))
+        schedule = ScheduleGPipe(stage, n_microbatches=2, loss_fn=lambda out, target: out.sum())
+        with pytest.raises(RuntimeError) as info:
+            schedule.step(target=torch.ones(4, 4))
+        assert "recv" not in world.collectives.ops[-1:]  # refused before the object's size is received
+    line = info.traceback[0].lineno + 1  # the test's own line that stepped the schedule
+    assert str(info.value) == (
+        f"recv_object_list from rank 0 (reached from test_collectives.py:{line}) in a fake "
+        "world where only rank 1 runs, so what the sender sends cannot be known, and this rank's list holds only "
+        "placeholders ([None]) to stand for it. torch.distributed.pipelining receives each stage's metadata this "
+        "way: run pipeline stages with values='exact', where every rank runs"
+    )
+
+
 def test_scatter_object_list_takes_this_ranks_entry_or_says_why_not() -> None:
     from pytest_fakepg import FakeWorld
 
