@@ -204,14 +204,19 @@ class CollectiveLog(Sequence[CollectiveRecord]):
             out.append((name, ranks, OP_NAMES[op], calls, nbytes, failed))
         return out
 
-    def ledger(self) -> dict[str, dict[str, dict[str, Any]]]:
+    def ledger(self, flat: bool = False) -> dict[str, Any]:
         """What the collectives sent, as plain data made to be stored and
         diffed by snapshot tests (syrupy's ``snapshot``, pytest-regressions'
         ``data_regression``): per group, per op, ``{"calls": n, "bytes": b,
         "dtypes": [...]}``, in the order each first ran. A group is named by
-        its label - the mesh dimension's name, ``"default_pg"`` - with its
-        global ranks added where two groups share one, and by its ranks
-        where it has none. Bytes are input bytes, as in each record."""
+        its label - the mesh dimension's name, ``"default_pg"``, both where
+        a dimension spans the world (``"default_pg/dp"``) - with its global
+        ranks added where two groups share one, and by its ranks where it
+        has none. Bytes are input bytes, as in each record.
+
+        ``flat=True`` gives one line per number, keyed ``"group: op:
+        field"`` (dtypes joined by commas), so a snapshot's diff names the
+        group and op of every number that changed."""
         labels = self._labels() if self._labels is not None else {}
         rows: dict[tuple[str, tuple[int, ...]], dict[str, dict[str, Any]]] = {}
         for r in self:
@@ -233,6 +238,9 @@ class CollectiveLog(Sequence[CollectiveRecord]):
             else:
                 key = label
             out[key] = ops
+        if flat:
+            return {f"{group}: {op}: {field}": ", ".join(value) if field == "dtypes" else value
+                    for group, ops in out.items() for op, row in ops.items() for field, value in row.items()}
         return out
 
     def __repr__(self) -> str:

@@ -25,6 +25,10 @@ class Row(NamedTuple):
 # "<message> [invalid @pytest.mark.fake_world(...)]" (the cause first).
 MARKER = [
     Row("world size of 0", "fake_world(0)", "world_size must be an int >= 1, got 0"),
+    Row("an id for several worlds", "fake_world([2, 4], id='plan')",
+        "id='plan' names one world, and this marker gives 2: w2, w4; give one world size and one mesh, or leave id out"),
+    Row("an id that is not a name", "fake_world(2, id=3)",
+        "id must be a non-empty str without brackets, like id='plan'; got 3"),
     Row("world size not an int", "fake_world('4')", "world_size must be an int >= 1, got '4' (str)"),
     Row("world size in a list", "fake_world([2, 0])", "world_size must be an int >= 1, got 0"),
     Row("rank outside the world", "fake_world(4, rank=4)",
@@ -65,9 +69,9 @@ MARKER = [
     Row("unknown keyword", "fake_world(2, rnak=1)",
         "got an unexpected keyword argument 'rnak' (did you mean 'rank'?) (allowed: world_size, rank, mesh, "
         "device, values, fail, "
-        "fail_at, backend, record, tensors, local_world_size, env, check_ranks)"),
+        "fail_at, backend, record, tensors, local_world_size, env, check_ranks, id)"),
     Row("a keyword one letter off", "fake_world(4, ranks='all')",
-        "got an unexpected keyword argument 'ranks' (did you mean 'rank'?) (allowed: world_size, rank, mesh, device, values, fail, fail_at, backend, record, tensors, local_world_size, env, check_ranks)"),
+        "got an unexpected keyword argument 'ranks' (did you mean 'rank'?) (allowed: world_size, rank, mesh, device, values, fail, fail_at, backend, record, tensors, local_world_size, env, check_ranks, id)"),
     Row("unknown tensors", "fake_world(2, tensors='meta')", "tensors must be one of 'real', 'fake', got 'meta'"),
     Row("fake tensors asked for exact values", "fake_world(2, tensors='fake', values='exact')",
         "tensors='fake' was given with values='exact': fake tensors have no values to exchange between ranks; "

@@ -419,3 +419,49 @@ def test_ledger_snapshots_show_a_change_in_traffic(run_tests: RunTests, fixture:
     changed = run_tests(source.replace("CALLS", "3"))
     changed.assert_outcomes(failed=1)
     changed.stdout.fnmatch_lines(["*calls*3*"])
+
+
+PLAN_TEST = """
+@pytest.mark.fake_world(mesh={"dp": 64 // TP, "tp": TP}, tensors="fake", id="plan")
+def test_plan(fake_world, collectives, FIXTURE):
+    tp, dp = fake_world.mesh["tp"], fake_world.mesh["dp"]
+    dist.all_reduce(torch.ones(1024 // tp.size()), group=tp.get_group())  # a tp-sharded activation
+    dist.all_gather_into_tensor(torch.empty(dp.size() * 16), torch.ones(16), group=dp.get_group())
+    ASSERT
+"""
+
+
+@pytest.mark.parametrize(
+    ("fixture", "check", "update"),
+    [
+        ("snapshot", "assert collectives.ledger(flat=True) == snapshot", "--snapshot-update"),
+        ("data_regression", "data_regression.check(collectives.ledger(flat=True))", "--force-regen"),
+    ],
+    ids=["syrupy", "pytest-regressions"],
+)
+def test_a_pinned_id_lets_a_snapshot_diff_a_change_of_plan(
+    run_tests: RunTests, fixture: str, check: str, update: str
+) -> None:
+    """NOTE [Pinned case ids]: tp 8 -> tp 4 keeps the test's name, so the
+    stored ledger is compared, and each changed number names its group."""
+    pytest.importorskip("syrupy" if fixture == "snapshot" else "pytest_regressions")
+    source = PLAN_TEST.replace("FIXTURE", fixture).replace("ASSERT", check)
+    run_tests(source.replace("TP", "8"), update)
+    run_tests(source.replace("TP", "8")).assert_outcomes(passed=1)
+    changed = run_tests(source.replace("TP", "4"), "-vv")
+    changed.assert_outcomes(failed=1)
+    out = changed.stdout.str()
+    assert "test_plan[plan]" in out
+    assert "does not exist" not in out and "unused" not in out
+    # tp's all-reduce doubles (1024 / 4 floats a rank, was 1024 / 8); dp's gather sends 64 bytes either way
+    changed.stdout.fnmatch_lines(["*tp: all_reduce: bytes*512*", "*tp: all_reduce: bytes*1024*"])
+
+
+def test_the_flat_ledger_names_group_op_and_field_on_each_line() -> None:
+    with FakeWorld(8, mesh={"dp": 2, "tp": 4}, tensors="fake") as world:
+        tp = world.mesh["tp"].get_group()
+        dist.all_reduce(torch.ones(16), group=tp)
+        dist.all_reduce(torch.ones(16, dtype=torch.bfloat16), group=tp)
+        assert world.collectives.ledger(flat=True) == {
+            "tp: all_reduce: calls": 2, "tp: all_reduce: bytes": 96, "tp: all_reduce: dtypes": "float32, bfloat16",
+        }

@@ -49,6 +49,27 @@ def test_meshes(device_mesh, world_size):
     pytester.runpytest_subprocess("-W", "ignore::FutureWarning").assert_outcomes(passed=14)
 
 
+def test_a_pinned_id_names_the_world_and_keeps_the_rank(run_tests: RunTests) -> None:
+    """NOTE [Pinned case ids]"""
+    result = run_tests("""
+@pytest.mark.fake_world(mesh={"dp": 4, "tp": 2}, id="plan")
+def test_one(world_size):
+    assert world_size == 8
+
+@pytest.mark.fake_world(4, rank="all", id="plan")
+def test_sweep(rank):
+    assert dist.get_rank() == rank
+
+@pytest.mark.fake_world(4, values="exact", id="plan")
+def test_exact(rank):
+    pass
+""", "-v")
+    result.assert_outcomes(passed=6)
+    lines = [line.split(" ")[0] for line in result.stdout.lines if " PASSED" in line]
+    assert lines == ["test_it.py::test_one[plan]"] + [f"test_it.py::test_sweep[plan-r{r}]" for r in range(4)] + [
+        "test_it.py::test_exact[plan]"]
+
+
 def test_marker_on_class_module_and_closest_wins(run_tests: RunTests) -> None:
     result = run_tests("""
 pytestmark = pytest.mark.fake_world(3)
@@ -432,7 +453,7 @@ def test_markers_and_fixtures_are_documented(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--markers")
     result.stdout.fnmatch_lines([
         "@pytest.mark.fake_world(world_size=None, *, rank=0, mesh=None, device='cpu', values=None, "
-        "fail=None, fail_at='issue', backend=None, record=None, tensors='real', local_world_size=None, env=None, check_ranks=None): run the test in a fake "
+        "fail=None, fail_at='issue', backend=None, record=None, tensors='real', local_world_size=None, env=None, check_ranks=None, id=None): run the test in a fake "
         "torch.distributed world*",
     ])
     result = pytester.runpytest_subprocess("--fixtures")

@@ -14,11 +14,12 @@ import pytest
 from .. import spec as _spec
 from .state import CASE, CASE_PARAM, MARKER, SETTINGS, SWEEP, Case
 
-# The marker takes a world's arguments (WorldSpec.build's) and check_ranks.
+# The marker takes a world's arguments (WorldSpec.build's), check_ranks and id.
 MARKER_SIGNATURE = _spec.SIGNATURE.replace(
     parameters=[
         *_spec.SIGNATURE.parameters.values(),
         inspect.Parameter("check_ranks", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="bool | None"),
+        inspect.Parameter("id", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None"),
     ]
 )
 MARKER_HELP = (
@@ -32,14 +33,15 @@ MARKER_HELP = (
     + ": run the test in a fake torch.distributed world (process group, store "
     "and optional DeviceMesh) for each world size, mesh and rank given; "
     "rank='all' sweeps every rank, and the ranks of a sweep are checked to "
-    "issue the same collectives unless check_ranks=False. See pytest-fakepg's README."
+    "issue the same collectives unless check_ranks=False; id='plan' pins the "
+    "case id (test_x[plan]) so snapshots survive a change of the world. See pytest-fakepg's README."
 )
 
 
-def marker_args(marker: pytest.Mark, node: Any) -> tuple[dict[str, Any], bool | None]:
-    """The marker's world arguments, bound, and its check_ranks. ``node``
-    (the test's definition or item) may carry one marker of its own: two
-    would silently run one world."""
+def marker_args(marker: pytest.Mark, node: Any) -> tuple[dict[str, Any], bool | None, str | None]:
+    """The marker's world arguments, bound, its check_ranks and its id.
+    ``node`` (the test's definition or item) may carry one marker of its
+    own: two would silently run one world."""
     own = [m for m in node.own_markers if m.name == MARKER]
     if len(own) > 1:
         raise ValueError(
@@ -51,7 +53,28 @@ def marker_args(marker: pytest.Mark, node: Any) -> tuple[dict[str, Any], bool | 
     check = args.pop("check_ranks")
     if check is not None and not isinstance(check, bool):
         raise TypeError(f"check_ranks must be True or False, got {check!r}")
-    return args, check
+    pinned = args.pop("id")
+    if pinned is not None and (not isinstance(pinned, str) or not pinned or "[" in pinned or "]" in pinned):
+        raise ValueError(f"id must be a non-empty str without brackets, like id='plan'; got {pinned!r}")
+    return args, check, pinned
+
+
+def pinned_ids(pinned: str, specs: list[_spec.WorldSpec]) -> list[str]:
+    """NOTE [Pinned case ids]
+    A case id names the world (``w1024-dp128xtp8-r0``), so a change of plan
+    renames the test, and a snapshot stored under the old name is reported
+    missing instead of diffed. ``id="plan"`` names the world instead: the
+    case is ``test_x[plan]``, and a rank sweep's cases ``plan-r0``,
+    ``plan-r1``...; a marker that gives several world sizes or meshes has no
+    one world to name."""
+    worlds = sorted({(s.world_size, s.mesh_id) for s in specs})
+    if len(worlds) > 1:
+        shown = ", ".join(f"w{size}-{mesh}" if mesh else f"w{size}" for size, mesh in worlds)
+        raise ValueError(f"id={pinned!r} names one world, and this marker gives {len(worlds)}: {shown}; "
+                         "give one world size and one mesh, or leave id out")
+    if len(specs) == 1:
+        return [pinned]
+    return [f"{pinned}-{_spec.case_id(s).rsplit('-', 1)[1]}" for s in specs]
 
 
 def _marker_text(marker: pytest.Mark) -> str:
@@ -83,7 +106,7 @@ def generate(metafunc: pytest.Metafunc) -> None:
         return  # worlds built at setup: see _single_case
     settings = metafunc.config.stash[SETTINGS]
     try:
-        args, check = marker_args(marker, metafunc.definition)
+        args, check, pinned = marker_args(marker, metafunc.definition)
         specs = _spec.expand(
             args,
             default_world_size=settings.world_size,
@@ -92,11 +115,15 @@ def generate(metafunc: pytest.Metafunc) -> None:
             # a marker that names its ranks keeps them
             all_ranks=settings.all_ranks and "rank" not in marker.kwargs,
         )
+        if pinned is None:
+            hook = metafunc.config.hook.pytest_fake_world_make_id
+            ids = [hook(spec=s, definition=metafunc.definition) for s in specs]
+        else:
+            ids = pinned_ids(pinned, specs)
     except (TypeError, ValueError) as exc:
         cases = [Case(None, error_text(exc), id="invalid-fake-world")]
     else:
-        hook = metafunc.config.hook.pytest_fake_world_make_id
-        cases = [Case(s, None, check, hook(spec=s, definition=metafunc.definition)) for s in specs]
+        cases = [Case(s, None, check, case_id) for s, case_id in zip(specs, ids)]
     # The cases ride on a parameter the test function does not take: the
     # setup hook reads it from the item's callspec, so no fixture runs for it.
     # parametrize() accepts only names in the fixture closure, hence the append.
@@ -113,7 +140,7 @@ def single_case(item: pytest.Item, marker: pytest.Mark | None) -> Case:
     settings = item.config.stash[SETTINGS]
     params = getattr(getattr(item, "callspec", None), "params", {})
     try:
-        args, check = marker_args(marker, item) if marker is not None else (_spec.bind((), {}), None)
+        args, check, _ = marker_args(marker, item) if marker is not None else (_spec.bind((), {}), None, None)
         for name in ("world_size", "rank"):
             if name in params:
                 args[name] = params[name]

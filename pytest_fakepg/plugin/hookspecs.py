@@ -31,6 +31,10 @@ def pytest_fake_world_make_id(spec: WorldSpec, definition: pytest.Function) -> s
     """Return the id of one generated case (the text between the brackets of
     ``test_x[...]``), or None to leave it to the next implementation.
 
-    The default is made of the parts of ``spec`` that vary: ``w<size>``, the
-    mesh (``dp2xtp4``) when there is one, and ``r<rank>``.
+    ``spec`` is the case's WorldSpec (``world_size``, ``rank``,
+    ``mesh_shape``, ``mesh_dim_names``, ``mesh_id``, ``values``,
+    ``tensors``...), ``definition`` the test function's definition. The
+    default is made of the parts of ``spec`` that vary: ``w<size>``, the
+    mesh (``dp2xtp4``) when there is one, and ``r<rank>``. A marker's
+    ``id=`` (NOTE [Pinned case ids]) is used instead of this hook.
     """
