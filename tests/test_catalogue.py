@@ -182,6 +182,11 @@ MISUSE = [
          "values='exact', where every rank runs"),
      "import torch.distributed as dist\n@pytest.mark.fake_world(2, rank=1)\ndef test_it():\n"
      "    dist.recv_object_list([None], src=0)\n", [], {"failed": 1}),
+    (Row("memory in an exact world", "memory fixture in fake_world(2, values='exact')",
+         "the memory fixture measures one rank's memory, and an exact world (values='exact') runs every rank in "
+         "this process, which it does not measure yet: use values='uniform' or 'copy' (or tensors='fake') for "
+         "memory"),
+     "@pytest.mark.fake_world(2, values='exact')\ndef test_it(memory):\n    pass\n", [], {"errors": 1}),
     (Row("a fixture where torch is not installed", "rank fixture, torch missing",
          "pytest-fakepg's fake worlds need torch, which could not be imported (No module named 'torch'); "
          "install it, e.g. pip install torch"),

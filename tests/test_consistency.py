@@ -67,9 +67,10 @@ def test_shape(rank):
     dist.all_reduce(torch.ones(4 + (rank == 3)))
 """, "--tb=line")
     result.assert_outcomes(failed=1, passed=3)
-    shown = [line for line in result.stdout.lines if "fake world ranks diverge" in line and "FAILED" not in line]
+    shown = [line for line in result.stdout.lines if "diverge on group" in line and "FAILED" not in line]
     assert len(shown) == 1, shown
-    assert shown[0].startswith("test_it.py:3: fake world ranks diverge: ranks 0 and 3 diverge on group default_pg")
+    assert shown[0].startswith("test_it.py:3: ranks 0 and 3 diverge on group default_pg")  # the cause first
+    result.stdout.fnmatch_lines(["FAILED test_it.py::test_shape[[]w4-r3[]] - ranks 0 and 3 diverge on group*"])
     assert shown[0].endswith("size mismatch: gloo raises, NCCL hangs or corrupts data [reported on rank 3's case: its "
                              "collectives differ from every other rank's]")
 

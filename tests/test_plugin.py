@@ -5,6 +5,7 @@ errors and teardown."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -469,3 +470,10 @@ def test_no_torch():
 """)
     result = pytester.runpytest_subprocess("-p", "no:randomly")
     result.assert_outcomes(passed=1)
+
+
+def test_the_readmes_first_example_runs_as_written(run_tests: RunTests) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    result = run_tests(example, header="")
+    result.assert_outcomes(passed=14)

@@ -406,7 +406,7 @@ def test_million_rank_mesh_creates_only_this_ranks_groups() -> None:
 
 def test_the_public_signatures_agree() -> None:
     """One definition of a world's arguments: FakeWorld, WorldSpec.build and
-    the marker (which adds check_ranks) take the same, with the same defaults."""
+    the marker (which adds check_ranks and id) take the same, with the same defaults."""
     import inspect
 
     from pytest_fakepg.plugin import collection
@@ -414,7 +414,7 @@ def test_the_public_signatures_agree() -> None:
     build = list(inspect.signature(WorldSpec.build).parameters.values())
     assert list(inspect.signature(FakeWorld).parameters.values()) == build
     marker = list(collection.MARKER_SIGNATURE.parameters.values())
-    assert marker[:-1] == build and marker[-1].name == "check_ranks"
+    assert marker[:-2] == build and [p.name for p in marker[-2:]] == ["check_ranks", "id"]
     assert [p.name for p in build] == [
         "world_size", "rank", "mesh", "device", "values", "fail", "fail_at", "backend", "record", "tensors",
         "local_world_size", "env",

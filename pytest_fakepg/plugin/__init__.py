@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 # config to find one in.
 RUNNING: list[pytest.Item] = []
 
+MEMORY_IN_EXACT = (
+    "the memory fixture measures one rank's memory, and an exact world (values='exact') runs every rank in "
+    "this process, which it does not measure yet: use values='uniform' or 'copy' (or tensors='fake') for memory"
+)
+
 
 # -- options and configuration -------------------------------------------------
 
@@ -225,12 +230,18 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
-    """A collective that failed in a test's fake world is shown at the test's
-    own line: torch's frames (all_reduce's body and docstring) are left out."""
-    if call.excinfo is not None and CASE in item.stash:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """A failure of a test's fake world is shown at the test's own line
+    (torch's frames, such as all_reduce's body and docstring, left out), and
+    its one-line summary leads with the cause."""
+    failed = call.excinfo is not None and CASE in item.stash
+    if failed:
         worlds.show_at_user_code(call.excinfo)
+    report = yield
+    if failed and report.failed:
+        worlds.lead_with_cause(report, call.excinfo)
+    return report
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -340,5 +351,9 @@ def collectives() -> CollectiveLog:
 def memory() -> Memory:
     """This rank's tensor memory from the start of the test body: ``peak``
     (bytes), ``at_peak`` and ``current`` (bytes by category: parameters,
-    gradients, optimizer, activations, other). Real or fake tensors."""
-    return _test_world().memory
+    gradients, optimizer, activations, other). Real or fake tensors. Not
+    in exact worlds, which run every rank in this process."""
+    world = _test_world()
+    if world.exact:
+        pytest.fail(MEMORY_IN_EXACT, pytrace=False)
+    return world.memory

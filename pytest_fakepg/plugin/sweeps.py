@@ -64,7 +64,7 @@ class SweepChecker:
         if report.passed:
             report.outcome = "failed"
             path, line, _ = report.location
-            report.longrepr = Divergence(f"fake world ranks diverge: {message}", f"{path}:{line + 1}", self.one_line)
+            report.longrepr = Divergence(message, f"{path}:{line + 1}", self.one_line)
         else:
             report.sections.append(("fake world ranks diverge", message))
 
@@ -140,9 +140,9 @@ class Divergence:
     ``--tb=line`` one line at the test's location (pytest prints a plain
     string's first 50 characters after it, a second, cut copy)."""
 
-    def __init__(self, message: str, location: str, one_line: bool) -> None:
-        self.message = message
-        self.reprcrash = _CrashLine(f"{location}: {message}")
+    def __init__(self, cause: str, location: str, one_line: bool) -> None:
+        self.message = f"fake world ranks diverge: {cause}"
+        self.reprcrash = _CrashLine(f"{location}: {cause}")  # the cause first, in the summary too
         self.one_line = one_line
 
     def toterminal(self, tw: Any) -> None:

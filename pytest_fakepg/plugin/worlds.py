@@ -119,22 +119,38 @@ def check_leaks(item: pytest.Item) -> None:
     warn_at_test(item, FakeWorldLeakWarning(message))
 
 
-def show_at_user_code(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
-    """Leave torch's frames out of the traceback of a collective's failure
-    (``DistBackendError``: a mismatch, an injected fault, a stopped world) or
-    a deadlock, when frames of the test's own code remain."""
+def _from_the_world(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure the world reports: a collective's
+    (``DistError``: a mismatch, an injected fault, a store wait), a deadlock
+    or other error of this package's, or a value a fake tensor cannot have."""
     import sys
 
-    from ..errors import FakeWorldDeadlock
+    from .. import errors
 
-    torch = sys.modules.get("torch")
     dist = sys.modules.get("torch.distributed")
-    backend_error = getattr(dist, "DistBackendError", None)
-    if torch is None or not isinstance(excinfo.value, (FakeWorldDeadlock, *((backend_error,) if backend_error else ()))):
-        return
-    import os
+    dist_error = getattr(dist, "DistError", None)
+    ours = tuple(getattr(errors, name) for name in errors.__all__)
+    return (isinstance(exc, ours) or (dist_error is not None and isinstance(exc, dist_error))
+            or _note_of(exc) is not None)
 
-    inside = os.path.dirname(torch.__file__) + os.sep
+
+def _note_of(exc: BaseException) -> str | None:
+    """The note this package added to a torch error, if any."""
+    return next((n for n in getattr(exc, "__notes__", ()) if n.startswith("pytest-fakepg: ")), None)
+
+
+def show_at_user_code(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Leave torch's frames and this package's out of the traceback of a
+    failure the world reports (``_from_the_world``), or of pytest-timeout's
+    ``Timeout`` in a wait of the world, when frames of the test's own code
+    remain: the user's line is where to look."""
+    from .._frames import not_user_code
+
+    exc = excinfo.value
+    timeout = isinstance(exc, pytest.fail.Exception) and str(exc).startswith("Timeout")
+    if not (timeout or _from_the_world(exc)):
+        return
+    inside = not_user_code()
     # pytest cuts a traceback from the test function's frame by following the
     # raw frames, so the raw chain itself leaves torch's out.
     nodes = []
@@ -149,3 +165,18 @@ def show_at_user_code(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         node.tb_next = after
     kept[-1].tb_next = None
     excinfo.traceback = pytest.ExceptionInfo.from_exc_info((excinfo.type, excinfo.value, nodes[0])).traceback
+
+
+def lead_with_cause(report: pytest.TestReport, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """The short summary line and ``--tb=line`` of a failure the world
+    reports start with its cause, the exception's type after it: at 80
+    columns, ``pytest_fakepg.errors.FakeWorldDeadlock: ...`` left no room
+    for the cause."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    exc = excinfo.value
+    if crash is None or not _from_the_world(exc):
+        return
+    note = _note_of(exc)
+    lines = (note.removeprefix("pytest-fakepg: ") if note else str(exc)).strip().splitlines()
+    if lines:
+        crash.message = f"{lines[0]} ({type(exc).__name__})"
