@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from types import FrameType
 
 
 @functools.cache
@@ -17,11 +18,19 @@ def not_user_code() -> tuple[str, ...]:
     return (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
 
 
-def user_line() -> str | None:
-    """The user's line that called into torch or this package now
-    (``file.py:LINE``), or None."""
+def user_frame(depth: int = 1) -> FrameType | None:
+    """The innermost frame of the user's code calling into torch or this
+    package now, looking from the caller of the function that asks
+    (``depth`` frames above it), or None."""
     skip = not_user_code()
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(depth + 1)
     while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame = frame.f_back
+    return frame
+
+
+def user_line() -> str | None:
+    """The user's line calling into torch or this package now
+    (``file.py:LINE``), or None."""
+    frame = user_frame()
     return None if frame is None else f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"

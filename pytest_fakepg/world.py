@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from . import _backend, _compat, _default_group, _sharding
-from ._frames import not_user_code, user_line
+from ._frames import user_frame, user_line
 from .ops import ALL_OPS, check_op, op_code
 from .errors import FakeWorldFaultWarning
 from .memory import Memory
@@ -774,13 +774,10 @@ def _site_source(sites: list[str]) -> Any:
     """The callable the backend calls per collective while call sites are
     recorded: the first frame outside torch and this package, as an index
     into ``sites`` ("file.py:LINE")."""
-    skip = not_user_code()
     index: dict[tuple[str, int], int] = {}
 
     def site() -> int:
-        frame = sys._getframe(1)
-        while frame is not None and frame.f_code.co_filename.startswith(skip):
-            frame = frame.f_back
+        frame = user_frame()
         if frame is None:
             return -1
         key = (frame.f_code.co_filename, frame.f_lineno)
