@@ -402,14 +402,19 @@ def test_ledger(fake_world, collectives, FIXTURE):
 """
 
 
-@pytest.mark.parametrize(
-    ("fixture", "check", "update"),
-    [
-        ("snapshot", "assert collectives.ledger() == snapshot", "--snapshot-update"),
-        ("data_regression", "data_regression.check(collectives.ledger())", "--force-regen"),
-    ],
-    ids=["syrupy", "pytest-regressions"],
-)
+def snapshot_libraries(ledger: str) -> Any:
+    """The two snapshot libraries, each checking ``ledger`` (an expression)."""
+    return pytest.mark.parametrize(
+        ("fixture", "check", "update"),
+        [
+            ("snapshot", f"assert {ledger} == snapshot", "--snapshot-update"),
+            ("data_regression", f"data_regression.check({ledger})", "--force-regen"),
+        ],
+        ids=["syrupy", "pytest-regressions"],
+    )
+
+
+@snapshot_libraries("collectives.ledger()")
 def test_ledger_snapshots_show_a_change_in_traffic(run_tests: RunTests, fixture: str, check: str, update: str) -> None:
     pytest.importorskip("syrupy" if fixture == "snapshot" else "pytest_regressions")
     source = LEDGER_TEST.replace("FIXTURE", fixture).replace("ASSERT", check)
@@ -431,14 +436,7 @@ def test_plan(fake_world, collectives, FIXTURE):
 """
 
 
-@pytest.mark.parametrize(
-    ("fixture", "check", "update"),
-    [
-        ("snapshot", "assert collectives.ledger(flat=True) == snapshot", "--snapshot-update"),
-        ("data_regression", "data_regression.check(collectives.ledger(flat=True))", "--force-regen"),
-    ],
-    ids=["syrupy", "pytest-regressions"],
-)
+@snapshot_libraries("collectives.ledger(flat=True)")
 def test_a_pinned_id_lets_a_snapshot_diff_a_change_of_plan(
     run_tests: RunTests, fixture: str, check: str, update: str
 ) -> None:

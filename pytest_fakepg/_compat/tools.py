@@ -144,10 +144,14 @@ def track_as_parameter(tracker: Any, tensor: Any, buffer: bool = False) -> None:
 
 
 def recategorize(tracker: Any, tensor: Any, reftype: Any) -> None:
-    """Count ``tensor``'s storages as ``reftype`` from now. Where what is live
-    now is the peak, the peak's categories are now's too: the same bytes at
-    the same moment, told apart better."""
+    """Count ``tensor``'s storages as ``reftype`` from now (see _refresh_peak)."""
     tracker._update_and_maybe_create_winfos(tensor, reftype)
+    _refresh_peak(tracker)
+
+
+def _refresh_peak(tracker: Any) -> None:
+    """Where what is live now is the peak, the peak's categories are now's
+    too: the same bytes at the same moment, told apart better."""
     for device, snap in tracker._curr_mem_snap.items():
         if tracker._peak_mem.get(device) == snap.get(_TOTAL):
             tracker._peak_mem_snap[device] = copy.deepcopy(snap)
@@ -203,7 +207,7 @@ def watch(tracker: Any) -> Callable[[], None]:
 
     lock = vars(ShardingPropagator).get("_fake_mode_lock")
     propagating = None if lock is None else _Propagating(lock, tracker)
-    if propagating is not None:  # absent: scratch tensors count, as before 2.13 did
+    if propagating is not None:  # absent (a torch that moved it): scratch tensors count again
         ShardingPropagator._fake_mode_lock = propagating
     unwrap = _track_conversions(tracker)
 
@@ -231,14 +235,16 @@ def _track_conversions(tracker: Any) -> Callable[[], None]:
             finally:
                 tracker.converting -= 1
                 if not tracker.converting:
+                    update = tracker._update_and_maybe_create_winfos
                     for sub in module.modules():
                         for tensor in itertools.chain(sub._parameters.values(), sub._buffers.values()):
                             if tensor is None:
                                 continue
                             is_param = isinstance(tensor, torch.nn.Parameter)
-                            recategorize(tracker, tensor, _MemRefType.PARAM if is_param else _MemRefType.BUFFER)
+                            update(tensor, _MemRefType.PARAM if is_param else _MemRefType.BUFFER)
                             if tensor.grad is not None:
-                                recategorize(tracker, tensor.grad, _MemRefType.GRAD)
+                                update(tensor.grad, _MemRefType.GRAD)
+                    _refresh_peak(tracker)  # once, not per tensor
 
         return converting
 
