@@ -639,9 +639,10 @@ class FakeWorld:
         """(owner, {name: replacement}) to install while the world is up."""
         patches = [*_object_collectives(), *_batch_markers()]
         if self.spec.tensors == "fake":
-            from .fake.mode import init_patches
+            from .fake.mode import compile_patch, init_patches
 
             patches.append(init_patches())  # NOTE [Initialisation on fake tensors]
+            patches.append(compile_patch())  # NOTE [compat: torch.compile on fake tensors]
         return patches
 
     @staticmethod

@@ -187,6 +187,15 @@ MISUSE = [
          "this process, which it does not measure yet: use values='uniform' or 'copy' (or tensors='fake') for "
          "memory"),
      "@pytest.mark.fake_world(2, values='exact')\ndef test_it(memory):\n    pass\n", [], {"errors": 1}),
+    (Row("torch.compile's default backend on fake tensors",
+         "torch.compile(model)(x) in fake_world(2, tensors='fake') (a warning, once a world)",
+         "pytest-fakepg: torch.compile's inductor kernels cannot run on fake tensors (they read and write memory a "
+         "fake tensor does not have), so in this world with tensors='fake' each graph is compiled with "
+         "'aot_eager_decomp_partition' instead: dynamo's graphs, graph breaks and fullgraph errors, inductor's "
+         "decompositions and activation partitioning, run as ATen ops. The ledger is the compiled run's; memory is "
+         "close to it, not equal (see docs/fake-tensors.md, 'torch.compile')."),
+     "import torch\n@pytest.mark.fake_world(2, tensors='fake')\ndef test_it():\n"
+     "    torch.compile(torch.nn.Linear(2, 2))(torch.ones(1, 2))\n", [], {"passed": 1}),
     (Row("a fixture where torch is not installed", "rank fixture, torch missing",
          "pytest-fakepg's fake worlds need torch, which could not be imported (No module named 'torch'); "
          "install it, e.g. pip install torch"),

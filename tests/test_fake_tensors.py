@@ -18,7 +18,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import FakeWorld, FakeWorldWarning
 
 from .conftest import RunTests
 
@@ -325,6 +325,74 @@ def test_memory_is_the_same_with_real_and_fake_tensors() -> None:
             train_step(model, 24)
             figures[tensors] = (world.memory.peak, world.memory.at_peak, world.memory.current)
     assert figures["fake"] == figures["real"]
+
+
+# -- torch.compile -------------------------------------------------------------------
+
+
+class Reducing(nn.Module):
+    """A block whose output is all-reduced over the world inside forward: a
+    functional collective that dynamo puts in the graph."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.block = Block(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return done(funcol.all_reduce(self.block(x), "sum", dist.group.WORLD))
+
+
+def compiled_step(
+    compile: Callable[[nn.Module], nn.Module] | None, tensors: str = "fake"
+) -> tuple[list[tuple], dict[str, int]]:
+    """One training step of Reducing: its ledger (op, shapes) and the memory
+    live after it."""
+    with FakeWorld(4, rank=2, tensors=tensors) as world:
+        memory = world.memory  # measured from here in a real-tensor world too
+        model = Reducing(16)
+        step = model if compile is None else compile(model)
+        step(torch.randn(8, 16)).sum().backward()
+        return [(r.op, r.shapes) for r in world.collectives], memory.current
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit's, met on dynamo's imports
+def test_a_compiled_module_runs_whole_graphs_on_fake_tensors() -> None:
+    """NOTE [Compiled code under the tracker]: the memory tracker no longer
+    makes dynamo skip every frame, so fullgraph=True compiles; the compiled
+    graph's collective reaches the ledger and its gradients count as
+    gradients."""
+    graphs: list[Any] = []
+
+    def counting(gm: Any, _inputs: Any) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    real = compiled_step(None, tensors="real")
+    compiled = compiled_step(lambda m: torch.compile(m, fullgraph=True, backend=counting))
+    assert len(graphs) == 1
+    assert compiled == real
+    assert real[0][0] == ("all_reduce", ((8, 16),))  # then its backward's, where torch has one
+    assert real[1]["gradients"] == 2 * 16 * 64 * 4
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit's, met on inductor's imports
+def test_inductor_compiles_for_fake_tensors_and_says_so_once() -> None:
+    """NOTE [compat: torch.compile on fake tensors]: inductor's kernels
+    cannot run on fake tensors, so its graphs run as ATen ops; one warning
+    however many graphs, and the patch is gone with the world."""
+    original = torch._TorchCompileInductorWrapper.__call__
+    with pytest.warns(FakeWorldWarning) as record:
+        with FakeWorld(2, tensors="fake") as world:
+            model = torch.compile(Reducing(16), fullgraph=True)
+            model(torch.randn(4, 16))
+            model(torch.randn(8, 16))  # a second graph, dynamic in the batch
+            shapes = [r.shapes for r in world.collectives]
+    said = [str(w.message) for w in record if w.category is FakeWorldWarning]
+    assert len(said) == 1
+    assert "'aot_eager_decomp_partition'" in said[0] and "tensors='fake'" in said[0]
+    assert record[0].filename == __file__
+    assert shapes == [((4, 16),), ((8, 16),)]
+    assert torch._TorchCompileInductorWrapper.__call__ is original
 
 
 # -- arguments -------------------------------------------------------------------------

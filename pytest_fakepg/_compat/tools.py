@@ -61,6 +61,16 @@ def tracker_class() -> type:
             self.converting = 0  # module conversions running (NOTE [Module state made anew])
             self.propagating = 0  # DTensor propagations running (NOTE [DTensor's scratch tensors])
 
+        @classmethod
+        def ignore_compile_internals(cls) -> bool:
+            # NOTE [Compiled code under the tracker]: torch.compile skips
+            # every frame while a dispatch mode that does not say this is on
+            # the stack (fullgraph=True then fails, "non-infra torch dispatch
+            # mode present"). Saying it, the tracker is off while dynamo
+            # traces and on again while the compiled code runs: it counts the
+            # ops that code dispatches, not dynamo's tracing scratch.
+            return True
+
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             # A view allocates nothing: its storage is counted already.
             if func.is_view or self.propagating:
@@ -134,13 +144,28 @@ def reset_peak(tracker: Any) -> None:
 
 @door("measure memory")
 def track_as_parameter(tracker: Any, tensor: Any, buffer: bool = False) -> None:
-    """Attribute ``tensor``'s storage to parameters (or buffers) from now:
-    MemTracker's own ``_update_and_maybe_create_winfos``, which it calls for
-    a module's parameters only once the module runs."""
+    """Attribute ``tensor``'s storage to parameters (or buffers) from now,
+    and a parameter's gradient to gradients once autograd makes it:
+    MemTracker's own ``_update_and_maybe_create_winfos`` and gradient hooks,
+    which it sets up for a module's parameters only once the module's
+    forward hooks run, and they do not run inside code torch.compile made."""
     from torch.distributed._tools.mem_tracker import _MemRefType
 
-    if tensor is not None:
-        recategorize(tracker, tensor, _MemRefType.BUFFER if buffer else _MemRefType.PARAM)
+    if tensor is None:
+        return
+    recategorize(tracker, tensor, _MemRefType.BUFFER if buffer else _MemRefType.PARAM)
+    handles = tracker._param_to_grad_hook_handles
+    if buffer or not tensor.requires_grad or handles.get(tensor) is not None:
+        return
+
+    def count_gradient(grad: Any) -> None:
+        tracker._update_and_maybe_create_winfos(grad, _MemRefType.GRAD)
+
+    # As MemTracker installs them (and removes them on exit, through ``handles``).
+    handles[tensor] = (
+        tensor.register_hook(count_gradient),
+        tensor.register_post_accumulate_grad_hook(lambda p: count_gradient(p.grad)),
+    )
 
 
 def recategorize(tracker: Any, tensor: Any, reftype: Any) -> None:

@@ -29,10 +29,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from typing import Any
 
+from .._compat import dynamo as _dynamo
 from .._compat import fake_tensor as _ft
-from .._frames import not_user_code
+from .._frames import not_user_code, user_frame
+from ..errors import FakeWorldWarning
 from .collectives import Router
 
 # Frames between an op's caller and this mode are torch's (dynamo's disable
@@ -193,3 +196,37 @@ def init_patches() -> tuple[Any, dict[str, Any]]:
 
     names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
     return init, {name: skipping_fake(getattr(init, name)) for name in names}
+
+
+# -- torch.compile -----------------------------------------------------------------
+COMPILED = (
+    "pytest-fakepg: torch.compile's inductor kernels cannot run on fake tensors (they read and "
+    "write memory a fake tensor does not have), so in this world with tensors='fake' each graph "
+    "is compiled with {backend!r} instead: dynamo's graphs, graph breaks and fullgraph errors, "
+    "inductor's decompositions and activation partitioning, run as ATen ops. The ledger is the "
+    "compiled run's; memory is close to it, not equal (see docs/fake-tensors.md, 'torch.compile')."
+)
+
+
+def compile_patch() -> tuple[Any, dict[str, Any]]:
+    """(owner, {name: replacement}) under which torch.compile's default
+    backend compiles for fake tensors (NOTE [compat: torch.compile on fake
+    tensors]), saying so once: at the first graph compiled while installed."""
+    said = False
+
+    def say_once() -> None:
+        nonlocal said
+        if said:
+            return
+        said = True
+        frame = user_frame()
+        message = COMPILED.format(backend=_dynamo.FAKE_TENSOR_BACKEND)
+        if frame is None:
+            warnings.warn(FakeWorldWarning(message), stacklevel=2)
+        else:
+            warnings.warn_explicit(
+                FakeWorldWarning(message), FakeWorldWarning,
+                filename=frame.f_code.co_filename, lineno=frame.f_lineno,
+            )
+
+    return _dynamo.inductor_on_fake_tensors(say_once)
