@@ -5,6 +5,7 @@ errors and teardown."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -472,8 +473,29 @@ def test_no_torch():
     result.assert_outcomes(passed=1)
 
 
-def test_the_readmes_first_example_runs_as_written(run_tests: RunTests) -> None:
+def readme_snippets() -> tuple[list[str], list[str]]:
+    """The README's Python snippets, and an id for each: its section."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    result = run_tests(example, header="")
-    result.assert_outcomes(passed=14)
+    parts = readme.split("```python\n")
+    return [
+        (re.findall(r"^## (.+)$", "".join(parts[:i]), re.MULTILINE)[-1:] or ["top"])[0] + f" #{i}"
+        for i in range(1, len(parts))
+    ], [part.split("```", 1)[0] for part in parts[1:]]
+
+
+SECTIONS, SNIPPETS = readme_snippets()
+# The cases each snippet's tests make, in order; None: a script, run with python.
+CASES = [14, None, 1, 1, 1]
+
+
+def test_every_readme_snippet_is_run() -> None:
+    assert len(SNIPPETS) == len(CASES), SECTIONS
+
+
+@pytest.mark.parametrize(("snippet", "cases"), list(zip(SNIPPETS, CASES)), ids=SECTIONS)
+def test_the_readmes_snippets_run_as_written(pytester: pytest.Pytester, run_tests: RunTests, snippet: str, cases: int | None) -> None:
+    if cases is None:
+        result = pytester.runpython(pytester.makepyfile(snippet=snippet))
+        assert result.ret == 0, result.stderr.str()
+    else:
+        run_tests(snippet, header="").assert_outcomes(passed=cases)
