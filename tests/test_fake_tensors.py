@@ -175,6 +175,40 @@ def fsdp_tp_program(world: FakeWorld) -> None:
     train_step(model, 16)
 
 
+def reduce_ops_program(world: FakeWorld) -> None:
+    """Every ReduceOp c10d and functional collectives take, PREMUL_SUM's
+    scalar and tensor factors included."""
+    t = torch.ones(4)
+    ops = [*(getattr(dist.ReduceOp, n) for n in ("SUM", "AVG", "PRODUCT", "MIN", "MAX", "BAND", "BOR", "BXOR")),
+           dist._make_nccl_premul_sum(0.5), dist._make_nccl_premul_sum(torch.tensor(0.25))]
+    for op in ops:
+        if op in (dist.ReduceOp.BAND, dist.ReduceOp.BOR, dist.ReduceOp.BXOR):
+            dist.all_reduce(torch.ones(4, dtype=torch.int32), op=op)
+            continue
+        dist.all_reduce(t, op=op)
+        dist.reduce_scatter_tensor(torch.empty(1), torch.ones(world.world_size), op=op)
+    for name in ("sum", "avg", "min", "max", "product"):
+        done(funcol.all_reduce(t, name, world.device_mesh()))
+
+
+def fsdp_divided_program(world: FakeWorld) -> None:
+    """FSDP2 with a gradient divide factor, as torchtitan sets it: its
+    reduce-scatter is a PREMUL_SUM."""
+    model = nn.Sequential(Block(16), Block(16))
+    for block in [*model, model]:
+        fully_shard(block, mesh=world.device_mesh())
+        block.set_gradient_divide_factor(4.0)
+    train_step(model, 16)
+
+
+def test_every_reduce_op_records_as_with_real_tensors() -> None:
+    fake = same_ledger(reduce_ops_program)
+    assert [r[7] for r in fake if r[0] == "reduce_scatter_tensor"][-2:] == [dist.ReduceOp.PREMUL_SUM] * 2
+    assert [r[7] for r in fake if r[0] == "all_reduce"][1] == dist.ReduceOp.AVG
+    divided = same_ledger(fsdp_divided_program)
+    assert {r[7] for r in divided if r[0] == "reduce_scatter_tensor"} == {dist.ReduceOp.PREMUL_SUM}
+
+
 @pytest.mark.parametrize("program", [fsdp_program, tp_program, fsdp_tp_program], ids=["fsdp2", "tp", "fsdp2+tp"])
 def test_training_steps_record_as_with_real_tensors(program: Callable[[FakeWorld], Any]) -> None:
     fake = same_ledger(program)

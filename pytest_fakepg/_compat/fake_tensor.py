@@ -100,3 +100,17 @@ def allgather_base(backend: Any, output: Any, input: Any, opts: Any) -> Any:
 def reduce_scatter_base(backend: Any, output: Any, input: Any, opts: Any) -> Any:
     """``Backend._reduce_scatter_base`` (reduce_scatter_tensor)."""
     return backend._reduce_scatter_base(output, input, opts)
+
+
+@door("issue a PREMUL_SUM collective on fake tensors")
+def premul_sum() -> Any:
+    """NOTE [compat: PREMUL_SUM on fake tensors] A c10d op's boxed ReduceOp
+    cannot be handed back to Python with its factor, and ``dist.ReduceOp``
+    refuses to be built as PREMUL_SUM without one (an internal assert). A
+    PREMUL_SUM with factor 1 (``dist._make_nccl_premul_sum``, 2.11-2.15.0)
+    stands in: meta tensors have no values to scale, and the record keeps the
+    op's kind."""
+    import torch.distributed as dist
+
+    return dist._make_nccl_premul_sum(1.0)
+

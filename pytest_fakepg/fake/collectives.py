@@ -46,7 +46,10 @@ def _reduce_op(boxed: Any) -> Any:
     world computes nothing, so PREMUL_SUM's factor does not matter)."""
     import torch.distributed as dist
 
-    return dist.ReduceOp(dist.ReduceOp.RedOpType(boxed.op()))
+    kind = dist.ReduceOp.RedOpType(boxed.op())
+    if kind == dist.ReduceOp.PREMUL_SUM:
+        return _ft.premul_sum()  # NOTE [compat: PREMUL_SUM on fake tensors]
+    return dist.ReduceOp(kind)
 
 
 def _named_reduce_op(name: str) -> Any:
