@@ -15,12 +15,11 @@ import functools
 import inspect
 import os
 import sys
-import types
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from . import _backend, _compat, _default_group, _sharding
+from . import _backend, _compat, _default_group, _patches, _sharding
 from ._frames import user_frame, user_line
 from .ops import ALL_OPS, check_op, op_code
 from .errors import FakeWorldFaultWarning
@@ -620,20 +619,13 @@ class FakeWorld:
         )
 
     def _install_patches(self) -> None:
-        """Replace what _object_collectives() and _sequence_numbers() name
-        while the world is up; stop() puts each original back unless someone
-        replaced it again meanwhile."""
+        """Replace what _object_collectives(), _sequence_numbers() and the
+        fake-tensor mode name while the world is up (NOTE [Patches]); stop()
+        puts each original back."""
         patches = self._patches()
         if self.spec.backend == "fakepg":
             patches.append(_sequence_numbers())
-        saved = self._saved["patches"] = []
-        for owner, replacements in patches:
-            saved.append((owner, {name: getattr(owner, name) for name in replacements}, replacements))
-            if isinstance(owner, types.ModuleType):
-                vars(owner).update(replacements)  # one dict update, not a setattr each
-            else:
-                for name, replacement in replacements.items():
-                    setattr(owner, name, replacement)
+        self._saved["patches"] = _patches.install(patches)
 
     def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
         """(owner, {name: replacement}) to install while the world is up."""
@@ -641,20 +633,9 @@ class FakeWorld:
         if self.spec.tensors == "fake":
             from .fake.mode import compile_patch, init_patches
 
-            patches.append(init_patches())  # NOTE [Initialisation on fake tensors]
+            patches.extend(init_patches())  # NOTE [Initialisation on fake tensors]
             patches.append(compile_patch())  # NOTE [compat: torch.compile on fake tensors]
         return patches
-
-    @staticmethod
-    def _remove_patches(patches: list[tuple[Any, dict[str, Any], dict[str, Any]]]) -> None:
-        for owner, originals, replacements in reversed(patches):
-            if isinstance(owner, types.ModuleType):
-                space = vars(owner)
-                space.update({n: o for n, o in originals.items() if space.get(n) is replacements[n]})
-                continue
-            for name, original in originals.items():
-                if getattr(owner, name, None) is replacements[name]:
-                    setattr(owner, name, original)
 
     def stop(self) -> None:
         """Take the world down. Idempotent; runs every step even if one fails.
@@ -679,7 +660,7 @@ class FakeWorld:
             self._restore_threads(saved)
             if "stock_fake" in saved:
                 _compat.c10d.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
-            self._remove_patches(saved.get("patches", []))
+            _patches.remove(saved.get("patches", []))
             _sharding.unshare_sharding_decisions(saved.get("sharding"))
             _sharding.unshare_transform_plans(saved.get("plans"))
             _compat.device_mesh.clear_mesh_registries()

@@ -4,6 +4,7 @@ measured by category, and a value a fake tensor cannot have fails clearly."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -284,6 +285,27 @@ def test_initialisers_skip_fake_tensors_and_still_fill_real_ones() -> None:
         nn.init.trunc_normal_(real, std=0.02)  # made before the world: real, and filled
         assert real.abs().max().item() <= 2.0
     assert nn.init.trunc_normal_ is original
+
+
+# Held by reference before any world, as torchtitan's model configs hold it.
+TRUNC_NORMAL = functools.partial(nn.init.trunc_normal_, std=0.02)
+
+
+def test_initialisers_held_by_reference_skip_fake_tensors_too() -> None:
+    """NOTE [Initialisation on fake tensors]: the function itself changes
+    while the world is up, so a reference taken before it (a partial made at
+    import) skips fake tensors too; afterwards code, defaults and torch.nn.init's
+    namespace are as they were."""
+    function = nn.init.trunc_normal_
+    code, defaults, names = function.__code__, function.__defaults__, set(vars(nn.init))
+    real = torch.full((1000,), 100.0)
+    with FakeWorld(2, tensors="fake"):
+        weight = torch.empty(1000, 1000)
+        assert TRUNC_NORMAL(weight) is weight  # resampling would read mask.any()
+        TRUNC_NORMAL(real)  # made before the world: real, and filled with std=0.02
+        assert real.abs().max().item() <= 2.0 and real.std().item() < 0.1
+    assert (function.__code__, function.__defaults__, set(vars(nn.init))) == (code, defaults, names)
+    assert nn.init.trunc_normal_(torch.full((1000,), 100.0)).std().item() > 0.5  # its own std=1 again
 
 
 def test_device_mesh_is_real_inside_a_fake_tensor_world() -> None:

@@ -165,10 +165,15 @@ def make_mode() -> Any:
 # out of bounds (``.item()``, ``mask.any()``), orthogonal_ reads signs. In a
 # world with tensors="fake" each of them returns its tensor untouched when
 # that tensor is fake (a DTensor's local shard included), as torchtitan's
-# init_weights expects; on a real tensor it runs as always. They are
-# replaced in torch.nn.init while the world is up, so code that calls them
-# through the module (``nn.init.trunc_normal_(w)``) gets this, and code that
-# imported one by name before the world came up does not.
+# init_weights expects; on a real tensor it runs as always. Code holds these
+# functions by reference as often as by name (torchtitan's
+# ``partial(nn.init.trunc_normal_, std=0.02)``, made when it is imported), so
+# the functions themselves change while the world is up: each one's code
+# becomes a call to its stand-in, a name set in torch.nn.init's namespace
+# beside it, and its defaults move to the copy of the original the stand-in
+# calls for real tensors. The world puts code, defaults and namespace back.
+
+_STAND_IN = "_pytest_fakepg_{}"
 
 
 def _holds_fake(tensor: Any, fake_type: type) -> bool:
@@ -179,23 +184,44 @@ def _holds_fake(tensor: Any, fake_type: type) -> bool:
 
 
 @functools.cache
-def init_patches() -> tuple[Any, dict[str, Any]]:
-    """(torch.nn.init, {name: replacement}) for every in-place initialiser."""
+def _initialisers() -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(torch.nn.init, {name: its function's new code}, {stand-in name: the stand-in})."""
+    import types
+
     import torch.nn.init as init
 
     fake_type = _ft.fake_tensor_class()
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and isinstance(getattr(init, n), types.FunctionType)]
+    codes: dict[str, Any] = {}
+    stand_ins: dict[str, Any] = {}
+    for name in names:
+        function = getattr(init, name)
+        original = types.FunctionType(function.__code__, function.__globals__, name, function.__defaults__, function.__closure__)
+        original.__kwdefaults__ = function.__kwdefaults__
 
-    def skipping_fake(original: Any) -> Any:
-        @functools.wraps(original)
-        def initialise(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        def initialise(tensor: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
             if _holds_fake(tensor, fake_type):
                 return tensor
-            return original(tensor, *args, **kwargs)
+            return _original(tensor, *args, **kwargs)
 
-        return initialise
+        stand_in = _STAND_IN.format(name)
+        source = f"def {name}(tensor, *args, **kwargs):\n    return {stand_in}(tensor, *args, **kwargs)\n"
+        space: dict[str, Any] = {}
+        exec(compile(source, function.__code__.co_filename, "exec"), space)
+        codes[name] = space[name].__code__
+        stand_ins[stand_in] = initialise
+    return init, codes, stand_ins
 
-    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
-    return init, {name: skipping_fake(getattr(init, name)) for name in names}
+
+def init_patches() -> list[tuple[Any, dict[str, Any]]]:
+    """(owner, {name: replacement}) for every in-place initialiser: NOTE
+    [Initialisation on fake tensors]. Stand-ins first, so that a function
+    never calls a name not yet set."""
+    init, codes, stand_ins = _initialisers()
+    patches: list[tuple[Any, dict[str, Any]]] = [(init, stand_ins)]
+    for name, code in codes.items():
+        patches.append((getattr(init, name), {"__code__": code, "__defaults__": None, "__kwdefaults__": None}))
+    return patches
 
 
 # -- torch.compile -----------------------------------------------------------------
