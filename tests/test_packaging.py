@@ -52,7 +52,7 @@ def test_sdist_holds_what_building_testing_and_reading_need(dists: Path) -> None
     assert {f"csrc/{name}" for name in csrc} <= names
     needed = {"tox.ini", "CHANGELOG.md", "README.md", "LICENSE", "setup.py", "pyproject.toml",
               "tests/conftest.py", "tests/__init__.py", "tests/soak.py", "examples/mlp.py",
-              "benchmarks/run.py", ".ci/run", "docs/errors.md"}
+              "benchmarks/run.py", ".ci/run", ".ci/clients.txt", "docs/errors.md"}
     assert needed <= names
     assert sdist.name == f"pytest_fakepg-{pytest_fakepg.__version__}.tar.gz"
 
