@@ -98,14 +98,15 @@ FakeBackend::FakeBackend(
   const int global_rank = global_ranks.empty()
       ? rank
       : static_cast<int>(global_ranks.at(rank));
-  if (world_->values() == Values::exact) {
+  if (world_->values() == Values::exact && world_->allRun(global_ranks)) {
     values_ = exactSemantics(
         world_,
         world_->exchange(group_name, global_ranks, size),
         group_name,
         global_rank);
   } else {
-    values_ = localSemantics(world_->values() == Values::uniform, rank, size);
+    // A group reaching ranks that do not run: uniform (NOTE [Hybrid worlds]).
+    values_ = localSemantics(world_->values() != Values::copy, rank, size);
   }
   group_ = world_->addGroup(GroupInfo{
       std::move(group_name), rank, size, std::move(global_ranks), global_rank});

@@ -293,7 +293,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
   py::class_<WorldState, c10::intrusive_ptr<WorldState>>(m, "WorldState")
       .def(
-          py::init([](const std::string& values, bool record, int world_size) {
+          py::init([](const std::string& values,
+                      bool record,
+                      int world_size,
+                      std::vector<int64_t> running) {
             TORCH_CHECK(
                 values == "uniform" || values == "copy" || values == "exact",
                 fakepg::cat(
@@ -303,11 +306,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             const auto v = values == "uniform" ? Values::uniform
                 : values == "copy"             ? Values::copy
                                                : Values::exact;
-            return c10::make_intrusive<WorldState>(v, record, world_size);
+            return c10::make_intrusive<WorldState>(
+                v, record, world_size, std::move(running));
           }),
           py::arg("values"),
           py::arg("record"),
-          py::arg("world_size") = 1)
+          py::arg("world_size") = 1,
+          py::arg("running") = std::vector<int64_t>{})
       .def_property(
           "recording", &WorldState::recording, &WorldState::setRecording)
       .def(

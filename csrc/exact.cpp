@@ -422,13 +422,14 @@ bool Scheduler::suspend(int rank, Wait wait, const char* on) {
 ExactWork::ExactWork(
     c10::intrusive_ptr<Scheduler> scheduler,
     int global_rank,
+    int slot,
     c10d::OpType type,
     std::vector<at::Tensor> outputs,
     std::string what,
     std::exception_ptr fault)
     : c10d::Work(global_rank, type),
       scheduler_(std::move(scheduler)),
-      global_rank_(global_rank),
+      slot_(slot),
       outputs_(std::move(outputs)),
       what_(std::move(what)),
       fault_(std::move(fault)) {}
@@ -489,7 +490,7 @@ void ExactWork::addPart(c10::intrusive_ptr<ExactWork> part) {
 
 bool ExactWork::wait(std::chrono::milliseconds /* timeout */) {
   if (!done()) {
-    scheduler_->block(global_rank_, this);
+    scheduler_->block(slot_, this);
   }
   if (auto e = exception()) {
     std::rethrow_exception(e);
@@ -1021,7 +1022,8 @@ class ExactSemantics final : public Semantics {
       : world_(std::move(world)),
         exchange_(std::move(exchange)),
         group_name_(std::move(group_name)),
-        global_rank_(global_rank) {}
+        global_rank_(global_rank),
+        slot_(world_->runSlot(global_rank)) {}
 
   void check(const Contribution& c) const override {
     for (const auto* list : {&c.in, &c.out}) {
@@ -1048,6 +1050,7 @@ class ExactSemantics final : public Semantics {
     auto work = c10::make_intrusive<ExactWork>(
         world_->scheduler(),
         global_rank_,
+        slot_,
         type,
         results ? std::move(*results) : c.out,
         cat(opName(c.op), "\x1f", group_name_, "\x1f", world_->lastSite()),
@@ -1078,6 +1081,7 @@ class ExactSemantics final : public Semantics {
     auto work = c10::make_intrusive<ExactWork>(
         world_->scheduler(),
         global_rank_,
+        slot_,
         c10d::OpType::COALESCED,
         std::vector<at::Tensor>{},
         std::string(),
@@ -1095,6 +1099,7 @@ class ExactSemantics final : public Semantics {
   std::shared_ptr<Exchange> exchange_;
   std::string group_name_;
   int global_rank_;
+  int slot_;  // in the scheduler (NOTE [Hybrid worlds])
   uint64_t collectives_ = 0;  // collectives posted to exchange_
   bool coalescing_ = false;
   std::vector<c10::intrusive_ptr<ExactWork>> coalesced_;

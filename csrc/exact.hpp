@@ -199,6 +199,7 @@ class ExactWork : public c10d::Work {
   ExactWork(
       c10::intrusive_ptr<Scheduler> scheduler,
       int global_rank,
+      int slot,  // the rank's slot in the scheduler (NOTE [Hybrid worlds])
       c10d::OpType type,
       std::vector<at::Tensor> outputs,
       std::string what,
@@ -231,7 +232,7 @@ class ExactWork : public c10d::Work {
 
  private:
   c10::intrusive_ptr<Scheduler> scheduler_;
-  int global_rank_;
+  int slot_;
   std::vector<at::Tensor> outputs_;
   std::string what_;
   std::exception_ptr fault_;

@@ -53,16 +53,48 @@ bool opHas(Op op, uint8_t traits) {
   return (kOpTraits[static_cast<int>(op)] & traits) == traits;
 }
 
-WorldState::WorldState(Values values, bool record, int world_size)
+WorldState::WorldState(
+    Values values,
+    bool record,
+    int world_size,
+    std::vector<int64_t> running)
     : values_(values),
       record_(record),
+      world_size_(world_size),
+      running_(std::move(running)),
       slots_(values == Values::exact ? world_size : 1),
       calls_(slots_),
       total_calls_(slots_, 0) {
   TORCH_CHECK(world_size >= 1, cat("fakepg: world size ", world_size));
-  if (values == Values::exact) {
-    scheduler_ = c10::make_intrusive<Scheduler>(world_size);
+  TORCH_CHECK(
+      running_.empty() || values == Values::exact,
+      "fakepg: only an exact world runs some of its ranks");
+  if (!running_.empty()) {
+    run_slot_.assign(world_size, -1);
+    for (size_t slot = 0; slot < running_.size(); ++slot) {
+      const auto rank = running_[slot];
+      TORCH_CHECK(
+          rank >= 0 && rank < world_size && run_slot_[rank] < 0,
+          cat("fakepg: running rank ", rank, " is outside a world of ", world_size, " or given twice"));
+      run_slot_[rank] = static_cast<int>(slot);
+    }
   }
+  if (values == Values::exact) {
+    scheduler_ = c10::make_intrusive<Scheduler>(
+        running_.empty() ? world_size : static_cast<int>(running_.size()));
+  }
+}
+
+bool WorldState::allRun(const std::vector<int64_t>& ranks) const {
+  if (running_.empty()) {
+    return true;
+  }
+  if (ranks.empty()) {
+    return static_cast<int>(running_.size()) == world_size_;
+  }
+  return std::all_of(ranks.begin(), ranks.end(), [&](int64_t r) {
+    return run_slot_.at(r) >= 0;
+  });
 }
 
 WorldState::~WorldState() = default;

@@ -97,7 +97,13 @@ enum class Values : uint8_t { uniform = 0, copy = 1, exact = 2 };
 // baton]); call numbers then count per rank, as each process would.
 class WorldState : public torch::CustomClassHolder {
  public:
-  WorldState(Values values, bool record, int world_size = 1);
+  // `running`: the global ranks that run in an exact world (NOTE [Hybrid
+  // worlds]); empty: every rank.
+  WorldState(
+      Values values,
+      bool record,
+      int world_size = 1,
+      std::vector<int64_t> running = {});
   ~WorldState() override;
 
   Values values() const {
@@ -127,6 +133,24 @@ class WorldState : public torch::CustomClassHolder {
       const std::string& name,
       const std::vector<int64_t>& ranks,
       int size);
+  // NOTE [Hybrid worlds]
+  // An exact world may run some of its ranks only: those that share one
+  // rank's coordinates on every mesh dimension but the exact ones. The
+  // scheduler then has a slot per running rank (their order), and a group
+  // gets exact values only where every member runs; a group that reaches a
+  // rank that does not run gets uniform values on each running member (as
+  // in a uniform world: no member waits for another, so none can hang).
+  // The running rank's slot in the scheduler (its global rank where every
+  // rank runs), or -1 for a rank that does not run.
+  int runSlot(int global_rank) const {
+    if (running_.empty()) {
+      return global_rank;
+    }
+    return run_slot_.at(global_rank);
+  }
+  // Whether every member of a group over global `ranks` (empty: every rank)
+  // runs.
+  bool allRun(const std::vector<int64_t>& ranks) const;
   // A new run of every rank: no exchange of an earlier one is reused.
   // gates[r]: the gate of the thread that runs rank r (Scheduler::start).
   void startRun(std::vector<c10::intrusive_ptr<Gate>> gates);
@@ -217,6 +241,9 @@ class WorldState : public torch::CustomClassHolder {
 
   Values values_;
   bool record_;
+  int world_size_;
+  std::vector<int64_t> running_;  // NOTE [Hybrid worlds]; empty: every rank
+  std::vector<int> run_slot_;  // by global rank: its slot, or -1
   int slots_;  // call counters: one per rank in exact worlds, else one
   c10::intrusive_ptr<Scheduler> scheduler_;
   std::map<std::string, std::shared_ptr<Exchange>> exchanges_;

@@ -48,11 +48,14 @@ class Memory:
         # A parameter counts as one from when a module gets it, not only
         # once the module runs (torch's tracker alone): so the memory of
         # building a model is the parameters'.
+        # In this thread only: NOTE [A tracker per thread] (_compat/tools.py).
         self._hooks = (
             module.register_module_parameter_registration_hook(
-                lambda _module, _name, param: _tools.track_as_parameter(tracker, param)),
+                lambda _module, _name, param: _tools.counting() is tracker
+                and _tools.track_as_parameter(tracker, param)),
             module.register_module_buffer_registration_hook(
-                lambda _module, _name, buf: _tools.track_as_parameter(tracker, buf, buffer=True)),
+                lambda _module, _name, buf: _tools.counting() is tracker
+                and _tools.track_as_parameter(tracker, buf, buffer=True)),
         )
         tracker.__enter__()
         self._unwatch = _tools.watch(tracker)

@@ -48,6 +48,7 @@ class WorldSpec:
     tensors: str = "real"
     local_world_size: int | None = None  # None: decided when the world starts (NOTE [torchrun's environment])
     env: bool = True
+    exact_dims: tuple[str, ...] | None = None  # NOTE [Hybrid worlds] (csrc/world_state.hpp)
 
     @classmethod
     def build(
@@ -65,6 +66,7 @@ class WorldSpec:
         tensors: str = "real",
         local_world_size: int | None = None,
         env: bool | None = None,
+        exact_dims: Any = None,
     ) -> WorldSpec:
         """Validate every argument (in signature order) and resolve defaults.
 
@@ -78,6 +80,9 @@ class WorldSpec:
         torchrun's ``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` (default: NOTE
         [torchrun's environment]); ``env``: set torchrun's variables while the world is
         up (default on; for the marker, the ini option ``fake_world_env``).
+        ``exact_dims``: with ``values="exact"``, the mesh dimensions along
+        which ranks run exactly; only the ranks that share ``rank``'s
+        coordinates on the other dimensions run (NOTE [Hybrid worlds]).
         """
         if world_size is not None:
             world_size = check_world_size(world_size)
@@ -97,10 +102,11 @@ class WorldSpec:
         local_world_size = check_local_world_size(local_world_size, world_size)
         if env is not None and not isinstance(env, bool):
             raise TypeError(f"env must be True or False, got {env!r}")
+        exact_dims = check_exact_dims(exact_dims, values, names)
         if values == "exact":
-            _fit_exact(rank, backend)
+            _fit_exact(rank, backend, exact_dims)
         if tensors == "fake":
-            _fit_fake_tensors(values, backend)
+            _fit_fake_tensors(backend)
         if backend == "fake":
             values, record = _fit_stock_backend(values, record, faults)
         else:
@@ -119,6 +125,24 @@ class WorldSpec:
             tensors=tensors,
             local_world_size=local_world_size,
             env=True if env is None else env,
+            exact_dims=exact_dims,
+        )
+
+    @property
+    def running(self) -> tuple[int, ...] | None:
+        """The global ranks that run, in order, where only some do (a world
+        with ``exact_dims`` that leaves some dimension out); else None. They
+        share ``rank``'s coordinates on every dimension not in
+        ``exact_dims``."""
+        if self.exact_dims is None or self.mesh_shape is None or self.mesh_dim_names is None:
+            return None
+        exact = [name in self.exact_dims for name in self.mesh_dim_names]
+        if all(exact):
+            return None
+        mine = _coordinates(self.rank, self.mesh_shape)
+        return tuple(
+            r for r in range(self.world_size)
+            if all(e or c == m for e, c, m in zip(exact, _coordinates(r, self.mesh_shape), mine))
         )
 
     @property
@@ -133,15 +157,53 @@ class WorldSpec:
         return "x".join(str(s) for s in self.mesh_shape)
 
 
-def _fit_exact(rank: int, backend: str) -> None:
+def _coordinates(rank: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    coords = []
+    for size in reversed(shape):
+        rank, c = divmod(rank, size)
+        coords.append(c)
+    return tuple(reversed(coords))
+
+
+def check_exact_dims(exact_dims: Any, values: str | None, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``exact_dims`` as a tuple of mesh dimension names, or None."""
+    if exact_dims is None:
+        return None
+    dims = (exact_dims,) if isinstance(exact_dims, str) else exact_dims
+    if not isinstance(dims, (tuple, list)) or not dims or not all(isinstance(d, str) for d in dims):
+        raise TypeError(
+            f"exact_dims must be a mesh dimension name or a tuple of them, like exact_dims='pp'; got {exact_dims!r}"
+        )
+    if values != "exact":
+        raise ValueError(
+            f"exact_dims={exact_dims!r} picks the ranks an exact world runs; give values='exact' with it "
+            f"(got values={values!r})"
+        )
+    if not names:
+        raise ValueError(
+            f"exact_dims={exact_dims!r} names mesh dimensions, and this world has no named mesh; "
+            "give one, like mesh={'pp': 4, 'dp': 2}"
+        )
+    for dim in dims:
+        if dim not in names:
+            close = difflib.get_close_matches(dim, list(names), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"exact_dims names {dim!r}{hint}, which is not a dimension of the mesh ({', '.join(names)})")
+    if len(set(dims)) != len(dims):
+        raise ValueError(f"exact_dims names a dimension more than once: {exact_dims!r}")
+    return tuple(dims)
+
+
+def _fit_exact(rank: int, backend: str, exact_dims: tuple[str, ...] | None) -> None:
     """An exact world runs every rank (NOTE [Exact worlds] in csrc/exact.cpp),
-    and only fakepg can compute across ranks."""
+    or with ``exact_dims`` the ranks that share ``rank``'s other coordinates;
+    only fakepg can compute across ranks."""
     if backend != "fakepg":
         raise ValueError(
             "values='exact' needs the fakepg backend; torch's stock backend "
             "(backend='fake') only has values='copy'"
         )
-    if rank != 0:
+    if rank != 0 and exact_dims is None:
         raise ValueError(
             f"rank={rank} was given with values='exact', which runs every rank "
             "of the world in one test; leave rank out (the rank fixture and "
@@ -149,15 +211,8 @@ def _fit_exact(rank: int, backend: str) -> None:
         )
 
 
-def _fit_fake_tensors(values: str | None, backend: str) -> None:
-    """Fake tensors have no values to exchange, and only fakepg records
-    what they send."""
-    if values == "exact":
-        raise ValueError(
-            "tensors='fake' was given with values='exact': fake tensors have no "
-            "values to exchange between ranks; use tensors='real' for exact values, "
-            "or leave values out"
-        )
+def _fit_fake_tensors(backend: str) -> None:
+    """Only fakepg records what fake tensors send."""
     if backend != "fakepg":
         raise ValueError(
             "tensors='fake' needs the fakepg backend, which records what fake "
@@ -472,7 +527,11 @@ def expand(
 
 def case_id(spec: WorldSpec) -> str:
     """``w8-r3``, ``w8-dp2xtp4-r0``: world size, mesh (if any), rank; for an
-    exact world, which runs every rank, ``w8-exact``."""
+    exact world, which runs every rank, ``w8-exact``; one that runs the
+    ranks along some dimensions, ``w8-pp4xdp2-exact-pp`` (and ``-r1`` where
+    ``rank`` picks other coordinates than rank 0's)."""
     mesh = spec.mesh_id
     who = "exact" if spec.values == "exact" else f"r{spec.rank}"
+    if spec.exact_dims is not None:
+        who += "-" + "-".join(spec.exact_dims) + (f"-r{spec.rank}" if spec.rank else "")
     return f"w{spec.world_size}-{mesh}-{who}" if mesh else f"w{spec.world_size}-{who}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,12 @@ def tracker_class() -> type:
 
         def __init__(self) -> None:
             super().__init__()
+            # torch's module and optimizer hooks are process-wide: they
+            # serve this tracker on its own thread only (NOTE [A tracker per
+            # thread]). Instance attributes, read when the tracker enters.
+            modules = self._mod_tracker
+            for name in ("_fw_pre_hook", "_fw_post_hook"):
+                setattr(modules, name, functools.partial(_on_own_thread, self, getattr(modules, name)))
             self._seen: weakref.WeakSet[Any] = weakref.WeakSet()
             self.converting = 0  # module conversions running (NOTE [Module state made anew])
             self.propagating = 0  # DTensor propagations running (NOTE [DTensor's scratch tensors])
@@ -82,6 +89,10 @@ def tracker_class() -> type:
                 # NOTE [Module state made anew]: what a conversion makes is the module's state
                 tree_map_only(torch.Tensor, lambda t: recategorize(self, t, _MemRefType.PARAM), out)
             return out
+
+        def _track_optimizer_states(self, reftype: Any, optimizer: Any) -> None:
+            if counting() is self:  # another thread's optimizer is another tracker's
+                super()._track_optimizer_states(reftype, optimizer)
 
         def _pre_fw_hook(self, module: Any, inputs: Any) -> None:
             if module not in self._seen:
@@ -206,35 +217,84 @@ CONVERSIONS = ("_apply", "to_empty", "to", "cpu", "cuda", "xpu", "half", "float"
 # while the tracker runs it is wrapped by one that tells the tracker to skip.
 
 
-class _Propagating:
-    """``ShardingPropagator._fake_mode_lock`` while ``tracker`` counts: the
-    lock torch had, and the tracker told that DTensor propagates."""
+def _on_own_thread(tracker: Any, hook: Callable[..., Any], *args: Any) -> Any:
+    """``hook(*args)`` where ``tracker`` counts this thread's tensors."""
+    if counting() is tracker:
+        return hook(*args)
+    return None
 
-    def __init__(self, lock: Any, tracker: Any) -> None:
-        self.lock, self.tracker = lock, tracker
+
+# NOTE [A tracker per thread]
+# torch's tensor modes are per thread, and in an exact world on fake tensors
+# each rank's thread has a tracker of its own (NOTE [Exact worlds on fake
+# tensors] in exact/world.py). What a tracker cannot see by itself is
+# process-wide (module conversions, DTensor's propagation, a module getting a
+# parameter), so it is wrapped once, while any tracker watches, and each
+# wrapper tells the tracker of the thread it runs on, if that thread has one.
+
+_THREAD = threading.local()  # .tracker: the tracker counting this thread's tensors
+_WATCHING: list[Any] = []  # the trackers watching, in any thread
+_UNWRAP: list[Callable[[], None]] = []  # undoes the wrappers, while any tracker watches
+_LOCK = threading.Lock()
+
+
+def counting() -> Any:
+    """The tracker counting this thread's tensors, or None."""
+    return getattr(_THREAD, "tracker", None)
+
+
+class _Propagating:
+    """``ShardingPropagator._fake_mode_lock`` while trackers count: the lock
+    torch had, and this thread's tracker told that DTensor propagates."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
 
     def __enter__(self) -> Any:
         entered = self.lock.__enter__()
-        self.tracker.propagating += 1
+        tracker = counting()
+        if tracker is not None:
+            tracker.propagating += 1
         return entered
 
     def __exit__(self, *exc: Any) -> Any:
-        self.tracker.propagating -= 1
+        tracker = counting()
+        if tracker is not None:
+            tracker.propagating -= 1
         return self.lock.__exit__(*exc)
 
 
 @door("measure memory")
 def watch(tracker: Any) -> Callable[[], None]:
-    """Tell ``tracker`` what torch's tracker cannot see by itself, until the
-    returned function is called: module conversions (NOTE [Module state made
-    anew]) and DTensor's propagation (NOTE [DTensor's scratch tensors])."""
+    """Tell ``tracker``, for this thread, what torch's tracker cannot see by
+    itself, until the returned function is called: module conversions (NOTE
+    [Module state made anew]) and DTensor's propagation (NOTE [DTensor's
+    scratch tensors]); NOTE [A tracker per thread]."""
+    with _LOCK:
+        if not _WATCHING:
+            _UNWRAP.append(_wrap_process_wide())
+        _WATCHING.append(tracker)
+    _THREAD.tracker = tracker
+
+    def undo() -> None:
+        if counting() is tracker:
+            _THREAD.tracker = None
+        with _LOCK:
+            _WATCHING.remove(tracker)
+            if not _WATCHING:
+                _UNWRAP.pop()()
+
+    return undo
+
+
+def _wrap_process_wide() -> Callable[[], None]:
     from torch.distributed.tensor._sharding_prop import ShardingPropagator
 
     lock = vars(ShardingPropagator).get("_fake_mode_lock")
-    propagating = None if lock is None else _Propagating(lock, tracker)
+    propagating = None if lock is None else _Propagating(lock)
     if propagating is not None:  # absent (a torch that moved it): scratch tensors count again
         ShardingPropagator._fake_mode_lock = propagating
-    unwrap = _track_conversions(tracker)
+    unwrap = _track_conversions()
 
     def undo() -> None:
         unwrap()
@@ -244,9 +304,10 @@ def watch(tracker: Any) -> Callable[[], None]:
     return undo
 
 
-def _track_conversions(tracker: Any) -> Callable[[], None]:
-    """Wrap nn.Module's conversions (NOTE [Module state made anew]) for
-    ``tracker`` until the returned function is called."""
+def _track_conversions() -> Callable[[], None]:
+    """Wrap nn.Module's conversions (NOTE [Module state made anew]) for the
+    tracker of the thread that converts, until the returned function is
+    called."""
     import torch
     from torch.distributed._tools.mem_tracker import _MemRefType
     from torch.nn import Module
@@ -254,6 +315,9 @@ def _track_conversions(tracker: Any) -> Callable[[], None]:
     def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
         def converting(module: Any, *args: Any, **kwargs: Any) -> Any:
+            tracker = counting()
+            if tracker is None:
+                return original(module, *args, **kwargs)
             tracker.converting += 1
             try:
                 return original(module, *args, **kwargs)

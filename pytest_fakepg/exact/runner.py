@@ -29,6 +29,10 @@ class Ranks(Protocol):
     @property
     def world_size(self) -> int: ...
 
+    # The global ranks that run, in order (NOTE [Hybrid worlds]); a rank's
+    # slot in the scheduler, and in what run() keeps per rank, is its place here.
+    running: list[int]
+
     @property
     def device(self) -> str: ...
 
@@ -179,11 +183,13 @@ def _as_rank_thread(context: tuple[bool, Any]) -> Any:
 
 
 def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[Any]:
-    """``program(rank)`` on every rank of ``world``, each rank naming its
-    groups from ``first_group`` on; the results by rank."""
+    """``program(rank)`` on every running rank of ``world``, each rank naming
+    its groups from ``first_group`` on; the results in rank order. Below, a
+    rank is a slot: its place among the running ranks."""
     __tracebackhide__ = True
 
-    native, n = world._native, world.world_size
+    native, ranks = world._native, world.running
+    n = len(ranks)
     _compat.c10d.quiet_backend_error_logs()
     if world.device == "cuda":
         import torch
@@ -209,11 +215,11 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
         states[new].restore()
         views.enter(new)
         python_random.load(new)
-        world._switch_to(new)
+        world._switch_to(ranks[new])
 
     def stop(rank: int, exc: BaseException) -> None:
-        """The run ends with ``exc``, raised by (or for) ``rank``: the other
-        ranks are stopped, unless the run already ended."""
+        """The run ends with ``exc``, raised by (or for) global rank
+        ``rank``: the other ranks are stopped, unless the run already ended."""
         if not stopped.is_set() and not native.deadlocked():
             stopped.set()
             failures.append((rank, exc))
@@ -221,7 +227,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
                 f"fakepg: rank {rank} raised {type(exc).__name__}, which {ABORTED} "
                 "(on a cluster the other ranks would hang or be killed)"
             )
-            interrupt_the_running_rank(rank)
+            interrupt_the_running_rank(ranks.index(rank))
 
     def interrupt_the_running_rank(rank: int) -> None:
         """NOTE [Signals in exact worlds] (csrc/exact.cpp): a stop that did
@@ -236,20 +242,21 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
         ident = caller if holder == 0 else threads[holder - 1].ident
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(RankStopped))
 
-    def body(rank: int) -> None:
+    def body(slot: int) -> None:
+        rank = ranks[slot]
         try:
-            if native.enter(rank):
+            if native.enter(slot):
                 try:
                     with world._rank_program(rank, first_group):
-                        results[rank] = program(rank)
+                        results[slot] = program(rank)
                 except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
                     stop(rank, exc)
                 finally:
-                    native.leave(rank)
+                    native.leave(slot)
         finally:
-            native.ended(rank)  # last: the caller goes on once every rank has
+            native.ended(slot)  # last: the caller goes on once every rank has
 
-    since = [native.size_of(r) for r in range(n)]  # this run's records come after
+    since = [native.size_of(r) for r in ranks]  # this run's records come after
     threads = _POOL.take(n)
     # Before any thread is given its job: a thread woken by a wake-up left
     # from a stopped run must find this run's state, not that run's.
@@ -263,7 +270,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
         states[0].restore()
         views.enter(0)
         python_random.load(0)
-        world._switch_to(0)
+        world._switch_to(ranks[0])
         with _as_rank_thread(context):
             body(0)
         try:
@@ -290,7 +297,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
         rank, exc = failures[0]
         world._reword(exc, since)
         if isinstance(exc, Exception) and hasattr(exc, "add_note"):
-            exc.add_note(f"(raised by rank {rank} of an exact fake world of {n}; the other ranks were stopped)")
+            exc.add_note(f"(raised by rank {rank} of an exact fake world of {world.world_size}; the other ranks were stopped)")
         raise exc
     return results
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _backend, _compat, _default_group, records
+from ..memory import Memory
 from ..records import CollectiveLog
 from ..world import _PER_RANK_ENV, FakeWorld, _batch_markers, _init_device_mesh, _new_backend, rank_env
 from ..store import poll, world_store
@@ -21,6 +22,35 @@ if TYPE_CHECKING:
 
 # Serialises the teardown of an exact world's ranks (_rank_program).
 _TEARDOWN = threading.Lock()
+
+MEMORY_OF_REAL_RANKS = (
+    "the memory fixture measures each rank's memory in an exact world with tensors='fake'; with real "
+    "tensors (this world) it does not measure yet: use tensors='fake', or values='uniform' or 'copy'"
+)
+
+
+@contextlib.contextmanager
+def _fake_tensors(device: str) -> Any:
+    """NOTE [Exact worlds on fake tensors]
+    torch's tensor modes are per thread, so in an exact world with
+    tensors="fake" each rank's program runs under a mode of its own (NOTE
+    [What runs real in a fake-tensor world]), entered on the rank's thread
+    when its program starts and left when it ends, with its own memory
+    tracker: every rank measures its own memory. Collectives reach the
+    exact semantics with meta tensors, which exchange shapes and dtypes; a
+    send and a recv that disagree on them fail naming both ranks. Object
+    collectives (pipelining's shape inference sends its metadata this way)
+    run on real tensors, their bytes exchanged for real
+    (``real_object_collectives`` in fake/mode.py)."""
+    from ..fake.mode import make_mode
+
+    mode = make_mode()
+    with mode:
+        memory = Memory(device, on_wait=mode.router.wait)
+        try:
+            yield memory
+        finally:
+            memory.stop()
 
 
 class ExactWorld(FakeWorld, values="exact"):
@@ -36,6 +66,10 @@ class ExactWorld(FakeWorld, values="exact"):
         self._local = threading.local()
         self._labels: dict[str, str] = {}
         self._stop: Callable[[int, BaseException], None] | None = None  # set by runner.run for its length
+        # The ranks that run, in order: every rank, or those NOTE [Hybrid
+        # worlds] picks; a rank's slot in the scheduler is its place here.
+        self.running: list[int] = list(self.spec.running or range(self.spec.world_size))
+        self._memories: dict[int, Memory] = {}  # each running rank's, with tensors="fake"
 
     __init__.__signature__ = FakeWorld.__init__.__signature__  # type: ignore[attr-defined]
 
@@ -73,6 +107,24 @@ class ExactWorld(FakeWorld, values="exact"):
             return self._local.log
         return self._require(self._log, "collectives")
 
+    @property
+    def memory(self) -> Memory:
+        """Inside a rank's program that rank's memory, measured from its
+        program's start: with tensors="fake" every running rank measures its
+        own (NOTE [Exact worlds on fake tensors])."""
+        if self.spec.tensors != "fake":
+            self._require(None, "memory")
+            raise RuntimeError(MEMORY_OF_REAL_RANKS)
+        return self._this_rank("memory").memory
+
+    def rank_memory(self) -> dict[int, Memory]:
+        """Each running rank's memory, by rank (tensors="fake"; readable
+        after the run and after the world goes down)."""
+        return dict(self._memories)
+
+    def measured_memory(self) -> Memory | None:
+        return None  # one per rank: rank_memory()
+
     def _this_rank(self, what: str) -> Any:
         """The running rank's state."""
         self._require(None, what)
@@ -105,7 +157,7 @@ class ExactWorld(FakeWorld, values="exact"):
         if rank is None:
             return poll(store, keys, timeout, call)
         site = self._site_of_caller()
-        if self._native.wait_for_keys(rank, store.inner, keys, f"{call}\x1f\x1f{site}"):
+        if self._native.wait_for_keys(self.running.index(rank), store.inner, keys, f"{call}\x1f\x1f{site}"):
             return None
         sites = self.call_sites()
         where = f" at {sites[site]}" if 0 <= site < len(sites) else ""
@@ -125,7 +177,7 @@ class ExactWorld(FakeWorld, values="exact"):
         """The running rank inside its program, else each rank (with its own
         call count, as in a real world where every process arms its own)."""
         rank = getattr(self._local, "rank", None)
-        return list(range(self.world_size)) if rank is None else [rank]
+        return list(self.running) if rank is None else [rank]
 
     def _calling_rank(self) -> int:
         rank = getattr(self._local, "rank", None)
@@ -140,7 +192,7 @@ class ExactWorld(FakeWorld, values="exact"):
         """No group in this thread; each rank makes its own in run()."""
         spec = self.spec
         self._store = world_store(self)  # NOTE [Store waits are turns]
-        self._serve(_backend.load().WorldState("exact", spec.record, spec.world_size))
+        self._serve(_backend.load().WorldState("exact", spec.record, spec.world_size, list(spec.running or ())))
         self._native.set_mismatch_source(self._word_mismatch)  # cleared with the other sources at stop
         self._saved["per_thread"] = _compat.c10d.install_thread_local_world()
         self.record_call_sites()  # a hang is reported with each rank's line
@@ -154,7 +206,18 @@ class ExactWorld(FakeWorld, values="exact"):
         import torch.distributed.distributed_c10d as c10d
 
         init = {"init_process_group": self._init_process_group(c10d.init_process_group)}
-        return [(threading.Thread, {"start": self._thread_start()}), (dist, init), (c10d, init), *_batch_markers()]
+        patches = [(threading.Thread, {"start": self._thread_start()}), (dist, init), (c10d, init), *_batch_markers()]
+        if self.spec.tensors == "fake":
+            from ..fake.mode import compile_patch, init_patches, real_object_collectives
+
+            patches += [*init_patches(), compile_patch(), *real_object_collectives()]
+        return patches
+
+    def _enter_fake_tensors(self) -> None:
+        """Each rank enters its own mode in its program (_rank_program)."""
+
+    def _start_memory(self) -> None:
+        """Each rank measures its own in its program (_rank_program)."""
 
     def _init_process_group(self, original: Callable[..., Any]) -> Callable[..., Any]:
         """``init_process_group`` while the world is up. Each rank's program
@@ -292,10 +355,14 @@ class ExactWorld(FakeWorld, values="exact"):
         local.pg = _compat.c10d.default_group()
         local.log = CollectiveLog(self._native, rank=rank, labels=lambda: self._labels_now(self._mesh_here()))
         local.mesh = local.flat_mesh = None
+        tensors = contextlib.ExitStack()
         try:
             if spec.mesh_shape is not None:
                 local.mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
-            yield
+            if spec.tensors == "fake":
+                local.memory = self._memories[rank] = tensors.enter_context(_fake_tensors(spec.device))
+            with tensors:
+                yield
         finally:
             # Once a run is stopped, its ranks unwind together: one at a time
             # through torch's teardown, as they ran.
@@ -324,8 +391,8 @@ class ExactWorld(FakeWorld, values="exact"):
         n, log = self.world_size, self.collectives
         labels, sites = self.group_labels(), self.call_sites()
         traces = {}
-        for rank in range(n):
-            groups, calls = records.trace_data(log, rank, n, labels, sites, since[rank], self.batches)
+        for slot, rank in enumerate(self.running):
+            groups, calls = records.trace_data(log, rank, n, labels, sites, since[slot], self.batches)
             traces[rank] = {"rank": rank, "world_size": n, "groups": groups, "calls": calls}
         return consistency.check(traces)
 
@@ -368,7 +435,7 @@ class ExactWorld(FakeWorld, values="exact"):
         labels = self.group_labels()
         sites = self.call_sites()
         lines = []
-        for rank, (state, waiting) in enumerate(zip(native.rank_states(), native.waiting())):
+        for rank, state, waiting in zip(self.running, native.rank_states(), native.waiting()):
             if state == module.RANK_WAITING and waiting:
                 op, group, site = waiting.decode().split("\x1f")
                 where = f" at {sites[int(site)]}" if 0 <= int(site) < len(sites) else ""

@@ -256,3 +256,31 @@ def compile_patch() -> tuple[Any, dict[str, Any]]:
             )
 
     return _dynamo.inductor_on_fake_tensors(say_once)
+
+
+# -- object collectives ------------------------------------------------------------
+
+
+@functools.cache
+def real_object_collectives() -> tuple[tuple[Any, dict[str, Any]], ...]:
+    """(module, {name: replacement}) for torch.distributed's object
+    collectives, in both modules that export them, each running with no fake
+    mode active: the pickled bytes they exchange are real tensors, so an
+    exact world on fake tensors exchanges the objects themselves (NOTE [Exact
+    worlds on fake tensors], exact/world.py)."""
+    import torch.distributed as dist
+
+    from .._objects import NAMES
+
+    c10d = dist.distributed_c10d
+
+    def on_real_tensors(original: Any) -> Any:
+        @functools.wraps(original)
+        def collective(*args: Any, **kwargs: Any) -> Any:
+            with _ft.unset_fake():
+                return original(*args, **kwargs)
+
+        return collective
+
+    replacements = {name: on_real_tensors(getattr(c10d, name)) for name in NAMES}
+    return (dist, replacements), (c10d, replacements)
