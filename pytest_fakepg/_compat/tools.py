@@ -217,11 +217,24 @@ CONVERSIONS = ("_apply", "to_empty", "to", "cpu", "cuda", "xpu", "half", "float"
 # while the tracker runs it is wrapped by one that tells the tracker to skip.
 
 
-def _on_own_thread(tracker: Any, hook: Callable[..., Any], *args: Any) -> Any:
-    """``hook(*args)`` where ``tracker`` counts this thread's tensors."""
-    if counting() is tracker:
-        return hook(*args)
-    return None
+def _on_own_thread(tracker: Any, hook: Callable[..., Any], module: Any, *args: Any) -> Any:
+    """ModTracker's forward ``hook(module, *args)`` where ``tracker`` counts
+    this thread's tensors. Leaf tensors among the inputs and outputs are
+    passed on detached: ModTracker hangs gradient hooks on the tensors it is
+    given, and one on a leaf makes ``torch.autograd.grad`` with that leaf as
+    an input fail ("A leaf node was passed to _will_engine_execute_node"),
+    as pipelining computes a stage's input gradients. The hooks only tell
+    backward's module boundaries, which the memory figures do not use."""
+    if counting() is not tracker:
+        return None
+    from torch.utils._pytree import tree_map_only
+
+    def detach_leaf(t: Any) -> Any:
+        return t.detach() if t.is_leaf and t.requires_grad else t
+
+    import torch
+
+    return hook(module, *(tree_map_only(torch.Tensor, detach_leaf, a) for a in args))
 
 
 # NOTE [A tracker per thread]

@@ -32,6 +32,7 @@ import sys
 import warnings
 from typing import Any
 
+from .. import _compat
 from .._compat import dynamo as _dynamo
 from .._compat import fake_tensor as _ft
 from .._frames import not_user_code, user_frame
@@ -274,13 +275,17 @@ def real_object_collectives() -> tuple[tuple[Any, dict[str, Any]], ...]:
 
     c10d = dist.distributed_c10d
 
-    def on_real_tensors(original: Any) -> Any:
-        @functools.wraps(original)
-        def collective(*args: Any, **kwargs: Any) -> Any:
-            with _ft.unset_fake():
-                return original(*args, **kwargs)
+    replacements = {name: _on_real_tensors(getattr(c10d, name)) for name in NAMES}
+    stage, control = _compat.pipelining.control_methods()  # NOTE [compat: pipelining's control values]
+    return (dist, replacements), (c10d, replacements), (stage, {n: _on_real_tensors(vars(stage)[n]) for n in control})
 
-        return collective
 
-    replacements = {name: on_real_tensors(getattr(c10d, name)) for name in NAMES}
-    return (dist, replacements), (c10d, replacements)
+def _on_real_tensors(original: Any) -> Any:
+    """``original``, run with no fake mode active."""
+
+    @functools.wraps(original)
+    def on_real_tensors(*args: Any, **kwargs: Any) -> Any:
+        with _ft.unset_fake():
+            return original(*args, **kwargs)
+
+    return on_real_tensors
