@@ -122,30 +122,50 @@ class Llama(nn.Module):
         the rotary table computed where the model now lives."""
         with torch.device(self.freqs.device):
             self.freqs = rope(self.args.dim // self.args.n_heads, self.freqs.shape[0], self.args.rope_theta)
-        nn.init.normal_(self.tok_embeddings.weight)
+        if self.tok_embeddings is not None:
+            nn.init.normal_(self.tok_embeddings.weight)
         std = 0.02 / (2 * self.args.n_layers) ** 0.5
         for block in self.layers.values():
             for linear in (block.attention.wq, block.attention.wk, block.attention.wv, block.feed_forward.w1):
                 nn.init.trunc_normal_(linear.weight, mean=0.0, std=0.02)
             for linear in (block.attention.wo, block.feed_forward.w2, block.feed_forward.w3):
                 nn.init.trunc_normal_(linear.weight, mean=0.0, std=std)
-        nn.init.trunc_normal_(self.output.weight, mean=0.0, std=self.args.dim**-0.5, a=-3, b=3)
+        if self.output is not None:
+            nn.init.trunc_normal_(self.output.weight, mean=0.0, std=self.args.dim**-0.5, a=-3, b=3)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.tok_embeddings(tokens)
+        # A pipeline stage (pipeline_stage) lacks what another stage holds.
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         for block in self.layers.values():
             h = block(h, self.freqs)
-        return self.output(self.norm(h))
+        return self.output(self.norm(h)) if self.output is not None else h
+
+
+def pipeline_stage(model: Llama, stage: int, stages: int) -> Llama:
+    """``model`` cut to pipeline stage ``stage`` of ``stages``, as torchtitan's
+    pipeline split cuts it: an equal share of the blocks, the embedding on
+    the first stage, the final norm and the output on the last."""
+    per_stage = len(model.layers) // stages
+    keep = {str(i) for i in range(stage * per_stage, (stage + 1) * per_stage)}
+    for name in list(model.layers):
+        if name not in keep:
+            del model.layers[name]
+    if stage > 0:
+        model.tok_embeddings = None
+    if stage < stages - 1:
+        model.norm = model.output = None
+    return model
 
 
 def apply_tp(model: Llama, tp: DeviceMesh) -> None:
     """torchtitan's tensor-parallel plan: sequence-parallel norms, column-
     and row-wise projections, a vocabulary-sharded output for loss_parallel."""
-    parallelize_module(model, tp, {
+    plan = {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
         "norm": SequenceParallel(),
         "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False),
-    })
+    }
+    parallelize_module(model, tp, {name: style for name, style in plan.items() if getattr(model, name) is not None})
     for block in model.layers.values():
         parallelize_module(block, tp, {
             "attention_norm": SequenceParallel(),

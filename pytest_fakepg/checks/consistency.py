@@ -254,7 +254,12 @@ def word_mismatch(data: dict[str, Any]) -> str:
     (rank_a, grank_a, fields_a, _, out_splits), (rank_b, grank_b, fields_b, in_splits, _) = data["a"], data["b"]
     a, b = Call(*fields_a), Call(*fields_b)
     if data["kind"] == "point_to_point":
-        return _p2p_mismatch((rank_a, a), (rank_b, b)) or f"ranks {rank_a} and {rank_b} diverge on point-to-point"
+        return _p2p_mismatch((rank_a, a), (rank_b, b)) or (
+            # The backend compares shapes too where there are no values to copy (fake tensors).
+            f"ranks {rank_a} and {rank_b} diverge on point-to-point {rank_a} -> {rank_b}: rank {rank_a} "
+            f"{describe(a)}; rank {rank_b} {describe(b)} - on fake tensors a send and its recv must agree "
+            "on shape: on a cluster the receiver would read the sender's elements in another shape"
+        )
     group = group_text(*data["group"])
     if data["kind"] == "splits":
         return (
