@@ -69,13 +69,17 @@ MARKER = [
     Row("unknown keyword", "fake_world(2, rnak=1)",
         "got an unexpected keyword argument 'rnak' (did you mean 'rank'?) (allowed: world_size, rank, mesh, "
         "device, values, fail, "
-        "fail_at, backend, record, tensors, local_world_size, env, check_ranks, id)"),
+        "fail_at, backend, record, tensors, local_world_size, env, exact_dims, check_ranks, id)"),
     Row("a keyword one letter off", "fake_world(4, ranks='all')",
-        "got an unexpected keyword argument 'ranks' (did you mean 'rank'?) (allowed: world_size, rank, mesh, device, values, fail, fail_at, backend, record, tensors, local_world_size, env, check_ranks, id)"),
+        "got an unexpected keyword argument 'ranks' (did you mean 'rank'?) (allowed: world_size, rank, mesh, device, values, fail, fail_at, backend, record, tensors, local_world_size, env, exact_dims, check_ranks, id)"),
     Row("unknown tensors", "fake_world(2, tensors='meta')", "tensors must be one of 'real', 'fake', got 'meta'"),
-    Row("fake tensors asked for exact values", "fake_world(2, tensors='fake', values='exact')",
-        "tensors='fake' was given with values='exact': fake tensors have no values to exchange between ranks; "
-        "use tensors='real' for exact values, or leave values out"),
+    Row("exact_dims without exact values", "fake_world(mesh={'pp': 2, 'dp': 2}, exact_dims='pp')",
+        "exact_dims='pp' picks the ranks an exact world runs; give values='exact' with it (got values=None)"),
+    Row("exact_dims without a named mesh", "fake_world(4, values='exact', exact_dims='pp')",
+        "exact_dims='pp' names mesh dimensions, and this world has no named mesh; give one, like "
+        "mesh={'pp': 4, 'dp': 2}"),
+    Row("exact_dims naming no dimension", "fake_world(mesh={'pp': 2, 'dp': 2}, values='exact', exact_dims='p')",
+        "exact_dims names 'p' (did you mean 'pp'?), which is not a dimension of the mesh (pp, dp)"),
     Row("fake tensors on the stock backend", "fake_world(2, tensors='fake', backend='fake')",
         "tensors='fake' needs the fakepg backend, which records what fake tensors send; torch's stock backend "
         "(backend='fake') records nothing"),
@@ -182,10 +186,9 @@ MISUSE = [
          "values='exact', where every rank runs"),
      "import torch.distributed as dist\n@pytest.mark.fake_world(2, rank=1)\ndef test_it():\n"
      "    dist.recv_object_list([None], src=0)\n", [], {"failed": 1}),
-    (Row("memory in an exact world", "memory fixture in fake_world(2, values='exact')",
-         "the memory fixture measures one rank's memory, and an exact world (values='exact') runs every rank in "
-         "this process, which it does not measure yet: use values='uniform' or 'copy' (or tensors='fake') for "
-         "memory"),
+    (Row("memory in an exact world of real tensors", "memory fixture in fake_world(2, values='exact')",
+         "the memory fixture measures each rank's memory in an exact world with tensors='fake'; with real tensors "
+         "(this world) it does not measure yet: use tensors='fake', or values='uniform' or 'copy'"),
      "@pytest.mark.fake_world(2, values='exact')\ndef test_it(memory):\n    pass\n", [], {"errors": 1}),
     (Row("torch.compile's default backend on fake tensors",
          "torch.compile(model)(x) in fake_world(2, tensors='fake') (a warning, once a world)",

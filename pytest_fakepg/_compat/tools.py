@@ -225,14 +225,15 @@ def _on_own_thread(tracker: Any, hook: Callable[..., Any], module: Any, *args: A
     an input fail ("A leaf node was passed to _will_engine_execute_node"),
     as pipelining computes a stage's input gradients. The hooks only tell
     backward's module boundaries, which the memory figures do not use."""
-    if counting() is not tracker:
-        return None
+    import torch
+
+    in_compiled = getattr(torch._dynamo.eval_frame, "_is_in_optimized_module", None)  # 2.11-2.15.0
+    if (in_compiled is not None and in_compiled()) or counting() is not tracker:
+        return None  # ModTracker's hooks skip compiled modules themselves (dynamo would break graphs here)
     from torch.utils._pytree import tree_map_only
 
     def detach_leaf(t: Any) -> Any:
         return t.detach() if t.is_leaf and t.requires_grad else t
-
-    import torch
 
     return hook(module, *(tree_map_only(torch.Tensor, detach_leaf, a) for a in args))
 

@@ -36,10 +36,6 @@ if TYPE_CHECKING:
 # config to find one in.
 RUNNING: list[pytest.Item] = []
 
-MEMORY_IN_EXACT = (
-    "the memory fixture measures one rank's memory, and an exact world (values='exact') runs every rank in "
-    "this process, which it does not measure yet: use values='uniform' or 'copy' (or tensors='fake') for memory"
-)
 
 
 # -- options and configuration -------------------------------------------------
@@ -351,9 +347,13 @@ def collectives() -> CollectiveLog:
 def memory() -> Memory:
     """This rank's tensor memory from the start of the test body: ``peak``
     (bytes), ``at_peak`` and ``current`` (bytes by category: parameters,
-    gradients, optimizer, activations, other). Real or fake tensors. Not
-    in exact worlds, which run every rank in this process."""
+    gradients, optimizer, activations, other). Real or fake tensors; in an
+    exact world on fake tensors, each rank's test body gets its own."""
     world = _test_world()
     if world.exact:
-        pytest.fail(MEMORY_IN_EXACT, pytrace=False)
+        if world.spec.tensors == "fake":
+            return exact.PerRank("memory")  # type: ignore[return-value]
+        from ..exact.world import MEMORY_OF_REAL_RANKS
+
+        pytest.fail(MEMORY_OF_REAL_RANKS, pytrace=False)
     return world.memory

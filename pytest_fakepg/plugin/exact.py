@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 # Fixtures whose value differs per rank in an exact world: the test body gets
 # each rank's own (call); a fixture cannot take them.
-PER_RANK = ("rank", "device_mesh", "collectives")
+PER_RANK = ("rank", "device_mesh", "collectives", "memory")
 
 
 class PerRank:
@@ -78,7 +78,7 @@ def call(item: pytest.Function, world: FakeWorld) -> None:
         __tracebackhide__ = True
         kwargs: dict[str, Any] = {n: funcargs[n] for n in names}
         for n in per_rank:
-            kwargs[n] = world.rank if n == "rank" else world.device_mesh() if n == "device_mesh" else world.collectives
+            kwargs[n] = world.device_mesh() if n == "device_mesh" else getattr(world, n)
         item.obj(**kwargs)
 
     world.run(program)
