@@ -11,7 +11,7 @@ in the same command; each wall time is also a multiple of it. Stages run one
 at a time, so the cost grows with the ops of the whole pipeline - stages x
 blocks a stage x microbatches - and not with the world size.
 
-    python benchmarks/bench_pipeline.py [--plans 8B-pp8,8B-pp4,8B-pp8-m4]
+    python benchmarks/bench_pipeline.py [--plans 8B-pp8,8B-pp8-m16,8B-pp4]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PLANS = {
     "debug-pp2": ("debug", {"pp": 2, "dp": 4, "tp": 2}, 4, 256),
     "8B-pp8": ("8B", {"pp": 8, "dp": 16, "tp": 8}, 8, 8192),
-    "8B-pp8-m4": ("8B", {"pp": 8, "dp": 16, "tp": 8}, 4, 8192),
+    "8B-pp8-m16": ("8B", {"pp": 8, "dp": 16, "tp": 8}, 16, 8192),
     "8B-pp4": ("8B", {"pp": 4, "dp": 32, "tp": 8}, 8, 8192),
 }
 
@@ -87,7 +87,7 @@ def child(name: str) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plans", default="8B-pp8,8B-pp8-m4,8B-pp4")
+    parser.add_argument("--plans", default="8B-pp8,8B-pp8-m16,8B-pp4")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -327,11 +327,6 @@ class FakeWorld:
         if self._memory is not None:
             return self._memory
         self._require(None, "memory")
-        if self.exact:
-            raise RuntimeError(
-                "FakeWorld.memory measures one rank's memory; an exact world runs every rank "
-                "in this process, which it does not measure yet: use values='uniform' or 'copy'"
-            )
         self._start_memory()
         assert self._memory is not None
         return self._memory

@@ -172,3 +172,32 @@ def test_stage(rank, device_mesh, memory, collectives):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*test_stage?w8-pp2xdp4-exact-pp?*"])
     assert sorted(line[line.index("STAGE"):] for line in result.stdout.lines if "STAGE" in line) == ["STAGE 0 0", "STAGE 4 1"]
+
+
+def test_the_report_shows_each_running_rank(run_tests: RunTests, tmp_path: Any) -> None:
+    report = tmp_path / "report.json"
+    result = run_tests("""
+import torch, torch.distributed as dist
+
+@pytest.mark.fake_world(mesh={"pp": 2, "dp": 4}, values="exact", exact_dims="pp", tensors="fake")
+def test_stage(device_mesh, memory):
+    stage = device_mesh["pp"].get_local_rank()
+    memory.reset()
+    held = torch.empty(1000 * (stage + 1))
+    dist.all_reduce(torch.empty(10), group=device_mesh["pp"].get_group())
+    dist.all_reduce(torch.empty(25), group=device_mesh["dp"].get_group())
+""", "--fake-world-report", f"--fake-world-report-json={report}")
+    result.assert_outcomes(passed=1)
+    import json
+
+    (entry,) = json.loads(report.read_text())["tests"].values()
+    assert entry["running"] == [0, 4] and entry["exact_dims"] == ["pp"]
+    assert {rank: per["sent"] for rank, per in entry["ranks"].items()} == {
+        "0": {"pp": 40, "dp": 100}, "4": {"pp": 40, "dp": 100},
+    }
+    assert [entry["ranks"][r]["memory"]["peak"] for r in ("0", "4")] == [4000 + 100, 8000 + 100]
+    result.stdout.fnmatch_lines([
+        "*test_stage* (world 8, ranks 0, 4, exact along pp, fake tensors)",
+        "    rank 0: memory peak 4.0 KiB, pp 40 B, dp 100 B",
+        "    rank 4: memory peak 7.9 KiB, pp 40 B, dp 100 B",
+    ])

@@ -52,6 +52,7 @@ def entry(world: FakeWorld) -> dict[str, Any] | None:
         "mesh": world.spec.mesh_id,
         "tensors": world.tensors,
         "memory": None if memory is None else {"peak": memory.peak, "at_peak": memory.at_peak},
+        **_running_ranks(world),
         "groups": list(groups.values()),
         "collectives": ops,
         "total": {
@@ -60,6 +61,31 @@ def entry(world: FakeWorld) -> dict[str, Any] | None:
             "failed": sum(o["failed"] for o in ops.values()),
         },
     }
+
+
+def _running_ranks(world: FakeWorld) -> dict[str, Any]:
+    """In a hybrid world or an exact world on fake tensors: which ranks ran
+    (``running``, None for every rank) and, per running rank, its memory
+    peak and the bytes it sent per group label (``ranks``)."""
+    spec = world.spec
+    if not world.exact or (spec.running is None and spec.tensors != "fake"):
+        return {}
+    memories = world.rank_memory()  # type: ignore[attr-defined]
+    labels = world.group_labels()
+    sent: dict[int, dict[str, int]] = {}
+    for record in world.collectives:
+        by_label = sent.setdefault(record.rank, {})
+        label = labels.get(record.group_name) or record.group_name
+        by_label[label] = by_label.get(label, 0) + record.bytes
+    ranks = {}
+    for rank in world.running:  # type: ignore[attr-defined]
+        memory = memories.get(rank)
+        ranks[str(rank)] = {
+            "memory": None if memory is None else {"peak": memory.peak, "at_peak": memory.at_peak},
+            "sent": sent.get(rank, {}),
+        }
+    return {"running": None if spec.running is None else list(spec.running), "exact_dims": spec.exact_dims,
+            "ranks": ranks}
 
 
 def _human(nbytes: float) -> str:
@@ -111,8 +137,14 @@ def render(tr: pytest.TerminalReporter, entries: dict[str, dict[str, Any]], tota
     tr.write_sep("=", "fake world collectives")
     for nodeid, e in sorted(entries.items()) if not totals_only else ():
         who = 'every rank, exact' if e['rank'] is None else f"rank {e['rank']}"
+        if e.get("running"):
+            who = f"ranks {ranks_text(e['running'])}, exact along {', '.join(e['exact_dims'])}"
         fake = ", fake tensors" if e.get("tensors") == "fake" else ""
         tr.write_line(f"{nodeid} (world {e['world_size']}, {who}{fake})")
+        for rank, per in (e.get("ranks") or {}).items():
+            parts = [f"memory peak {_human(per['memory']['peak'])}"] if per["memory"] else []
+            parts += [f"{label} {_human(nbytes)}" for label, nbytes in per["sent"].items()]
+            tr.write_line(f"    rank {rank}: " + ", ".join(parts))
         if e.get("memory"):
             parts = ", ".join(f"{k} {_human(v)}" for k, v in e["memory"]["at_peak"].items() if v)
             tr.write_line(f"    memory peak {_human(e['memory']['peak'])}" + (f" ({parts})" if parts else ""))
