@@ -129,7 +129,7 @@ def test_a_stage_running_other_microbatches_is_named_not_hung() -> None:
 def test_exact_world_on_fake_tensors() -> None:
     """Objects are exchanged for real, tensors as shapes; every rank measures
     its own memory; a recv of another shape than its send fails naming both
-    ranks."""
+    ranks and their lines."""
     with FakeWorld(2, values="exact", tensors="fake") as world:
         def program() -> tuple[list[Any], int, type]:
             rank = dist.get_rank()
@@ -151,7 +151,8 @@ def test_exact_world_on_fake_tensors() -> None:
                 dist.recv(torch.empty(3, 4), 0)
 
         with pytest.raises(dist.DistBackendError, match=r"rank 0 send float32\[4, 3\] to rank 1; rank 1 recv "
-                           r"float32\[3, 4\] from rank 0 - on fake tensors a send and its recv must agree on shape"):
+                           r"float32\[3, 4\] from rank 0 - on fake tensors a send and its recv must agree on shape.*"
+                           r"\(rank 0 at test_hybrid.py:\d+; rank 1 at test_hybrid.py:\d+\)"):
             world.run(mismatch)
 
 

@@ -415,7 +415,26 @@ class ExactWorld(FakeWorld, values="exact"):
         worded = text.startswith("fakepg: ranks ") and " diverge on " in text
         if not (isinstance(exc, dist.DistBackendError) and worded):
             return
-        exc.args = (self._divergence(since) or text.removeprefix("fakepg: "),)
+        exc.args = (self._divergence(since) or self._with_last_lines(text.removeprefix("fakepg: "), since),)
+
+    def _with_last_lines(self, text: str, since: list[int]) -> str:
+        """``text`` (a mismatch the check across ranks does not see: a send
+        and recv of other shapes on fake tensors) with the line of the last
+        call of each rank it names ("ranks A and B diverge ...")."""
+        if not self.spec.record:
+            return text
+        named = text.split(" diverge on ", 1)[0].removeprefix("ranks ").split(" and ")
+        labels, sites = self.group_labels(), self.call_sites()
+        lines = []
+        for word in named:
+            if not word.isdigit() or int(word) not in self.running:
+                return text
+            rank = int(word)
+            _, calls = records.trace_data(self.collectives, rank, self.world_size, labels, sites,
+                                          since[self.running.index(rank)], self.batches)
+            if calls and calls[-1][7]:
+                lines.append(f"rank {rank} at {calls[-1][7]}")
+        return f"{text} ({'; '.join(lines)})" if lines else text
 
     def _deadlock_report(self, since: list[int]) -> str:
         """Each rank's pending call (op, group, line) and, where the
