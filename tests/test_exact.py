@@ -629,7 +629,7 @@ def test_all_to_all_single_splits_that_disagree_name_the_rows() -> None:
     assert mismatch_raised(program) == (
         "ranks 0 and 1 diverge on group default_pg (ranks 0, 1) at its call 1: rank 0 all_to_all_single float32[3] "
         "expects 2 rows from rank 1, which sends it 1 - on a cluster this is a size mismatch: gloo raises, NCCL hangs "
-        "or corrupts data"
+        "or corrupts data (rank 0 at test_exact.py:627; rank 1 at test_exact.py:627)"
     )
 
 

@@ -418,9 +418,9 @@ class ExactWorld(FakeWorld, values="exact"):
         exc.args = (self._divergence(since) or self._with_last_lines(text.removeprefix("fakepg: "), since),)
 
     def _with_last_lines(self, text: str, since: list[int]) -> str:
-        """``text`` (a mismatch the check across ranks does not see: a send
-        and recv of other shapes on fake tensors) with the line of the last
-        call of each rank it names ("ranks A and B diverge ...")."""
+        """``text`` (a mismatch the check across ranks does not see: split
+        sizes, a send and recv of other shapes on fake tensors) with the line
+        of the last call of each rank it names ("ranks A and B diverge ...")."""
         if not self.spec.record:
             return text
         named = text.split(" diverge on ", 1)[0].removeprefix("ranks ").split(" and ")
