@@ -10,7 +10,8 @@ from .errors import (
 )
 from .records import CollectiveLog, CollectiveRecord
 from .spec import WorldSpec
-from .world import FakeWorld, Fault
+from .faults import Fault
+from .world import FakeWorld
 from .exact import ExactWorld  # noqa: F401 - registers the values="exact" layer (isort: skip)
 from .exact.testcase import ExactTestCase, create_exact_test_class  # (isort: skip)
 

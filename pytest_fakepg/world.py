@@ -19,11 +19,13 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from . import _backend, _compat, _default_group, _patches, _sharding
+from . import _backend, _compat, _default_group, _patches, _sharding, environment
 from ._frames import user_frame, user_line
-from .ops import ALL_OPS, check_op, op_code
 from .errors import FakeWorldFaultWarning
+from .faults import Fault
 from .memory import Memory
+from .mesh import init_device_mesh
+from .ops import ALL_OPS, check_op, op_code
 from .records import CollectiveLog
 from .spec import FAIL_AT, SIGNATURE, FaultSpec, WorldSpec, bind, check_choice, check_nth
 from .store import world_store
@@ -31,62 +33,6 @@ from .store import world_store
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup, Store
     from torch.distributed.device_mesh import DeviceMesh
-
-
-# Variables a fake world must not inherit: TORCH_DISTRIBUTED_DEBUG=DETAIL
-# wraps every group in a gloo-checked wrapper that fake backends cannot serve.
-# TORCH_DIST_INIT_BARRIER=1 makes new_group wait in the store for every rank
-# of the world, which never arrive in a fake one.
-_HIDDEN_ENV = ("TORCH_DISTRIBUTED_DEBUG", "TORCH_DIST_INIT_BARRIER")
-# pytest's (and pytest-xdist's) bookkeeping: they set and unset these
-# themselves while a world is up; restoring them would undo their work.
-_PYTEST_ENV = ("PYTEST_CURRENT_TEST", "PYTEST_VERSION")
-_PYTEST_ENV_PREFIX = "PYTEST_XDIST_"
-
-# NOTE [torchrun's environment]
-# Much training code learns its rank from the variables torchrun sets
-# (transformers takes its tensor-parallel size from WORLD_SIZE; scripts read
-# int(os.environ["LOCAL_RANK"])). While a world is up (env=True, the
-# default) they say what torchrun would tell this rank, on nodes of
-# ``local_world_size`` ranks: RANK, LOCAL_RANK (rank % local),
-# GROUP_RANK (the node, rank // local), ROLE_RANK, ROLE_NAME, WORLD_SIZE,
-# LOCAL_WORLD_SIZE and ROLE_WORLD_SIZE. MASTER_ADDR and MASTER_PORT are left
-# alone: there is no rendezvous, and the default group is up already. The
-# environment is put back exactly when the world goes down (_restore_env).
-# In an exact world the rank's variables change at every switch, so each
-# rank's program (and the threads it starts) reads its own. Ranks per node,
-# unless given: on device="cpu" an 8-GPU node (8, or the whole world where 8
-# does not divide it); on device="cuda" this machine's GPUs (the largest
-# divisor of the world size not above torch.cuda.device_count()), because
-# LOCAL_RANK is a device index there: scripts and DeviceMesh itself call
-# torch.cuda.set_device(LOCAL_RANK), which must name a GPU this machine has.
-_PER_RANK_ENV = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK")
-
-
-def ranks_per_node(world_size: int, device: str) -> int:
-    """LOCAL_WORLD_SIZE when none is given: NOTE [torchrun's environment]."""
-    if device == "cuda":
-        import torch
-
-        gpus = max(torch.cuda.device_count(), 1)
-        return max(d for d in range(1, min(gpus, world_size) + 1) if world_size % d == 0)
-    return 8 if world_size % 8 == 0 else world_size
-
-
-def rank_env(rank: int, local: int) -> dict[str, str]:
-    """The variables of NOTE [torchrun's environment] that differ per rank."""
-    return {"RANK": str(rank), "LOCAL_RANK": str(rank % local), "GROUP_RANK": str(rank // local),
-            "ROLE_RANK": str(rank)}
-
-
-def torchrun_env(world_size: int, local: int, rank: int | None) -> dict[str, str]:
-    """NOTE [torchrun's environment] on nodes of ``local`` ranks, for
-    ``rank`` (None: the world's variables only)."""
-    env = {"WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(local),
-           "ROLE_WORLD_SIZE": str(world_size), "ROLE_NAME": "default"}
-    if rank is not None:
-        env.update(rank_env(rank, local))
-    return env
 
 
 # torch's backend that `backend="fake"` names: groups a body asks for on it
@@ -138,59 +84,6 @@ def _new_backend(rank: int, size: int, name: str, ranks: list[int] | None = None
     if name.isdigit():  # a body that destroys its groups resets torch's counter
         _next_group_number = max(_next_group_number, int(name) + 1)
     return _backend.load().FakeBackend(_running.native, rank, size, name, ranks or [])
-
-
-class Fault:
-    """An armed fault. ``disarm()`` it, or use it as a context manager."""
-
-    __slots__ = ("_world", "_ids", "_calls_before", "_reported", "spec")
-
-    def __init__(self, world: FakeWorld, ids: list[tuple[int, int]], spec: FaultSpec) -> None:
-        self._world = world
-        self._ids = ids  # (rank it fires on or -1 for any, native id)
-        native = world._native
-        self._calls_before = [native.call_count(op_code(spec.op), rank) for rank, _ in ids]
-        self._reported = False
-        self.spec = spec
-
-    def disarm(self) -> None:
-        """Disarm the fault (a no-op once it fired, if it was one-shot).
-        Raises RuntimeError once its world is down."""
-        native = self._world._live_native("Fault.disarm()")
-        for _, fault_id in self._ids:
-            native.disarm_fault(fault_id)
-        self._reported = True  # disarmed on purpose: nothing to report
-
-    def _never_fired(self) -> str | None:
-        """Why this fault is a test that tested nothing, or None."""
-        if self._reported:
-            return None
-        native, spec = self._world._native, self.spec
-        op = "any collective" if spec.op == ALL_OPS else spec.op
-        for (rank, fault_id), before in zip(self._ids, self._calls_before):
-            on = "" if rank < 0 else f" on rank {rank}"
-            calls = native.call_count(op_code(spec.op), rank)
-            if spec.nth is not None:
-                if not native.is_armed(fault_id):
-                    continue
-                made = f"{calls} call{'s' if calls != 1 else ''} of {op} {'was' if calls == 1 else 'were'} made"
-                return f"the fault armed for call {spec.nth} of {op}{on} never fired: {made}"
-            if calls == before:
-                return (
-                    f"the fault armed for every call of {op}{on} never fired: no call of "
-                    f"{op} was made after it was armed"
-                )
-        return None
-
-    def __enter__(self) -> Fault:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.disarm()
-
-    def __repr__(self) -> str:
-        nth = "" if self.spec.nth is None else f", nth={self.spec.nth}"
-        return f"<Fault {self.spec.op!r}{nth} at={self.spec.at!r}>"
 
 
 class FakeWorld:
@@ -310,7 +203,7 @@ class FakeWorld:
         if self._mesh is not None:
             return self._mesh
         if self._flat_mesh is None:
-            self._flat_mesh = _init_device_mesh(self.spec.device, (self.world_size,), None)
+            self._flat_mesh = init_device_mesh(self.spec.device, (self.world_size,), None)
         return self._flat_mesh
 
     @property
@@ -500,12 +393,12 @@ class FakeWorld:
         self._up = True
         self._memory = None
         try:
-            for name in _HIDDEN_ENV:
+            for name in environment.HIDDEN:
                 os.environ.pop(name, None)
             if spec.env:
-                self._ranks_per_node = spec.local_world_size or ranks_per_node(spec.world_size, spec.device)
+                self._ranks_per_node = spec.local_world_size or environment.ranks_per_node(spec.world_size, spec.device)
                 rank = None if self.exact else spec.rank  # an exact world's ranks get theirs as they run
-                os.environ.update(torchrun_env(spec.world_size, self._ranks_per_node, rank))
+                os.environ.update(environment.torchrun_env(spec.world_size, self._ranks_per_node, rank))
             self._store = world_store(self)  # NOTE [A store wait in a uniform world]
             self._bring_up_groups()
             self._install_patches()
@@ -558,7 +451,7 @@ class FakeWorld:
             )
         self._pg = _compat.c10d.default_group()
         if spec.mesh_shape is not None:
-            self._mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
+            self._mesh = init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
 
     def _serve(self, native: Any) -> None:
         """Make ``native`` (a WorldState) the world that is up: the one whose
@@ -665,7 +558,7 @@ class FakeWorld:
                 # next world it would only recompile, up to dynamo's limit.
                 _compat.dynamo.reset_compiled_code()
             sys.excepthook = saved["excepthook"]  # init_process_group wraps it
-            _restore_env(saved["env"])
+            environment.restore(saved["env"])
             if self._native is not None:
                 self._native.set_site_source(None)
                 self._native.set_label_source(None)
@@ -767,72 +660,6 @@ def _site_source(sites: list[str]) -> Any:
     return site
 
 
-def _init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...] | None) -> DeviceMesh:
-    """``init_device_mesh``, making only the groups this rank is in.
-
-    NOTE [Only this rank's groups]
-    torch's DeviceMesh creates every sub-group of every dimension, one
-    new_group call each, so that all ranks agree on them: 196,736 calls for a
-    (16, 8192, 8) mesh, seconds of work. A fake world has one rank, and only
-    its own groups can ever be used, so while the mesh is built its per-dimension
-    group factory is swapped for one that finds this rank's row and creates that
-    group alone. Everything else (the mesh tensor, coordinates, slicing, the
-    group registry) is torch's own. Where torch's internals differ from what this
-    expects, the stock path runs instead (NOTE [compat: mesh groups]).
-    """
-    from torch.distributed import device_mesh as dm
-
-    found = _compat.device_mesh.mesh_group_factory()
-    if found is None:
-        return dm.init_device_mesh(device, shape, mesh_dim_names=names)
-    mesh_cls, layout_cls = found
-    original = vars(mesh_cls)["_init_one_process_group"]
-
-    def this_ranks_group(sub_layout: Any, rank_map: Any, dim_name: str, backend_override: Any, *more: Any) -> Any:
-        import torch.distributed as dist
-
-        if backend_override != (None, None) or any(more):  # torch 2.15's preserve_rank_order
-            return original.__func__(sub_layout, rank_map, dim_name, backend_override, *more)
-        ranks = _ranks_of_this_rank(layout_cls, sub_layout, rank_map, dist.get_rank(), dist.get_world_size())
-        if ranks is None:
-            return None
-        if len(ranks) == dist.get_world_size():
-            # as torch does for a default group that is not gloo
-            return _compat.c10d.default_group().group_name
-        return dist.new_group(ranks=ranks, group_desc=f"mesh_{dim_name}").group_name
-
-    mesh_cls._init_one_process_group = staticmethod(this_ranks_group)
-    try:
-        return dm.init_device_mesh(device, shape, mesh_dim_names=names)
-    finally:
-        mesh_cls._init_one_process_group = original
-
-
-def _ranks_of_this_rank(
-    layout_cls: Any, sub_layout: Any, rank_map: Any, rank: int, world_size: int
-) -> list[int] | None:
-    """The ranks of the group of mesh dimension `sub_layout` that holds `rank`,
-    or None. init_device_mesh's rank map is 0..n-1 and a plain dimension is
-    one (size, stride) pair: then the group is arithmetic. Anything else goes
-    through torch's own layout algebra."""
-    import torch
-
-    size, stride = getattr(sub_layout, "shape", None), getattr(sub_layout, "stride", None)
-    if isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride) == 1:
-        size, stride = size[0], stride[0]  # a flat layout of one mode
-    if (
-        isinstance(size, int)
-        and isinstance(stride, int)
-        and rank_map.numel() == world_size
-        and torch.equal(rank_map, torch.arange(world_size, dtype=rank_map.dtype))
-    ):
-        first = rank - (rank // stride) % size * stride
-        return [first + k * stride for k in range(size)]
-    groups = layout_cls([sub_layout]).remap_to_tensor(rank_map)
-    row = (groups == rank).any(dim=-1).nonzero()
-    return None if row.numel() == 0 else groups[int(row[0, 0])].tolist()
-
-
 def device_available(device: str) -> bool:
     """Whether this process can use devices of type ``device`` ("cpu" always)."""
     if device == "cpu":
@@ -857,22 +684,3 @@ def clean_up_foreign_state() -> str | None:
     _compat.device_mesh.clear_mesh_registries()
     _compat.dtensor.clear_dtensor_state()
     return found
-
-
-def _is_pytest_variable(key: Any) -> bool:
-    name = os.fsdecode(key) if isinstance(key, bytes) else key
-    return name in _PYTEST_ENV or name.startswith(_PYTEST_ENV_PREFIX)
-
-
-def _restore_env(saved: dict[Any, Any]) -> None:
-    """Put the environment back as ``saved`` (a copy of environ_data()),
-    leaving pytest's own variables as pytest has them now."""
-    current = _compat.runtime.environ_data()
-    if current == saved:
-        return
-    decode = os.fsdecode if current is not os.environ else (lambda k: k)
-    for key in [k for k in current if k not in saved and not _is_pytest_variable(k)]:
-        del os.environ[decode(key)]
-    for key, value in saved.items():
-        if current.get(key) != value and not _is_pytest_variable(key):
-            os.environ[decode(key)] = decode(value)

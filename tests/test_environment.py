@@ -196,7 +196,7 @@ def test_ranks_per_node_default_to_this_machines_gpus_on_cuda(
 ) -> None:
     """On device="cuda" LOCAL_RANK is a device index (DeviceMesh calls
     torch.cuda.set_device(LOCAL_RANK)): it must name a GPU this machine has."""
-    from pytest_fakepg.world import ranks_per_node
+    from pytest_fakepg.environment import ranks_per_node
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     assert ranks_per_node(size, device) == expected

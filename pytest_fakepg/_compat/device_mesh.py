@@ -30,7 +30,7 @@ def clear_mesh_registries() -> None:
 
 
 # The parameters of ``DeviceMesh._init_one_process_group`` that
-# ``_init_device_mesh`` in world.py knows how to serve, by torch release.
+# ``init_device_mesh`` in mesh.py knows how to serve, by torch release.
 _MESH_GROUP_PARAMETERS = (
     ("sub_layout", "rank_map", "dim_name", "backend_override"),  # 2.11-2.15.0
     ("sub_layout", "rank_map", "dim_name", "backend_override", "preserve_rank_order"),  # 2.15.0
@@ -39,7 +39,7 @@ _MESH_GROUP_PARAMETERS = (
 
 def mesh_group_factory() -> tuple[Any, Any] | None:
     """NOTE [compat: mesh groups] ``DeviceMesh._init_one_process_group`` (a
-    staticmethod) and ``_MeshLayout``, which ``_init_device_mesh`` in world.py
+    staticmethod) and ``_MeshLayout``, which ``init_device_mesh`` in mesh.py
     uses to create only this rank's groups. Present in 2.11-2.15.0; 2.15 adds
     ``preserve_rank_order``. None when either is missing or the factory takes
     parameters not listed in ``_MESH_GROUP_PARAMETERS``: the mesh is then

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 from .. import _backend, _compat, _default_group, records
 from ..memory import Memory
 from ..records import CollectiveLog
-from ..world import _PER_RANK_ENV, FakeWorld, _batch_markers, _init_device_mesh, _new_backend, rank_env
+from ..environment import PER_RANK, rank_env
+from ..mesh import init_device_mesh
+from ..world import FakeWorld, _batch_markers, _new_backend
 from ..store import poll, world_store
 
 if TYPE_CHECKING:
@@ -96,7 +98,7 @@ class ExactWorld(FakeWorld, values="exact"):
         if local.mesh is not None:
             return local.mesh
         if local.flat_mesh is None:
-            local.flat_mesh = _init_device_mesh(self.spec.device, (self.world_size,), None)
+            local.flat_mesh = init_device_mesh(self.spec.device, (self.world_size,), None)
         return local.flat_mesh
 
     @property
@@ -324,7 +326,7 @@ class ExactWorld(FakeWorld, values="exact"):
         self._require(None, "run")
         if getattr(self._local, "rank", None) is not None:
             raise RuntimeError("FakeWorld.run() was called inside a rank's program; call it from outside")
-        outside = {name: os.environ.get(name) for name in _PER_RANK_ENV}
+        outside = {name: os.environ.get(name) for name in PER_RANK}
         try:
             return runner.run(self, lambda rank: fn(*args, **kwargs), self._first_group())
         finally:
@@ -358,7 +360,7 @@ class ExactWorld(FakeWorld, values="exact"):
         tensors = contextlib.ExitStack()
         try:
             if spec.mesh_shape is not None:
-                local.mesh = _init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
+                local.mesh = init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
             if spec.tensors == "fake":
                 local.memory = self._memories[rank] = tensors.enter_context(_fake_tensors(spec.device))
             with tensors:
