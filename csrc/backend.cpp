@@ -105,8 +105,16 @@ FakeBackend::FakeBackend(
         group_name,
         global_rank);
   } else {
-    // A group reaching ranks that do not run: uniform (NOTE [Hybrid worlds]).
+    // A group reaching ranks that do not run: uniform, but for a send or
+    // recv between two running ranks (NOTE [Hybrid worlds]).
     values_ = localSemantics(world_->values() != Values::copy, rank, size);
+    if (world_->values() == Values::exact) {
+      pairs_ = exactSemantics(
+          world_,
+          world_->exchange(group_name, global_ranks, size),
+          group_name,
+          global_rank);
+    }
   }
   group_ = world_->addGroup(GroupInfo{
       std::move(group_name), rank, size, std::move(global_ranks), global_rank});
@@ -168,7 +176,10 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::issue(
     int32_t peer,
     bool any_source) {
   auto fault = begin(c, recorded, peer, any_source);
-  return values_->issue(std::move(c), type, std::move(results), fault);
+  const bool pair = pairs_ && (c.op == Op::send || c.op == Op::recv) &&
+      !any_source && world_->runSlot(peer) >= 0;
+  auto& semantics = pair ? pairs_ : values_;
+  return semantics->issue(std::move(c), type, std::move(results), fault);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::broadcast(
@@ -486,10 +497,14 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::barrier(
 
 void FakeBackend::startCoalescing() {
   values_->startCoalescing();
+  if (pairs_) {
+    pairs_->startCoalescing();
+  }
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::endCoalescing() {
-  return values_->endCoalescing();
+  auto work = values_->endCoalescing();  // complete at once: local values
+  return pairs_ ? pairs_->endCoalescing() : work;
 }
 
 }  // namespace fakepg

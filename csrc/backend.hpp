@@ -176,6 +176,9 @@ class FakeBackend : public c10d::Backend {
   std::vector<int64_t> global_ranks_;
   uint64_t seq_ = 0;
   std::unique_ptr<Semantics> values_;
+  // In a hybrid world, a group that reaches ranks that do not run: its
+  // point-to-point ops between two running ranks (NOTE [Hybrid worlds]).
+  std::unique_ptr<Semantics> pairs_;
 };
 
 }  // namespace fakepg

@@ -139,7 +139,9 @@ class WorldState : public torch::CustomClassHolder {
   // scheduler then has a slot per running rank (their order), and a group
   // gets exact values only where every member runs; a group that reaches a
   // rank that does not run gets uniform values on each running member (as
-  // in a uniform world: no member waits for another, so none can hang).
+  // in a uniform world: no member waits for another, so none can hang),
+  // except that a send or recv between two running ranks meets its peer on
+  // any group, as in an exact world (FakeBackend::pairs_).
   // The running rank's slot in the scheduler (its global rank where every
   // rank runs), or -1 for a rank that does not run.
   int runSlot(int global_rank) const {

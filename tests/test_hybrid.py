@@ -50,6 +50,25 @@ def test_groups_of_running_ranks_are_exact_and_the_rest_uniform() -> None:
     assert results == [(12.0, 2.0 * r, 8.0 * r) for r in STAGES]
 
 
+def test_point_to_point_between_running_ranks_meets_on_any_group() -> None:
+    """On the default group, which reaches ranks that do not run, a send
+    from one running rank to another still delivers its values; a recv
+    from a rank that does not run leaves its buffer as it was (uniform)."""
+    with FakeWorld(mesh=MESH, values="exact", exact_dims="pp") as world:
+        def program() -> list[float]:
+            rank = dist.get_rank()
+            got = torch.full((2,), -1.0)
+            if rank == 0:
+                dist.send(torch.tensor([7.0, 8.0]), 2)
+            elif rank == 2:
+                dist.recv(got, 0)
+            lonely = torch.full((1,), -1.0)
+            dist.recv(lonely, rank + 1)  # rank + 1 does not run (dp 1)
+            return [*got.tolist(), *lonely.tolist()]
+
+        assert world.run(program) == [[-1.0, -1.0, -1.0], [7.0, 8.0, -1.0], [-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]]
+
+
 def pipeline(
     world: FakeWorld, schedule: type, virtual: int = 1, microbatches: int = 4, width: int = 16, rows: int = 8
 ) -> Any:
