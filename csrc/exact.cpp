@@ -968,8 +968,20 @@ void Exchange::match(Contribution& s, Contribution& r) {
   const auto& dst = r.out.at(0);
   // On fake tensors (meta here) the shapes are all there is to check: a
   // recv of another shape than the send is a plan's bug, where with values a
-  // copy of the same number of elements may be meant.
-  const bool shapes = (src.is_meta() || dst.is_meta()) && src.sizes() != dst.sizes();
+  // copy of the same number of elements may be meant. Dimensions of size 1
+  // do not count: torch's own pipelining sends a 0-d tensor into a recv of
+  // shape [1].
+  const auto squeezed = [](const at::Tensor& t) {
+    std::vector<int64_t> out;
+    for (auto d : t.sizes()) {
+      if (d != 1) {
+        out.push_back(d);
+      }
+    }
+    return out;
+  };
+  const bool shapes =
+      (src.is_meta() || dst.is_meta()) && squeezed(src) != squeezed(dst);
   if (src.numel() != dst.numel() || src.scalar_type() != dst.scalar_type() || shapes) {
     error = this->error(Mismatch::Kind::point_to_point, 0, s, r);
   } else if (!workOf(r).fault() && !workOf(s).fault()) {

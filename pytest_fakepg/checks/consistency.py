@@ -258,7 +258,8 @@ def word_mismatch(data: dict[str, Any]) -> str:
             # The backend compares shapes too where there are no values to copy (fake tensors).
             f"ranks {rank_a} and {rank_b} diverge on point-to-point {rank_a} -> {rank_b}: rank {rank_a} "
             f"{describe(a)}; rank {rank_b} {describe(b)} - on fake tensors a send and its recv must agree "
-            "on shape: on a cluster the receiver would read the sender's elements in another shape"
+            "on shape (dimensions of size 1 aside): on a cluster the receiver would read the sender's elements "
+            "in another shape"
         )
     group = group_text(*data["group"])
     if data["kind"] == "splits":
