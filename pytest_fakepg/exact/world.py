@@ -43,7 +43,7 @@ def _fake_tensors(device: str) -> Any:
     send and a recv that disagree on them fail naming both ranks. Object
     collectives (pipelining's shape inference sends its metadata this way)
     run on real tensors, their bytes exchanged for real
-    (``real_object_collectives`` in fake/mode.py)."""
+    (``exchanged_for_real`` in fake/mode.py)."""
     from ..fake.mode import make_mode
 
     mode = make_mode()
@@ -210,9 +210,9 @@ class ExactWorld(FakeWorld, values="exact"):
         init = {"init_process_group": self._init_process_group(c10d.init_process_group)}
         patches = [(threading.Thread, {"start": self._thread_start()}), (dist, init), (c10d, init), *_batch_markers()]
         if self.spec.tensors == "fake":
-            from ..fake.mode import compile_patch, init_patches, real_object_collectives
+            from ..fake.mode import compile_patch, exchanged_for_real, init_patches
 
-            patches += [*init_patches(), compile_patch(), *real_object_collectives()]
+            patches += [*init_patches(), compile_patch(), *exchanged_for_real()]
         return patches
 
     def _enter_fake_tensors(self) -> None:

@@ -33,7 +33,6 @@ import warnings
 from typing import Any
 
 from .. import _compat
-from .._compat import dynamo as _dynamo
 from .._compat import fake_tensor as _ft
 from .._frames import not_user_code, user_frame
 from ..errors import FakeWorldWarning
@@ -247,7 +246,7 @@ def compile_patch() -> tuple[Any, dict[str, Any]]:
             return
         said = True
         frame = user_frame()
-        message = COMPILED.format(backend=_dynamo.FAKE_TENSOR_BACKEND)
+        message = COMPILED.format(backend=_compat.dynamo.FAKE_TENSOR_BACKEND)
         if frame is None:
             warnings.warn(FakeWorldWarning(message), stacklevel=2)
         else:
@@ -256,19 +255,20 @@ def compile_patch() -> tuple[Any, dict[str, Any]]:
                 filename=frame.f_code.co_filename, lineno=frame.f_lineno,
             )
 
-    return _dynamo.inductor_on_fake_tensors(say_once)
+    return _compat.dynamo.inductor_on_fake_tensors(say_once)
 
 
-# -- object collectives ------------------------------------------------------------
+# -- what is exchanged for real ------------------------------------------------------------
 
 
 @functools.cache
-def real_object_collectives() -> tuple[tuple[Any, dict[str, Any]], ...]:
-    """(module, {name: replacement}) for torch.distributed's object
-    collectives, in both modules that export them, each running with no fake
-    mode active: the pickled bytes they exchange are real tensors, so an
-    exact world on fake tensors exchanges the objects themselves (NOTE [Exact
-    worlds on fake tensors], exact/world.py)."""
+def exchanged_for_real() -> tuple[tuple[Any, dict[str, Any]], ...]:
+    """(owner, {name: replacement}) for what an exact world on fake tensors
+    exchanges for real, each running with no fake mode active: torch's
+    object collectives, in both modules that export them (the pickled bytes
+    are real tensors, so the objects themselves travel: NOTE [Exact worlds on
+    fake tensors], exact/world.py), and pipelining's votes (NOTE [compat:
+    pipelining's control values])."""
     import torch.distributed as dist
 
     from .._objects import NAMES
