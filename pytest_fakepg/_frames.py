@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 
@@ -34,3 +35,23 @@ def user_line() -> str | None:
     (``file.py:LINE``), or None."""
     frame = user_frame()
     return None if frame is None else f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+def site_source(sites: list[str]) -> Callable[[], int]:
+    """The callable the backend calls per collective while call sites are
+    recorded: the first frame outside torch and this package, as an index
+    into ``sites`` ("file.py:LINE")."""
+    index: dict[tuple[str, int], int] = {}
+
+    def site() -> int:
+        frame = user_frame()
+        if frame is None:
+            return -1
+        key = (frame.f_code.co_filename, frame.f_lineno)
+        found = index.get(key)
+        if found is None:
+            found = index[key] = len(sites)
+            sites.append(f"{os.path.basename(key[0])}:{key[1]}")
+        return found
+
+    return site

@@ -1,5 +1,5 @@
 """The world's DeviceMesh, made with only this rank's groups (NOTE [Only
-this rank's groups])."""
+this rank's groups]), and what its groups are called."""
 
 from __future__ import annotations
 
@@ -75,3 +75,21 @@ def _ranks_of_this_rank(
     groups = layout_cls([sub_layout]).remap_to_tensor(rank_map)
     row = (groups == rank).any(dim=-1).nonzero()
     return None if row.numel() == 0 else groups[int(row[0, 0])].tolist()
+
+
+def labels_now(mesh: DeviceMesh | None = None) -> dict[str, str]:
+    """The labels of the groups this thread has now, and the names of
+    ``mesh``'s dimensions on the groups they use."""
+    labels = {name: desc[len("mesh_"):] if desc.startswith("mesh_") else desc
+              for name, desc in _compat.c10d.group_descriptions().items()}
+    for dim in getattr(mesh, "mesh_dim_names", None) or ():
+        try:
+            name = mesh.get_group(dim).group_name  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - a dimension without a group of this rank's
+            continue
+        label = labels.get(name)
+        if label is None or label == "undefined":
+            labels[name] = dim
+        elif dim not in label.split("/"):
+            labels[name] = f"{label}/{dim}"
+    return labels

@@ -11,7 +11,6 @@ that never use a fake world.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 import sys
@@ -20,11 +19,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from . import _backend, _compat, _default_group, _patches, _sharding, environment
-from ._frames import user_frame, user_line
+from ._frames import site_source, user_line
 from .errors import FakeWorldFaultWarning
 from .faults import Fault
 from .memory import Memory
-from .mesh import init_device_mesh
+from .mesh import init_device_mesh, labels_now
 from .ops import ALL_OPS, check_op, op_code
 from .records import CollectiveLog
 from .spec import FAIL_AT, SIGNATURE, FaultSpec, WorldSpec, bind, check_choice, check_nth
@@ -321,7 +320,7 @@ class FakeWorld:
         native = self._live_native("FakeWorld.record_call_sites()")
         if self._sites is None:
             self._sites = []
-            self._site = _site_source(self._sites)
+            self._site = site_source(self._sites)
             native.set_site_source(self._site)
 
     def call_sites(self) -> list[str]:
@@ -334,25 +333,7 @@ class FakeWorld:
         that is also a dimension of the world's mesh carries both
         ("default_pg/tp" where a dp1 x tp2 mesh's tp is the whole world)."""
         self._require(None, "group_labels")
-        return self._labels_now(self._mesh)
-
-    @staticmethod
-    def _labels_now(mesh: DeviceMesh | None = None) -> dict[str, str]:
-        """The labels of the groups this thread has now, and the names of
-        ``mesh``'s dimensions on the groups they use."""
-        labels = {name: desc[len("mesh_"):] if desc.startswith("mesh_") else desc
-                  for name, desc in _compat.c10d.group_descriptions().items()}
-        for dim in getattr(mesh, "mesh_dim_names", None) or ():
-            try:
-                name = mesh.get_group(dim).group_name  # type: ignore[union-attr]
-            except Exception:  # noqa: BLE001 - a dimension without a group of this rank's
-                continue
-            label = labels.get(name)
-            if label is None or label == "undefined":
-                labels[name] = dim
-            elif dim not in label.split("/"):
-                labels[name] = f"{label}/{dim}"
-        return labels
+        return labels_now(self._mesh)
 
     # -- life cycle -------------------------------------------------------
     def __enter__(self) -> FakeWorld:
@@ -459,7 +440,7 @@ class FakeWorld:
         global _running
         self._native = native
         _running = _Running(native, self.spec.world_size, self)
-        self._log = CollectiveLog(native, labels=lambda: self._labels_now(self._mesh_here()))
+        self._log = CollectiveLog(native, labels=lambda: labels_now(self._mesh_here()))
         native.set_label_source(self._label_of)
         _compat.c10d.register_stock_fake()
         self._saved["stock_fake"] = _compat.c10d.swap_backend_creator(_STOCK_FAKE, _create_backend)
@@ -484,7 +465,7 @@ class FakeWorld:
     def _label_of(self, name: str) -> str:
         """What messages call group ``name`` (the backend asks, for a fault's
         message): its label, or "" for none."""
-        label = self._labels_now(self._mesh_here()).get(name, "")
+        label = labels_now(self._mesh_here()).get(name, "")
         return "" if label == "undefined" else label
 
     def _take_groups_count(self) -> None:
@@ -507,17 +488,17 @@ class FakeWorld:
         )
 
     def _install_patches(self) -> None:
-        """Replace what _object_collectives(), _sequence_numbers() and the
+        """Replace what the world's standard patches (_patches.py) and the
         fake-tensor mode name while the world is up (NOTE [Patches]); stop()
         puts each original back."""
         patches = self._patches()
         if self.spec.backend == "fakepg":
-            patches.append(_sequence_numbers())
+            patches.append(_patches.sequence_numbers())
         self._saved["patches"] = _patches.install(patches)
 
     def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
         """(owner, {name: replacement}) to install while the world is up."""
-        patches = [*_object_collectives(), *_batch_markers()]
+        patches = [*_patches.object_collectives(_running_world), *_patches.batch_markers(_running_world)]
         if self.spec.tensors == "fake":
             from .fake.mode import compile_patch, init_patches
 
@@ -584,80 +565,8 @@ class FakeWorld:
         )
 
 
-def _running_native() -> Any:
-    return None if _running is None else _running.native
-
-
-@functools.cache
-def _object_collectives() -> tuple[tuple[Any, dict[str, Any]], ...]:
-    """(module, {name: replacement}) for torch.distributed's object
-    collectives, in both modules that export them: NOTE [Objects this rank
-    cannot know]. Made once per process; they find the running world when
-    called."""
-    import torch.distributed as dist
-
-    from . import _objects
-
-    c10d = dist.distributed_c10d
-    replacements = _objects.make({name: getattr(c10d, name) for name in _objects.NAMES}, _running_native)
-    return (dist, replacements), (c10d, replacements)
-
-
-@functools.cache
-def _batch_markers() -> tuple[tuple[Any, dict[str, Any]], ...]:
-    """``batch_isend_irecv`` in both modules that export it, noting which of
-    the running world's records one batch issued: a batch is one coalesced
-    group in NCCL's Flight Recorder, as the dumps write it (checks/
-    flight_recorder.py). Made once per process; finds the running world
-    when called."""
-    import torch.distributed as dist
-
-    c10d = dist.distributed_c10d
-    original = c10d.batch_isend_irecv
-
-    @functools.wraps(original)
-    def batch_isend_irecv(p2p_op_list: list[Any]) -> list[Any]:
-        running = _running
-        if running is None:
-            return original(p2p_op_list)
-        world, native = running.world, running.native
-        rank = world._calling_rank()
-        first = native.size_of(rank)
-        works = original(p2p_op_list)
-        end = native.size_of(rank)
-        if end - first > 1:
-            world.batches.append((rank, first, end))
-        return works
-
-    replacements = {"batch_isend_irecv": batch_isend_irecv}
-    return (dist, replacements), (c10d, replacements)
-
-
-@functools.cache
-def _sequence_numbers() -> tuple[Any, dict[str, Any]]:
-    """``ProcessGroup._get_sequence_number_for_group`` that answers for
-    fakepg groups too: NOTE [Sequence numbers of custom backends]."""
-    return _compat.c10d.sequence_numbers_for(_backend.load().FakeBackend)
-
-
-def _site_source(sites: list[str]) -> Any:
-    """The callable the backend calls per collective while call sites are
-    recorded: the first frame outside torch and this package, as an index
-    into ``sites`` ("file.py:LINE")."""
-    index: dict[tuple[str, int], int] = {}
-
-    def site() -> int:
-        frame = user_frame()
-        if frame is None:
-            return -1
-        key = (frame.f_code.co_filename, frame.f_lineno)
-        found = index.get(key)
-        if found is None:
-            found = index[key] = len(sites)
-            sites.append(f"{os.path.basename(key[0])}:{key[1]}")
-        return found
-
-    return site
+def _running_world() -> _Running | None:
+    return _running
 
 
 def device_available(device: str) -> bool:

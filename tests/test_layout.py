@@ -1,5 +1,6 @@
 """The package's modules import one another without a circle: each room
-has one job, and a module never needs one that needs it back.
+has one job, and a module never needs one that needs it back; and no room
+is over 600 lines.
 
 Read statically, every import counts: at module level, inside functions and
 under ``TYPE_CHECKING`` alike (a lazy import hides a circle; it does not
@@ -89,3 +90,14 @@ def test_the_check_finds_a_circle_hidden_in_a_function(tmp_path: Path) -> None:
     (pkg / "sub" / "b.py").write_text("def f():\n    from ..a import x\n")
     (pkg / "c.py").write_text("from . import a\n")
     assert circles(import_graph(pkg)) == [["pkg.a", "pkg.sub.b"]]
+
+
+# A room a newcomer can read: a module that grows past this is split by what
+# its parts are about (world.py's environment, mesh and faults left this way).
+MAX_LINES = 600
+
+
+def test_no_module_is_over_600_lines() -> None:
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+    assert max(sizes.values()) > MAX_LINES // 2, "the check read no real module"

@@ -10,12 +10,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import _backend, _compat, _default_group, records
+from .. import _backend, _compat, _default_group, _patches, records
 from ..memory import Memory
 from ..records import CollectiveLog
 from ..environment import PER_RANK, rank_env
-from ..mesh import init_device_mesh
-from ..world import FakeWorld, _batch_markers, _new_backend
+from ..mesh import init_device_mesh, labels_now
+from ..world import FakeWorld, _new_backend, _running_world
 from ..store import poll, world_store
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ class ExactWorld(FakeWorld, values="exact"):
 
     def group_labels(self) -> dict[str, str]:
         self._require(None, "group_labels")
-        return {**self._labels, **self._labels_now(getattr(self._local, "mesh", None))}
+        return {**self._labels, **labels_now(getattr(self._local, "mesh", None))}
 
     # -- life cycle ------------------------------------------------------------
     def _bring_up_groups(self) -> None:
@@ -208,7 +208,7 @@ class ExactWorld(FakeWorld, values="exact"):
         import torch.distributed.distributed_c10d as c10d
 
         init = {"init_process_group": self._init_process_group(c10d.init_process_group)}
-        patches = [(threading.Thread, {"start": self._thread_start()}), (dist, init), (c10d, init), *_batch_markers()]
+        patches = [(threading.Thread, {"start": self._thread_start()}), (dist, init), (c10d, init), *_patches.batch_markers(_running_world)]
         if self.spec.tensors == "fake":
             from ..fake.mode import compile_patch, exchanged_for_real, init_patches
 
@@ -355,7 +355,7 @@ class ExactWorld(FakeWorld, values="exact"):
         local.rank = rank
         local.thread = threading.get_ident()
         local.pg = _compat.c10d.default_group()
-        local.log = CollectiveLog(self._native, rank=rank, labels=lambda: self._labels_now(self._mesh_here()))
+        local.log = CollectiveLog(self._native, rank=rank, labels=lambda: labels_now(self._mesh_here()))
         local.mesh = local.flat_mesh = None
         tensors = contextlib.ExitStack()
         try:
@@ -370,7 +370,7 @@ class ExactWorld(FakeWorld, values="exact"):
             # through torch's teardown, as they ran.
             with _TEARDOWN:
                 try:
-                    self._labels.update(self._labels_now(local.mesh))
+                    self._labels.update(labels_now(local.mesh))
                     if dist.is_initialized():
                         self._take_groups_count()
                         dist.destroy_process_group()
