@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 RUNNING: list[pytest.Item] = []
 
 
-
 # -- options and configuration -------------------------------------------------
 
 
