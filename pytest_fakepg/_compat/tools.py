@@ -53,6 +53,26 @@ def tracker_class() -> type:
     from torch.distributed._tools.mem_tracker import _MemRefType
     from torch.utils._pytree import tree_map_only
 
+    in_compiled = getattr(torch._dynamo.eval_frame, "_is_in_optimized_module", None) or (lambda: False)  # 2.11-2.15.0
+
+    def detach_leaf(t: Any) -> Any:
+        return t.detach() if t.is_leaf and t.requires_grad else t
+
+    def on_own_thread(tracker: Any, hook: Callable[..., Any], module: Any, *args: Any) -> Any:
+        """ModTracker's forward ``hook(module, *args)`` where ``tracker``
+        counts this thread's tensors. Leaf tensors among the inputs and
+        outputs are passed on detached: ModTracker hangs gradient hooks on
+        the tensors it is given, and one on a leaf makes
+        ``torch.autograd.grad`` with that leaf as an input fail ("A leaf node
+        was passed to _will_engine_execute_node"), as pipelining computes a
+        stage's input gradients. The hooks only tell backward's module
+        boundaries, which the memory figures do not use. Inside a compiled
+        module nothing is done, as ModTracker's hooks do themselves (dynamo
+        would break the graph here)."""
+        if in_compiled() or counting() is not tracker:
+            return None
+        return hook(module, *(tree_map_only(torch.Tensor, detach_leaf, a) for a in args))
+
     class Tracker(MemTracker):  # type: ignore[misc, valid-type]
         on_wait: Callable[[Any], None] | None = None
 
@@ -63,7 +83,7 @@ def tracker_class() -> type:
             # thread]). Instance attributes, read when the tracker enters.
             modules = self._mod_tracker
             for name in ("_fw_pre_hook", "_fw_post_hook"):
-                setattr(modules, name, functools.partial(_on_own_thread, self, getattr(modules, name)))
+                setattr(modules, name, functools.partial(on_own_thread, self, getattr(modules, name)))
             self._seen: weakref.WeakSet[Any] = weakref.WeakSet()
             self.converting = 0  # module conversions running (NOTE [Module state made anew])
             self.propagating = 0  # DTensor propagations running (NOTE [DTensor's scratch tensors])
@@ -215,27 +235,6 @@ CONVERSIONS = ("_apply", "to_empty", "to", "cpu", "cuda", "xpu", "half", "float"
 # ``to_empty`` of an FSDP2 model). ``ShardingPropagator._fake_mode_lock`` is
 # entered around exactly that work (checked on 2.13.0, 2.14.1 and 2.15.0), so
 # while the tracker runs it is wrapped by one that tells the tracker to skip.
-
-
-def _on_own_thread(tracker: Any, hook: Callable[..., Any], module: Any, *args: Any) -> Any:
-    """ModTracker's forward ``hook(module, *args)`` where ``tracker`` counts
-    this thread's tensors. Leaf tensors among the inputs and outputs are
-    passed on detached: ModTracker hangs gradient hooks on the tensors it is
-    given, and one on a leaf makes ``torch.autograd.grad`` with that leaf as
-    an input fail ("A leaf node was passed to _will_engine_execute_node"),
-    as pipelining computes a stage's input gradients. The hooks only tell
-    backward's module boundaries, which the memory figures do not use."""
-    import torch
-
-    in_compiled = getattr(torch._dynamo.eval_frame, "_is_in_optimized_module", None)  # 2.11-2.15.0
-    if (in_compiled is not None and in_compiled()) or counting() is not tracker:
-        return None  # ModTracker's hooks skip compiled modules themselves (dynamo would break graphs here)
-    from torch.utils._pytree import tree_map_only
-
-    def detach_leaf(t: Any) -> Any:
-        return t.detach() if t.is_leaf and t.requires_grad else t
-
-    return hook(module, *(tree_map_only(torch.Tensor, detach_leaf, a) for a in args))
 
 
 # NOTE [A tracker per thread]
