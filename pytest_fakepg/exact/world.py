@@ -72,6 +72,7 @@ class ExactWorld(FakeWorld, values="exact"):
         # worlds] picks; a rank's slot in the scheduler is its place here.
         self.running: list[int] = list(self.spec.running or range(self.spec.world_size))
         self._memories: dict[int, Memory] = {}  # each running rank's, with tensors="fake"
+        self._mismatched: tuple[int, int] | None = None  # the ranks of the last mismatch the backend found
 
     __init__.__signature__ = FakeWorld.__init__.__signature__  # type: ignore[attr-defined]
 
@@ -404,7 +405,9 @@ class ExactWorld(FakeWorld, values="exact"):
         Python], csrc/exact.hpp)."""
         from ..checks import consistency
 
-        return consistency.word_mismatch(records.mismatch_data(raw, self._label_of(raw[1]), self.world_size))
+        data = records.mismatch_data(raw, self._label_of(raw[1]), self.world_size)
+        self._mismatched = (data["a"][0], data["b"][0])  # for _with_last_lines
+        return consistency.word_mismatch(data)
 
     def _reword(self, exc: BaseException, since: list[int]) -> None:
         """A mismatch the backend found (calls that met but disagree, raised
@@ -422,16 +425,13 @@ class ExactWorld(FakeWorld, values="exact"):
     def _with_last_lines(self, text: str, since: list[int]) -> str:
         """``text`` (a mismatch the check across ranks does not see: split
         sizes, a send and recv of other shapes on fake tensors) with the line
-        of the last call of each rank it names ("ranks A and B diverge ...")."""
-        if not self.spec.record:
+        of the last call of each of the two ranks the backend found
+        disagreeing (``_word_mismatch``)."""
+        if not self.spec.record or self._mismatched is None:
             return text
-        named = text.split(" diverge on ", 1)[0].removeprefix("ranks ").split(" and ")
         labels, sites = self.group_labels(), self.call_sites()
         lines = []
-        for word in named:
-            if not word.isdigit() or int(word) not in self.running:
-                return text
-            rank = int(word)
+        for rank in self._mismatched:
             _, calls = records.trace_data(self.collectives, rank, self.world_size, labels, sites,
                                           since[self.running.index(rank)], self.batches)
             if calls and calls[-1][7]:
