@@ -8,6 +8,7 @@ Every error names the argument, the value given and what is allowed.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 import re
@@ -128,7 +129,7 @@ class WorldSpec:
             exact_dims=exact_dims,
         )
 
-    @property
+    @functools.cached_property
     def running(self) -> tuple[int, ...] | None:
         """The global ranks that run, in order, where only some do (a world
         with ``exact_dims`` that leaves some dimension out); else None. They
