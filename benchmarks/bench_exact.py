@@ -94,9 +94,9 @@ def fsdp_parity(rank):
         torch.testing.assert_close(model.get_parameter(name).full_tensor(), p.detach())
 '''
 
-# Sharding decisions made afresh in every world, as before they were shared
-# across worlds (NOTE [Sharding decisions across worlds]).
-PER_WORLD = "from pytest_fakepg import _sharding\n_sharding.share_sharding_decisions = lambda: None\n"
+# Each rank plans its DTensor work itself, as before the ranks of an exact
+# world shared it (NOTE [Sharing rank-free work]).
+NOT_SHARED = "from pytest_fakepg.exact import sharing\nsharing.SharedPlanning.patches = lambda self: []\n"
 
 
 def _marked(marker: str, n: int, body: str, header: str = "") -> str:
@@ -106,12 +106,8 @@ def _marked(marker: str, n: int, body: str, header: str = "") -> str:
 
 STYLES = {
     "exact marker": lambda n, body: _marked("@pytest.mark.fake_world(4, values='exact')", n, body),
-    "exact marker, decisions per world": lambda n, body: _marked(
-        "@pytest.mark.fake_world(4, values='exact')", n, body, PER_WORLD),
-    # One rank's view: the same programs, unchecked (values are not exact).
-    "uniform marker": lambda n, body: _marked("@pytest.mark.fake_world(4)", n, body, "CHECK = False\n"),
-    "uniform marker, decisions per world": lambda n, body: _marked(
-        "@pytest.mark.fake_world(4)", n, body, "CHECK = False\n" + PER_WORLD),
+    "exact marker, planned per rank": lambda n, body: _marked(
+        "@pytest.mark.fake_world(4, values='exact')", n, body, NOT_SHARED),
     "MultiThreadedTestCase": lambda n, body: bench_pytest.HEADER + PARITY + textwrap.dedent("""
         from torch.testing._internal.common_distributed import MultiThreadedTestCase
         class TestThreaded(MultiThreadedTestCase):
@@ -216,18 +212,16 @@ def main(argv: list[str] | None = None) -> str:
         for name, body in BODIES.items():
             exact = statistics.median(run("exact marker", 20, body, work) for _ in range(args.rounds))
             lines.append(f"| {name} parity, 3 steps | exact marker | {exact:.3f} | |")
-            for mode in ("exact", "uniform"):
-                both = [statistics.median(run(f"{mode} marker{variant}", 20, body, work) for _ in range(args.rounds))
-                        for variant in ("", ", decisions per world")]
-                shared.append(f"| {name}, 3 steps | {mode} | {both[0]:.1f} | {both[1]:.1f} | **{both[1] / both[0]:.1f}x** |")
+            alone = statistics.median(run("exact marker, planned per rank", 20, body, work) for _ in range(args.rounds))
+            shared.append(f"| {name}, 3 steps | {exact:.1f} | {alone:.1f} | **{alone / exact:.1f}x** |")
             if not args.skip_mp:
                 mp = run("MultiProcessTestCase (gloo)", 2, body, work)
                 lines.append(f"| {name} parity, 3 steps | MultiProcessTestCase (gloo) | {mp:.1f} | "
                              f"**{mp / exact:.0f}x** |")
         mem = memory(work)
-    header = ("| test (world 4), 20 in one process | values | ms, decisions shared across worlds | "
-              "ms, decided per world | shared is faster by |")
-    lines += ["", header, "|---|---|---|---|---|", *shared]
+    header = ("| exact test (world 4), 20 in one process | ms, planning shared by the ranks | "
+              "ms, each rank plans | shared is faster by |")
+    lines += ["", header, "|---|---|---|---|", *shared]
     lines += ["", "| ranks | floats per rank | peak RSS above a world of 2 (MiB) |", "|---|---|---|"]
     lines += [f"| {r} | {n:,} | {mib:.1f} |" for r, n, mib in mem]
     text = "\n".join(lines)

@@ -29,14 +29,13 @@ def init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...]
     found = _compat.device_mesh.mesh_group_factory()
     if found is None:
         return dm.init_device_mesh(device, shape, mesh_dim_names=names)
-    mesh_cls, layout_cls = found
-    original = vars(mesh_cls)["_init_one_process_group"]
+    mesh_cls, layout_cls, original = found
 
     def this_ranks_group(sub_layout: Any, rank_map: Any, dim_name: str, backend_override: Any, *more: Any) -> Any:
         import torch.distributed as dist
 
         if backend_override != (None, None) or any(more):  # torch 2.15's preserve_rank_order
-            return original.__func__(sub_layout, rank_map, dim_name, backend_override, *more)
+            return original(sub_layout, rank_map, dim_name, backend_override, *more)
         ranks = _ranks_of_this_rank(layout_cls, sub_layout, rank_map, dist.get_rank(), dist.get_world_size())
         if ranks is None:
             return None
@@ -45,11 +44,11 @@ def init_device_mesh(device: str, shape: tuple[int, ...], names: tuple[str, ...]
             return _compat.c10d.default_group().group_name
         return dist.new_group(ranks=ranks, group_desc=f"mesh_{dim_name}").group_name
 
-    mesh_cls._init_one_process_group = staticmethod(this_ranks_group)
+    patch = _compat.patching.install([(mesh_cls, {_compat.device_mesh.GROUP_FACTORY: staticmethod(this_ranks_group)})])
     try:
         return dm.init_device_mesh(device, shape, mesh_dim_names=names)
     finally:
-        mesh_cls._init_one_process_group = original
+        _compat.patching.remove(patch)
 
 
 def _ranks_of_this_rank(

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from . import _backend, _compat, _default_group, _patches, _sharding, environment
+from . import _backend, _compat, _default_group, _patches, environment
 from ._frames import site_source, user_line
 from .errors import FakeWorldFaultWarning
 from .faults import Fault
@@ -383,8 +383,6 @@ class FakeWorld:
             self._store = world_store(self)  # NOTE [A store wait in a uniform world]
             self._bring_up_groups()
             self._install_patches()
-            self._saved["sharding"] = _sharding.share_sharding_decisions()
-            self._saved["plans"] = _sharding.share_transform_plans()
             for fault in spec.faults if spec.backend == "fakepg" else ():
                 self._arm(fault)
             if spec.tensors == "fake":
@@ -494,7 +492,7 @@ class FakeWorld:
         patches = self._patches()
         if self.spec.backend == "fakepg":
             patches.append(_patches.sequence_numbers())
-        self._saved["patches"] = _patches.install(patches)
+        self._saved["patches"] = _compat.patching.install(patches)
 
     def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
         """(owner, {name: replacement}) to install while the world is up."""
@@ -529,9 +527,7 @@ class FakeWorld:
             self._restore_threads(saved)
             if "stock_fake" in saved:
                 _compat.c10d.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
-            _patches.remove(saved.get("patches", []))
-            _sharding.unshare_sharding_decisions(saved.get("sharding"))
-            _sharding.unshare_transform_plans(saved.get("plans"))
+            _compat.patching.remove(saved.get("patches", []))
             _compat.device_mesh.clear_mesh_registries()
             _compat.dtensor.clear_dtensor_state()
             if _compat.dynamo.dynamo_frames() != saved["dynamo_frames"]:

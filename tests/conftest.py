@@ -62,6 +62,17 @@ def arange(*shape: int, dtype: torch.dtype = torch.float32, device: str = "cpu")
     return torch.arange(1, n + 1, dtype=dtype, device=device).reshape(shape)
 
 
+@pytest.fixture
+def pristine() -> dict[str, Any]:
+    """What a world could leave in this process (``_compat.state.traces``),
+    before the test: no world is up."""
+    from pytest_fakepg._compat.state import traces
+
+    state = traces()
+    assert not state.get("default group") and not state["patches installed"]
+    return state
+
+
 @pytest.fixture(autouse=True)
 def _autoload_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
     # pytester's subprocesses use installed plugins (xdist, randomly, timeout)

@@ -17,18 +17,7 @@ import json, os
 import pytest
 
 _state = {"violations": [], "outcomes": {}, "count": 0, "rss_after_100": None}
-_EXCEPTHOOK = __import__("sys").excepthook
-_ORIGINALS = {}
-
-
-def _originals(dist):
-    """What a world patches while it is up, as torch had it."""
-    if not _ORIGINALS:
-        c10d = dist.distributed_c10d
-        for name in ("broadcast_object_list", "scatter_object_list", "recv_object_list"):
-            _ORIGINALS[name] = getattr(c10d, name)
-        _ORIGINALS["seq"] = dist.ProcessGroup._get_sequence_number_for_group
-    return _ORIGINALS
+_BASE = {}  # traces() before the first test
 
 
 def _rss_mb():
@@ -39,45 +28,16 @@ def _rss_mb():
 
 
 def _pristine():
-    import sys
-    problems = []
-    dist = sys.modules.get("torch.distributed")
-    if dist is None:
-        return problems
-    if dist.is_initialized():
-        problems.append("default group exists")
-    world = dist.distributed_c10d._world
-    if world.pg_map or world.pg_names or world.tags_to_pg:
-        problems.append(f"{len(world.pg_map)} registered groups")
-    for name in ("pg_group_ranks", "pg_backend_config", "pg_to_tag", "pg_coalesce_state"):
-        if getattr(world, name, None):
-            problems.append(f"_world.{name} not empty")
-    if sys.excepthook is not _EXCEPTHOOK:
-        problems.append("sys.excepthook replaced")
-    originals = _originals(dist)
-    for name in ("broadcast_object_list", "scatter_object_list", "recv_object_list"):
-        if getattr(dist, name) is not originals[name] or getattr(dist.distributed_c10d, name) is not originals[name]:
-            problems.append(f"torch.distributed.{name} replaced")
-    if dist.ProcessGroup._get_sequence_number_for_group is not originals["seq"]:
-        problems.append("ProcessGroup._get_sequence_number_for_group replaced")
-    plugin = dist.Backend._plugins.get("FAKE")
-    if plugin is not None and plugin.creator_fn.__module__.startswith("pytest_fakepg"):
-        problems.append("backend 'fake' still served by fakepg")
-    dm = sys.modules.get("torch.distributed.device_mesh")
-    if dm is not None and dm._mesh_resources.mesh_stack:
-        problems.append("mesh stack not empty")
-    rnd = sys.modules.get("torch.distributed.tensor._random")
-    if rnd is not None and rnd._rng_tracker is not None:
-        problems.append("DTensor RNG tracker left")
-    api = sys.modules.get("torch.distributed.tensor._api")
-    if api is not None:
-        prop = api.DTensor._op_dispatcher.sharding_propagator
-        if prop.propagate_op_sharding.cache.cache_info().currsize:
-            problems.append("DTensor sharding cache not empty")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME",
-                 "ROLE_WORLD_SIZE", "MASTER_ADDR", "SOAK_LEAK"):
-        if name in os.environ:
-            problems.append(f"{name} set")
+    """What the tests before left behind: NOTE [Patches] and every registry
+    a world touches, as ``_compat.state.traces`` reads them."""
+    import torch.distributed  # its registries are read from the first test on
+    from pytest_fakepg._compat.state import traces
+    now = traces()
+    base = _BASE or _BASE.update({k: v for k, v in now.items() if k not in ("environment", "threads")}) or _BASE
+    problems = [f"{name}: {now[name]!r}, was {base[name]!r}" for name in base if now.get(name) != base[name]]
+    problems += [f"{name} set" for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                                            "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "SOAK_LEAK")
+                 if name in now["environment"]]
     return problems
 
 

@@ -37,25 +37,31 @@ _MESH_GROUP_PARAMETERS = (
 )
 
 
-def mesh_group_factory() -> tuple[Any, Any] | None:
+# The name of DeviceMesh's per-dimension group factory.
+GROUP_FACTORY = "_init_one_process_group"
+
+
+def mesh_group_factory() -> tuple[Any, Any, Any] | None:
     """NOTE [compat: mesh groups] ``DeviceMesh._init_one_process_group`` (a
     staticmethod) and ``_MeshLayout``, which ``init_device_mesh`` in mesh.py
     uses to create only this rank's groups. Present in 2.11-2.15.0; 2.15 adds
     ``preserve_rank_order``. None when either is missing or the factory takes
     parameters not listed in ``_MESH_GROUP_PARAMETERS``: the mesh is then
-    built by torch's stock path (all groups, slower at scale, same result)."""
+    built by torch's stock path (all groups, slower at scale, same result).
+    Returns DeviceMesh, ``_MeshLayout`` and the factory's function; mesh.py
+    patches it (``GROUP_FACTORY``) through patching.py while it builds."""
     import inspect
 
     from torch.distributed import device_mesh as dm
 
     mesh_cls = getattr(dm, "DeviceMesh", None)
     layout_cls = getattr(dm, "_MeshLayout", None)
-    original = vars(mesh_cls).get("_init_one_process_group") if mesh_cls is not None else None
+    original = vars(mesh_cls).get(GROUP_FACTORY) if mesh_cls is not None else None
     if layout_cls is None or not isinstance(original, staticmethod):
         return None
     if tuple(inspect.signature(original.__func__).parameters) not in _MESH_GROUP_PARAMETERS:
         return None
-    return mesh_cls, layout_cls
+    return mesh_cls, layout_cls, original.__func__
 
 
 

@@ -66,13 +66,17 @@ def sharding_propagator() -> tuple[Any, Any, Any, Any, type] | None:
 
 
 
+PLAN = "_gen_transform_infos_non_cached"
+
+
 def transform_planner() -> tuple[Any, Any, type] | None:
     """``tensor._redistribute`` (the module), its
-    ``_gen_transform_infos_non_cached`` (which ``_gen_transform_infos``'s
-    cache and ``redistribute_local_tensor`` call by module global) and
-    DeviceMesh, 2.11-2.15.0. None when the module is not loaded or lacks it."""
+    ``_gen_transform_infos_non_cached`` (``PLAN``: which
+    ``_gen_transform_infos``'s cache and ``redistribute_local_tensor`` call
+    by module global) and DeviceMesh, 2.11-2.15.0. None when the module is
+    not loaded or lacks it."""
     module = sys.modules.get("torch.distributed.tensor._redistribute")
-    plan = getattr(module, "_gen_transform_infos_non_cached", None)
+    plan = getattr(module, PLAN, None)
     mesh = getattr(sys.modules.get("torch.distributed.device_mesh"), "DeviceMesh", None)
     if plan is None or mesh is None:
         return None

@@ -51,3 +51,38 @@ def rank_free_caches() -> list[Any]:
         if fn is not None:
             found.append(fn)
     return found
+
+
+def traces() -> dict[str, Any]:
+    """What a world could leave in this process, as plain values: equal
+    before and after any world (tests/conftest.py's ``pristine``, the soak,
+    tests/test_isolation.py). Reads torch's registries without importing a
+    module that is not loaded yet (2.11-2.15.0)."""
+    import os
+    import threading
+
+    from . import patching
+
+    found: dict[str, Any] = {"patches installed": patching.installed(), "excepthook": sys.excepthook,
+                             "environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
+                             "threads": sorted(t.name for t in threading.enumerate() if t.name != "fakepg-rank")}
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available():
+        return found
+    world = dist.distributed_c10d._world
+    found["default group"] = dist.is_initialized()
+    found["groups"] = {name: len(getattr(world, name, ())) for name in (
+        "pg_map", "pg_names", "tags_to_pg", "pg_group_ranks", "pg_backend_config", "pg_to_tag", "pg_coalesce_state")}
+    plugin = getattr(dist.Backend, "_plugins", {}).get("FAKE")
+    found["'fake' served by fakepg"] = plugin is not None and plugin.creator_fn.__module__.startswith("pytest_fakepg")
+    mesh = getattr(sys.modules.get("torch.distributed.device_mesh"), "_mesh_resources", None)
+    found["mesh stack"] = len(getattr(mesh, "mesh_stack", ()))
+    found["DTensor RNG tracker"] = getattr(sys.modules.get("torch.distributed.tensor._random"), "_rng_tracker", None)
+    api = sys.modules.get("torch.distributed.tensor._api")
+    if api is not None:
+        propagator = api.DTensor._op_dispatcher.sharding_propagator
+        stats = getattr(__import__("torch")._C, "_get_DTensor_sharding_propagator_cache_stats", None)
+        found["DTensor sharding caches"] = (propagator.propagate_op_sharding.cache.cache_info().currsize,
+                                            None if stats is None else stats())
+        found["DTensor propagator"] = sorted(vars(propagator))
+    return found

@@ -17,6 +17,7 @@ from ..environment import PER_RANK, rank_env
 from ..mesh import init_device_mesh, labels_now
 from ..world import FakeWorld, _new_backend, _running_world
 from ..store import poll, world_store
+from .sharing import SharedPlanning
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -209,7 +210,8 @@ class ExactWorld(FakeWorld, values="exact"):
         import torch.distributed.distributed_c10d as c10d
 
         init = {"init_process_group": self._init_process_group(c10d.init_process_group)}
-        patches = [(threading.Thread, {"start": self._thread_start()}), (dist, init), (c10d, init), *_patches.batch_markers(_running_world)]
+        sharing = self._saved["sharing"] = SharedPlanning()  # NOTE [Sharing rank-free work]
+        patches = [*sharing.patches(), (threading.Thread, {"start": self._thread_start()}), (dist, init), (c10d, init), *_patches.batch_markers(_running_world)]
         if self.spec.tensors == "fake":
             from ..fake.mode import compile_patch, exchanged_for_real, init_patches
 
@@ -310,6 +312,8 @@ class ExactWorld(FakeWorld, values="exact"):
         _compat.device_mesh.adopt_mesh_thread_state(mesh)
 
     def _restore_threads(self, saved: dict[str, Any]) -> None:
+        if "sharing" in saved:  # its decisions and plans hold this world's meshes
+            saved["sharing"].clear()
         if "per_thread" in saved:
             _compat.c10d.uninstall_thread_local_world(saved["per_thread"])
 
