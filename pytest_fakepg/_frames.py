@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from collections.abc import Callable
 from types import FrameType
+
+from ._compat import stdlib
 
 
 @functools.cache
@@ -24,7 +25,7 @@ def user_frame(depth: int = 1) -> FrameType | None:
     package now, looking from the caller of the function that asks
     (``depth`` frames above it), or None."""
     skip = not_user_code()
-    frame: FrameType | None = sys._getframe(depth + 1)
+    frame: FrameType | None = stdlib.getframe(depth + 1)
     while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame = frame.f_back
     return frame

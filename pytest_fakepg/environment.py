@@ -81,3 +81,22 @@ def restore(saved: dict[Any, Any]) -> None:
     for key, value in saved.items():
         if current.get(key) != value and not _is_pytest_variable(key):
             os.environ[decode(key)] = decode(value)
+
+
+def put_back(values: dict[str, str | None]) -> None:
+    """Set each named variable back to its value in ``values`` (None: unset)."""
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def device_available(device: str) -> bool:
+    """Whether this process can use devices of type ``device`` ("cpu" always)."""
+    if device == "cpu":
+        return True
+    import torch
+
+    available = getattr(getattr(torch, device, None), "is_available", None)
+    return bool(available is not None and available())

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from . import _backend, _compat, _default_group, _patches, environment
+from . import _backend, _compat, _default_group, _patches, environment, garbage
 from ._frames import site_source, user_line
 from .errors import FakeWorldFaultWarning
 from .faults import Fault
@@ -360,7 +360,7 @@ class FakeWorld:
         if _running is not None:
             raise RuntimeError("another FakeWorld is already up in this process")
         spec = self.spec
-        if not device_available(spec.device):
+        if not environment.device_available(spec.device):
             raise RuntimeError(
                 f"device={spec.device!r} was asked for but no {spec.device} device is available"
             )
@@ -369,6 +369,7 @@ class FakeWorld:
         self._saved = {
             "env": dict(_compat.runtime.environ_data()),
             "excepthook": sys.excepthook,
+            "garbage": garbage.fence(),
             "dynamo_frames": _compat.dynamo.dynamo_frames(),
         }
         self._up = True
@@ -543,6 +544,9 @@ class FakeWorld:
             self._pg = self._store = self._mesh = self._flat_mesh = None
             self._saved = {}
             self._up = False
+            fenced = saved.pop("garbage", False)
+            saved.clear()
+            garbage.collect(fenced)
         for reason in unfired:
             warnings.warn(FakeWorldFaultWarning(reason), stacklevel=2)
 
@@ -563,16 +567,6 @@ class FakeWorld:
 
 def _running_world() -> _Running | None:
     return _running
-
-
-def device_available(device: str) -> bool:
-    """Whether this process can use devices of type ``device`` ("cpu" always)."""
-    if device == "cpu":
-        return True
-    import torch
-
-    available = getattr(getattr(torch, device, None), "is_available", None)
-    return bool(available is not None and available())
 
 
 def clean_up_foreign_state() -> str | None:

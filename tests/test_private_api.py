@@ -1,10 +1,14 @@
-"""Private torch names are used only in pytest_fakepg/_compat/, where each
-shim says the versions it was checked on: one door to torch's internals.
+"""Private names of torch, pytest and Python are used, and what the package
+patches is patched, only in pytest_fakepg/_compat/, where each shim says the
+versions it was checked on: one door to what others may change.
 
-Read statically, module by module: an import of a private torch module or
-name, a string naming one (``sys.modules.get("torch...._x")``), or an
-attribute ``x._name`` that this package does not define itself (what else
-could it be but torch's?) outside _compat/ fails, naming file and line.
+Read statically, module by module, outside _compat/: an import of a private
+module or name of torch or pytest, a string naming one
+(``sys.modules.get("torch...._x")``), an attribute ``x._name`` that this
+package does not define itself (what else could it be but another
+project's?), and a patch of a private name (``x._name = ...`` on anything
+but ``self`` or ``cls``, ``setattr(x, "_name", ...)``, a write through
+``vars(x)``) fail, naming file and line.
 """
 
 from __future__ import annotations
@@ -15,14 +19,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pytest_fakepg"
 DOOR = PACKAGE / "_compat"
-# Private names of other projects, on purpose and each with its reason.
-NOT_TORCHS = {
-    "_fixtureinfo": "pytest: a test's fixture closure, to call a test as each rank's program",
-    "_inst": "Python's random: the hidden instance whose bound methods the module exports",
-    "_getframe": "Python's sys: the frame that issued a collective, for its call site",
-    "_testMethodName": "unittest: the test method a TestCase instance runs, to run it as each rank's program",
-}
-_PRIVATE_MODULE = re.compile(r"\btorch(?:\.\w+)*\._\w+")
+_PRIVATE_MODULE = re.compile(r"\b(?:torch(?:\.\w+)*\._\w+|_pytest\b)")
+_PRIVATE_PACKAGES = ("torch", "_pytest")
+# Private names the package gives other objects (a test method's wrapper).
+OURS = ("_fakepg", "_pytest_fakepg")
 
 
 def _modules() -> list[Path]:
@@ -31,7 +31,7 @@ def _modules() -> list[Path]:
 
 def _ours() -> set[str]:
     """Every private name the package defines: functions, classes,
-    assignments, attributes it sets, parameters."""
+    assignments, attributes it sets on its own objects, parameters."""
     names: set[str] = set()
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -39,7 +39,7 @@ def _ours() -> set[str]:
                 names.add(node.name)
             elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
                 names.add(node.id)
-            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and _on_self(node):
                 names.add(node.attr)
             elif isinstance(node, ast.arg):
                 names.add(node.arg)
@@ -54,6 +54,14 @@ def _private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
+def _on_self(node: ast.Attribute) -> bool:
+    return isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+
+
+def _foreign(module: str) -> bool:
+    return module.split(".")[0] in _PRIVATE_PACKAGES
+
+
 def _uses(path: Path, ours: set[str]) -> list[str]:
     found = []
     where = path.name if PACKAGE.parent not in path.parents else path.relative_to(PACKAGE.parent)
@@ -61,23 +69,41 @@ def _uses(path: Path, ours: set[str]) -> list[str]:
         line = getattr(node, "lineno", 0)
         if isinstance(node, ast.Import):
             found += [f"{where}:{line} imports {a.name}" for a in node.names
-                      if a.name.startswith("torch") and any(map(_private, a.name.split(".")))]
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch"):
+                      if _foreign(a.name) and any(map(_private, a.name.split(".")))]
+        elif isinstance(node, ast.ImportFrom) and not node.level and _foreign(node.module or ""):
             if any(map(_private, node.module.split("."))):  # type: ignore[union-attr]
                 found.append(f"{where}:{line} imports from {node.module}")
             found += [f"{where}:{line} imports {a.name} from {node.module}" for a in node.names if _private(a.name)]
+        elif isinstance(node, ast.Attribute) and _private(node.attr) and not isinstance(node.ctx, ast.Load) \
+                and not _on_self(node) and node.attr not in ours and not node.attr.startswith(OURS):
+            found.append(f"{where}:{line} patches .{node.attr}")
         elif isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in ours:
-            if node.attr not in NOT_TORCHS:
-                found.append(f"{where}:{line} uses .{node.attr}")
+            found.append(f"{where}:{line} uses .{node.attr}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr") \
+                and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and _private(str(node.args[1].value)):
+            found.append(f"{where}:{line} patches .{node.args[1].value}")
+        elif isinstance(node, (ast.Subscript, ast.Attribute)) and _writes_through_vars(node):
+            found.append(f"{where}:{line} writes through vars()")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _PRIVATE_MODULE.search(node.value):
             found.append(f"{where}:{line} names {_PRIVATE_MODULE.search(node.value).group(0)}")  # type: ignore[union-attr]
     return found
 
 
+def _writes_through_vars(node: ast.Subscript | ast.Attribute) -> bool:
+    """``vars(x)[k] = v``, ``del vars(x)[k]`` or ``vars(x).update(...)`` (and
+    the other mutating methods) on anything but ``self``."""
+    if isinstance(node, ast.Subscript):
+        inner, writes = node.value, not isinstance(node.ctx, ast.Load)
+    else:
+        inner, writes = node.value, node.attr in ("update", "pop", "setdefault", "clear", "popitem")
+    return writes and isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name) and inner.func.id == "vars" \
+        and not (inner.args and isinstance(inner.args[0], ast.Name) and inner.args[0].id == "self")
+
+
 def test_private_torch_names_only_behind_the_door() -> None:
     ours = _ours()
     found = [use for path in _modules() for use in _uses(path, ours)]
-    assert not found, "private torch names outside pytest_fakepg/_compat/:\n" + "\n".join(found)
+    assert not found, "private names or patches outside pytest_fakepg/_compat/:\n" + "\n".join(found)
 
 
 def test_the_check_finds_what_it_looks_for(tmp_path: Path) -> None:
@@ -91,12 +117,26 @@ def test_the_check_finds_what_it_looks_for(tmp_path: Path) -> None:
         "sys.modules.get('torch.distributed.tensor._random')\n"
         "pg._get_backend('cpu')\n"
         "self._mine\n"
+        "from _pytest.runner import runtestprotocol\n"
+        "item._fixtureinfo\n"
+        "mesh_cls._theirs = staticmethod(f)\n"
+        "world._mine = f\n"
+        "setattr(planner, '_search', f)\n"
+        "vars(module)['_plan'] = f\n"
+        "vars(random).update(bound)\n"
+        "self._mine = 1\n"
     )
-    uses = [u.split(" ", 1)[1] for u in _uses(module, {"_mine"})]
-    assert uses == [
+    uses = sorted(u.split(" ", 1)[1] for u in _uses(module, {"_mine"}))
+    assert uses == sorted([
         "imports torch._C",
         "imports _functional_collectives from torch.distributed",
         "imports from torch.distributed._tools",
         "names torch.distributed.tensor._random",
         "uses ._get_backend",
-    ]
+        "imports from _pytest.runner",
+        "uses ._fixtureinfo",
+        "patches ._theirs",
+        "patches ._search",
+        "writes through vars()",
+        "writes through vars()",
+    ])

@@ -93,3 +93,21 @@ def redistribute_planner_class() -> type | None:
     if planner is None or "find_min_cost_path" not in vars(planner):
         return None
     return planner
+
+
+def shallow_copy(obj: Any, computed: bool = True) -> Any:
+    """A copy of a DTensor planning object (DTensorSpec, OpSchema,
+    OutputSharding) holding the same fields, made without ``__init__`` (which
+    validates and recomputes) and without pickling (DeviceMesh pickles itself
+    by its groups): these keep their state in ``__dict__``, 2.11-2.15.0.
+    ``computed=False`` leaves out ``functools.cached_property`` values, which
+    were computed from the original's fields."""
+    import functools
+
+    new = object.__new__(type(obj))
+    state = vars(new)
+    state.update(vars(obj))
+    if not computed:
+        for name in [n for n in state if isinstance(getattr(type(obj), n, None), functools.cached_property)]:
+            del state[name]
+    return new

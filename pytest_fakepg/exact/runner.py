@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import random
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -72,46 +70,6 @@ class _CudaRng:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
-class _PythonRandom:
-    """Python's ``random`` per rank: each rank draws from its own
-    ``random.Random``, a copy of the caller's, whose bound methods are swapped
-    into the module at each switch (cheaper than getstate/setstate). A rank's
-    copy is made when it first calls ``random``: most programs never do."""
-
-    def __init__(self, ranks: int) -> None:
-        self.caller_inst = caller = random._inst  # type: ignore[attr-defined]
-        self.module = vars(random)
-        self.caller = {n: f for n in _RANDOM_NAMES if getattr(f := self.module.get(n), "__self__", None) is caller}
-        self.ranks: list[dict[str, Any] | None] = [None] * ranks
-        self.rank = 0
-        self.first_calls = {n: functools.partial(self._first_call, n) for n in self.caller}
-        self.installed = self.caller  # what the module holds now
-
-    def _first_call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        inst = random.Random.__new__(random.Random)  # not seeded: setstate sets it all
-        inst.setstate(self.caller_inst.getstate())
-        bound = self.ranks[self.rank] = {n: getattr(inst, n) for n in self.caller}
-        self.module.update(bound)
-        self.installed = bound
-        return bound[name](*args, **kwargs)
-
-    def load(self, rank: int) -> None:
-        self.rank = rank
-        functions = self.ranks[rank] or self.first_calls
-        if functions is not self.installed:  # ranks that never drew share first_calls
-            self.module.update(functions)
-            self.installed = functions
-
-    def restore(self) -> None:
-        self.module.update(self.caller)
-        self.installed = self.caller
-        self.first_calls.clear()  # each holds this object: left to the cycle collector, a run's garbage
-
-
-# The functions ``random`` exports as bound methods of its hidden instance.
-_RANDOM_NAMES = tuple(n for n, f in vars(random).items() if getattr(f, "__self__", None) is random._inst)  # type: ignore[attr-defined]
-
-
 class _Pool:
     """Threads that run ranks 1, 2, ... of exact worlds, kept between runs:
     starting a thread costs more than a whole trivial rank program. Rank 0
@@ -161,7 +119,12 @@ class _RankThread:
             # threads, which every rank would share (and where a collective in
             # a backward hook could not wait for the others).
             _compat.runtime.set_autograd_threads(False)
-            job()
+            try:
+                job()
+            finally:
+                # A parked thread holds nothing of the run it served: its
+                # program and what it returned go with the world.
+                del given, job, context
 
 
 _POOL = _Pool()
@@ -198,8 +161,8 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
     entry = _CudaRng()
     states = [entry] * n  # every rank starts where the caller's streams are
     views = process_state.RankViews(n)
-    excepthook = sys.excepthook  # torch's init_process_group, where it makes a rank's group, wraps it
-    python_random = _PythonRandom(n)
+    excepthook = _compat.stdlib.excepthook()  # torch's init_process_group, where it makes a rank's group, wraps it
+    python_random = _compat.stdlib.RandomPerRank(n)
     results: list[Any] = [None] * n
     failures: list[tuple[int, BaseException]] = []
     stopped = threading.Event()
@@ -290,7 +253,7 @@ def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[A
         entry.restore()
         views.finish()
         python_random.restore()
-        sys.excepthook = excepthook
+        _compat.stdlib.set_excepthook(excepthook)
     if native.deadlocked():
         raise FakeWorldDeadlock(world._deadlock_report(since))
     if failures:

@@ -212,7 +212,7 @@ def _map_meshes(obj: Any, swap: Callable[[Any], Any], spec_type: type) -> Any:
         mesh = swap(obj.mesh)
         if mesh is obj.mesh:
             return obj
-        new = _shallow_copy(obj)
+        new = dtensor.shallow_copy(obj)
         new.mesh = mesh  # DTensorSpec recomputes its hash
         return new
     if isinstance(obj, (tuple, list)):
@@ -234,9 +234,7 @@ def _map_meshes(obj: Any, swap: Callable[[Any], Any], spec_type: type) -> Any:
                 changed[field.name] = new_value
         if not changed:
             return obj
-        new = _shallow_copy(obj)
-        for name in [n for n in vars(new) if isinstance(getattr(type(obj), n, None), functools.cached_property)]:
-            del vars(new)[name]  # computed from the original's specs (OutputSharding.mesh)
+        new = dtensor.shallow_copy(obj, computed=False)  # OutputSharding.mesh: from the original's specs
         for name, value in changed.items():
             object.__setattr__(new, name, value)
         return new
@@ -266,9 +264,3 @@ def _meshes_only_in_specs(decision: Any, spec_type: type, mesh_type: type) -> bo
         else:
             todo.extend(gc.get_referents(obj))
     return True
-
-
-def _shallow_copy(obj: Any) -> Any:
-    new = object.__new__(type(obj))
-    vars(new).update(vars(obj))
-    return new

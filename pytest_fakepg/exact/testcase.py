@@ -166,7 +166,7 @@ class ExactTestCase(unittest.TestCase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        name = self._testMethodName
+        name = _compat.stdlib.test_method_name(self)
         method = getattr(self, name, None)
         # torch's harness wrapped the method with our join_or_run already.
         if method is not None and not getattr(method, "_fakepg_exact", False):
@@ -189,7 +189,7 @@ class ExactTestCase(unittest.TestCase):
     def join_or_run(self, fn: Any) -> Any:
         """The test method as it runs here: every rank's program of an exact
         world (torch's: join the rank processes, or be one)."""
-        name = self._testMethodName
+        name = _compat.stdlib.test_method_name(self)
 
         @functools.wraps(fn)
         def wrapper(self: ExactTestCase) -> None:

@@ -10,10 +10,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import _backend, _compat, _default_group, _patches, records
+from .. import _backend, _compat, _default_group, _patches, environment, records
+from ..environment import PER_RANK, rank_env
 from ..memory import Memory
 from ..records import CollectiveLog
-from ..environment import PER_RANK, rank_env
 from ..mesh import init_device_mesh, labels_now
 from ..world import FakeWorld, _new_backend, _running_world
 from ..store import poll, world_store
@@ -211,7 +211,8 @@ class ExactWorld(FakeWorld, values="exact"):
 
         init = {"init_process_group": self._init_process_group(c10d.init_process_group)}
         sharing = self._saved["sharing"] = SharedPlanning()  # NOTE [Sharing rank-free work]
-        patches = [*sharing.patches(), (threading.Thread, {"start": self._thread_start()}), (dist, init), (c10d, init), *_patches.batch_markers(_running_world)]
+        patches = [*sharing.patches(), self._thread_start(), (dist, init), (c10d, init),
+                   *_patches.batch_markers(_running_world)]
         if self.spec.tensors == "fake":
             from ..fake.mode import compile_patch, exchanged_for_real, init_patches
 
@@ -266,7 +267,7 @@ class ExactWorld(FakeWorld, values="exact"):
         if self._stop is not None:
             self._stop(self.rank, exc)
 
-    def _thread_start(self) -> Callable[[threading.Thread], None]:
+    def _thread_start(self) -> Any:
         """NOTE [Threads a rank starts]
         On a cluster every thread of a process sees its rank's groups: a data
         loader, a checkpoint writer, the thread pool in which transformers
@@ -279,24 +280,7 @@ class ExactWorld(FakeWorld, values="exact"):
         as the rank's own thread would (the rank's thread is then waiting for
         it, for a future's result or a join). Processes a rank starts are
         separate processes: they see no world, as on a cluster."""
-        world, original = self, threading.Thread.start
-
-        def start(thread: threading.Thread) -> None:
-            context = world._rank_context()
-            if context is not None:
-                run = thread.run
-
-                def run_as_rank() -> None:
-                    world._adopt(context)
-                    try:
-                        run()
-                    finally:
-                        world._local.__dict__.clear()
-
-                thread.run = run_as_rank  # type: ignore[method-assign]
-            original(thread)
-
-        return start
+        return _compat.stdlib.thread_start(self._rank_context, self._adopt, lambda: self._local.__dict__.clear())
 
     def _rank_context(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
         """The running rank's state, in a rank's thread; else None."""
@@ -336,11 +320,7 @@ class ExactWorld(FakeWorld, values="exact"):
             return runner.run(self, lambda rank: fn(*args, **kwargs), self._first_group())
         finally:
             if self.spec.env:  # each rank's variables were its own: back to the world's
-                for name, value in outside.items():
-                    if value is None:
-                        os.environ.pop(name, None)
-                    else:
-                        os.environ[name] = value
+                environment.put_back(outside)
 
     def _switch_to(self, rank: int) -> None:
         """Rank ``rank`` runs from now on: its torchrun variables (NOTE

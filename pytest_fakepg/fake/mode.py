@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import warnings
 from typing import Any
 
@@ -72,7 +71,7 @@ def _called_from_mesh() -> bool:
     """Whether the op being dispatched was called by DeviceMesh's code: the
     first frame up that is not torch's dispatch machinery (or this package)
     is DeviceMesh's."""
-    frame = sys._getframe(3)
+    frame = _compat.stdlib.getframe(3)
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if module in _ft.MESH_MODULES:
@@ -89,7 +88,7 @@ def user_line() -> str | None:
     import linecache
 
     skip = not_user_code()
-    frame = sys._getframe(1)
+    frame = _compat.stdlib.getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame = frame.f_back
     if frame is None:

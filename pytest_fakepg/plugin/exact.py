@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .. import _compat
 from .state import MARKER
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def check_item(item: pytest.Item) -> None:
         if testcase.is_torch_harness(item.cls):  # type: ignore[arg-type]
             pytest.fail(testcase.harness_error(item.cls), pytrace=False)  # type: ignore[arg-type]
         return
-    for name, defs in item._fixtureinfo.name2fixturedefs.items():
+    for name, defs in _compat.pytest_api.fixture_definitions(item).items():
         fixture = defs[-1]
         if getattr(fixture.func, "__module__", None) == __package__:
             continue
@@ -71,7 +72,7 @@ def call(item: pytest.Function, world: FakeWorld) -> None:
     """Run the test function as every rank's program of ``world``."""
     __tracebackhide__ = True
     funcargs = item.funcargs
-    names = item._fixtureinfo.argnames
+    names = _compat.pytest_api.argnames(item)
     per_rank = [n for n in names if n in PER_RANK]
 
     def program() -> None:

@@ -47,5 +47,6 @@ CASE = pytest.StashKey[Case]()  # an item's case, from collection
 # An item's place in a sweep whose traces are gathered: (key, cases, check).
 SWEEP = pytest.StashKey[tuple[str, int, bool]]()
 REPORT_ENTRY = pytest.StashKey[dict[str, Any]]()  # an item's report entry, until its teardown report
+RUNTEST = pytest.StashKey[list[Any]]()  # an exact unittest item's runtest, patched while its world is up
 # The parameter a marker's cases ride on (collection.py).
 CASE_PARAM = "_fake_world_case"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .. import records
+from .. import _compat, records
 from .state import REPORT, REPORT_ENTRY, SETTINGS, SWEEP, WORLD
 
 if TYPE_CHECKING:
@@ -96,11 +96,9 @@ class Holder:
         sweep = item.stash.get(SWEEP, None)
         if sweep is None or not sweep[2]:
             return None
-        from _pytest.runner import runtestprotocol
-
         key, cases, _ = sweep
         held = self.held.setdefault(key, [])
-        held.append((item, runtestprotocol(item, nextitem=nextitem, log=False)))
+        held.append((item, _compat.pytest_api.run_protocol(item, nextitem)))
         if len(held) == cases:
             del self.held[key]
             self._report(held, reorder=True)
@@ -210,9 +208,5 @@ class Gatherer:
         goes into pytest's record of failures, so that ``--lf`` (and ``--ff``)
         rerun the whole sweep the check needs rather than one case, which
         alone would pass. pytest's cache plugin keeps that record as a dict
-        it writes at the end of the session (``lfplugin.lastfailed``)."""
-        lf = self.config.pluginmanager.get_plugin("lfplugin")
-        lastfailed = getattr(lf, "lastfailed", None)
-        if isinstance(lastfailed, dict):
-            for nodeid in nodeids:
-                lastfailed[nodeid] = True
+        it writes at the end of the session."""
+        _compat.pytest_api.mark_failed(self.config, nodeids)

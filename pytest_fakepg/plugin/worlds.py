@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from .. import _compat
 from ..errors import FakeWorldFaultWarning, FakeWorldLeakWarning
-from ..world import clean_up_foreign_state, device_available
+from ..environment import device_available
+from ..world import clean_up_foreign_state
 from . import exact
-from .state import MARKER, REPORT_ENTRY, SETTINGS, SWEEP, WORLD, Case
+from .state import MARKER, REPORT_ENTRY, RUNTEST, SETTINGS, SWEEP, WORLD, Case
 
 if TYPE_CHECKING:
     from ..world import FakeWorld
@@ -46,7 +48,7 @@ def bring_up(item: pytest.Item, case: Case) -> FakeWorld:
     world = FakeWorld(spec).start()
     item.stash[WORLD] = world
     if world.exact and exact.is_testcase(item):  # pytest runs it through unittest: run it per rank instead
-        item.runtest = functools.partial(exact.call_testcase, item, world)  # type: ignore[method-assign]
+        item.stash[RUNTEST] = _compat.patching.install([(item, {"runtest": functools.partial(exact.call_testcase, item, world)})])
     try:
         if SWEEP in item.stash:
             world.record_call_sites()
@@ -87,7 +89,7 @@ def take_down(item: pytest.Item, world: FakeWorld) -> None:
         unfired = world.unfired_faults()
     finally:
         del item.stash[WORLD]
-        vars(item).pop("runtest", None)
+        _compat.patching.remove(item.stash.get(RUNTEST, []))
         world.stop()
     if unfired:
         message = f"{item.nodeid}: " + "; ".join(unfired)

@@ -1,0 +1,161 @@
+"""Nothing outlives a world: after it goes down, no cache, patch, registry
+entry, thread state or autograd graph it made is reachable from the process,
+whatever kind of world ran before it (NOTE [Patches], NOTE [Sharing
+rank-free work], NOTE [A world's garbage goes with it])."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+from pytest_fakepg import FakeWorld
+from pytest_fakepg._compat.state import traces
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+KINDS = {
+    "real": {},
+    "fake tensors": {"tensors": "fake"},
+    "exact": {"values": "exact"},
+}
+
+
+def train(world: FakeWorld) -> list[weakref.ref[Any]]:
+    """Two steps of an FSDP2 + TP model; weak references to what it made."""
+    mesh = world.mesh
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+    parallelize_module(model, mesh["tp"], {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    fully_shard(model, mesh=mesh["dp"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        loss = model(torch.randn(8, 16)).sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return [weakref.ref(x) for x in (model, loss, mesh, dist.group.WORLD, mesh["tp"].get_group())]
+
+
+def run(kind: str) -> list[weakref.ref[Any]]:
+    with FakeWorld(mesh={"dp": 2, "tp": 2}, **KINDS[kind]) as world:
+        made = world.run(lambda: train(world)) if world.exact else [train(world)]
+    return [ref for refs in made for ref in refs]
+
+
+@pytest.fixture(autouse=True)
+def _no_earlier_garbage() -> None:
+    """What tests before left to the collector is not this test's."""
+    gc.collect()
+
+
+def collected() -> list[Any]:
+    """What a ``gc.collect()`` now frees."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+GRAPHS = (nn.Module, torch.Tensor, torch.autograd.graph.Node)
+
+
+def graphs(objects: list[Any], older: set[int]) -> list[str]:
+    """The modules, tensors and autograd nodes among ``objects`` not in
+    ``older`` (those alive before the world: another test's)."""
+    return [type(o).__name__ for o in objects if isinstance(o, GRAPHS) and id(o) not in older]
+
+
+def alive() -> set[int]:
+    return {id(o) for o in gc.get_objects() if isinstance(o, GRAPHS)}
+
+
+@pytest.mark.parametrize("order", [("real", "fake tensors", "exact"), ("exact", "fake tensors", "real")],
+                         ids=lambda order: " then ".join(order))
+def test_worlds_of_every_kind_in_a_row_leave_nothing(
+    order: tuple[str, ...], pristine: dict[str, Any]
+) -> None:
+    for kind in order:
+        older = alive()
+        refs = run(kind)
+        assert traces() == pristine, kind
+        assert graphs(collected(), older) == [], kind
+        assert [ref() for ref in refs if ref() is not None] == [], kind
+
+
+def test_a_worlds_cycles_are_freed_as_it_goes_down() -> None:
+    """FSDP2's modules and their hooks are cycles: without the world's own
+    collection, the graphs would wait for a later test's collector run."""
+    assert gc.isenabled()
+    older = alive()
+    refs = run("real")
+    assert [ref() for ref in refs if ref() is not None] == []
+    assert graphs(collected(), older) == []
+
+
+def test_a_cycle_made_before_the_world_is_freed_after_it() -> None:
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    made = weakref.ref(Cycle())
+    with FakeWorld(2):
+        gc.collect()
+        assert made() is not None  # set aside while the world is up
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert made() is None
+
+
+def test_no_world_sets_objects_aside_where_the_program_froze_its_own() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with FakeWorld(2):
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
+def test_exact_worlds_share_planning_only_while_up() -> None:
+    """Each rank's DTensor work planned once for the world, and dropped with
+    it: the decisions hold its meshes."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
+    from pytest_fakepg.exact.sharing import SharedPlanning
+
+    propagator = DTensor._op_dispatcher.sharding_propagator
+    before = dict(vars(propagator))
+    made: list[SharedPlanning] = []
+    original = SharedPlanning.__init__
+
+    def kept(self: SharedPlanning) -> None:
+        original(self)
+        made.append(self)
+
+    def program(world: FakeWorld) -> weakref.ref[Any]:
+        dt = distribute_tensor(torch.arange(16.0).view(4, 4), world.mesh, [Shard(0), Shard(1)])
+        (dt * 2).redistribute(world.mesh, [Replicate(), Replicate()])
+        return weakref.ref(world.mesh)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SharedPlanning, "__init__", kept)
+        with FakeWorld(mesh={"dp": 2, "tp": 2}, values="exact") as world:
+            assert vars(propagator) != before
+            meshes = world.run(lambda: program(world))
+            (sharing,) = made
+            assert sharing.decisions and sharing.plans
+    assert (sharing.decisions, sharing.plans, sharing.paths) == ({}, {}, {})
+    assert vars(propagator) == before
+    assert [mesh() for mesh in meshes] == [None] * 4
