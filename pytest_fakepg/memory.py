@@ -75,6 +75,7 @@ class Memory:
             self._unwatch()
             self._tracker.on_wait = None
             self._tracker.__exit__(None, None, None)
+            _tools.release(self._tracker)
 
     @property
     def peak(self) -> int:

@@ -28,25 +28,35 @@ KINDS = {
 }
 
 
-def train(world: FakeWorld) -> list[weakref.ref[Any]]:
-    """Two steps of an FSDP2 + TP model; weak references to what it made."""
+def train(world: FakeWorld, steps: int = 2, held: list[Any] | None = None) -> list[weakref.ref[Any]]:
+    """Steps of an FSDP2 + TP model; weak references to what it made (and
+    the model and last loss in ``held``, if given)."""
     mesh = world.mesh
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
     parallelize_module(model, mesh["tp"], {"0": ColwiseParallel(), "2": RowwiseParallel()})
     fully_shard(model, mesh=mesh["dp"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(2):
+    for step in range(steps):
         loss = model(torch.randn(8, 16)).sum()
         loss.backward()
         optimizer.step()
-        optimizer.zero_grad()
+        if step < steps - 1:
+            optimizer.zero_grad()
+    if held is not None:
+        held += [model, loss]
     return [weakref.ref(x) for x in (model, loss, mesh, dist.group.WORLD, mesh["tp"].get_group())]
 
 
-def run(kind: str) -> list[weakref.ref[Any]]:
+def run(kind: str, memory: bool = False, steps: int = 2, hold: bool = False) -> list[weakref.ref[Any]]:
+    """A world of ``kind`` training; ``hold``: its model and loss live until
+    the world is down, as a ``with FakeWorld`` block's locals do."""
+    held: list[Any] | None = [] if hold else None
     with FakeWorld(mesh={"dp": 2, "tp": 2}, **KINDS[kind]) as world:
-        made = world.run(lambda: train(world)) if world.exact else [train(world)]
+        if memory:
+            assert world.memory.peak == 0
+        made = world.run(lambda: train(world, steps, held)) if world.exact else [train(world, steps, held)]
+    del held
     return [ref for refs in made for ref in refs]
 
 
@@ -101,6 +111,19 @@ def test_a_worlds_cycles_are_freed_as_it_goes_down() -> None:
     refs = run("real")
     assert [ref() for ref in refs if ref() is not None] == []
     assert graphs(collected(), older) == []
+
+
+@pytest.mark.parametrize("hold", [False, True], ids=["dropped in the world", "held past it"])
+@pytest.mark.parametrize("kind", ["real", "fake tensors"])
+def test_a_measured_worlds_graphs_die_with_it(kind: str, hold: bool) -> None:
+    """The memory tracker's module hooks hang gradient hooks on every
+    module's outputs, which held their autograd nodes from C++ (NOTE
+    [ModTracker's gradient hooks]) when the graph outlived the tracker."""
+    older = alive()
+    refs = run(kind, memory=True, hold=hold)
+    gc.collect()  # what the test held is its garbage now
+    assert [ref() for ref in refs if ref() is not None] == []
+    assert [type(o).__name__ for o in gc.get_objects() if isinstance(o, GRAPHS) and id(o) not in older] == []
 
 
 def test_a_cycle_made_before_the_world_is_freed_after_it() -> None:

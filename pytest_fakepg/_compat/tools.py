@@ -87,6 +87,7 @@ def tracker_class() -> type:
             self._seen: weakref.WeakSet[Any] = weakref.WeakSet()
             self.converting = 0  # module conversions running (NOTE [Module state made anew])
             self.propagating = 0  # DTensor propagations running (NOTE [DTensor's scratch tensors])
+            self.grad_hooks: list[Any] = []  # NOTE [ModTracker's gradient hooks]
 
         @classmethod
         def ignore_compile_internals(cls) -> bool:
@@ -301,20 +302,66 @@ def watch(tracker: Any) -> Callable[[], None]:
 
 
 def _wrap_process_wide() -> Callable[[], None]:
+    import sys
+
     from torch.distributed.tensor._sharding_prop import ShardingPropagator
 
+    from . import patching
+
+    patches = []
     lock = vars(ShardingPropagator).get("_fake_mode_lock")
-    propagating = None if lock is None else _Propagating(lock)
-    if propagating is not None:  # absent (a torch that moved it): scratch tensors count again
-        ShardingPropagator._fake_mode_lock = propagating
+    if lock is not None:  # absent (a torch that moved it): scratch tensors count again
+        patches.append((ShardingPropagator, {"_fake_mode_lock": _Propagating(lock)}))
+    modules = sys.modules.get("torch.distributed._tools.mod_tracker")
+    hang = getattr(modules, "register_multi_grad_hook", None)
+    if hang is not None:
+        patches.append((modules, {"register_multi_grad_hook": _kept_by_the_tracker(hang)}))
+    saved = patching.install(patches)
     unwrap = _track_conversions()
 
     def undo() -> None:
         unwrap()
-        if propagating is not None and vars(ShardingPropagator).get("_fake_mode_lock") is propagating:
-            ShardingPropagator._fake_mode_lock = lock
+        patching.remove(saved)
 
     return undo
+
+
+def _kept_by_the_tracker(hang: Callable[..., Any]) -> Callable[..., Any]:
+    """NOTE [ModTracker's gradient hooks] ModTracker hangs a gradient hook
+    on each module's inputs and outputs (``register_multi_grad_hook``,
+    2.11-2.15.0) and drops the handle. The hook holds the node it hangs on
+    (through the list of nodes it waits for), from torch's C++, where
+    Python's collector cannot see it: the node, and the graph behind it,
+    outlived the world. The handles go to the tracker of the calling
+    thread, which removes them when it stops (``release``)."""
+
+    @functools.wraps(hang)
+    def kept(*args: Any, **kwargs: Any) -> Any:
+        handle = hang(*args, **kwargs)
+        tracker = counting()
+        if tracker is not None:
+            hooks = tracker.grad_hooks
+            hooks.append(handle)
+            if len(hooks) % 4096 == 0:  # a long run: forget those whose nodes died with their graph
+                hooks[:] = [h for h in hooks if _hung(h)]
+        return handle
+
+    return kept
+
+
+def _hung(handle: Any) -> bool:
+    """Whether a hook ``register_multi_grad_hook`` returned still hangs on
+    a live node (a handle keeps weak references to its hooks' dicts)."""
+    parts = getattr(handle, "handles", (handle,))
+    return any(getattr(part, "hooks_dict_ref", lambda: True)() is not None for part in parts)
+
+
+def release(tracker: Any) -> None:
+    """Remove the gradient hooks a stopped tracker's ModTracker hung (NOTE
+    [ModTracker's gradient hooks])."""
+    for handle in tracker.grad_hooks:
+        handle.remove()
+    tracker.grad_hooks.clear()
 
 
 def _track_conversions() -> Callable[[], None]:
