@@ -20,6 +20,12 @@ WORLD_SIZE = 8
 RANK = 5
 MESH = {"dp": 2, "tp": 4}
 
+# An exact world of four, for the test_exact*.py files.
+exact = pytest.mark.fake_world(4, values="exact")
+# The parity tests also run on a GPU, where there is one (.ci/gpu).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device; none is available"))]
+
 
 @dataclass
 class Group:
