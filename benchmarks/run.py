@@ -22,6 +22,7 @@ import bench_collectives  # noqa: E402
 import bench_compile  # noqa: E402
 import bench_exact  # noqa: E402
 import bench_fake_tensors  # noqa: E402
+import bench_garbage  # noqa: E402
 import bench_pytest  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_unittest  # noqa: E402
@@ -44,6 +45,8 @@ def main() -> None:
     print(bench_pytest.plugin_cost(3000 if not args.quick else 1000))
     print("\n### Compiled code across worlds\n")
     bench_compile.main([])
+    print("\n### A world's garbage, collected as it goes down\n")
+    bench_garbage.main(["--rounds", "2" if args.quick else "6"])
     print("\n### Exact values (values=\"exact\")\n")
     bench_exact.main(["--tests", "100" if args.quick else "150", "--rounds", "2" if args.quick else "3"]
                      + (["--skip-mp"] if args.quick else []))
