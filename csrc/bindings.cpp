@@ -368,7 +368,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              int rank,
              const py::object& store,
              std::vector<std::string> keys,
-             std::string what) {
+             std::string call,
+             int32_t site) {
             auto inner = c10::intrusive_ptr<::c10d::Store>::reclaim_copy(
                 py::cast<::c10d::Store*>(store));
             std::exception_ptr stopped;  // raised with the GIL back
@@ -380,7 +381,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                     [inner, keys = std::move(keys)] {
                       return inner->check(keys);
                     },
-                    std::move(what));
+                    fakepg::Waiting{std::move(call), "", site});
               } catch (...) {
                 stopped = std::current_exception();
               }
@@ -402,9 +403,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(
           "waiting",
           [](WorldState& w) {
+            // (op, group, site) per rank, or None where it waits for nothing
             py::list out;
             for (const auto& s : w.scheduler()->waiting()) {
-              out.append(py::bytes(s));
+              if (s.op.empty()) {
+                out.append(py::none());
+              } else {
+                out.append(py::make_tuple(s.op, s.group, s.site));
+              }
             }
             return out;
           })

@@ -251,19 +251,19 @@ std::vector<int> Scheduler::states() const {
   return std::vector<int>(state_.begin(), state_.end());
 }
 
-std::vector<std::string> Scheduler::waiting() const {
+std::vector<Waiting> Scheduler::waiting() const {
   std::lock_guard<std::mutex> lk(mu_);
   if (deadlocked_) {
     return dead_waiting_;
   }
-  std::vector<std::string> out;
+  std::vector<Waiting> out;
   for (int r = 0; r < n_; ++r) {
     out.push_back(waitingFor(r));
   }
   return out;
 }
 
-std::string Scheduler::waitingFor(int rank) const {
+Waiting Scheduler::waitingFor(int rank) const {
   const Wait& w = waiting_[rank];
   return w.work ? w.work->what() : w.what;
 }
@@ -379,7 +379,7 @@ void Scheduler::block(int rank, ExactWork* work) {
 bool Scheduler::blockUntil(
     int rank,
     std::function<bool()> ready,
-    std::string what) {
+    Waiting what) {
   return suspend(
       rank,
       Wait{nullptr, std::move(ready), std::move(what)},
@@ -425,7 +425,7 @@ ExactWork::ExactWork(
     int slot,
     c10d::OpType type,
     std::vector<at::Tensor> outputs,
-    std::string what,
+    Waiting what,
     std::exception_ptr fault)
     : c10d::Work(global_rank, type),
       scheduler_(std::move(scheduler)),
@@ -475,7 +475,7 @@ void ExactWork::finish(std::exception_ptr error, int source_rank) {
   done_ = true;
 }
 
-std::string ExactWork::what() const {
+Waiting ExactWork::what() const {
   for (const auto& p : parts_) {
     if (!p->done()) {
       return p->what();
@@ -1069,7 +1069,7 @@ class ExactSemantics final : public Semantics {
         slot_,
         type,
         results ? std::move(*results) : c.out,
-        cat(opName(c.op), "\x1f", group_name_, "\x1f", world_->lastSite()),
+        Waiting{opName(c.op), group_name_, world_->lastSite()},
         std::move(fault));
     if (coalescing_) {
       coalesced_.push_back(work);
@@ -1100,7 +1100,7 @@ class ExactSemantics final : public Semantics {
         slot_,
         c10d::OpType::COALESCED,
         std::vector<at::Tensor>{},
-        std::string(),
+        Waiting{},
         nullptr);
     work->finish(nullptr);
     for (auto& part : coalesced_) {

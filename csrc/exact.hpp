@@ -69,6 +69,16 @@ struct CpuRng {
   void install() const;
 };
 
+// What a waiting rank waits for, as a deadlock report says it: the call
+// (an op, or a store wait's call), its group (empty for a store wait) and
+// the user's line (an index into the world's call sites; -1 for none). An
+// empty op: it waits for nothing.
+struct Waiting {
+  std::string op;
+  std::string group;
+  int32_t site = -1;
+};
+
 // NOTE [The baton]
 // The ranks of an exact world run one at a time: the rank holding the baton
 // runs, every other rank waits for it. A rank passes the baton on only when it
@@ -112,9 +122,9 @@ class Scheduler : public c10::intrusive_ptr_target {
   // (NOTE [Store waits are turns], store.py). `ready` is called with
   // the scheduler's lock held, from whichever thread picks the next rank, so
   // it must neither take the GIL nor call back into the scheduler; `what`
-  // is what waiting() reports ("op\x1fgroup\x1fsite"). Returns false if the
-  // wait timed out: NOTE [A store wait times out].
-  bool blockUntil(int rank, std::function<bool()> ready, std::string what);
+  // is what waiting() reports. Returns false if the wait timed out: NOTE [A
+  // store wait times out].
+  bool blockUntil(int rank, std::function<bool()> ready, Waiting what);
   // At each switch, by the rank that stops running, before the next one
   // wakes, the scheduler saves rank `from`'s CPU generator (from is -1 when
   // that rank finished) and installs `to`'s; each rank starts with the state
@@ -131,9 +141,9 @@ class Scheduler : public c10::intrusive_ptr_target {
   // Per rank: 0 not started, 1 running or runnable, 2 waiting, 3 finished;
   // after a deadlock, as it was found.
   std::vector<int> states() const;
-  // The work each waiting rank waits for, described (empty if none); after a
-  // deadlock, as it was found.
-  std::vector<std::string> waiting() const;
+  // What each rank waits for (an empty op if nothing); after a deadlock, as
+  // it was found.
+  std::vector<Waiting> waiting() const;
 
   // A rank's state, as states() reports it.
   enum State : int { kNew = 0, kReady = 1, kBlocked = 2, kDone = 3 };
@@ -144,13 +154,13 @@ class Scheduler : public c10::intrusive_ptr_target {
   struct Wait {
     ExactWork* work = nullptr;
     std::function<bool()> ready;
-    std::string what;
+    Waiting what;
     long since = 0;  // a store wait's place in the order waits began
     bool timed_out = false;
   };
   bool runnable(int rank) const;
   // With mu_ held: what `rank` waits for (waiting()).
-  std::string waitingFor(int rank) const;
+  Waiting waitingFor(int rank) const;
   // Without mu_, on `rank`'s thread (the running one): it waits for `wait`,
   // running the other ranks meanwhile; `on` completes the error "rank r
   // waited on ..." for a thread that is not running `rank`. Returns false if
@@ -186,7 +196,7 @@ class Scheduler : public c10::intrusive_ptr_target {
   std::string reason_;
   // What every rank was doing when the run deadlocked (states(), waiting()).
   std::vector<int> dead_states_;
-  std::vector<std::string> dead_waiting_;
+  std::vector<Waiting> dead_waiting_;
   std::function<void(int, int)> hook_;
   CpuRng caller_rng_;
   std::vector<CpuRng> rng_;  // each rank's, while another runs
@@ -202,7 +212,7 @@ class ExactWork : public c10d::Work {
       int slot,  // the rank's slot in the scheduler (NOTE [Hybrid worlds])
       c10d::OpType type,
       std::vector<at::Tensor> outputs,
-      std::string what,
+      Waiting what,
       std::exception_ptr fault = nullptr);
 
   bool isCompleted() override;
@@ -222,9 +232,9 @@ class ExactWork : public c10d::Work {
   // Work of a coalesced batch: complete when every part is.
   void addPart(c10::intrusive_ptr<ExactWork> part);
   bool done() const;
-  // What a rank waiting on this work waits for: "op\x1fgroup\x1fsite" (the
-  // first part not complete, for a coalesced batch).
-  std::string what() const;
+  // What a rank waiting on this work waits for (the first part not
+  // complete, for a coalesced batch).
+  Waiting what() const;
   // The error an injected fault deferred to wait() (outputs are not written).
   std::exception_ptr fault() const {
     return fault_;
@@ -234,7 +244,7 @@ class ExactWork : public c10d::Work {
   c10::intrusive_ptr<Scheduler> scheduler_;
   int slot_;
   std::vector<at::Tensor> outputs_;
-  std::string what_;
+  Waiting what_;
   std::exception_ptr fault_;
   std::exception_ptr error_;
   bool done_ = false;

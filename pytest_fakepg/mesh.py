@@ -87,7 +87,7 @@ def labels_now(mesh: DeviceMesh | None = None) -> dict[str, str]:
         except Exception:  # noqa: BLE001 - a dimension without a group of this rank's
             continue
         label = labels.get(name)
-        if label is None or label == "undefined":
+        if not label:
             labels[name] = dim
         elif dim not in label.split("/"):
             labels[name] = f"{label}/{dim}"

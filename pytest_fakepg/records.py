@@ -157,7 +157,7 @@ class CollectiveLog(Sequence[CollectiveRecord]):
             out.append(make(CollectiveRecord, (
                 OP_NAMES[op], name, gsize, grank, ranks, shapes, dtype, nbytes,
                 reduce_ops[red], None if peer < 0 else peer, bool(flags & failed), issuer,
-                name if label in ("", "undefined") else label,
+                label or name,
             )))
         return out
 
@@ -221,7 +221,7 @@ class CollectiveLog(Sequence[CollectiveRecord]):
         rows: dict[tuple[str, tuple[int, ...]], dict[str, dict[str, Any]]] = {}
         for r in self:
             label = labels.get(r.group_name, "")
-            ops = rows.setdefault(("" if label == "undefined" else label, r.ranks), {})
+            ops = rows.setdefault((label, r.ranks), {})
             row = ops.setdefault(r.op, {"calls": 0, "bytes": 0, "dtypes": []})
             row["calls"] += 1
             row["bytes"] += r.bytes
@@ -303,15 +303,26 @@ def trace_data(
     calls = []
     for k, (op, g, red, dtype, peer, shapes, _, flags, site) in enumerate(native.records(since, len(native), rank),
                                                                           start=since):
-        reduce_op = reduce_ops[red]
-        calls.append([
-            index_of[g], OP_NAMES[op], [list(s) for s in shapes],
-            None if dtype is None else str(dtype).replace("torch.", ""),
-            None if reduce_op is None else reduce_op.name, None if peer < 0 else peer,
-            bool(flags & any_source), sites[site] if 0 <= site < len(sites) else None, bool(flags & object_call),
-            batch_of.get(k),
-        ])
+        calls.append(_call(index_of[g], op, shapes, dtype, reduce_ops[red], peer, bool(flags & any_source),
+                           sites[site] if 0 <= site < len(sites) else None, bool(flags & object_call))
+                     + [batch_of.get(k)])
     return groups, calls
+
+
+def trace(log: CollectiveLog, rank: int, world_size: int, labels: dict[str, str], sites: list[str],
+          since: int = 0, batches: list[tuple[int, int, int]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    """One rank's trace (NOTE [Traces and the check], checks/consistency.py):
+    ``trace_data``'s groups and calls, with the rank and world size (the
+    caller sets the rank of a world of one rank, read as -1)."""
+    groups, calls = trace_data(log, rank, world_size, labels, sites, since, batches)
+    return {"rank": rank, "world_size": world_size, "groups": groups, "calls": calls}
+
+
+def _call(group: int, op: int, shapes: Any, dtype: Any, reduce_op: Any, peer: int, any_source: bool,
+          site: str | None, object_call: bool) -> list[Any]:
+    """A ``checks.consistency.Call``'s fields, in its order, from a record's."""
+    return [group, OP_NAMES[op], [list(s) for s in shapes], None if dtype is None else str(dtype).replace("torch.", ""),
+            None if reduce_op is None else reduce_op.name, None if peer < 0 else peer, any_source, site, object_call]
 
 
 def mismatch_data(raw: tuple[Any, ...], label: str, world_size: int) -> dict[str, Any]:
@@ -326,11 +337,7 @@ def mismatch_data(raw: tuple[Any, ...], label: str, world_size: int) -> dict[str
     kind, name, ranks, seq, *parts = raw
     sides = []
     for rank, group_rank, op, shapes, dtype, red, peer, any_source, in_splits, out_splits in parts:
-        reduce_op = reduce_ops[red]
-        call = [
-            0, OP_NAMES[op], [list(s) for s in shapes], None if dtype is None else str(dtype).replace("torch.", ""),
-            None if reduce_op is None else reduce_op.name, None if peer < 0 else peer, any_source, None, False,
-        ]
+        call = _call(0, op, shapes, dtype, reduce_ops[red], peer, any_source, None, False)
         sides.append([rank, group_rank, call, list(in_splits), list(out_splits)])
     members = list(range(world_size)) if ranks is None else list(ranks)
     return {

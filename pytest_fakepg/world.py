@@ -464,8 +464,7 @@ class FakeWorld:
     def _label_of(self, name: str) -> str:
         """What messages call group ``name`` (the backend asks, for a fault's
         message): its label, or "" for none."""
-        label = labels_now(self._mesh_here()).get(name, "")
-        return "" if label == "undefined" else label
+        return labels_now(self._mesh_here()).get(name, "")
 
     def _take_groups_count(self) -> None:
         """Carry torch's group counter on before its groups are destroyed

@@ -46,9 +46,14 @@ def default_group() -> ProcessGroup:
 
 def group_descriptions() -> dict[str, str]:
     """Group name -> description (``mesh_tp``, ``default_pg``, ...) of every
-    registered group, read from ``_world.pg_names``; {} if missing."""
+    registered group, read from ``_world.pg_names``; {} if missing. A group
+    made without one has "" here (c10d says "undefined", 2.11-2.15.0)."""
     names = getattr(_c10d()._world, "pg_names", {})
-    return {name: getattr(pg, "group_desc", "") for pg, name in names.items()}
+    return {name: _described(getattr(pg, "group_desc", "")) for pg, name in names.items()}
+
+
+def _described(desc: str) -> str:
+    return "" if desc == "undefined" else desc
 
 
 def undo_default_group(count: int) -> None:

@@ -117,7 +117,7 @@ class Trace:
 
 
 def group_text(ranks: tuple[int, ...], label: str, name: str) -> str:
-    named = label if label and label != "undefined" else f"'{name}'"
+    named = label or f"'{name}'"
     return f"group {named} (ranks {ranks_text(ranks)})"
 
 

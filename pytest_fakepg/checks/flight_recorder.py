@@ -26,6 +26,8 @@ from typing import Any
 from ..ops import FLIGHT_RECORDER_NAMES, POINT_TO_POINT
 from .consistency import Call, Trace
 
+# What c10d calls a group made without a description, as dumps write it.
+NO_DESC = "undefined"
 VERSION = "2.10"
 
 def _c10_dtype_names() -> dict[str, str]:
@@ -80,7 +82,7 @@ def write(root: str, traces: dict[int, dict[str, Any]]) -> str:
         config = {}
         for ranks, ordinal, label, _ in t.groups:
             name = names[(ranks, ordinal)]
-            config[name] = {"name": name, "desc": label or "undefined", "ranks": str(list(ranks))}
+            config[name] = {"name": name, "desc": label or NO_DESC, "ranks": str(list(ranks))}
         entries: list[dict[str, Any]] = []
         collective_seq: dict[str, int] = {}
         p2p_seq: dict[str, int] = {}
@@ -106,10 +108,10 @@ def write(root: str, traces: dict[int, dict[str, Any]]) -> str:
                 fr_name = FLIGHT_RECORDER_NAMES[call.op]
             inputs, outputs = _sizes(call, me, len(ranks))
             dtype = "Byte" if call.object_call else c10_names.get(call.dtype or "", call.dtype or "")
-            entries.append(_entry(entries, call, (name, label or "undefined"), collective_seq.get(name, 0),
+            entries.append(_entry(entries, call, (name, label or NO_DESC), collective_seq.get(name, 0),
                                   p2p_seq.get(name, 0), f"nccl:{fr_name}", (inputs, outputs, dtype), is_p2p))
             if closes:
-                entries.append(_entry(entries, call, (name, label or "undefined"), collective_seq.get(name, 0),
+                entries.append(_entry(entries, call, (name, label or NO_DESC), collective_seq.get(name, 0),
                                       p2p_seq[name], "nccl:coalesced", ([], [], dtype), True))
         dump = {"version": VERSION, "pg_config": config, "pg_status": {}, "entries": entries}
         with open(os.path.join(folder, f"rank_{rank}"), "wb") as fh:

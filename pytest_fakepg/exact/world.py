@@ -74,6 +74,7 @@ class ExactWorld(FakeWorld, values="exact"):
         self.running: list[int] = list(self.spec.running or range(self.spec.world_size))
         self._memories: dict[int, Memory] = {}  # each running rank's, with tensors="fake"
         self._mismatched: tuple[int, int] | None = None  # the ranks of the last mismatch the backend found
+        self._worded: set[str] = set()  # the words _word_mismatch gave the backend, to know its errors again
 
     __init__.__signature__ = FakeWorld.__init__.__signature__  # type: ignore[attr-defined]
 
@@ -161,7 +162,7 @@ class ExactWorld(FakeWorld, values="exact"):
         if rank is None:
             return poll(store, keys, timeout, call)
         site = self._site_of_caller()
-        if self._native.wait_for_keys(self.running.index(rank), store.inner, keys, f"{call}\x1f\x1f{site}"):
+        if self._native.wait_for_keys(self.running.index(rank), store.inner, keys, call, site):
             return None
         sites = self.call_sites()
         where = f" at {sites[site]}" if 0 <= site < len(sites) else ""
@@ -379,8 +380,7 @@ class ExactWorld(FakeWorld, values="exact"):
         labels, sites = self.group_labels(), self.call_sites()
         traces = {}
         for slot, rank in enumerate(self.running):
-            groups, calls = records.trace_data(log, rank, n, labels, sites, since[slot], self.batches)
-            traces[rank] = {"rank": rank, "world_size": n, "groups": groups, "calls": calls}
+            traces[rank] = records.trace(log, rank, n, labels, sites, since[slot], self.batches)
         return consistency.check(traces)
 
     def _word_mismatch(self, raw: tuple[Any, ...]) -> str:
@@ -391,7 +391,9 @@ class ExactWorld(FakeWorld, values="exact"):
 
         data = records.mismatch_data(raw, self._label_of(raw[1]), self.world_size)
         self._mismatched = (data["a"][0], data["b"][0])  # for _with_last_lines
-        return consistency.word_mismatch(data)
+        worded = consistency.word_mismatch(data)
+        self._worded.add(worded)
+        return worded
 
     def _reword(self, exc: BaseException, since: list[int]) -> None:
         """A mismatch the backend found (calls that met but disagree, raised
@@ -400,11 +402,10 @@ class ExactWorld(FakeWorld, values="exact"):
         are on, the check's first divergence, with each call's line."""
         import torch.distributed as dist
 
-        text = str(exc)
-        worded = text.startswith("fakepg: ranks ") and " diverge on " in text
-        if not (isinstance(exc, dist.DistBackendError) and worded):
+        text = str(exc).removeprefix("fakepg: ")  # the backend's errors say whose they are
+        if not (isinstance(exc, dist.DistBackendError) and text in self._worded):
             return
-        exc.args = (self._divergence(since) or self._with_last_lines(text.removeprefix("fakepg: "), since),)
+        exc.args = (self._divergence(since) or self._with_last_lines(text, since),)
 
     def _with_last_lines(self, text: str, since: list[int]) -> str:
         """``text`` (a mismatch the check across ranks does not see: split
@@ -441,14 +442,14 @@ class ExactWorld(FakeWorld, values="exact"):
         sites = self.call_sites()
         lines = []
         for rank, state, waiting in zip(self.running, native.rank_states(), native.waiting()):
-            if state == module.RANK_WAITING and waiting:
-                op, group, site = waiting.decode().split("\x1f")
-                where = f" at {sites[int(site)]}" if 0 <= int(site) < len(sites) else ""
+            if state == module.RANK_WAITING and waiting is not None:
+                op, group, site = waiting
+                where = f" at {sites[site]}" if 0 <= site < len(sites) else ""
                 if not group:  # a store wait (NOTE [Store waits are turns])
                     lines.append((rank, f"  rank {rank} waits in {op}{where}, for a key not set"))
                     continue
                 label = labels.get(group, "")
-                named = label if label and label != "undefined" else f"'{group}'"
+                named = label or f"'{group}'"
                 lines.append((rank, f"  rank {rank} waits in {op} on group {named}{where}"))
             elif state == module.RANK_FINISHED:
                 lines.append((rank, f"  rank {rank} finished its program"))

@@ -304,10 +304,7 @@ def fake_world() -> FakeWorld:
 def rank() -> int:
     """This process's rank in the fake world; in an exact world, each rank's
     test body gets its own."""
-    world = _test_world()
-    if world.exact:
-        return exact.PerRank("rank")  # type: ignore[return-value]
-    return world.rank
+    return exact.fixture_value(_test_world(), "rank")  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -320,10 +317,7 @@ def world_size() -> int:
 def device_mesh() -> DeviceMesh:
     """The world's DeviceMesh: the one asked for with mesh=..., else a 1-D
     mesh over every rank. In an exact world, each rank's test body gets its own."""
-    world = _test_world()
-    if world.exact:
-        return exact.PerRank("device_mesh")  # type: ignore[return-value]
-    return world.device_mesh()
+    return exact.fixture_value(_test_world(), "device_mesh")  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -336,10 +330,7 @@ def fake_store() -> Store:
 def collectives() -> CollectiveLog:
     """The log of collectives the test ran (a CollectiveLog); in an exact
     world, each rank's test body gets the log of what that rank issued."""
-    world = _test_world()
-    if world.exact:
-        return exact.PerRank("collectives")  # type: ignore[return-value]
-    return world.collectives
+    return exact.fixture_value(_test_world(), "collectives")  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -349,10 +340,8 @@ def memory() -> Memory:
     gradients, optimizer, activations, other). Real or fake tensors; in an
     exact world on fake tensors, each rank's test body gets its own."""
     world = _test_world()
-    if world.exact:
-        if world.spec.tensors == "fake":
-            return exact.PerRank("memory")  # type: ignore[return-value]
+    if world.exact and world.spec.tensors != "fake":
         from ..exact.world import MEMORY_OF_REAL_RANKS
 
         pytest.fail(MEMORY_OF_REAL_RANKS, pytrace=False)
-    return world.memory
+    return exact.fixture_value(world, "memory")  # type: ignore[no-any-return]

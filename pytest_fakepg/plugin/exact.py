@@ -5,6 +5,7 @@ once, outside every rank."""
 from __future__ import annotations
 
 import unittest
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -15,9 +16,21 @@ from .state import MARKER
 if TYPE_CHECKING:
     from ..world import FakeWorld
 
-# Fixtures whose value differs per rank in an exact world: the test body gets
-# each rank's own (call); a fixture cannot take them.
-PER_RANK = ("rank", "device_mesh", "collectives", "memory")
+# Fixtures whose value differs per rank in an exact world, and how a world
+# gives each: the test body gets each rank's own (call); a fixture cannot
+# take them.
+PER_RANK: dict[str, Callable[[FakeWorld], Any]] = {
+    "rank": lambda world: world.rank,
+    "device_mesh": lambda world: world.device_mesh(),
+    "collectives": lambda world: world.collectives,
+    "memory": lambda world: world.memory,
+}
+
+
+def fixture_value(world: FakeWorld, name: str) -> Any:
+    """What per-rank fixture ``name`` holds: the world's value, or in an
+    exact world (outside any rank) a stand-in that says where each rank's is."""
+    return PerRank(name) if world.exact else PER_RANK[name](world)
 
 
 class PerRank:
@@ -79,7 +92,7 @@ def call(item: pytest.Function, world: FakeWorld) -> None:
         __tracebackhide__ = True
         kwargs: dict[str, Any] = {n: funcargs[n] for n in names}
         for n in per_rank:
-            kwargs[n] = world.device_mesh() if n == "device_mesh" else getattr(world, n)
+            kwargs[n] = PER_RANK[n](world)
         item.obj(**kwargs)
 
     world.run(program)

@@ -34,7 +34,6 @@ def entry(world: FakeWorld) -> dict[str, Any] | None:
     ops: dict[str, dict[str, int]] = {}
     for name, ranks, op, calls, nbytes, failed in ran:
         label = labels.get(name, "")
-        label = "" if label == "undefined" else label
         group = groups.setdefault(
             f"{label} {ranks}",
             {"label": label, "ranks": ranks_text(ranks), "size": len(ranks), "ops": {},

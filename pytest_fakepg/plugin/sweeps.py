@@ -21,13 +21,9 @@ if TYPE_CHECKING:
 def trace(world: FakeWorld, key: str, cases: int, check: bool, nodeid: str) -> dict[str, Any]:
     """``world``'s collectives so far, as plain data (NOTE [Traces and the
     check], checks/consistency.py), with the sweep it belongs to."""
-    groups, calls = records.trace_data(
-        world.collectives, -1, world.world_size, world.group_labels(), world.call_sites(), 0, world.batches
-    )
-    return {
-        "key": key, "cases": cases, "check": check, "nodeid": nodeid, "rank": world.rank,
-        "world_size": world.world_size, "groups": groups, "calls": calls,
-    }
+    data = records.trace(world.collectives, -1, world.world_size, world.group_labels(), world.call_sites(),
+                         0, world.batches)
+    return {**data, "key": key, "cases": cases, "check": check, "nodeid": nodeid, "rank": world.rank}
 
 
 class SweepChecker:
