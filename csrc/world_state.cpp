@@ -12,7 +12,7 @@ namespace fakepg {
 namespace {
 
 constexpr const char* kOpNames[kNumOps] = {
-#define FAKEPG_OP(name, fr_name, traits) #name,
+#define FAKEPG_OP(name, fr_name, traits, fr_sizes) #name,
 #define FAKEPG_ALIAS(public_name, name)
 #include "ops.def"
 #undef FAKEPG_ALIAS
@@ -20,7 +20,7 @@ constexpr const char* kOpNames[kNumOps] = {
 };
 
 constexpr uint8_t kOpTraits[kNumOps] = {
-#define FAKEPG_OP(name, fr_name, traits) (traits),
+#define FAKEPG_OP(name, fr_name, traits, fr_sizes) (traits),
 #define FAKEPG_ALIAS(public_name, name)
 #include "ops.def"
 #undef FAKEPG_ALIAS

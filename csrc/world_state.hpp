@@ -32,7 +32,7 @@ constexpr uint8_t kPointToPoint = 8;
 
 // The collectives, from csrc/ops.def: Op::all_reduce, ...
 enum class Op : uint8_t {
-#define FAKEPG_OP(name, fr_name, traits) name,
+#define FAKEPG_OP(name, fr_name, traits, fr_sizes) name,
 #define FAKEPG_ALIAS(public_name, name)
 #include "ops.def"
 #undef FAKEPG_ALIAS

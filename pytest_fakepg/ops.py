@@ -21,6 +21,7 @@ class OpInfo(NamedTuple):
     name: str
     flight_recorder_name: str
     traits: frozenset[str]  # of kSameShapes, kFromRoot, kToRoot, kPointToPoint
+    flight_recorder_sizes: str  # how a dump writes its sizes (csrc/ops.def)
 
 
 def _read_table() -> tuple[tuple[OpInfo, ...], dict[str, str]]:
@@ -33,8 +34,9 @@ def _read_table() -> tuple[tuple[OpInfo, ...], dict[str, str]]:
     else:
         raise ImportError(f"pytest-fakepg: csrc/ops.def is missing beside {here}; reinstall the package")
     ops = tuple(
-        OpInfo(name, fr_name, frozenset(t.strip() for t in traits.split("|")) - {"0"})
-        for name, fr_name, traits in re.findall(r"^FAKEPG_OP\((\w+), (\w+), ([\w |]+)\)$", text, re.MULTILINE)
+        OpInfo(name, fr_name, frozenset(t.strip() for t in traits.split("|")) - {"0"}, sizes)
+        for name, fr_name, traits, sizes in re.findall(r"^FAKEPG_OP\((\w+), (\w+), ([\w |]+), (\w+)\)$", text,
+                                                       re.MULTILINE)
     )
     aliases = dict(re.findall(r"^FAKEPG_ALIAS\((\w+), (\w+)\)$", text, re.MULTILINE))
     return ops, aliases
@@ -48,6 +50,8 @@ SAME_SHAPES = frozenset(op.name for op in OPS if "kSameShapes" in op.traits)
 FROM_ROOT = frozenset(op.name for op in OPS if "kFromRoot" in op.traits)
 TO_ROOT = frozenset(op.name for op in OPS if "kToRoot" in op.traits)
 POINT_TO_POINT = frozenset(op.name for op in OPS if "kPointToPoint" in op.traits)
+# How a Flight Recorder dump writes each op's sizes (csrc/ops.def).
+FLIGHT_RECORDER_SIZES = {op.name: op.flight_recorder_sizes for op in OPS}
 FLIGHT_RECORDER_NAMES = {op.name: op.flight_recorder_name for op in OPS}
 
 

@@ -23,7 +23,7 @@ import pickle
 import re
 from typing import Any
 
-from ..ops import FLIGHT_RECORDER_NAMES, POINT_TO_POINT
+from ..ops import FLIGHT_RECORDER_NAMES, FLIGHT_RECORDER_SIZES, POINT_TO_POINT
 from .consistency import Call, Trace
 
 # What c10d calls a group made without a description, as dumps write it.
@@ -39,28 +39,29 @@ def _c10_dtype_names() -> dict[str, str]:
 
 
 def _sizes(call: Call, rank_in_group: int, size: int) -> tuple[list[list[int]], list[list[int]]]:
-    """(input sizes, output sizes) as a real backend would record them. An
-    object collective's bytes follow each rank's objects; it is written as one
-    element a rank (the same on every rank), shaped as its op's sizes are."""
-    op = call.op
+    """(input sizes, output sizes) as a real backend would record them, by
+    the op's rule in csrc/ops.def. An object collective's bytes follow each
+    rank's objects; it is written as one element a rank (the same on every
+    rank), gathered or scattered as its op's tensors are."""
+    rule = FLIGHT_RECORDER_SIZES[call.op]
     if call.object_call:
-        if op in ("all_gather", "all_gather_into_tensor"):
+        if rule in ("gathered", "gathered_list"):
             return [[1]], [[size]]
-        if op in ("reduce_scatter", "reduce_scatter_tensor", "scatter"):
+        if rule in ("scattered", "own_part", "from_root"):
             return [[size]], [[1]]
         return [[1]], [[1]]
     shapes = [list(s) for s in call.shapes]
-    if op in ("all_gather_into_tensor", "all_gather_into_tensor_coalesced"):
+    if rule == "gathered":
         return shapes, [[s[0] * size, *s[1:]] if s else [size] for s in shapes]
-    if op in ("reduce_scatter_tensor", "reduce_scatter_tensor_coalesced"):
+    if rule == "scattered":
         return shapes, [[s[0] // size, *s[1:]] if s else [] for s in shapes]
-    if op == "all_gather":
+    if rule == "gathered_list":
         return shapes, shapes * size
-    if op == "reduce_scatter":
+    if rule == "own_part":
         return shapes, shapes[rank_in_group:rank_in_group + 1]
-    if op in ("gather", "gather_into_tensor"):  # outputs exist on the root only, and are not matched
+    if rule == "to_root":
         return shapes, []
-    if op == "scatter":
+    if rule == "from_root":
         return [], shapes[rank_in_group:rank_in_group + 1] if len(shapes) == size else shapes
     return shapes, shapes
 
