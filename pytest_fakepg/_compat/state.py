@@ -8,6 +8,17 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+# The modules whose module-level state each rank keeps to itself (NOTE
+# [Per-rank process state]): torch.distributed's, and nn.Module's global
+# hooks, which torch's debug tools register.
+TRACKED_PACKAGES = ("torch.distributed",)
+TRACKED_MODULES = frozenset({"torch.nn.modules.module"})
+
+# A container of this many entries or more when first found is a table
+# filled at import (op strategies, registries), not a rank's state: copying
+# it at each run would cost more than the run.
+TABLE_SIZE = 65
+
 # Modules whose state is per rank by other means: c10d's (NOTE [compat:
 # per-rank c10d state], c10d.py).
 PER_RANK_ELSEWHERE = frozenset({"torch.distributed.distributed_c10d"})

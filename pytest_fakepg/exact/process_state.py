@@ -15,13 +15,14 @@ found by reading that code, once per module (``_written``):
   (``DTensor._op_dispatcher``, context parallel's options);
 - *containers*: module-level dicts, sets and lists its functions mutate in
   place (``_global_forward_hooks[...] = hook``, ``cache.add(key)``) and those
-  a singleton holds, of 64 entries or fewer when found (larger ones are
-  tables filled at import);
+  a singleton holds, smaller than a table filled at import
+  (``_compat.state.TABLE_SIZE``);
 - *caches*: ``functools`` caches, whose keys (meshes compare equal across
   ranks) cannot tell ranks apart.
 
-for every loaded module of ``torch.distributed`` and ``torch.nn.modules.module``
-(whose global module hooks torch's debug tools register). At each switch
+for every loaded module ``_compat.state`` tracks (torch.distributed's, and
+``torch.nn.modules.module``, whose global module hooks torch's debug tools
+register). At each switch
 (NOTE [The baton]) the rank that stops has what it changed since it started
 recorded as its own, copy on write, and those cells go back to what the other
 ranks see (the caller's values when the run started); the rank that starts
@@ -67,14 +68,18 @@ _MUTATORS = frozenset({
 _STORE_OPS = {dis.opmap[name] for name in ("STORE_GLOBAL", "DELETE_GLOBAL")}
 _SUBSCRIPT_OPS = {dis.opmap[name] for name in ("STORE_SUBSCR", "DELETE_SUBSCR")}
 _CONTAINERS = (dict, set, list)
-_SMALL = 64  # containers past this size are tables filled at import, not state
 _MISSING = object()
 
 
 def _tracked(name: str) -> bool:
-    return (name.startswith("torch.distributed.") or name == "torch.nn.modules.module") and \
-        name not in _compat.state.PER_RANK_ELSEWHERE and \
-        not any(name == p or name.startswith(p + ".") for p in _compat.state.NOT_IN_A_RANK)
+    policy = _compat.state
+    return (name in policy.TRACKED_MODULES or any(name.startswith(p + ".") for p in policy.TRACKED_PACKAGES)) and \
+        name not in policy.PER_RANK_ELSEWHERE and \
+        not any(name == p or name.startswith(p + ".") for p in policy.NOT_IN_A_RANK)
+
+
+def _state_sized(container: Any) -> bool:
+    return len(container) < _compat.state.TABLE_SIZE
 
 
 def _functions(module: types.ModuleType) -> list[types.CodeType]:
@@ -209,7 +214,7 @@ class _Cells:
             space = vars(obj)
             for attr, value in space.items():
                 bindings.append((space, attr))
-                if isinstance(value, _CONTAINERS) and len(value) <= _SMALL:
+                if isinstance(value, _CONTAINERS) and _state_sized(value):
                     containers.append(value)
 
         def cache(fn: Any) -> None:
@@ -222,7 +227,7 @@ class _Cells:
         bindings.extend((space, attr) for attr in sorted(rebound - shared))
         for attr in sorted(mutated - shared):
             value = space.get(attr)
-            if isinstance(value, _CONTAINERS) and len(value) <= _SMALL:
+            if isinstance(value, _CONTAINERS) and _state_sized(value):
                 containers.append(value)
         for value in list(space.values()):
             if isinstance(value, type) and value.__module__ == name:

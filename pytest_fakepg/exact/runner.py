@@ -147,122 +147,154 @@ def _as_rank_thread(context: tuple[bool, Any]) -> Any:
 
 def run(world: Ranks, program: Callable[[int], Any], first_group: int) -> list[Any]:
     """``program(rank)`` on every running rank of ``world``, each rank naming
-    its groups from ``first_group`` on; the results in rank order. Below, a
-    rank is a slot: its place among the running ranks."""
+    its groups from ``first_group`` on; the results in rank order."""
     __tracebackhide__ = True
+    return _Run(world, program, first_group).run()
 
-    native, ranks = world._native, world.running
-    n = len(ranks)
-    _compat.c10d.quiet_backend_error_logs()
-    if world.device == "cuda":
-        import torch
 
-        torch.cuda.init()  # so every rank's CUDA generator is saved from the start
-    entry = _CudaRng()
-    states = [entry] * n  # every rank starts where the caller's streams are
-    views = process_state.RankViews(n)
-    excepthook = _compat.stdlib.excepthook()  # torch's init_process_group, where it makes a rank's group, wraps it
-    python_random = _compat.stdlib.RandomPerRank(n)
-    results: list[Any] = [None] * n
-    failures: list[tuple[int, BaseException]] = []
-    stopped = threading.Event()
+class _ProcessState:
+    """What a separate process would keep to itself and the ranks' threads
+    share, kept per rank: it leaves with a rank at a switch and enters with
+    the next (NOTE [The baton]). The CUDA generators (the CPU one the
+    scheduler swaps itself), torch's module-level state (NOTE [Per-rank
+    process state]), Python's ``random`` and torchrun's variables. Every
+    rank starts from the caller's; ``finish`` gives the caller its own back."""
 
-    running = [0]  # the rank holding the baton, as of the last switch
-    caller = threading.get_ident()
+    def __init__(self, world: Ranks, n: int) -> None:
+        if world.device == "cuda":
+            import torch
 
-    def switch(old: int, new: int) -> None:
-        running[0] = new
+            torch.cuda.init()  # so every rank's CUDA generator is saved from the start
+        self.world = world
+        self.caller = _CudaRng()
+        self.cuda = [self.caller] * n  # every rank starts where the caller's streams are
+        self.views = process_state.RankViews(n)
+        self.random = _compat.stdlib.RandomPerRank(n)
+        self.excepthook = _compat.stdlib.excepthook()  # init_process_group, making a rank's group, wraps it
+
+    def leave(self, slot: int) -> None:
+        self.cuda[slot] = _CudaRng()
+        self.views.leave(slot)
+
+    def enter(self, slot: int) -> None:
+        self.cuda[slot].restore()
+        self.views.enter(slot)
+        self.random.load(slot)
+        self.world._switch_to(self.world.running[slot])
+
+    def finish(self) -> None:
+        self.caller.restore()
+        self.views.finish()
+        self.random.restore()
+        _compat.stdlib.set_excepthook(self.excepthook)
+
+
+class _Run:
+    """One run of an exact world's ranks. Below, a rank is a slot: its
+    place among the running ranks (``world.running``)."""
+
+    def __init__(self, world: Ranks, program: Callable[[int], Any], first_group: int) -> None:
+        self.world, self.program, self.first_group = world, program, first_group
+        self.native, self.ranks = world._native, world.running
+        self.results: list[Any] = [None] * len(self.ranks)
+        self.failures: list[tuple[int, BaseException]] = []
+        self.stopped = threading.Event()
+        self.holder = 0  # the slot holding the baton, as of the last switch
+        self.caller = threading.get_ident()
+        self.threads: list[_RankThread] = []
+
+    def switch(self, old: int, new: int) -> None:
+        """The scheduler's hook: slot ``old`` (-1: it finished) stops
+        running and ``new`` starts."""
+        self.holder = new
         if old >= 0:
-            states[old] = _CudaRng()
-            views.leave(old)
-        states[new].restore()
-        views.enter(new)
-        python_random.load(new)
-        world._switch_to(ranks[new])
+            self.state.leave(old)
+        self.state.enter(new)
 
-    def stop(rank: int, exc: BaseException) -> None:
+    def stop(self, rank: int, exc: BaseException) -> None:
         """The run ends with ``exc``, raised by (or for) global rank
         ``rank``: the other ranks are stopped, unless the run already ended."""
-        if not stopped.is_set() and not native.deadlocked():
-            stopped.set()
-            failures.append((rank, exc))
-            native.abort(
+        if not self.stopped.is_set() and not self.native.deadlocked():
+            self.stopped.set()
+            self.failures.append((rank, exc))
+            self.native.abort(
                 f"fakepg: rank {rank} raised {type(exc).__name__}, which {ABORTED} "
                 "(on a cluster the other ranks would hang or be killed)"
             )
-            interrupt_the_running_rank(ranks.index(rank))
+            self.interrupt_the_running_rank(self.ranks.index(rank))
 
-    def interrupt_the_running_rank(rank: int) -> None:
+    def interrupt_the_running_rank(self, slot: int) -> None:
         """NOTE [Signals in exact worlds] (csrc/exact.cpp): a stop that did
         not come from the rank holding the baton (a signal handler that raised
         in rank 0's thread while another rank ran) raises RankStopped in that
         rank's thread, which may be running Python that never waits. It takes
         effect at the thread's next bytecode (a C call it is in, such as a
         sleep, ends first)."""
-        holder = running[0]
-        if holder < 0 or holder == rank:
+        holder = self.holder
+        if holder < 0 or holder == slot:
             return
-        ident = caller if holder == 0 else threads[holder - 1].ident
+        ident = self.caller if holder == 0 else self.threads[holder - 1].ident
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(RankStopped))
 
-    def body(slot: int) -> None:
-        rank = ranks[slot]
+    def body(self, slot: int) -> None:
+        """Slot ``slot``'s program, on its thread."""
+        native, rank = self.native, self.ranks[slot]
         try:
             if native.enter(slot):
                 try:
-                    with world._rank_program(rank, first_group):
-                        results[slot] = program(rank)
+                    with self.world._rank_program(rank, self.first_group):
+                        self.results[slot] = self.program(rank)
                 except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
-                    stop(rank, exc)
+                    self.stop(rank, exc)
                 finally:
                     native.leave(slot)
         finally:
             native.ended(slot)  # last: the caller goes on once every rank has
 
-    since = [native.size_of(r) for r in ranks]  # this run's records come after
-    threads = _POOL.take(n)
-    # Before any thread is given its job: a thread woken by a wake-up left
-    # from a stopped run must find this run's state, not that run's.
-    native.start_run([_caller_gate(), *(t.gate for t in threads)])
-    context = _grad_and_device()
-    for rank, thread in enumerate(threads, start=1):
-        thread.job = (functools.partial(body, rank), context)
-    native.set_switch_hook(switch)
-    world._stop = stop
-    try:
-        states[0].restore()
-        views.enter(0)
-        python_random.load(0)
-        world._switch_to(ranks[0])
-        with _as_rank_thread(context):
-            body(0)
+    def run(self) -> list[Any]:
+        __tracebackhide__ = True
+        world, native, n = self.world, self.native, len(self.ranks)
+        _compat.c10d.quiet_backend_error_logs()
+        self.state = _ProcessState(world, n)
+        since = [native.size_of(r) for r in self.ranks]  # this run's records come after
+        self.threads = _POOL.take(n)
+        # Before any thread is given its job: a thread woken by a wake-up left
+        # from a stopped run must find this run's state, not that run's.
+        native.start_run([_caller_gate(), *(t.gate for t in self.threads)])
+        context = _grad_and_device()
+        for slot, thread in enumerate(self.threads, start=1):
+            thread.job = (functools.partial(self.body, slot), context)
+        native.set_switch_hook(self.switch)
+        world._stop = self.stop
         try:
-            while not native.finish():  # a signal: Python's handlers run here
-                pass
-        except BaseException:  # Ctrl-C, a timeout, while the other ranks run: stop them first
-            stopped.set()
-            native.abort(f"fakepg: an interrupt {ABORTED}")
-            interrupt_the_running_rank(-1)
-            while not native.finish():
-                pass
-            raise
-    finally:
-        world._stop = None
-        native.set_switch_hook(None)
-        native.restore_caller_rng()
-        entry.restore()
-        views.finish()
-        python_random.restore()
-        _compat.stdlib.set_excepthook(excepthook)
-    if native.deadlocked():
-        raise FakeWorldDeadlock(world._deadlock_report(since))
-    if failures:
-        rank, exc = failures[0]
-        world._reword(exc, since)
-        if isinstance(exc, Exception) and hasattr(exc, "add_note"):
-            exc.add_note(f"(raised by rank {rank} of an exact fake world of {world.world_size}; the other ranks were stopped)")
-        raise exc
-    return results
+            self.state.enter(0)
+            with _as_rank_thread(context):
+                self.body(0)
+            try:
+                while not native.finish():  # a signal: Python's handlers run here
+                    pass
+            except BaseException:  # Ctrl-C, a timeout, while the other ranks run: stop them first
+                self.stopped.set()
+                native.abort(f"fakepg: an interrupt {ABORTED}")
+                self.interrupt_the_running_rank(-1)
+                while not native.finish():
+                    pass
+                raise
+        finally:
+            world._stop = None
+            native.set_switch_hook(None)
+            native.restore_caller_rng()
+            self.state.finish()
+        if native.deadlocked():
+            raise FakeWorldDeadlock(world._deadlock_report(since))
+        if self.failures:
+            rank, exc = self.failures[0]
+            world._reword(exc, since)
+            if isinstance(exc, Exception) and hasattr(exc, "add_note"):
+                exc.add_note(f"(raised by rank {rank} of an exact fake world of {world.world_size}; "
+                             "the other ranks were stopped)")
+            raise exc
+        return self.results
 
 
 def _grad_and_device() -> tuple[bool, Any]:
