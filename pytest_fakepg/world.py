@@ -496,10 +496,13 @@ class FakeWorld:
 
     def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
         """(owner, {name: replacement}) to install while the world is up."""
-        patches = [*_patches.object_collectives(_running_world), *_patches.batch_markers(_running_world)]
+        objects = _patches.object_collectives(_running_world)
         if self.spec.tensors == "fake":
-            from .fake.mode import compile_patch, init_patches
+            from .fake.mode import compile_patch, init_patches, on_real_tensors
 
+            objects = on_real_tensors(objects)
+        patches = [*objects, *_patches.batch_markers(_running_world)]
+        if self.spec.tensors == "fake":
             patches.extend(init_patches())  # NOTE [Initialisation on fake tensors]
             patches.append(compile_patch())  # NOTE [compat: torch.compile on fake tensors]
         return patches

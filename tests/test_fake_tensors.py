@@ -586,3 +586,27 @@ def test_the_flat_ledger_names_group_op_and_field_on_each_line() -> None:
         assert world.collectives.ledger(flat=True) == {
             "tp: all_reduce: calls": 2, "tp: all_reduce: bytes": 96, "tp: all_reduce: dtypes": "float32, bfloat16",
         }
+
+
+def test_object_collectives_give_what_real_tensors_give() -> None:
+    """Object collectives pickle into real tensors and read sizes back: in a
+    fake-tensor world they run on real tensors, with the same results and
+    ledger (Megatron gathers its config with all_gather_object)."""
+
+    def program() -> tuple[Any, ...]:
+        gathered: list[Any] = [None] * 4
+        dist.all_gather_object(gathered, {"rank": dist.get_rank(), "hidden": 4096})
+        broadcast = [dist.get_rank(), "x"]
+        dist.broadcast_object_list(broadcast, src=1)
+        at_root: list[Any] | None = [None] * 4 if dist.get_rank() == 0 else None
+        dist.gather_object(("shard", dist.get_rank()), at_root, dst=0)
+        scattered: list[Any] = [None]
+        dist.scatter_object_list(scattered, [f"part {r}" for r in range(4)], src=1)
+        return gathered, broadcast, at_root, scattered
+
+    seen = {}
+    for tensors in ("real", "fake"):
+        with FakeWorld(4, rank=1, tensors=tensors) as world:
+            seen[tensors] = (program(), [(r.op, r.bytes) for r in world.collectives])
+    assert seen["fake"] == seen["real"]
+    assert seen["fake"][0][0] == [{"rank": 1, "hidden": 4096}] * 4

@@ -279,6 +279,14 @@ def exchanged_for_real() -> tuple[tuple[Any, dict[str, Any]], ...]:
     return (dist, replacements), (c10d, replacements), (stage, {n: _on_real_tensors(vars(stage)[n]) for n in control})
 
 
+def on_real_tensors(patches: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """``patches`` with each replacement run with no fake mode active: the
+    object collectives a world of one rank serves (NOTE [Objects this rank
+    cannot know], _objects.py) pickle objects into real tensors and read
+    their sizes back, which fake tensors cannot hold."""
+    return [(owner, {name: _on_real_tensors(fn) for name, fn in replacements.items()}) for owner, replacements in patches]
+
+
 def _on_real_tensors(original: Any) -> Any:
     """``original``, run with no fake mode active."""
 
