@@ -109,3 +109,26 @@ def test_an_fsdp2_and_tp_training_step_peaks_alike_on_real_and_fake_tensors() ->
             train_step(model, optimizer, batch=1, seq_len=64)
             figures[tensors] = (memory.peak, memory.at_peak, memory.current)
     assert figures["fake"] == figures["real"]
+
+
+@pytest.mark.parametrize("tensors", ["real", "fake"])
+def test_a_module_that_shadows_its_methods_is_measured(tensors: str) -> None:
+    """Megatron's DDP sets ``self.buffers = [...]``: torch's tracker called
+    ``module.buffers()`` and failed ("'list' object is not callable")."""
+
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = nn.Linear(4, 4)
+            self.buffers = [torch.zeros(4)]  # type: ignore[assignment]
+            self.parameters = None  # type: ignore[assignment]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.module(x)
+
+    with FakeWorld(2, tensors=tensors) as world:
+        memory = world.memory
+        model = Wrapper()
+        model(torch.ones(2, 4)).sum().backward()
+        assert memory.current["parameters"] == 4 * 4 * 4 + 4 * 4
+        assert memory.current["gradients"] == 4 * 4 * 4 + 4 * 4

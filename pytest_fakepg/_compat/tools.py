@@ -118,7 +118,7 @@ def tracker_class() -> type:
         def _pre_fw_hook(self, module: Any, inputs: Any) -> None:
             if module not in self._seen:
                 self._seen.add(module)
-                self._track_module_params_and_buffers(module, install_grad_hooks=True)
+                self._track_module_params_and_buffers(_unshadowed(module), install_grad_hooks=True)
             elif self._mod_tracker.is_bw and self._ac_mod is None:
                 # forward again during backward: activation checkpointing's recompute
                 self._ac_mod = weakref.ref(module)
@@ -136,6 +136,42 @@ def tracker_class() -> type:
             pass
 
     return Tracker
+
+
+# What torch's tracker calls on a module, which a module may shadow with an
+# attribute (Megatron's DDP sets ``self.buffers = [...]``).
+_SHADOWABLE = frozenset({"parameters", "buffers", "modules"})
+
+
+def _unshadowed(module: Any) -> Any:
+    """``module``, or where it shadows one of nn.Module's methods the tracker
+    calls, a view of it whose methods are nn.Module's own."""
+    return module if _SHADOWABLE.isdisjoint(vars(module)) else _Unshadowed(module)
+
+
+class _Unshadowed:
+    __slots__ = ("_module",)
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def parameters(self, recurse: bool = True) -> Any:
+        from torch.nn import Module
+
+        return Module.parameters(self._module, recurse)
+
+    def buffers(self, recurse: bool = True) -> Any:
+        from torch.nn import Module
+
+        return Module.buffers(self._module, recurse)
+
+    def modules(self) -> Any:
+        from torch.nn import Module
+
+        return Module.modules(self._module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
 
 
 def _by_category(snapshot: dict[Any, int]) -> dict[str, int]:
@@ -385,7 +421,7 @@ def _track_conversions() -> Callable[[], None]:
                 tracker.converting -= 1
                 if not tracker.converting:
                     update = tracker._update_and_maybe_create_winfos
-                    for sub in module.modules():
+                    for sub in Module.modules(module):
                         for tensor in itertools.chain(sub._parameters.values(), sub._buffers.values()):
                             if tensor is None:
                                 continue
