@@ -439,7 +439,7 @@ class FakeWorld:
         global _running
         self._native = native
         _running = _Running(native, self.spec.world_size, self)
-        self._log = CollectiveLog(native, labels=lambda: labels_now(self._mesh_here()))
+        self._log = CollectiveLog(native, labels=self._labels_now)
         native.set_label_source(self._label_of)
         _compat.c10d.register_stock_fake()
         self._saved["stock_fake"] = _compat.c10d.swap_backend_creator(_STOCK_FAKE, _create_backend)
@@ -447,6 +447,11 @@ class FakeWorld:
     def _mesh_here(self) -> DeviceMesh | None:
         """The world's mesh as the calling thread sees it."""
         return self._mesh
+
+    def _labels_now(self) -> dict[str, str]:
+        """What the world's groups are called, as the calling thread sees
+        them (records and messages read this)."""
+        return labels_now(self._mesh_here())
 
     def _store_wait(self, store: Any, keys: list[str], call: str, timeout: Any) -> None:
         """A wait on the world's store for ``keys``, some not set: NOTE [A
@@ -464,7 +469,7 @@ class FakeWorld:
     def _label_of(self, name: str) -> str:
         """What messages call group ``name`` (the backend asks, for a fault's
         message): its label, or "" for none."""
-        return labels_now(self._mesh_here()).get(name, "")
+        return self._labels_now().get(name, "")
 
     def _take_groups_count(self) -> None:
         """Carry torch's group counter on before its groups are destroyed

@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
+from pytest_fakepg import FakeWorld
+
 from .conftest import DEVICES, exact
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch 2.13 renames
@@ -200,3 +202,17 @@ def test_object_collectives(rank: int) -> None:
     box = [f"from {rank}"]
     dist.broadcast_object_list(box, src=3)
     assert box == ["from 3"]
+
+
+def test_records_read_after_a_run_keep_each_groups_label() -> None:
+    """Megatron names its groups (group_desc="TP"); after run() the world's
+    records still say so, not the group's number."""
+    with FakeWorld(4, values="exact") as world:
+
+        def program() -> list[str]:
+            pairs = [dist.new_group([0, 1], group_desc="TP"), dist.new_group([2, 3], group_desc="TP")]
+            dist.all_reduce(torch.ones(1), group=pairs[dist.get_rank() // 2])
+            return [r.group for r in world.collectives]
+
+        assert world.run(program) == [["TP"]] * 4
+        assert [(r.rank, r.group) for r in world.collectives] == [(0, "TP"), (1, "TP"), (2, "TP"), (3, "TP")]

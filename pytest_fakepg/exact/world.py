@@ -190,7 +190,12 @@ class ExactWorld(FakeWorld, values="exact"):
 
     def group_labels(self) -> dict[str, str]:
         self._require(None, "group_labels")
-        return {**self._labels, **labels_now(getattr(self._local, "mesh", None))}
+        return self._labels_now()
+
+    def _labels_now(self) -> dict[str, str]:
+        """Inside a rank's program its groups' labels; and every label a rank
+        had when its program ended, so records read after run() keep them."""
+        return {**self._labels, **labels_now(self._mesh_here())}
 
     # -- life cycle ------------------------------------------------------------
     def _bring_up_groups(self) -> None:
@@ -341,7 +346,7 @@ class ExactWorld(FakeWorld, values="exact"):
         local.rank = rank
         local.thread = threading.get_ident()
         local.pg = _compat.c10d.default_group()
-        local.log = CollectiveLog(self._native, rank=rank, labels=lambda: labels_now(self._mesh_here()))
+        local.log = CollectiveLog(self._native, rank=rank, labels=self._labels_now)
         local.mesh = local.flat_mesh = None
         tensors = contextlib.ExitStack()
         try:
