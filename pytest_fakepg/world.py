@@ -532,7 +532,8 @@ class FakeWorld:
                 dist.destroy_process_group()
         finally:
             _running = None
-            self._restore_threads(saved)
+            for undo in reversed(saved.get("at_stop", [])):
+                undo()
             if "stock_fake" in saved:
                 _compat.c10d.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
             _compat.patching.remove(saved.get("patches", []))
@@ -557,9 +558,10 @@ class FakeWorld:
         for reason in unfired:
             warnings.warn(FakeWorldFaultWarning(reason), stacklevel=2)
 
-    def _restore_threads(self, saved: dict[str, Any]) -> None:
-        """Undo what the world did to torch's per-thread state (nothing, in a
-        world of one rank)."""
+    def _at_stop(self, undo: Callable[[], None]) -> None:
+        """Have ``undo()`` run when the world goes down, after its groups
+        (last registered, first run): what a layer set up at start."""
+        self._saved.setdefault("at_stop", []).append(undo)
 
     def __repr__(self) -> str:
         s = self.spec

@@ -204,7 +204,8 @@ class ExactWorld(FakeWorld, values="exact"):
         self._store = world_store(self)  # NOTE [Store waits are turns]
         self._serve(_backend.load().WorldState("exact", spec.record, spec.world_size, list(spec.running or ())))
         self._native.set_mismatch_source(self._word_mismatch)  # cleared with the other sources at stop
-        self._saved["per_thread"] = _compat.c10d.install_thread_local_world()
+        per_thread = _compat.c10d.install_thread_local_world()
+        self._at_stop(lambda: _compat.c10d.uninstall_thread_local_world(per_thread))
         self.record_call_sites()  # a hang is reported with each rank's line
 
     def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
@@ -216,7 +217,8 @@ class ExactWorld(FakeWorld, values="exact"):
         import torch.distributed.distributed_c10d as c10d
 
         init = {"init_process_group": self._init_process_group(c10d.init_process_group)}
-        sharing = self._saved["sharing"] = SharedPlanning()  # NOTE [Sharing rank-free work]
+        sharing = SharedPlanning()  # NOTE [Sharing rank-free work]
+        self._at_stop(sharing.clear)  # its decisions and plans hold this world's meshes
         patches = [*sharing.patches(), self._thread_start(), (dist, init), (c10d, init),
                    *_patches.batch_markers(_running_world)]
         if self.spec.tensors == "fake":
@@ -300,12 +302,6 @@ class ExactWorld(FakeWorld, values="exact"):
         self._local.__dict__.update(local)
         _compat.c10d.adopt_thread_world_state(c10d)
         _compat.device_mesh.adopt_mesh_thread_state(mesh)
-
-    def _restore_threads(self, saved: dict[str, Any]) -> None:
-        if "sharing" in saved:  # its decisions and plans hold this world's meshes
-            saved["sharing"].clear()
-        if "per_thread" in saved:
-            _compat.c10d.uninstall_thread_local_world(saved["per_thread"])
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
         """Run ``fn(*args, **kwargs)`` as the program of every rank, and
