@@ -552,9 +552,9 @@ class FakeWorld:
             self._pg = self._store = self._mesh = self._flat_mesh = None
             self._saved = {}
             self._up = False
-            fenced = saved.pop("garbage", False)
+            how = saved.pop("garbage", "off")
             saved.clear()
-            garbage.collect(fenced)
+            garbage.collect(how)
         for reason in unfired:
             warnings.warn(FakeWorldFaultWarning(reason), stacklevel=2)
 
