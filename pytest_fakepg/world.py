@@ -368,13 +368,13 @@ class FakeWorld:
             _backend.register(_create_backend)  # before any state changes: a build error leaves nothing
         self._saved = {
             "env": dict(_compat.runtime.environ_data()),
-            "excepthook": sys.excepthook,
-            "garbage": garbage.fence(),
+            "excepthook": _compat.stdlib.excepthook(),
             "dynamo_frames": _compat.dynamo.dynamo_frames(),
         }
         self._up = True
         self._memory = None
         try:
+            self._saved["garbage"] = garbage.fence()  # first, so that stop() always finds it
             for name in environment.HIDDEN:
                 os.environ.pop(name, None)
             if spec.env:
@@ -543,7 +543,7 @@ class FakeWorld:
                 # Code compiled in this world guards on its groups; in the
                 # next world it would only recompile, up to dynamo's limit.
                 _compat.dynamo.reset_compiled_code()
-            sys.excepthook = saved["excepthook"]  # init_process_group wraps it
+            _compat.stdlib.set_excepthook(saved["excepthook"])  # init_process_group wraps it
             environment.restore(saved["env"])
             if self._native is not None:
                 self._native.set_site_source(None)
