@@ -506,7 +506,7 @@ class FakeWorld:
             from .fake.mode import compile_patch, init_patches, on_real_tensors
 
             objects = on_real_tensors(objects)
-        patches = [*objects, *_patches.batch_markers(_running_world)]
+        patches = [*objects, *_patches.batch_markers(_running_world), _compat.c10d.any_backend_served()]
         if self.spec.tensors == "fake":
             patches.extend(init_patches())  # NOTE [Initialisation on fake tensors]
             patches.append(compile_patch())  # NOTE [compat: torch.compile on fake tensors]

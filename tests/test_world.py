@@ -547,3 +547,30 @@ def test_a_missing_torch_internal_names_the_torch_version(
     assert f"cannot route c10d's backend plugins to the fake world on torch {torch.__version__} " in message
     assert "AttributeError" in message and "tested with torch 2.11, 2.13.0, 2.14.1 and 2.15.0" in message
     assert traces() == pristine
+
+
+@pytest.mark.parametrize("backend", ["gloo", "nccl", "cpu:gloo,cuda:nccl"])
+@pytest.mark.parametrize("values", ["uniform", "exact"])
+def test_a_group_of_any_backend_is_the_worlds_own(backend: str, values: str) -> None:
+    """Megatron makes a gloo group beside each NCCL one: a real gloo group in
+    a fake world waited 30 minutes for ranks that do not exist (NOTE [Any
+    backend name is the world's]). The timeout makes a real one fail fast."""
+    import datetime
+
+    soon = datetime.timedelta(seconds=2)
+    with FakeWorld(4, values=values, fail={"all_reduce": 2}) as world:
+
+        def program() -> tuple[str, float, bool]:
+            rank = dist.get_rank()
+            pairs = [dist.new_group([0, 1], soon, backend, group_desc="pair"),
+                     dist.new_group([2, 3], timeout=soon, backend=backend, group_desc="pair")]
+            t = torch.tensor([float(rank)])
+            dist.all_reduce(t, group=pairs[rank // 2])
+            with pytest.raises(dist.DistBackendError, match="all_reduce"):  # faults fire on it too
+                dist.all_reduce(t)
+            return dist.get_backend(pairs[rank // 2]), t.item(), world.collectives[0].group == "pair"
+
+        results = world.run(program) if world.exact else [program()]
+    # exact: 0 + 1 and 2 + 3; uniform: rank 0's 0.0 from both members
+    assert results == ([("fakepg", 1.0, True)] * 2 + [("fakepg", 5.0, True)] * 2 if values == "exact"
+                       else [("fakepg", 0.0, True)])

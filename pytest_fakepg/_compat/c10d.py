@@ -385,3 +385,37 @@ def quiet_backend_error_logs() -> None:
 
     keep._fakepg = True  # type: ignore[attr-defined]
     logger.addFilter(keep)
+
+
+@functools.cache
+@door("serve every backend name with the fake world's")
+def any_backend_served() -> tuple[Any, dict[str, Any]]:
+    """NOTE [Any backend name is the world's]
+    Training code asks for groups of a named backend: Megatron's
+    ``initialize_model_parallel`` makes a gloo group beside each NCCL one
+    (``new_group(ranks, backend="gloo")``), DeepSpeed and others name
+    "nccl" or "cpu:gloo,cuda:nccl". In a fake world a real gloo group
+    connects over the world's store to ranks that do not exist, and waits for
+    them until its timeout (30 minutes). While a world is up, every group
+    made through ``new_group`` (and ``new_subgroups``, DeviceMesh's backend
+    overrides: all reach ``_new_group_with_tag``, 2.11-2.15.0) is the world's
+    own backend, with the same collectives, records and faults as any other;
+    the backend's options are dropped with its name. (owner, {name:
+    replacement}) for the patch engine."""
+    import inspect
+
+    c10d = _c10d()
+    original = c10d._new_group_with_tag
+    parameters = list(inspect.signature(original).parameters)
+    at_backend, at_options = parameters.index("backend"), parameters.index("backend_options")
+
+    @functools.wraps(original)
+    def new_group_with_tag(*args: Any, **kwargs: Any) -> Any:
+        args = list(args)
+        for index, name in ((at_backend, "backend"), (at_options, "backend_options")):
+            if index < len(args):
+                args[index] = None
+            kwargs.pop(name, None)
+        return original(*args, **kwargs)
+
+    return c10d, {"_new_group_with_tag": new_group_with_tag}

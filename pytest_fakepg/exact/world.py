@@ -220,7 +220,7 @@ class ExactWorld(FakeWorld, values="exact"):
         sharing = SharedPlanning()  # NOTE [Sharing rank-free work]
         self._at_stop(sharing.clear)  # its decisions and plans hold this world's meshes
         patches = [*sharing.patches(), self._thread_start(), (dist, init), (c10d, init),
-                   *_patches.batch_markers(_running_world)]
+                   *_patches.batch_markers(_running_world), _compat.c10d.any_backend_served()]
         if self.spec.tensors == "fake":
             from ..fake.mode import compile_patch, exchanged_for_real, init_patches
 
