@@ -503,6 +503,7 @@ class FakeWorld:
         """(owner, {name: replacement}) to install while the world is up."""
         objects = _patches.object_collectives(_running_world)
         if self.spec.tensors == "fake":
+            from ._compat import fake_tensor
             from .fake.mode import compile_patch, init_patches, on_real_tensors
 
             objects = on_real_tensors(objects)
@@ -510,6 +511,7 @@ class FakeWorld:
         if self.spec.tensors == "fake":
             patches.extend(init_patches())  # NOTE [Initialisation on fake tensors]
             patches.append(compile_patch())  # NOTE [compat: torch.compile on fake tensors]
+            patches.append(fake_tensor.cast_patch())  # NOTE [Casts of fake parameters]
         return patches
 
     def stop(self) -> None:

@@ -132,3 +132,21 @@ def test_a_module_that_shadows_its_methods_is_measured(tensors: str) -> None:
         model(torch.ones(2, 4)).sum().backward()
         assert memory.current["parameters"] == 4 * 4 * 4 + 4 * 4
         assert memory.current["gradients"] == 4 * 4 * 4 + 4 * 4
+
+
+@pytest.mark.parametrize("tensors", ["real", "fake"])
+def test_casts_and_moves_keep_the_parameters_counted(tensors: str) -> None:
+    """``half()``, ``to(dtype)`` and ``to(device)`` on fake parameters failed
+    in torch ("Couldn't swap Linear.weight", NOTE [Casts of fake
+    parameters]); their memory is the parameters' either way."""
+    with FakeWorld(2, tensors=tensors) as world:
+        memory = world.memory
+        model = nn.Linear(64, 30)
+        model.half()
+        assert (model.weight.dtype, memory.current["parameters"]) == (torch.float16, LINEAR_BYTES // 2)
+        model.to(torch.bfloat16).to("cpu")
+        assert (model.bias.dtype, memory.current["parameters"]) == (torch.bfloat16, LINEAR_BYTES // 2)
+        model.float()
+        assert (model.weight.dtype, memory.current) == (torch.float32, {**NOTHING, "parameters": LINEAR_BYTES})
+        model(torch.ones(2, 64)).sum().backward()
+        assert model.weight.grad is not None and model.weight.grad.shape == (30, 64)

@@ -114,3 +114,43 @@ def premul_sum() -> Any:
 
     return dist._make_nccl_premul_sum(1.0)
 
+
+@functools.cache
+def cast_patch() -> tuple[Any, dict[str, Any]]:
+    """NOTE [Casts of fake parameters]
+    ``module.half()``, ``.to(dtype)``, ``.to(device)`` and the rest go
+    through ``nn.Module._apply``, which swaps each fake parameter in place
+    (``torch.utils.swap_tensors``) and fails, "Couldn't swap Linear.weight":
+    a fake tensor has a weak reference from its mode (2.11-2.15.0, with or
+    without this package). Where a module holds fake parameters, its
+    parameters are replaced instead, as torch does for a conversion that
+    changes the tensor's type: a new Parameter (with its gradient converted)
+    and converted buffers. An optimizer made before the cast keeps the old
+    parameters, as it would there. (owner, {name: replacement})."""
+    import torch
+    from torch.nn import Module, Parameter
+
+    fake_type = fake_tensor_class()
+    original = Module._apply
+
+    @functools.wraps(original)
+    def _apply(self: Any, fn: Any, recurse: bool = True) -> Any:
+        if not any(isinstance(p, fake_type) for p in self._parameters.values()):
+            return original(self, fn, recurse)
+        if recurse:
+            for module in self.children():
+                module._apply(fn)
+        for key, param in self._parameters.items():
+            if param is None:
+                continue
+            with torch.no_grad():
+                new = Parameter(fn(param), param.requires_grad)
+                if param.grad is not None:
+                    new.grad = fn(param.grad)
+            self._parameters[key] = new
+        for key, buf in self._buffers.items():
+            if buf is not None:
+                self._buffers[key] = fn(buf)
+        return self
+
+    return Module, {"_apply": _apply}

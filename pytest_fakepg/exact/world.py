@@ -222,9 +222,10 @@ class ExactWorld(FakeWorld, values="exact"):
         patches = [*sharing.patches(), self._thread_start(), (dist, init), (c10d, init),
                    *_patches.batch_markers(_running_world), _compat.c10d.any_backend_served()]
         if self.spec.tensors == "fake":
+            from .._compat import fake_tensor
             from ..fake.mode import compile_patch, exchanged_for_real, init_patches
 
-            patches += [*init_patches(), compile_patch(), *exchanged_for_real()]
+            patches += [*init_patches(), compile_patch(), fake_tensor.cast_patch(), *exchanged_for_real()]
         return patches
 
     def _enter_fake_tensors(self) -> None:
@@ -404,9 +405,11 @@ class ExactWorld(FakeWorld, values="exact"):
         import torch.distributed as dist
 
         text = str(exc).removeprefix("fakepg: ")  # the backend's errors say whose they are
-        if not (isinstance(exc, dist.DistBackendError) and text in self._worded):
+        # c10d may append the C++ stack it was raised from (TORCH_SHOW_CPP_STACKTRACES)
+        worded = next((w for w in self._worded if text.startswith(w)), None)
+        if not isinstance(exc, dist.DistBackendError) or worded is None:
             return
-        exc.args = (self._divergence(since) or self._with_last_lines(text, since),)
+        exc.args = (self._divergence(since) or self._with_last_lines(worded, since),)
 
     def _with_last_lines(self, text: str, since: list[int]) -> str:
         """``text`` (a mismatch the check across ranks does not see: split

@@ -296,3 +296,4 @@ def _on_real_tensors(original: Any) -> Any:
             return original(*args, **kwargs)
 
     return on_real_tensors
+
