@@ -502,17 +502,12 @@ class FakeWorld:
     def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
         """(owner, {name: replacement}) to install while the world is up."""
         objects = _patches.object_collectives(_running_world)
+        fake: list[tuple[Any, dict[str, Any]]] = []
         if self.spec.tensors == "fake":
-            from ._compat import fake_tensor
-            from .fake.mode import compile_patch, init_patches, on_real_tensors
+            from .fake.mode import on_real_tensors, world_patches
 
-            objects = on_real_tensors(objects)
-        patches = [*objects, *_patches.batch_markers(_running_world), _compat.c10d.any_backend_served()]
-        if self.spec.tensors == "fake":
-            patches.extend(init_patches())  # NOTE [Initialisation on fake tensors]
-            patches.append(compile_patch())  # NOTE [compat: torch.compile on fake tensors]
-            patches.append(fake_tensor.cast_patch())  # NOTE [Casts of fake parameters]
-        return patches
+            objects, fake = on_real_tensors(objects), world_patches()
+        return [*objects, *_patches.batch_markers(_running_world), _compat.c10d.any_backend_served(), *fake]
 
     def stop(self) -> None:
         """Take the world down. Idempotent; runs every step even if one fails.

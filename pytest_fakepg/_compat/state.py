@@ -91,8 +91,10 @@ def traces() -> dict[str, Any]:
     found["DTensor RNG tracker"] = getattr(sys.modules.get("torch.distributed.tensor._random"), "_rng_tracker", None)
     api = sys.modules.get("torch.distributed.tensor._api")
     if api is not None:
+        import torch
+
         propagator = api.DTensor._op_dispatcher.sharding_propagator
-        stats = getattr(__import__("torch")._C, "_get_DTensor_sharding_propagator_cache_stats", None)
+        stats = getattr(torch._C, "_get_DTensor_sharding_propagator_cache_stats", None)
         found["DTensor sharding caches"] = (propagator.propagate_op_sharding.cache.cache_info().currsize,
                                             None if stats is None else stats())
         found["DTensor propagator"] = sorted(vars(propagator))

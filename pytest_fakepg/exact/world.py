@@ -222,10 +222,9 @@ class ExactWorld(FakeWorld, values="exact"):
         patches = [*sharing.patches(), self._thread_start(), (dist, init), (c10d, init),
                    *_patches.batch_markers(_running_world), _compat.c10d.any_backend_served()]
         if self.spec.tensors == "fake":
-            from .._compat import fake_tensor
-            from ..fake.mode import compile_patch, exchanged_for_real, init_patches
+            from ..fake.mode import exchanged_for_real, world_patches
 
-            patches += [*init_patches(), compile_patch(), fake_tensor.cast_patch(), *exchanged_for_real()]
+            patches += [*world_patches(), *exchanged_for_real()]
         return patches
 
     def _enter_fake_tensors(self) -> None:

@@ -279,6 +279,15 @@ def exchanged_for_real() -> tuple[tuple[Any, dict[str, Any]], ...]:
     return (dist, replacements), (c10d, replacements), (stage, {n: _on_real_tensors(vars(stage)[n]) for n in control})
 
 
+def world_patches() -> list[tuple[Any, dict[str, Any]]]:
+    """What every world on fake tensors installs, whatever its values:
+    initialisers that skip fake tensors (NOTE [Initialisation on fake
+    tensors]), torch.compile's backend for them (NOTE [compat: torch.compile
+    on fake tensors]) and casts of fake parameters (NOTE [Casts of fake
+    parameters])."""
+    return [*init_patches(), compile_patch(), _ft.cast_patch()]
+
+
 def on_real_tensors(patches: Any) -> list[tuple[Any, dict[str, Any]]]:
     """``patches`` with each replacement run with no fake mode active: the
     object collectives a world of one rank serves (NOTE [Objects this rank
