@@ -25,8 +25,14 @@ _PYTEST_ENV_PREFIX = "PYTEST_XDIST_"
 # default) they say what torchrun would tell this rank, on nodes of
 # ``local_world_size`` ranks: RANK, LOCAL_RANK (rank % local),
 # GROUP_RANK (the node, rank // local), ROLE_RANK, ROLE_NAME, WORLD_SIZE,
-# LOCAL_WORLD_SIZE and ROLE_WORLD_SIZE. MASTER_ADDR and MASTER_PORT are left
-# alone: there is no rendezvous, and the default group is up already. The
+# LOCAL_WORLD_SIZE, ROLE_WORLD_SIZE, GROUP_WORLD_SIZE (the nodes), and the
+# elastic agent's TORCHELASTIC_RUN_ID ("none", torchrun's default rendezvous
+# id), TORCHELASTIC_RESTART_COUNT and TORCHELASTIC_MAX_RESTARTS (0): Lightning
+# and torch.distributed.is_torchelastic_launched() take the run for torchrun's
+# by the run id. MASTER_ADDR and MASTER_PORT are torchrun's defaults
+# (127.0.0.1:29500), read by launch helpers that copy them (Lightning's
+# TorchElasticEnvironment); nothing listens there: there is no rendezvous, and
+# the default group is up already. The
 # environment is put back exactly when the world goes down (restore).
 # In an exact world the rank's variables change at every switch, so each
 # rank's program (and the threads it starts) reads its own. Ranks per node,
@@ -58,7 +64,9 @@ def torchrun_env(world_size: int, local: int, rank: int | None) -> dict[str, str
     """NOTE [torchrun's environment] on nodes of ``local`` ranks, for
     ``rank`` (None: the world's variables only)."""
     env = {"WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(local),
-           "ROLE_WORLD_SIZE": str(world_size), "ROLE_NAME": "default"}
+           "ROLE_WORLD_SIZE": str(world_size), "ROLE_NAME": "default", "GROUP_WORLD_SIZE": str(world_size // local),
+           "TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
     if rank is not None:
         env.update(rank_env(rank, local))
     return env

@@ -50,6 +50,7 @@ class WorldSpec:
     local_world_size: int | None = None  # None: decided when the world starts (NOTE [torchrun's environment])
     env: bool = True
     exact_dims: tuple[str, ...] | None = None  # NOTE [Hybrid worlds] (csrc/world_state.hpp)
+    per_rank_modules: tuple[str, ...] = ()  # NOTE [Client state] (_compat/state.py)
 
     @classmethod
     def build(
@@ -68,6 +69,7 @@ class WorldSpec:
         local_world_size: int | None = None,
         env: bool | None = None,
         exact_dims: Any = None,
+        per_rank_modules: Any = (),
     ) -> WorldSpec:
         """Validate every argument (in signature order) and resolve defaults.
 
@@ -84,6 +86,9 @@ class WorldSpec:
         ``exact_dims``: with ``values="exact"``, the mesh dimensions along
         which ranks run exactly; only the ranks that share ``rank``'s
         coordinates on the other dimensions run (NOTE [Hybrid worlds]).
+        ``per_rank_modules``: modules (with their submodules) whose globals
+        each rank of an exact world keeps to itself, and which any world puts
+        back when it goes down, beside the known libraries' (NOTE [Client state]).
         """
         if world_size is not None:
             world_size = check_world_size(world_size)
@@ -104,6 +109,7 @@ class WorldSpec:
         if env is not None and not isinstance(env, bool):
             raise TypeError(f"env must be True or False, got {env!r}")
         exact_dims = check_exact_dims(exact_dims, values, names)
+        per_rank_modules = check_module_names(per_rank_modules)
         if values == "exact":
             _fit_exact(rank, backend, exact_dims)
         if tensors == "fake":
@@ -127,6 +133,7 @@ class WorldSpec:
             local_world_size=local_world_size,
             env=True if env is None else env,
             exact_dims=exact_dims,
+            per_rank_modules=per_rank_modules,
         )
 
     @functools.cached_property
@@ -193,6 +200,20 @@ def check_exact_dims(exact_dims: Any, values: str | None, names: tuple[str, ...]
     if len(set(dims)) != len(dims):
         raise ValueError(f"exact_dims names a dimension more than once: {exact_dims!r}")
     return tuple(dims)
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def check_module_names(modules: Any) -> tuple[str, ...]:
+    """``per_rank_modules`` as a tuple of dotted module names."""
+    names = (modules,) if isinstance(modules, str) else modules
+    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) and _MODULE_NAME.fullmatch(n) for n in names):
+        raise TypeError(
+            "per_rank_modules must be a module name or a list of them, like "
+            f"per_rank_modules=['mylib.state']; got {modules!r}"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 def _fit_exact(rank: int, backend: str, exact_dims: tuple[str, ...] | None) -> None:

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from . import _backend, _compat, _default_group, _patches, environment, garbage
+from . import _backend, _compat, _default_group, _patches, environment, garbage, process_state
 from ._frames import site_source, user_line
 from .errors import FakeWorldFaultWarning
 from .faults import Fault
@@ -375,6 +375,7 @@ class FakeWorld:
         self._memory = None
         try:
             self._saved["garbage"] = garbage.fence()  # first, so that stop() always finds it
+            self._saved["client_state"] = process_state.Held(spec.per_rank_modules, torch=self.exact)
             for name in environment.HIDDEN:
                 os.environ.pop(name, None)
             if spec.env:
@@ -541,6 +542,8 @@ class FakeWorld:
                 # next world it would only recompile, up to dynamo's limit.
                 _compat.dynamo.reset_compiled_code()
             _compat.stdlib.set_excepthook(saved["excepthook"])  # init_process_group wraps it
+            if "client_state" in saved:
+                saved["client_state"].restore()
             environment.restore(saved["env"])
             if self._native is not None:
                 self._native.set_site_source(None)

@@ -69,9 +69,9 @@ MARKER = [
     Row("unknown keyword", "fake_world(2, rnak=1)",
         "got an unexpected keyword argument 'rnak' (did you mean 'rank'?) (allowed: world_size, rank, mesh, "
         "device, values, fail, "
-        "fail_at, backend, record, tensors, local_world_size, env, exact_dims, check_ranks, id)"),
+        "fail_at, backend, record, tensors, local_world_size, env, exact_dims, per_rank_modules, check_ranks, id)"),
     Row("a keyword one letter off", "fake_world(4, ranks='all')",
-        "got an unexpected keyword argument 'ranks' (did you mean 'rank'?) (allowed: world_size, rank, mesh, device, values, fail, fail_at, backend, record, tensors, local_world_size, env, exact_dims, check_ranks, id)"),
+        "got an unexpected keyword argument 'ranks' (did you mean 'rank'?) (allowed: world_size, rank, mesh, device, values, fail, fail_at, backend, record, tensors, local_world_size, env, exact_dims, per_rank_modules, check_ranks, id)"),
     Row("unknown tensors", "fake_world(2, tensors='meta')", "tensors must be one of 'real', 'fake', got 'meta'"),
     Row("exact_dims without exact values", "fake_world(mesh={'pp': 2, 'dp': 2}, exact_dims='pp')",
         "exact_dims='pp' picks the ranks an exact world runs; give values='exact' with it (got values=None)"),
@@ -80,6 +80,9 @@ MARKER = [
         "mesh={'pp': 4, 'dp': 2}"),
     Row("exact_dims naming no dimension", "fake_world(mesh={'pp': 2, 'dp': 2}, values='exact', exact_dims='p')",
         "exact_dims names 'p' (did you mean 'pp'?), which is not a dimension of the mesh (pp, dp)"),
+    Row("per_rank_modules not module names", "fake_world(4, values='exact', per_rank_modules=['megatron core'])",
+        "per_rank_modules must be a module name or a list of them, like per_rank_modules=['mylib.state']; "
+        "got ['megatron core']"),
     Row("fake tensors on the stock backend", "fake_world(2, tensors='fake', backend='fake')",
         "tensors='fake' needs the fakepg backend, which records what fake tensors send; torch's stock backend "
         "(backend='fake') records nothing"),

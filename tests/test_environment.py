@@ -22,7 +22,8 @@ from .conftest import RunTests
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME",
-            "ROLE_WORLD_SIZE")
+            "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+            "TORCHELASTIC_MAX_RESTARTS", "MASTER_ADDR", "MASTER_PORT")
 
 
 def torchrun_env() -> dict[str, str | None]:
@@ -50,8 +51,12 @@ def test_a_world_sets_what_torchrun_would_tell_its_rank(
         assert torchrun_env() == {
             "RANK": str(rank), "WORLD_SIZE": str(size), "LOCAL_RANK": local_rank, "LOCAL_WORLD_SIZE": local_size,
             "GROUP_RANK": node, "ROLE_RANK": str(rank), "ROLE_NAME": "default", "ROLE_WORLD_SIZE": str(size),
+            "GROUP_WORLD_SIZE": str(size // int(local_size)), "TORCHELASTIC_RUN_ID": "none",
+            "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
         }
         assert int(os.environ["LOCAL_RANK"]) == rank % int(os.environ["LOCAL_WORLD_SIZE"])
+        assert dist.is_torchelastic_launched()
     assert set(torchrun_env().values()) == {None}
 
 

@@ -454,7 +454,7 @@ def test_markers_and_fixtures_are_documented(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--markers")
     result.stdout.fnmatch_lines([
         "@pytest.mark.fake_world(world_size=None, *, rank=0, mesh=None, device='cpu', values=None, "
-        "fail=None, fail_at='issue', backend=None, record=None, tensors='real', local_world_size=None, env=None, exact_dims=None, check_ranks=None, id=None): run the test in a fake "
+        "fail=None, fail_at='issue', backend=None, record=None, tensors='real', local_world_size=None, env=None, exact_dims=None, per_rank_modules=(), check_ranks=None, id=None): run the test in a fake "
         "torch.distributed world*",
     ])
     result = pytester.runpytest_subprocess("--fixtures")

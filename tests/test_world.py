@@ -375,7 +375,7 @@ def test_the_public_signatures_agree() -> None:
     assert marker[:-2] == build and [p.name for p in marker[-2:]] == ["check_ranks", "id"]
     assert [p.name for p in build] == [
         "world_size", "rank", "mesh", "device", "values", "fail", "fail_at", "backend", "record", "tensors",
-        "local_world_size", "env", "exact_dims",
+        "local_world_size", "env", "exact_dims", "per_rank_modules",
     ]
     assert FakeWorld(WorldSpec.build(4, rank=1)).spec == FakeWorld(4, rank=1).spec
 

@@ -14,6 +14,32 @@ from typing import Any
 TRACKED_PACKAGES = ("torch.distributed",)
 TRACKED_MODULES = frozenset({"torch.nn.modules.module"})
 
+# NOTE [Client state]
+# The training libraries built on torch.distributed keep their groups and
+# ranks in module globals, set once per process: Megatron's parallel_state
+# ("... group is already initialized" when a second rank thread initialises),
+# DeepSpeed's world backend and groups (a group of a world that went down:
+# "Group ... is not registered"), Lightning's rank_zero_only.rank (every rank
+# of an exact world saw the last one's, and the next world the last rank's).
+# Each is kept per rank in exact worlds, like torch's own, and put back when
+# any world goes down. A world's ``per_rank_modules`` names more (with their
+# submodules). Checked against megatron-core 0.19.2, DeepSpeed 0.19.8 and
+# Lightning 2.6.6; a module not loaded is skipped.
+CLIENT_MODULES = frozenset({
+    "megatron.core.parallel_state",
+    "megatron.core.tensor_parallel.random",
+    "megatron.core.num_microbatches_calculator",
+    "deepspeed.comm.comm",
+    "deepspeed.utils.groups",
+    "lightning_utilities.core.rank_zero",
+})
+
+# Objects whose attributes are state although they are functions, so not
+# found as singletons: module name -> names in it.
+CLIENT_HOLDERS: dict[str, tuple[str, ...]] = {
+    "lightning_utilities.core.rank_zero": ("rank_zero_only",),
+}
+
 # A container of this many entries or more when first found is a table
 # filled at import (op strategies, registries), not a rank's state: copying
 # it at each run would cost more than the run.

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .. import _compat
-from . import process_state
+from .. import process_state
 from ..errors import FakeWorldDeadlock, RankStopped
 
 
@@ -35,6 +35,9 @@ class Ranks(Protocol):
     def device(self) -> str: ...
 
     _native: Any  # the world's WorldState
+
+    @property
+    def spec(self) -> Any: ...  # the world's WorldSpec
 
     def _rank_program(self, rank: int, first_group: int) -> contextlib.AbstractContextManager[None]: ...
 
@@ -168,7 +171,7 @@ class _ProcessState:
         self.world = world
         self.caller = _CudaRng()
         self.cuda = [self.caller] * n  # every rank starts where the caller's streams are
-        self.views = process_state.RankViews(n)
+        self.views = process_state.RankViews(n, world.spec.per_rank_modules)
         self.random = _compat.stdlib.RandomPerRank(n)
         self.excepthook = _compat.stdlib.excepthook()  # init_process_group, making a rank's group, wraps it
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._compat import dtensor
-from .process_state import module_flags
+from ..process_state import module_flags
 
 Patch = tuple[Any, dict[str, Any]]
 

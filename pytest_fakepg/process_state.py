@@ -1,6 +1,8 @@
-"""Per-rank process state: what a rank's program changes in the module-level
-state of torch's distributed stack is that rank's alone, as it would be in
-its own process on a cluster.
+"""Module-level state a world's program changes: in an exact world, what a
+rank changes in the module-level state of torch's distributed stack and of
+the training libraries built on it is that rank's alone, as it would be in
+its own process on a cluster; and what any world's program changes in those
+libraries' state is undone when the world goes down.
 
 NOTE [Per-rank process state]
 An exact world's ranks share one interpreter, so a flag one rank sets in a
@@ -20,9 +22,10 @@ found by reading that code, once per module (``_written``):
 - *caches*: ``functools`` caches, whose keys (meshes compare equal across
   ranks) cannot tell ranks apart.
 
-for every loaded module ``_compat.state`` tracks (torch.distributed's, and
+for every loaded module ``_compat.state`` tracks (torch.distributed's,
 ``torch.nn.modules.module``, whose global module hooks torch's debug tools
-register). At each switch
+register, and the training libraries' own: NOTE [Client state]) and every
+module the world names (``per_rank_modules``). At each switch
 (NOTE [The baton]) the rank that stops has what it changed since it started
 recorded as its own, copy on write, and those cells go back to what the other
 ranks see (the caller's values when the run started); the rank that starts
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import dis
 import enum
+import importlib.abc
 import itertools
 import logging
 import operator
@@ -57,7 +61,7 @@ import threading
 import types
 from typing import Any
 
-from .. import _compat
+from . import _compat
 
 # Methods that change a container in place.
 _MUTATORS = frozenset({
@@ -71,11 +75,24 @@ _CONTAINERS = (dict, set, list)
 _MISSING = object()
 
 
-def _tracked(name: str) -> bool:
+def _within(name: str, packages: tuple[str, ...] | frozenset[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def _tracked(name: str, torch: bool, named: tuple[str, ...]) -> bool:
+    """Whether module ``name``'s state is kept: torch's own (when
+    ``torch``), a known client's, or one the world names (with its submodules)."""
     policy = _compat.state
-    return (name in policy.TRACKED_MODULES or any(name.startswith(p + ".") for p in policy.TRACKED_PACKAGES)) and \
-        name not in policy.PER_RANK_ELSEWHERE and \
-        not any(name == p or name.startswith(p + ".") for p in policy.NOT_IN_A_RANK)
+    if name in policy.CLIENT_MODULES or _within(name, named):
+        return True
+    return torch and (name in policy.TRACKED_MODULES or any(name.startswith(p + ".") for p in policy.TRACKED_PACKAGES)) and \
+        name not in policy.PER_RANK_ELSEWHERE and not _within(name, policy.NOT_IN_A_RANK)
+
+
+def _owner(name: str) -> str:
+    """The package whose classes make a module's singletons: torch.distributed
+    for torch's modules, else the module's top-level package."""
+    return "torch.distributed" if name.startswith("torch.") else name.partition(".")[0]
 
 
 def _state_sized(container: Any) -> bool:
@@ -137,16 +154,26 @@ def _written(module: types.ModuleType) -> tuple[set[str], set[str]]:
     return rebound, mutated
 
 
+_SCANNED: dict[str, tuple[set[str], set[str]]] = {}
+
+
+def _written_once(module: types.ModuleType) -> tuple[set[str], set[str]]:
+    found = _SCANNED.get(module.__name__)
+    if found is None:
+        found = _SCANNED[module.__name__] = _written(module)
+    return found
+
+
 def module_flags(module: types.ModuleType) -> tuple[str, ...]:
     """The module-level names ``module``'s functions rebind: its flags."""
-    return tuple(sorted(_CELLS.written(module)[0]))
+    return tuple(sorted(_written_once(module)[0]))
 
 
-def _singleton(value: Any) -> bool:
-    """An object of torch.distributed's own class whose attributes are state."""
+def _singleton(value: Any, owner: str) -> bool:
+    """An object of ``owner``'s own classes whose attributes are state."""
     kind = type(value)
     return (
-        kind.__module__.startswith("torch.distributed")
+        _within(kind.__module__, (owner,))
         and isinstance(getattr(value, "__dict__", None), dict)
         and not isinstance(value, (type, types.ModuleType, types.FunctionType, threading.local, logging.Logger,
                                    enum.Enum))
@@ -155,24 +182,19 @@ def _singleton(value: Any) -> bool:
 
 
 class _Cells:
-    """The state ranks keep to themselves, as found in the loaded modules:
-    each module is read once, when a run first finds it loaded."""
+    """The state ranks keep to themselves, as found in the loaded modules
+    that one selection tracks (``_tracked``): each module is read once, when
+    a run first finds it loaded."""
 
-    def __init__(self) -> None:
+    def __init__(self, torch: bool, named: tuple[str, ...]) -> None:
+        self.torch, self.named = torch, named
         self.spaces: list[dict[str, Any]] = []  # binding i is self.spaces[i][self.names[i]]
         self.names: list[str] = []
         self.containers: list[Any] = []
         self.caches: list[Any] = []
         self.modules = 0  # len(sys.modules) when found: a new module is looked at next run
-        self.scanned: dict[str, tuple[set[str], set[str]]] = {}
         # module name -> (the module, its bindings, containers and caches)
         self.found: dict[str, tuple[types.ModuleType, list[tuple[dict[str, Any], str]], list[Any], list[Any]]] = {}
-
-    def written(self, module: types.ModuleType) -> tuple[set[str], set[str]]:
-        found = self.scanned.get(module.__name__)
-        if found is None:
-            found = self.scanned[module.__name__] = _written(module)
-        return found
 
     def refresh(self) -> None:
         if len(sys.modules) == self.modules:
@@ -180,13 +202,13 @@ class _Cells:
         self.modules = len(sys.modules)
         rank_free: list[Any] | None = None
         for name, module in list(sys.modules.items()):
-            if module is None or not _tracked(name):
+            if module is None or not _tracked(name, self.torch, self.named):
                 continue
             known = self.found.get(name)
             if known is None or known[0] is not module:
                 if rank_free is None:
                     rank_free = _compat.state.rank_free_caches()
-                self.found[name] = (module, *self._read(name, module, rank_free))
+                self.found[name] = (module, *_read(name, module, rank_free))
         spaces, names, containers, caches = [], [], [], []
         seen: set[tuple[int, str]] = set()
         held: set[int] = set()
@@ -202,62 +224,77 @@ class _Cells:
                     (containers if isinstance(obj, _CONTAINERS) else caches).append(obj)
         self.spaces, self.names, self.containers, self.caches = spaces, names, containers, caches
 
-    def _read(self, name: str, module: types.ModuleType,
-              rank_free: list[Any]) -> tuple[list[tuple[dict[str, Any], str]], list[Any], list[Any]]:
-        """``module``'s bindings, containers and caches (see the NOTE)."""
-        shared = _compat.state.SHARED_STATE.get(name, frozenset())
-        bindings: list[tuple[dict[str, Any], str]] = []
-        containers: list[Any] = []
-        caches: list[Any] = []
 
-        def singleton(obj: Any) -> None:
-            space = vars(obj)
-            for attr, value in space.items():
-                bindings.append((space, attr))
-                if isinstance(value, _CONTAINERS) and _state_sized(value):
-                    containers.append(value)
+def _read(name: str, module: types.ModuleType,
+          rank_free: list[Any]) -> tuple[list[tuple[dict[str, Any], str]], list[Any], list[Any]]:
+    """``module``'s bindings, containers and caches (see the NOTE)."""
+    shared = _compat.state.SHARED_STATE.get(name, frozenset())
+    bindings: list[tuple[dict[str, Any], str]] = []
+    containers: list[Any] = []
+    caches: list[Any] = []
 
-        def cache(fn: Any) -> None:
-            fn = getattr(fn, "__func__", fn)
-            if callable(getattr(fn, "cache_clear", None)) and not any(fn is f for f in rank_free):
-                caches.append(fn)
-
-        rebound, mutated = self.written(module)
-        space = vars(module)
-        bindings.extend((space, attr) for attr in sorted(rebound - shared))
-        for attr in sorted(mutated - shared):
-            value = space.get(attr)
+    def singleton(obj: Any) -> None:
+        space = vars(obj)
+        for attr, value in space.items():
+            bindings.append((space, attr))
             if isinstance(value, _CONTAINERS) and _state_sized(value):
                 containers.append(value)
-        for value in list(space.values()):
-            if isinstance(value, type) and value.__module__ == name:
-                for attr in list(vars(value).values()):
-                    if _singleton(attr):
-                        singleton(attr)
-                    else:
-                        cache(attr)
-            elif _singleton(value):
-                singleton(value)
-            elif getattr(value, "__module__", None) == name:
-                cache(value)
-        return bindings, containers, caches
+
+    def cache(fn: Any) -> None:
+        fn = getattr(fn, "__func__", fn)
+        if callable(getattr(fn, "cache_clear", None)) and not any(fn is f for f in rank_free):
+            caches.append(fn)
+
+    rebound, mutated = _written_once(module)
+    space = vars(module)
+    owner = _owner(name)
+    for attr in _compat.state.CLIENT_HOLDERS.get(name, ()):
+        if attr in space:
+            singleton(space[attr])
+    bindings.extend((space, attr) for attr in sorted(rebound - shared))
+    for attr in sorted(mutated - shared):
+        value = space.get(attr)
+        if isinstance(value, _CONTAINERS) and _state_sized(value):
+            containers.append(value)
+    for value in list(space.values()):
+        if isinstance(value, type) and value.__module__ == name:
+            for attr in list(vars(value).values()):
+                if _singleton(attr, owner):
+                    singleton(attr)
+                else:
+                    cache(attr)
+        elif _singleton(value, owner):
+            singleton(value)
+        elif getattr(value, "__module__", None) == name:
+            cache(value)
+    return bindings, containers, caches
 
 
-_CELLS = _Cells()
+_CELLS: dict[tuple[bool, tuple[str, ...]], _Cells] = {}
+
+
+def _cells(torch: bool, named: tuple[str, ...]) -> _Cells:
+    found = _CELLS.get((torch, named))
+    if found is None:
+        found = _CELLS[torch, named] = _Cells(torch, named)
+    found.refresh()
+    return found
 
 
 class RankViews:
     """One run's per-rank views of the cells: ``leave(rank)`` when a rank's
-    turn ends, ``enter(rank)`` when one starts, ``finish()`` at the end."""
+    turn ends, ``enter(rank)`` when one starts, ``finish()`` at the end.
+    ``torch``: torch's own state too (an exact run), else only the clients'
+    and ``named`` modules' (held for a whole world: ``held``)."""
 
-    def __init__(self, ranks: int) -> None:
-        from .. import _backend
+    def __init__(self, ranks: int, named: tuple[str, ...] = (), torch: bool = True) -> None:
+        from . import _backend
 
         native = _backend.load()
         self._changed_bindings, self._changed = native.changed_bindings, native.changed_containers
-        _CELLS.refresh()
-        self.spaces, self.names = _CELLS.spaces, _CELLS.names
-        self.containers, self.caches = _CELLS.containers, _CELLS.caches
+        self.cells = cells = _cells(torch, named)
+        self.spaces, self.names = cells.spaces, cells.names
+        self.containers, self.caches = cells.containers, cells.caches
         self.base = self._bindings()
         self.base_contents = [_copy(c) for c in self.containers]
         self.expected = list(self.base)
@@ -271,6 +308,8 @@ class RankViews:
     def leave(self, rank: int) -> None:
         """What ``rank`` changed is its own; every cell back to the shared value."""
         self.running = -1
+        if len(sys.modules) != self.cells.modules:
+            self._grow()
         for fn in self.caches:
             fn.cache_clear()
         changed = self._changed_bindings(self.spaces, self.names, self.expected, _MISSING)
@@ -291,17 +330,28 @@ class RankViews:
             _fill(self.containers[j], self.base_contents[j])
             self.expected_contents[j] = self.base_contents[j]
 
+    def _grow(self) -> None:
+        """Take in the cells of modules imported since the run began, each
+        shared as its import left it (``ImportWatch``): the rank that
+        imported one and changed it keeps its changes."""
+        cells, n, m = self.cells, len(self.spaces), len(self.containers)
+        cells.refresh()
+        if cells.names[:n] != self.names or cells.containers[:m] != self.containers:
+            return  # a module reloaded: its cells stay shared
+        self.spaces, self.names, self.caches = cells.spaces, cells.names, cells.caches
+        self.containers = cells.containers
+        added = [_AS_IMPORTED.get((id(space), name), space.get(name, _MISSING))
+                 for space, name in zip(self.spaces[n:], self.names[n:])]
+        self.base.extend(added)
+        self.expected.extend(added)
+        contents = [_AS_IMPORTED_CONTENTS[id(c)] if id(c) in _AS_IMPORTED_CONTENTS else _copy(c)
+                    for c in self.containers[m:]]
+        self.base_contents.extend(contents)
+        self.expected_contents.extend(contents)
+
     def _changed_containers(self) -> list[int]:
-        changed = []
-        for j in self._changed(self.containers, self.expected_contents):
-            container, expected = self.containers[j], self.expected_contents[j]
-            try:
-                same = container == expected
-            except Exception:  # noqa: BLE001 - an element whose == raises (a tensor): by identity
-                same = len(container) == len(expected) and all(map(operator.is_, _values(container), _values(expected)))
-            if not same:
-                changed.append(j)
-        return changed
+        return [j for j in self._changed(self.containers, self.expected_contents)
+                if not _same(self.containers[j], self.expected_contents[j])]
 
     def enter(self, rank: int) -> None:
         """``rank``'s own values in the cells it changed before."""
@@ -327,6 +377,108 @@ class RankViews:
             _fill(self.containers[j], self.base_contents[j])
         for fn in self.caches:
             fn.cache_clear()
+
+
+class Held:
+    """The known clients' and ``named`` modules' state as a world found it,
+    put back by ``restore()`` when the world goes down (NOTE [Client
+    state]): what a world's program caches there (DeepSpeed's world group,
+    Megatron's parallel groups) must not reach the next world."""
+
+    def __init__(self, named: tuple[str, ...], torch: bool) -> None:
+        self.watch = ImportWatch(torch, named)
+        cells = self.found = _cells(False, named)
+        self.cells = list(zip(cells.spaces, cells.names, (space.get(name, _MISSING)
+                                                          for space, name in zip(cells.spaces, cells.names))))
+        self.contents = [(c, _copy(c)) for c in cells.containers]
+        self.caches = cells.caches
+        sys.meta_path.insert(0, self.watch)
+
+    def restore(self) -> None:
+        """Every cell as the world found it; those of modules imported while
+        it was up, as their import left them."""
+        if self.watch in sys.meta_path:
+            sys.meta_path.remove(self.watch)
+        cells, n, m = self.found, len(self.cells), len(self.contents)
+        cells.refresh()
+        if [name for _, name, _ in self.cells] == cells.names[:n] and \
+                [c for c, _ in self.contents] == cells.containers[:m]:
+            self.cells.extend((space, name, _AS_IMPORTED[id(space), name])
+                              for space, name in zip(cells.spaces[n:], cells.names[n:])
+                              if (id(space), name) in _AS_IMPORTED)
+            self.contents.extend((c, _AS_IMPORTED_CONTENTS[id(c)]) for c in cells.containers[m:]
+                                 if id(c) in _AS_IMPORTED_CONTENTS)
+            self.caches = cells.caches
+        _AS_IMPORTED.clear()
+        _AS_IMPORTED_CONTENTS.clear()
+        for space, name, value in self.cells:
+            if space.get(name, _MISSING) is not value:
+                _set(space, name, value)
+        for container, saved in self.contents:
+            if not _same(container, saved):
+                _fill(container, saved)
+        for fn in self.caches:
+            fn.cache_clear()
+
+
+# The cells of modules imported while a world is up, as their import left
+# them: (id(space), name) -> value, and id(container) -> its contents.
+_AS_IMPORTED: dict[tuple[int, str], Any] = {}
+_AS_IMPORTED_CONTENTS: dict[int, Any] = {}
+
+
+class ImportWatch(importlib.abc.MetaPathFinder):
+    """On ``sys.meta_path`` while a world is up: a kept module imported then
+    (a test that imports DeepSpeed in its body) has its cells recorded as
+    its import left them, before the program changes them, so that the
+    other ranks and the next world start from there."""
+
+    def __init__(self, torch: bool, named: tuple[str, ...]) -> None:
+        self.torch, self.named = torch, named
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if not _tracked(fullname, self.torch, self.named):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _Recorded(spec.loader)
+        return spec
+
+
+class _Recorded:
+    """A loader that runs ``loader`` and then records the module's cells."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__loader__ = module.__spec__.loader = self._loader  # nothing keeps this wrapper
+        self._loader.exec_module(module)
+        bindings, containers, _ = _read(module.__name__, module, _compat.state.rank_free_caches())
+        for space, name in bindings:
+            _AS_IMPORTED.setdefault((id(space), name), space.get(name, _MISSING))
+        for container in containers:
+            _AS_IMPORTED_CONTENTS.setdefault(id(container), _copy(container))
+
+
+def _same(container: Any, expected: Any) -> bool:
+    try:
+        return bool(container == expected)
+    except Exception:  # noqa: BLE001 - an element whose == raises (a tensor): by identity
+        return len(container) == len(expected) and all(map(operator.is_, _values(container), _values(expected)))
 
 
 def _set(space: dict[str, Any], name: str, value: Any) -> None:
