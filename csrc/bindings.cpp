@@ -195,6 +195,12 @@ auto withoutGil(F&& fn) {
 }  // namespace
 }  // namespace fakepg
 
+namespace fakepg {
+bool serve_fake_cuda(int devices);
+int fake_cuda_device();
+void set_fake_cuda_device(int index);
+}  // namespace fakepg
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using fakepg::FailAt;
   using fakepg::FakeBackend;
@@ -217,6 +223,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
   // "linux" or "portable": which platform.hpp the module was built with.
   m.def("platform", []() { return std::string(fakepg::platform::name()); });
+
+  // NOTE [A fake CUDA device] (fake/cuda.py, fake_cuda.cpp).
+  m.def("serve_fake_cuda", &fakepg::serve_fake_cuda, py::arg("devices"));
+  m.def("fake_cuda_device", &fakepg::fake_cuda_device);
+  m.def("set_fake_cuda_device", &fakepg::set_fake_cuda_device, py::arg("index"));
 
   // NOTE [Per-rank process state] (exact/process_state.py): the check made
   // at each switch, without the interpreter. changed_bindings: the indices i

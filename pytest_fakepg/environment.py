@@ -49,9 +49,10 @@ def ranks_per_node(world_size: int, device: str) -> int:
     if device == "cuda":
         import torch
 
-        gpus = max(torch.cuda.device_count(), 1)
-        return max(d for d in range(1, min(gpus, world_size) + 1) if world_size % d == 0)
-    return 8 if world_size % 8 == 0 else world_size
+        gpus = torch.cuda.device_count()
+        if gpus:
+            return max(d for d in range(1, min(gpus, world_size) + 1) if world_size % d == 0)
+    return 8 if world_size % 8 == 0 else world_size  # and the fake CUDA device's node (fake/cuda.py)
 
 
 def rank_env(rank: int, local: int) -> dict[str, str]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from . import _backend, _compat, _default_group, _patches, environment, garbage, process_state
 from ._frames import site_source, user_line
 from .errors import FakeWorldFaultWarning
+from .fake import cuda as _fake_cuda
 from .faults import Fault
 from .memory import Memory
 from .mesh import init_device_mesh, labels_now
@@ -137,6 +138,7 @@ class FakeWorld:
         self.batches: list[tuple[int, int, int]] = []
         self._site: Callable[[], int] | None = None  # the user's line now, as an index into _sites
         self._memory: Memory | None = None
+        self._assumed: set[str] = set()  # NOTE [Values fake tensors carry]
         self._ranks_per_node = 1  # LOCAL_WORLD_SIZE, decided at start (NOTE [torchrun's environment])
         self._saved: dict[str, Any] = {}
         self._up = False
@@ -222,6 +224,11 @@ class FakeWorld:
         self._start_memory()
         assert self._memory is not None
         return self._memory
+
+    @property
+    def assumptions(self) -> list[str]:
+        """What a tensors="fake" plan assumed of values (NOTE [Values fake tensors carry])."""
+        return sorted(self._assumed)
 
     def measured_memory(self) -> Memory | None:
         """``memory`` if this world measures it (tensors="fake", or once
@@ -360,10 +367,9 @@ class FakeWorld:
         if _running is not None:
             raise RuntimeError("another FakeWorld is already up in this process")
         spec = self.spec
-        if not environment.device_available(spec.device):
-            raise RuntimeError(
-                f"device={spec.device!r} was asked for but no {spec.device} device is available"
-            )
+        fake_cuda = _fake_cuda.needed(spec.device, spec.tensors)
+        if not fake_cuda and not environment.device_available(spec.device):
+            raise RuntimeError(f"device={spec.device!r} was asked for but no {spec.device} device is available")
         if spec.backend == "fakepg":
             _backend.register(_create_backend)  # before any state changes: a build error leaves nothing
         self._saved = {
@@ -376,12 +382,13 @@ class FakeWorld:
         try:
             self._saved["garbage"] = garbage.fence()  # first, so that stop() always finds it
             self._saved["client_state"] = process_state.Held(spec.per_rank_modules, torch=self.exact)
-            for name in environment.HIDDEN:
-                os.environ.pop(name, None)
-            if spec.env:
-                self._ranks_per_node = spec.local_world_size or environment.ranks_per_node(spec.world_size, spec.device)
-                rank = None if self.exact else spec.rank  # an exact world's ranks get theirs as they run
-                os.environ.update(environment.torchrun_env(spec.world_size, self._ranks_per_node, rank))
+            environment.put_back(dict.fromkeys(environment.HIDDEN))
+            self._ranks_per_node = spec.local_world_size or environment.ranks_per_node(spec.world_size, spec.device)
+            if spec.env:  # an exact world's ranks get their rank's variables as they run
+                os.environ.update(environment.torchrun_env(spec.world_size, self._ranks_per_node,
+                                                           None if self.exact else spec.rank))
+            if fake_cuda:  # NOTE [A fake CUDA device]: a node of LOCAL_WORLD_SIZE devices
+                self._at_stop(_fake_cuda.Served(self._ranks_per_node).stop)
             self._store = world_store(self)  # NOTE [A store wait in a uniform world]
             self._bring_up_groups()
             self._install_patches()
@@ -400,7 +407,7 @@ class FakeWorld:
         a fake-tensor world]."""
         from .fake.mode import make_mode
 
-        mode = make_mode()
+        mode = make_mode(self._assumed, self.values)
         mode.__enter__()
         self._saved["tensor_mode"] = mode
 
@@ -468,8 +475,7 @@ class FakeWorld:
         )
 
     def _label_of(self, name: str) -> str:
-        """What messages call group ``name`` (the backend asks, for a fault's
-        message): its label, or "" for none."""
+        """Group ``name``'s label, or "" (the backend asks, for a fault's message)."""
         return self._labels_now().get(name, "")
 
     def _take_groups_count(self) -> None:

@@ -336,7 +336,7 @@ def test_fault_fires_on_fake_tensors_at_issue_and_at_wait() -> None:
 
 def test_a_value_of_a_fake_tensor_fails_naming_the_world_and_the_line() -> None:
     with FakeWorld(2, tensors="fake"):
-        x = torch.ones(3)
+        x = torch.randn(3)
         with pytest.raises(Exception) as info:
             x.sum().item()
         notes = "\n".join(getattr(info.value, "__notes__", []))

@@ -31,6 +31,96 @@ def fake_tensor_class() -> type:
     return FakeTensor
 
 
+@functools.cache
+@door("run a world on fake tensors")
+def meta_views() -> frozenset[Any]:
+    """View ops whose meta kernel a fake tensor runs directly
+    (``view_on_meta``): torch's FakeTensorMode runs ``slice`` through its
+    Python decomposition and ``as_strided`` again through every mode, about
+    0.7 ms a call, where DeepSpeed slices each flat buffer world-size times."""
+    import torch
+
+    aten = torch.ops.aten
+    return frozenset({aten.slice.Tensor, aten.as_strided.default, aten.view.default, aten.select.int,
+                      aten.unsqueeze.default, aten.squeeze.dim, aten.t.default, aten.transpose.int,
+                      aten.permute.default, aten.expand.default, aten.alias.default})
+
+
+@door("run a world on fake tensors")
+def view_on_meta(mode: Any, func: Any, args: Any, kwargs: Any) -> Any:
+    """``func`` (one of ``meta_views()``, each a view of its first argument)
+    on fake tensors of ``mode``, as FakeTensorMode runs an op with a meta
+    kernel: the kernel on the tensors' meta selves, the output a fake tensor
+    on the input's device (a view has its input's device)."""
+    from torch._subclasses.fake_tensor import FakeTensor, in_kernel_invocation_manager
+
+    with in_kernel_invocation_manager(mode):
+        out = func(*args, **kwargs)
+    return FakeTensor(mode, out, args[0].fake_device)
+
+
+@functools.cache
+@door("run a world on fake tensors")
+def op_facts(op: Any) -> tuple[str, tuple[tuple[int, str, bool], ...], bool]:
+    """What NOTE [Values fake tensors carry] reads of an op overload's
+    schema: its name without namespace; the arguments it writes to (place,
+    name, keyword-only); whether it returns a tensor."""
+    schema = op._schema
+    written = tuple((i, arg.name, arg.kwarg_only) for i, arg in enumerate(schema.arguments)
+                    if arg.alias_info is not None and arg.alias_info.is_write)
+    returns = any(r.type.kind() in ("TensorType", "ListType") for r in schema.returns)
+    return schema.name.partition("::")[2], written, returns
+
+
+@door("run a world on fake tensors")
+def reduce_op_name(op: Any) -> str:
+    """A collective's reduce op, boxed (c10d's ops) or named (functional
+    collectives), as its RedOpType name: "SUM", "MAX", ..."""
+    import torch.distributed as dist
+
+    if isinstance(op, str):
+        return op.upper()
+    return dist.ReduceOp.RedOpType(op.op()).name
+
+
+@door("run a world on fake tensors")
+def group_size(group: Any) -> int:
+    """The size of a c10d op's boxed group, or a functional collective's group name."""
+    import torch.distributed as dist
+
+    if isinstance(group, str):
+        return resolve_group(group).size()
+    return dist.ProcessGroup.unbox(group).size()
+
+
+@door("run a world on fake tensors")
+def local_scalar_op() -> Any:
+    """``aten._local_scalar_dense``: what ``.item()`` and ``bool()`` dispatch."""
+    import torch
+
+    return torch.ops.aten._local_scalar_dense.default
+
+
+@door("run a world on fake tensors")
+def storage_key(tensor: Any) -> int:
+    """One number for a tensor's storage, the same for all its views."""
+    return tensor.untyped_storage()._cdata
+
+
+@door("run a world on fake tensors")
+def tree_leaves(tree: Any) -> list[Any]:
+    from torch.utils._pytree import tree_leaves as leaves
+
+    return leaves(tree)
+
+
+@door("run a world on fake tensors")
+def tree_map(fn: Any, tree: Any) -> Any:
+    from torch.utils._pytree import tree_map as map_tree
+
+    return map_tree(fn, tree)
+
+
 @door("run a world on fake tensors")
 def unset_fake() -> Any:
     """A context manager in which no fake mode is active (torch's own

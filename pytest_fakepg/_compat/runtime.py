@@ -56,3 +56,33 @@ def set_autograd_threads(enabled: bool) -> None:
 
     torch._C._set_multithreading_enabled(enabled)
 
+
+
+def tensor_property(name: str) -> Any:
+    """The descriptor of ``TensorBase.<name>`` (``is_cuda``, ``is_cpu``):
+    what a property standing in for it on ``torch.Tensor`` falls back to."""
+    import torch
+
+    return vars(torch._C.TensorBase)[name]
+
+
+# Modules between an op's dispatch and the Python code that called it:
+# torch's dispatch machinery and the trackers' modes (2.11-2.15.0).
+_DISPATCH_MODULES = ("torch._", "torch.utils._python_dispatch", "torch.distributed._tools", "pytest_fakepg")
+
+
+def called_from_autograd_engine() -> bool:
+    """Whether the op being dispatched was asked for by C++ autograd while it
+    runs backward: the first frame up outside the dispatch machinery is
+    ``torch.autograd.graph._engine_run_backward``, which called the engine
+    (2.11-2.15.0). A Python backward (a custom Function's, a hook) is not."""
+    from .stdlib import getframe
+
+    frame = getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "_engine_run_backward":
+            return True
+        if not frame.f_globals.get("__name__", "").startswith(_DISPATCH_MODULES):
+            return False
+        frame = frame.f_back
+    return False

@@ -54,6 +54,7 @@ def tracker_class() -> type:
     from torch.utils._pytree import tree_map_only
 
     in_compiled = getattr(torch._dynamo.eval_frame, "_is_in_optimized_module", None) or (lambda: False)  # 2.11-2.15.0
+    device_query = torch.ops.prim.device.default
 
     def detach_leaf(t: Any) -> Any:
         return t.detach() if t.is_leaf and t.requires_grad else t
@@ -100,8 +101,9 @@ def tracker_class() -> type:
             return True
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            # A view allocates nothing: its storage is counted already.
-            if func.is_view or self.propagating:
+            # A view allocates nothing: its storage is counted already; a
+            # tensor's device is no tensor.
+            if func.is_view or func is device_query or self.propagating:
                 return func(*args, **(kwargs or {}))
             if self.on_wait is not None and func.__name__ == "wait_tensor.default" and args:
                 self.on_wait(args[0])
@@ -114,6 +116,20 @@ def tracker_class() -> type:
         def _track_optimizer_states(self, reftype: Any, optimizer: Any) -> None:
             if counting() is self:  # another thread's optimizer is another tracker's
                 super()._track_optimizer_states(reftype, optimizer)
+                track_master_copies(self, optimizer)
+
+        def _track_module_params_and_buffers(self, module: Any, install_grad_hooks: bool = True) -> tuple[int, int]:
+            # torch's, through track_as_parameter: it hangs no gradient hook
+            # a parameter cannot take, and counts the tensors hung on it
+            # (NOTE [Tensors hung on a parameter]). The sizes it returned
+            # fed the per-module statistics this tracker leaves out.
+            for param in module.parameters():
+                track_as_parameter(self, param, hooks=install_grad_hooks)
+                if param.grad is not None:
+                    self._update_and_maybe_create_winfos(param.grad, _MemRefType.GRAD)
+            for buffer in module.buffers():
+                self._update_and_maybe_create_winfos(buffer, _MemRefType.BUFFER)
+            return 0, 0
 
         def _pre_fw_hook(self, module: Any, inputs: Any) -> None:
             if module not in self._seen:
@@ -210,30 +226,72 @@ def reset_peak(tracker: Any) -> None:
     tracker._peak_mem = {dev: snap.get(_TOTAL, sum(snap.values())) for dev, snap in tracker._curr_mem_snap.items()}
 
 
+# NOTE [Tensors hung on a parameter]
+# Training libraries keep a parameter's real storage beside it: DeepSpeed
+# ZeRO-3 empties ``param.data`` and keeps this rank's shard in
+# ``param.ds_tensor`` (a view of one flat buffer), Megatron's DDP points
+# ``param.main_grad`` into its contiguous gradient buffer and its
+# distributed optimizer hangs the fp32 master shard on ``param.main_param``.
+# A tensor in a parameter's ``__dict__`` counts as the parameter's (its whole
+# storage: the flat buffer), unless ``HUNG`` names it as a gradient or an
+# optimizer's. Likewise the tensors an optimizer steps that no module holds
+# as a parameter (ZeRO's and Megatron's fp32 master shards) count as
+# optimizer state, as in ZeRO's own accounting.
+HUNG = {"main_grad": "GRAD", "grad_accumulation_buffer": "GRAD", "main_param": "OPT"}
+
+
 @door("measure memory")
-def track_as_parameter(tracker: Any, tensor: Any, buffer: bool = False) -> None:
+def track_as_parameter(tracker: Any, tensor: Any, buffer: bool = False, hooks: bool = True) -> None:
     """Attribute ``tensor``'s storage to parameters (or buffers) from now,
     and a parameter's gradient to gradients once autograd makes it:
     MemTracker's own ``_update_and_maybe_create_winfos`` and gradient hooks,
     which it sets up for a module's parameters only once the module's
-    forward hooks run, and they do not run inside code torch.compile made."""
+    forward hooks run, and they do not run inside code torch.compile made.
+    A parameter that is not a leaf (FSDP1's views) gets no post-accumulate
+    hook, which torch refuses it; NOTE [Tensors hung on a parameter]."""
+    import torch
     from torch.distributed._tools.mem_tracker import _MemRefType
 
     if tensor is None:
         return
     recategorize(tracker, tensor, _MemRefType.BUFFER if buffer else _MemRefType.PARAM)
+    for name, hung in getattr(tensor, "__dict__", {}).items():
+        if isinstance(hung, torch.Tensor) and hung is not tensor:
+            recategorize(tracker, hung, getattr(_MemRefType, HUNG.get(name, "PARAM")))
     handles = tracker._param_to_grad_hook_handles
-    if buffer or not tensor.requires_grad or handles.get(tensor) is not None:
+    if buffer or not hooks or not tensor.requires_grad or handles.get(tensor) is not None:
         return
 
     def count_gradient(grad: Any) -> None:
         tracker._update_and_maybe_create_winfos(grad, _MemRefType.GRAD)
 
-    # As MemTracker installs them (and removes them on exit, through ``handles``).
+    # As MemTracker installs them (and removes them on exit, through ``handles``: two a parameter).
     handles[tensor] = (
         tensor.register_hook(count_gradient),
-        tensor.register_post_accumulate_grad_hook(lambda p: count_gradient(p.grad)),
+        tensor.register_post_accumulate_grad_hook(lambda p: count_gradient(p.grad)) if tensor.is_leaf else _NoHook(),
     )
+
+
+class _NoHook:
+    """The post-accumulate hook a parameter that is not a leaf cannot take."""
+
+    def remove(self) -> None:
+        pass
+
+
+@door("measure memory")
+def track_master_copies(tracker: Any, optimizer: Any) -> None:
+    """The tensors ``optimizer`` steps that are no module's parameters (and
+    not counted as one) as optimizer state: NOTE [Tensors hung on a parameter]."""
+    from torch.distributed._tools.common_utils import get_untyped_storages
+    from torch.distributed._tools.mem_tracker import _MemRefType
+
+    held = (_MemRefType.PARAM, _MemRefType.BUFFER)
+    for group in getattr(optimizer, "param_groups", ()):
+        for param in group.get("params", ()):
+            infos = [tracker._WINFO.get(storage, (None, None))[0] for storage in get_untyped_storages(param)]
+            if not any(info is not None and info.reftype in held for info in infos):
+                recategorize(tracker, param, _MemRefType.OPT)
 
 
 def recategorize(tracker: Any, tensor: Any, reftype: Any) -> None:

@@ -33,7 +33,7 @@ MEMORY_OF_REAL_RANKS = (
 
 
 @contextlib.contextmanager
-def _fake_tensors(device: str) -> Any:
+def _fake_tensors(device: str, assumed: set[str]) -> Any:
     """NOTE [Exact worlds on fake tensors]
     torch's tensor modes are per thread, so in an exact world with
     tensors="fake" each rank's program runs under a mode of its own (NOTE
@@ -47,8 +47,10 @@ def _fake_tensors(device: str) -> Any:
     (``exchanged_for_real`` in fake/mode.py)."""
     from ..fake.mode import make_mode
 
-    mode = make_mode()
-    with mode:
+    from ..fake.cuda import rank_modes
+
+    mode = make_mode(assumed)
+    with mode, rank_modes():
         memory = Memory(device, on_wait=mode.router.wait)
         try:
             yield memory
@@ -349,7 +351,7 @@ class ExactWorld(FakeWorld, values="exact"):
             if spec.mesh_shape is not None:
                 local.mesh = init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
             if spec.tensors == "fake":
-                local.memory = self._memories[rank] = tensors.enter_context(_fake_tensors(spec.device))
+                local.memory = self._memories[rank] = tensors.enter_context(_fake_tensors(spec.device, self._assumed))
             with tensors:
                 yield
         finally:

@@ -35,7 +35,9 @@ from .. import _compat
 from .._compat import fake_tensor as _ft
 from .._frames import not_user_code, user_frame
 from ..errors import FakeWorldWarning
+from . import cuda as _fake_cuda
 from .collectives import Router
+from .values import Values
 
 # Frames between an op's caller and this mode are torch's (dynamo's disable
 # around every mode's __torch_dispatch__, torch.device's function mode, a
@@ -44,6 +46,7 @@ _BETWEEN = ("torch.", "pytest_fakepg.")
 _COLLECTIVE_NAMESPACES = frozenset({"c10d", "_c10d_functional"})
 _ALWAYS_FAKE = frozenset({"lift_fresh", "lift_fresh_copy", "lift"})
 RECIPE = "README.md, 'Will it fit?'"
+_LOCAL_SCALAR: Any = None  # aten._local_scalar_dense.default, once torch is loaded
 
 
 def _runs_real(func: Any, args: Any, kwargs: Any, fake_type: type) -> bool:
@@ -64,6 +67,8 @@ def _runs_real(func: Any, args: Any, kwargs: Any, fake_type: type) -> bool:
         return to_meta or _called_from_mesh()
     if meta and device is not None and not to_meta:
         return False  # meta made into a tensor of a device (to_empty): fake
+    if device is not None and _fake_cuda.serving() and torch.device(device).type == "cuda":
+        return False  # a real tensor onto the fake CUDA device (torch.tensor(..., device="cuda")): fake
     return func.overloadpacket.__name__ not in _ALWAYS_FAKE
 
 
@@ -120,20 +125,56 @@ def mode_class() -> type:
     base = _ft.fake_tensor_mode_class()
     fake_type = _ft.fake_tensor_class()
     value_errors = _ft.value_errors()
+    global _LOCAL_SCALAR
+    import torch
+
+    _LOCAL_SCALAR = _ft.local_scalar_op()
+    meta_views = _ft.meta_views()
+    inherited = getattr(base, "avoid_device_init", None)
+    avoid_device_init = inherited.fget if isinstance(inherited, property) else (lambda mode: False)
+    device_query = torch.ops.prim.device.default
 
     class WorldTensorMode(base):  # type: ignore[misc, valid-type]
         """FakeTensorMode for one world: see NOTE [What runs real in a
         fake-tensor world]."""
 
-        def __init__(self, router: Router) -> None:
+        def __init__(self, router: Router, assumed: set[str], semantics: str) -> None:
             super().__init__(allow_non_fake_inputs=True)
             self.router = router
+            self.values = Values(fake_type, assumed, semantics)
+
+        @property
+        def avoid_device_init(self) -> bool:
+            # NOTE [A fake CUDA device]: torch.cuda says it is available, and
+            # nothing may touch a real CUDA device (torch.tensor(..., device=
+            # "cuda") is made on the CPU and lifted, as without a GPU)
+            given = self.__dict__.get("_avoid_device_init")
+            return _fake_cuda.serving() or (given if given is not None else avoid_device_init(self))
+
+        @avoid_device_init.setter
+        def avoid_device_init(self, value: bool) -> None:  # torch versions that set it in __init__
+            self.__dict__["_avoid_device_init"] = value
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func is device_query and type(args[0]) is fake_type and not self.in_kernel_invocation:
+                # as FakeTensor answers it, without the layers between; C++
+                # asks this (Python reads .fake_device): NOTE [A fake CUDA device]
+                device = args[0].fake_device
+                return _fake_cuda.as_cpu(device) if device.type == "cuda" else device
             kwargs = kwargs or {}
+            if "device" in kwargs and _fake_cuda.serving():
+                # "cuda" is this thread's current device, before FakeTensorMode's
+                # cache (shared by the ranks' modes) keys on it
+                kwargs["device"] = _fake_cuda.indexed(kwargs["device"])
+            if func is _LOCAL_SCALAR and isinstance(args[0], fake_type):
+                value = self.values.scalar(args[0])
+                if value is not None:
+                    return value
             route = self.router.route(func)
             if route is not None:
-                return route(self.router, self, func, args, kwargs)
+                out = route(self.router, self, func, args, kwargs)
+                self.values.after(func, args, kwargs, out)
+                return out
             if func.namespace in _COLLECTIVE_NAMESPACES:
                 raise NotImplementedError(
                     f"pytest-fakepg: {func} has no route to the backend in a world with "
@@ -141,20 +182,31 @@ def mode_class() -> type:
                 )
             if _runs_real(func, args, kwargs, fake_type):
                 return func(*args, **kwargs)
-            return self.fake_dispatch(func, args, kwargs, types)
+            if func in meta_views and type(args[0]) is fake_type and args[0].fake_mode is self:
+                # this mode has no shape environment: its tensors' sizes are never symbolic
+                out = _ft.view_on_meta(self, func, args, kwargs)
+            else:
+                out = self.fake_dispatch(func, args, kwargs, types)
+            self.values.after(func, args, kwargs, out)
+            return out
 
         def fake_dispatch(self, func: Any, args: Any, kwargs: Any, types: Any = ()) -> Any:
             try:
                 return super().__torch_dispatch__(func, types, args, kwargs)
             except value_errors as exc:
+                answered = self.values.answer(func, args, kwargs, self)
+                if answered is not None:
+                    return answered
                 _explain(exc, func)
                 raise
 
     return WorldTensorMode
 
 
-def make_mode() -> Any:
-    return mode_class()(Router())
+def make_mode(assumed: set[str] | None = None, semantics: str = "exact") -> Any:
+    """A fake-tensor mode of a world whose values are ``semantics``; what its
+    plan assumes is added to ``assumed``."""
+    return mode_class()(Router(), set() if assumed is None else assumed, semantics)
 
 
 # -- weight initialisation ---------------------------------------------------------

@@ -50,6 +50,7 @@ def entry(world: FakeWorld) -> dict[str, Any] | None:
         "rank": None if world.exact else world.rank,
         "mesh": world.spec.mesh_id,
         "tensors": world.tensors,
+        "assumptions": world.assumptions,
         "memory": None if memory is None else {"peak": memory.peak, "at_peak": memory.at_peak},
         **_running_ranks(world),
         "groups": list(groups.values()),
@@ -144,6 +145,8 @@ def render(tr: pytest.TerminalReporter, entries: dict[str, dict[str, Any]], tota
             parts = [f"memory peak {_human(per['memory']['peak'])}"] if per["memory"] else []
             parts += [f"{label} {_human(nbytes)}" for label, nbytes in per["sent"].items()]
             tr.write_line(f"    rank {rank}: " + ", ".join(parts))
+        for assumption in e.get("assumptions") or ():
+            tr.write_line(f"    assumed: {assumption}")
         if e.get("memory"):
             parts = ", ".join(f"{k} {_human(v)}" for k, v in e["memory"]["at_peak"].items() if v)
             tr.write_line(f"    memory peak {_human(e['memory']['peak'])}" + (f" ({parts})" if parts else ""))

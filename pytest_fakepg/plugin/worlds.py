@@ -12,6 +12,7 @@ import pytest
 from .. import _compat
 from ..errors import FakeWorldFaultWarning, FakeWorldLeakWarning
 from ..environment import device_available
+from ..fake.cuda import needed as fake_cuda_needed
 from ..world import clean_up_foreign_state
 from . import exact
 from .state import MARKER, REPORT_ENTRY, RUNTEST, SETTINGS, SWEEP, WORLD, Case
@@ -35,7 +36,7 @@ def bring_up(item: pytest.Item, case: Case) -> FakeWorld:
         )
     from ..world import FakeWorld
 
-    if not device_available(spec.device):
+    if not device_available(spec.device) and not fake_cuda_needed(spec.device, spec.tensors):
         # Reported at the test, not at this line (as a skip marker is).
         raise pytest.skip.Exception(
             f"fake_world(device={spec.device!r}) needs a {spec.device} device; none is available",

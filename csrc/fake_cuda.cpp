@@ -1,0 +1,75 @@
+// A fake CUDA device's guard (NOTE [A fake CUDA device], fake/cuda.py).
+//
+// On a torch built without CUDA no DeviceGuardImpl is registered for CUDA,
+// and autograd asks one for the current stream of every tensor it records
+// (InputMetadata): a fake tensor on "cuda" that requires grad ended the
+// process with std::terminate. While a tensors="fake" world serves the fake
+// device, this guard is registered for CUDA: one default stream a device,
+// a current device per thread (CUDA's own rule), events that are always
+// complete. It is unregistered when the world goes down, and never
+// registered where torch has a CUDA guard of its own.
+
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include <pybind11/pybind11.h>
+
+namespace fakepg {
+namespace {
+
+thread_local c10::DeviceIndex current_index = 0;
+
+struct FakeCudaGuard final : c10::impl::DeviceGuardImplInterface {
+  c10::DeviceIndex count = 1;
+
+  c10::DeviceType type() const override { return c10::DeviceType::CUDA; }
+  c10::Device exchangeDevice(c10::Device d) const override {
+    auto old = getDevice();
+    setDevice(d);
+    return old;
+  }
+  c10::Device getDevice() const override { return c10::Device(c10::DeviceType::CUDA, current_index); }
+  void setDevice(c10::Device d) const override {
+    if (d.index() >= 0) current_index = d.index();
+  }
+  void uncheckedSetDevice(c10::Device d) const noexcept override {
+    if (d.index() >= 0) current_index = d.index();
+  }
+  c10::Stream getStream(c10::Device d) const override { return c10::Stream(c10::Stream::DEFAULT, d); }
+  c10::Stream getDefaultStream(c10::Device d) const override { return getStream(d); }
+  c10::Stream getNewStream(c10::Device d, int) const override { return getStream(d); }
+  c10::Stream getStreamFromGlobalPool(c10::Device d, bool) const override { return getStream(d); }
+  c10::Stream exchangeStream(c10::Stream s) const override { return s; }
+  c10::DeviceIndex deviceCount() const noexcept override { return count; }
+  void record(void**, const c10::Stream&, const c10::DeviceIndex, const c10::EventFlag) const override {}
+  void block(void*, const c10::Stream&) const override {}
+  bool queryEvent(void*) const override { return true; }
+  void destroyEvent(void*, const c10::DeviceIndex) const noexcept override {}
+  bool queryStream(const c10::Stream&) const override { return true; }
+  void synchronizeStream(const c10::Stream&) const override {}
+  void synchronizeEvent(void*) const override {}
+};
+
+FakeCudaGuard guard;
+
+}  // namespace
+
+// Registers the guard for a node of `devices` (false where torch has a CUDA
+// guard of its own); `serve(0)` unregisters it.
+bool serve_fake_cuda(int devices) {
+  auto& slot = c10::impl::device_guard_impl_registry[static_cast<size_t>(c10::DeviceType::CUDA)];
+  if (devices <= 0) {
+    if (slot.load() == &guard) slot.store(nullptr);
+    return true;
+  }
+  const auto* found = slot.load();
+  if (found != nullptr && found != &guard) return false;
+  guard.count = static_cast<c10::DeviceIndex>(devices);
+  slot.store(&guard);
+  return true;
+}
+
+int fake_cuda_device() { return current_index; }
+
+void set_fake_cuda_device(int index) { current_index = static_cast<c10::DeviceIndex>(index); }
+
+}  // namespace fakepg

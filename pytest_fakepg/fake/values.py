@@ -1,0 +1,386 @@
+"""Values a fake tensor has although it has no storage: those the program
+fixes, and the finiteness checks training code makes.
+
+NOTE [Values fake tensors carry]
+A fake tensor has shapes and dtypes, not values, and reading one
+(``.item()``, ``bool(t)``, ``if t:``) stops a plan. Some values are fixed by
+the program, not by the data, and training code reads exactly those:
+
+- *known values*: a small tensor made from constants (``torch.full((), 0.)``,
+  ``arange``, ``torch.tensor([...])``) and every op over known values
+  (GradScaler's scale, growth tracker and ``found_inf``, their updates by
+  ``_amp_update_scale_``). Each is computed for real on a CPU copy of at
+  most ``LIMIT`` elements kept beside the fake tensor;
+- *non-negative*: norms, ``abs``, ``sqrt``, ``exp`` and what sums,
+  products, maxima, stacks, casts, views and collectives make of them, so
+  ``norm < 0`` is known false (DeepSpeed's overflow check);
+- *finite, assumed*: ``isfinite`` is true and ``isnan``/``isinf`` false on
+  every fake tensor (and what they decompose to: ``x == x``, ``abs(x) != inf``), and ``_amp_foreach_non_finite_check_and_unscale_``
+  finds nothing, so GradScaler's ``found_inf``, ``clip_grad_norm_(...,
+  error_if_nonfinite=True)`` and DeepSpeed's overflow check read "finite":
+  a plan is of a step that does not overflow. The report states it
+  (``ASSUMPTION``).
+
+Every other value stays unknown and reading it keeps torch's error with the
+world's note. A write to a tensor by an op that cannot be computed forgets
+what was known of it and of every view of its storage.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .._compat import fake_tensor as _ft
+
+ASSUMPTION = ("fake values are finite: isfinite() is true, isnan() and isinf() false, and gradient-overflow "
+              "checks (GradScaler, clip_grad_norm_'s error_if_nonfinite, DeepSpeed) find no overflow")
+
+# The largest tensor whose values are kept (a count per token of a long
+# sequence): computing it for real costs what the op costs on a CPU.
+LIMIT = 1 << 16
+
+NONNEG = "non-negative"  # what is known of a tensor whose values are not
+
+# Collectives whose result over known values the world's rule fixes
+# (``_collective``): c10d's and the functional ones.
+_UNIFORM_RULES = frozenset({"allreduce_", "all_reduce", "broadcast_", "broadcast"})
+
+# In-place ops that overwrite the whole tensor they write, whatever it held.
+_OVERWRITES = frozenset({"zero_", "fill_", "copy_"})
+
+# Ops whose result is non-negative whatever their input.
+_MAKES_NONNEG = frozenset({
+    "abs", "sqrt", "exp", "exp2", "norm", "linalg_vector_norm", "_foreach_norm", "relu", "sigmoid", "softmax",
+    "_softmax", "square", "rsqrt",
+})
+# Ops whose result is non-negative when every tensor input is (and every
+# number input is >= 0).
+_KEEP_NONNEG = frozenset({
+    "clone", "detach", "alias", "view", "_unsafe_view", "reshape", "expand", "squeeze", "unsqueeze", "select",
+    "slice", "t", "transpose", "permute", "_to_copy", "to", "contiguous", "sum", "mean", "amax", "amin", "max",
+    "min", "nansum", "cumsum", "prod", "pow", "index", "index_select", "gather", "wait_tensor", "all_reduce",
+    "repeat", "unbind", "split", "split_with_sizes", "chunk", "add", "mul", "div", "stack", "cat", "minimum",
+    "reciprocal", "copy", "_foreach_pow", "mm", "matmul", "dot", "lift_fresh", "lift_fresh_copy", "allreduce_",
+    "all_gather_into_tensor", "reduce_scatter_tensor", "_reduce_scatter_base_", "_allgather_base_", "broadcast_",
+})
+_COMPARISONS = {"lt": lambda c: (c <= 0, False), "le": lambda c: (c < 0, False),
+                "gt": lambda c: (c < 0, True), "ge": lambda c: (c <= 0, True)}
+_FINITE = {"isfinite": True, "isnan": False, "isinf": False, "isposinf": False, "isneginf": False}
+_UNSCALE = "_amp_foreach_non_finite_check_and_unscale_"
+# Ops that fix a value with no known input (sources aside).
+_PRODUCERS = frozenset({*_MAKES_NONNEG, *_FINITE, _UNSCALE, *_OVERWRITES, "eq", "ne"})
+
+
+class Values:
+    """What one fake-tensor mode knows of its tensors' values."""
+
+    def __init__(self, fake_type: type, assumed: set[str], semantics: str = "exact") -> None:
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        self.fake_type = fake_type
+        self.semantics = semantics  # the world's values: "uniform", "copy" or "exact"
+        self.assumed = assumed  # the world's: ASSUMPTION once it is made
+        self.known: Any = WeakIdKeyDictionary()  # fake tensor -> a CPU tensor of its values, or NONNEG
+        self._sources: dict[Any, bool] = {}
+        self._described: dict[Any, tuple[str, bool]] = {}
+
+    # -- reading -------------------------------------------------------------------
+
+    def scalar(self, tensor: Any) -> Any:
+        """``tensor.item()`` where it is known, else None."""
+        value = self.known.get(tensor)
+        if value is None or value is NONNEG:
+            return None
+        return value.item()
+
+    # -- after each op -------------------------------------------------------------
+
+    def after(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+        """Record what ``func(*args, **kwargs)``, which gave ``out``, fixes."""
+        import torch
+
+        described = self._described.get(func)
+        if described is None:
+            described = self._described[func] = self._describe(func)
+        name, produces = described
+        inputs = _tensors(args, kwargs, torch.Tensor)
+        if not produces and not any(t in self.known for t in inputs if isinstance(t, self.fake_type)):
+            if self.known:  # what it writes is no longer known
+                for t in self._written(func, args, kwargs):
+                    self._forget(t)
+            return
+        inputs = [self._of(t) for t in inputs]
+        written = self._written(func, args, kwargs)
+        if name in _FINITE:
+            self.assumed.add(ASSUMPTION)
+            self._set(out, lambda t: torch.full(t.shape, _FINITE[name], dtype=torch.bool))
+            return
+        if name == _UNSCALE:  # finds no overflow: found_inf (args[1]) keeps its value
+            self.assumed.add(ASSUMPTION)
+            for t in written:
+                if t is not args[1]:
+                    self._forget(t)
+            return
+        if (inputs and all(v is not None and v is not NONNEG for v in inputs) or not inputs and self._source(func)) \
+                and self._computable(func):
+            if self._compute(func, args, kwargs, out, written):
+                return
+        if name in _UNIFORM_RULES and self.semantics != "exact" and self._collective(name, func, args, kwargs, out):
+            return
+        for t in written:
+            self._forget(t)
+        if name in _OVERWRITES and written and isinstance(written[0], self.fake_type):
+            self._overwrite(name, written[0], args, inputs)
+            return
+        nonneg = self._nonneg(name, func, args, kwargs, inputs)
+        if nonneg is not None:
+            self._set(out, nonneg)
+            if written and name in _KEEP_NONNEG and nonneg is NONNEG:
+                for t in written:
+                    self.known[t] = NONNEG
+
+    def _describe(self, func: Any) -> tuple[str, bool]:
+        """``func``'s name, and whether it can fix a value with no known input."""
+        name = _ft.op_facts(func)[0]
+        return name, name in _PRODUCERS or self._source(func)
+
+    @staticmethod
+    def _computable(func: Any) -> bool:
+        """A collective is the world's, never run again on copies."""
+        return func.namespace not in ("c10d", "_c10d_functional", "c10d_functional")
+
+    def _of(self, value: Any) -> Any:
+        if isinstance(value, self.fake_type):
+            return self.known.get(value)
+        return value  # a real tensor: its own values
+
+    def _source(self, func: Any) -> bool:
+        """Whether ``func`` with no tensor inputs makes values the program fixes."""
+        found = self._sources.get(func)
+        if found is None:
+            import torch
+
+            name, _, returns = _ft.op_facts(func)
+            found = self._sources[func] = (
+                torch.Tag.nondeterministic_seeded not in func.tags and not name.startswith(("empty", "new_empty"))
+                and returns
+            )
+        return found
+
+    @staticmethod
+    def _written(func: Any, args: Any, kwargs: Any) -> list[Any]:
+        """The tensors ``func`` writes to, by its schema."""
+        import torch
+
+        found = []
+        for i, name, kwarg_only in _ft.op_facts(func)[1]:
+            value = args[i] if i < len(args) and not kwarg_only else kwargs.get(name)
+            found.extend(_tensors((value,), {}, torch.Tensor))
+        return found
+
+    def _compute(self, func: Any, args: Any, kwargs: Any, out: Any, written: list[Any]) -> bool:
+        """Run ``func`` for real on the known values; keep what it gives."""
+        import torch
+
+        flat_out = [t for t in _ft.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if any(t.numel() > LIMIT for t in flat_out):
+            return False
+        got = self._run(func, args, kwargs)
+        if got is None:
+            return False
+        flat_got = [t for t in _ft.tree_leaves(got) if isinstance(t, torch.Tensor)]
+        if len(flat_got) != len(flat_out):
+            return False
+        theirs = {_storage(t) for t in _tensors(args, kwargs, torch.Tensor) if not isinstance(t, self.fake_type)}
+        for fake, value in zip(flat_out, flat_got):
+            if _storage(value) in theirs:  # a view of the caller's real tensor: never written through
+                value = value.clone()
+            if tuple(value.shape) == tuple(fake.shape) and value.dtype == fake.dtype:
+                self.known[fake] = value
+            else:
+                self._forget(fake)
+        return True  # a tensor written in place: its known copy was written
+
+    def _collective(self, name: str, func: Any, args: Any, kwargs: Any, out: Any) -> bool:
+        """A collective over known values, by the world's rule: in a uniform
+        world every rank holds this rank's data (a sum is ``n`` times it, a
+        broadcast leaves it); in a copy world the tensor is left as it is."""
+        import torch
+
+        bound = dict(zip(_ft.schema_arguments(func), args))
+        bound.update(kwargs)
+        tensors = bound.get("tensors", bound.get("tensor", bound.get("input")))
+        tensors = list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
+        values = [self._of(t) for t in tensors]
+        if not all(isinstance(v, torch.Tensor) for v in values):
+            return False
+        results = values
+        if name in ("allreduce_", "all_reduce") and self.semantics == "uniform":
+            kind = _ft.reduce_op_name(bound["reduce_op"])
+            size = _ft.group_size(bound.get("process_group", bound.get("group_name")))
+            if kind == "SUM":
+                results = [v * size for v in values]
+            elif kind == "PRODUCT":
+                results = [v ** size for v in values]
+            elif kind not in ("AVG", "MAX", "MIN", "BAND", "BOR"):
+                return False
+        targets = tensors if name.endswith("_") else [t for t in _ft.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        for target, value in zip(targets, results):
+            if isinstance(target, self.fake_type):
+                self.known[target] = value.to(target.dtype).clone()
+        return True
+
+    def _overwrite(self, name: str, tensor: Any, args: Any, inputs: list[Any]) -> None:
+        """``tensor`` was overwritten whole, by a number or a known tensor."""
+        import torch
+
+        if tensor.numel() > LIMIT:
+            return
+        if name == "zero_":
+            self.known[tensor] = torch.zeros(tensor.shape, dtype=tensor.dtype)
+        elif name == "fill_" and isinstance(args[1], (int, float, bool)):
+            self.known[tensor] = torch.full(tensor.shape, args[1], dtype=tensor.dtype)
+        elif name == "copy_" and len(inputs) > 1 and isinstance(inputs[1], torch.Tensor):
+            self.known[tensor] = inputs[1].to(tensor.dtype).expand(tensor.shape).clone()
+
+    def answer(self, func: Any, args: Any, kwargs: Any, mode: Any) -> Any:
+        """Where fake tensors cannot have ``func``'s output (its shape
+        depends on values: ``bincount``, ``nonzero``, ``repeat_interleave``)
+        and every input is known: the output computed for real, as fake
+        tensors of ``mode`` that carry it. None where it cannot be."""
+        import torch
+
+        inputs = [self._of(t) for t in _tensors(args, kwargs, torch.Tensor)]
+        if not inputs or not all(v is not None and v is not NONNEG for v in inputs) or not self._computable(func):
+            return None
+        got = self._run(func, args, kwargs)
+        if got is None:
+            return None
+
+        def fake(value: Any) -> Any:
+            if not isinstance(value, torch.Tensor):
+                return value
+            made = mode.from_tensor(value)
+            if value.numel() <= LIMIT:
+                self.known[made] = value
+            return made
+
+        return _ft.tree_map(fake, got)
+
+    def _run(self, func: Any, args: Any, kwargs: Any) -> Any:
+        """``func`` for real on the known values (on the CPU), or None."""
+        import torch
+
+        def real(value: Any) -> Any:
+            if isinstance(value, self.fake_type):
+                return self.known[value]
+            if isinstance(value, torch.device) and value.type != "cpu":
+                return torch.device("cpu")
+            return value
+
+        real_kwargs = {k: real(v) for k, v in kwargs.items()}
+        if real_kwargs.get("device") is not None:
+            real_kwargs["device"] = "cpu"
+        try:
+            return func(*_ft.tree_map(real, args), **real_kwargs)
+        except Exception:  # noqa: BLE001 - an op that will not run on CPU copies: its values stay unknown
+            return None
+
+    def _nonneg(self, name: str, func: Any, args: Any, kwargs: Any, inputs: list[Any]) -> Any:
+        """NONNEG, a function making the known value of the output, or None."""
+        import torch
+
+        if name in _MAKES_NONNEG:
+            return NONNEG
+        if name in ("eq", "ne") and len(args) == 2:  # isfinite's own decomposition: x == x, abs(x) != inf
+            other = args[1]
+            if other is args[0] or (isinstance(other, float) and math.isinf(other)):
+                equal = other is args[0]
+                self.assumed.add(ASSUMPTION)
+                return lambda t: torch.full(t.shape, equal == (name == "eq"), dtype=torch.bool)
+        if name in ("copy_", "copy") and len(inputs) >= 2:
+            return NONNEG if _nonneg_value(inputs[1]) else None
+        if name in _COMPARISONS and len(args) == 2 and _nonneg_value(self._of(args[0])) and \
+                isinstance(args[1], (int, float)):
+            decided, value = _COMPARISONS[name](args[1])
+            if decided:
+                return lambda t: torch.full(t.shape, value, dtype=torch.bool)
+            return None
+        if name == "where" and len(args) == 3:
+            cond = self._of(args[0])
+            if cond is not None and cond is not NONNEG and cond.numel():
+                picked = args[1] if bool(cond.all()) else args[2] if not bool(cond.any()) else None
+                if picked is not None:
+                    value = self._of(picked) if isinstance(picked, torch.Tensor) else picked
+                    if value is NONNEG or (isinstance(value, (int, float)) and value >= 0):
+                        return NONNEG
+            return NONNEG if all(_nonneg_value(self._of(a)) for a in args[1:]) else None
+        if name in ("masked_fill", "masked_fill_") and len(args) == 3:
+            mask = self._of(args[1])
+            if mask is not None and mask is not NONNEG and not bool(mask.any()) and _nonneg_value(inputs[0]):
+                return NONNEG
+            return NONNEG if _nonneg_value(inputs[0]) and _nonneg_value(self._of(args[2])) else None
+        if name in ("clamp", "clamp_min", "clamp_", "clamp_min_"):
+            low = args[1] if len(args) > 1 else kwargs.get("min")
+            if isinstance(low, (int, float)) and low >= 0:
+                return NONNEG
+        base = name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name
+        if base in _KEEP_NONNEG or name in _KEEP_NONNEG:
+            numbers = [a for a in _flat(args) if isinstance(a, (int, float)) and not isinstance(a, bool)]
+            if inputs and all(_nonneg_value(v) for v in inputs) and (
+                    name in ("pow", "pow_", "_foreach_pow", "div", "div_", "to", "_to_copy") or
+                    all(n >= 0 for n in numbers)):
+                return NONNEG
+        return None
+
+    def _set(self, out: Any, fact: Any) -> None:
+        import torch
+
+        for t in _ft.tree_leaves(out):
+            if isinstance(t, self.fake_type):
+                if fact is NONNEG:
+                    self.known[t] = NONNEG
+                elif isinstance(t, torch.Tensor) and t.numel() <= LIMIT:
+                    self.known[t] = fact(t)
+
+    def _forget(self, tensor: Any) -> None:
+        """``tensor`` was written by an op whose result is not known: forget it
+        and every tensor sharing its storage."""
+        if not self.known or not isinstance(tensor, self.fake_type):
+            return
+        self.known.pop(tensor, None)
+        storage = _storage(tensor)
+        for other in [t for t in self.known.keys() if _storage(t) == storage]:
+            self.known.pop(other, None)
+
+
+def _storage(tensor: Any) -> int:
+    try:
+        return _ft.storage_key(tensor)
+    except Exception:  # noqa: BLE001 - a tensor without storage (sparse): itself
+        return id(tensor)
+
+
+def _nonneg_value(value: Any) -> bool:
+    if value is NONNEG:
+        return True
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value >= 0
+    import torch
+
+    return isinstance(value, torch.Tensor) and value.numel() > 0 and bool((value >= 0).all())
+
+
+def _flat(args: Any) -> list[Any]:
+    found = []
+    for value in args:
+        if isinstance(value, (list, tuple)):
+            found.extend(value)
+        else:
+            found.append(value)
+    return found
+
+
+def _tensors(args: Any, kwargs: Any, kind: type) -> list[Any]:
+    return [v for v in _flat((*args, *kwargs.values())) if isinstance(v, kind)]

@@ -1,0 +1,143 @@
+"""Values fake tensors carry (NOTE [Values fake tensors carry],
+fake/values.py): what the program fixes is known, norms are non-negative,
+and checks for non-finite values read "finite", an assumption the world
+states; every other value keeps its clear error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pytest_fakepg import FakeWorld
+from pytest_fakepg.fake.values import ASSUMPTION
+
+
+@pytest.fixture
+def world():
+    with FakeWorld(4, tensors="fake") as w:
+        yield w
+
+
+def unknown(read) -> None:
+    with pytest.raises(Exception) as info:
+        read()
+    assert "tensors='fake'" in "\n".join(getattr(info.value, "__notes__", []))
+
+
+def test_values_the_program_fixes_are_known(world) -> None:
+    assert torch.arange(6).sum().item() == 15
+    assert (torch.full((), 2.0) * 3).item() == 6.0
+    assert bool(torch.ones(3, dtype=torch.bool).all())
+    assert torch.tensor([3, 4]).max().item() == 4
+    counts = torch.bincount(torch.arange(12) % 4, minlength=4)  # a balanced routing's counts
+    assert [c.item() for c in counts] == [3, 3, 3, 3]
+    assert world.assumptions == []
+
+
+def test_a_value_only_data_decides_stays_unknown(world) -> None:
+    weights = torch.randn(4)
+    unknown(lambda: weights.sum().item())
+    unknown(lambda: (weights > 0).any().item())
+    unknown(lambda: (torch.arange(4) + weights).sum().item())  # one unknown input is enough
+
+
+def test_a_write_the_world_cannot_compute_forgets_the_value_and_its_views(world) -> None:
+    t = torch.zeros(4)
+    view = t[:2]
+    assert view.sum().item() == 0.0
+    t.add_(torch.randn(4))
+    unknown(lambda: t.sum().item())
+    unknown(lambda: view.sum().item())
+    t.fill_(1.5)  # a write the world computes: known again
+    assert t.sum().item() == 6.0
+
+
+def test_a_write_it_computes_is_seen_through_views(world) -> None:
+    t = torch.zeros(4)
+    view = t[1:3]
+    t.add_(torch.ones(4))
+    assert view.sum().item() == 2.0
+
+
+def test_norms_are_non_negative_through_a_collective(world) -> None:
+    import torch.distributed as dist
+
+    grads = [torch.randn(8), torch.randn(3)]
+    total = torch.stack([g.norm() for g in grads]).pow(2).sum()
+    dist.all_reduce(total)
+    total = total.sqrt()
+    assert not bool(total < 0)
+    assert bool(total >= 0)
+    unknown(lambda: bool(total > 1))  # how large it is, only data decides
+
+
+def test_finiteness_checks_read_finite_and_the_world_says_so(world) -> None:
+    x = torch.randn(5)
+    assert world.assumptions == []
+    assert bool(torch.isfinite(x).all())
+    assert not bool(torch.isnan(x).any()) and not bool(torch.isinf(x).any())
+    assert world.assumptions == [ASSUMPTION]
+
+
+def test_clip_grad_norm_with_error_if_nonfinite_plans(world) -> None:
+    model = nn.Linear(8, 8)
+    model(torch.randn(2, 8)).sum().backward()
+    norm = nn.utils.clip_grad_norm_(model.parameters(), 1.0, error_if_nonfinite=True)
+    assert norm.shape == () and not bool(norm < 0)
+    assert world.assumptions == [ASSUMPTION]
+
+
+def test_a_grad_scaler_step_runs_and_keeps_its_scale(world) -> None:
+    """GradScaler reads found_inf (known: nothing overflowed) and updates
+    its scale and growth tracker from known values: the step is taken."""
+    model = nn.Linear(8, 8)
+    optimizer = torch.optim.Adam(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(torch.randn(2, 8)).float().sum()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert set(optimizer.state[model.weight]) == {"step", "exp_avg", "exp_avg_sq"}  # stepped
+    assert scaler.get_scale() == 2048.0  # grown after one finite step (growth_interval=1)
+    assert world.assumptions == [ASSUMPTION]
+
+
+def test_exact_worlds_state_the_assumption_too() -> None:
+    with FakeWorld(2, values="exact", tensors="fake") as world:
+        world.run(lambda: bool(torch.isfinite(torch.randn(3)).all()))
+        assert world.assumptions == [ASSUMPTION]
+
+
+def test_the_report_states_the_assumption(run_tests) -> None:
+    result = run_tests("""
+@pytest.mark.fake_world(2, tensors="fake")
+def test_finite():
+    assert bool(torch.isfinite(torch.randn(3)).all())
+""", "--fake-world-report")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*assumed: {ASSUMPTION}"])
+
+
+def test_real_tensors_are_never_written_through_a_known_copy(world) -> None:
+    from pytest_fakepg._compat.fake_tensor import unset_fake
+
+    with unset_fake():
+        mine = torch.zeros(3)
+    view = torch.ones(3) + mine[:]  # a known value made from the caller's real tensor
+    view.add_(1)
+    assert mine.tolist() == [0.0, 0.0, 0.0]
+    assert view.sum().item() == 6.0
+
+
+def test_fake_views_share_their_base_and_autograd(world) -> None:
+    flat = torch.empty(1000)
+    memory = world.memory.current
+    parts = [flat.narrow(0, i * 100, 100) for i in range(10)]
+    assert world.memory.current == memory  # views allocate nothing
+    assert all(p._base is flat and p.untyped_storage()._cdata == flat.untyped_storage()._cdata for p in parts)
+    assert [p.storage_offset() for p in parts[:3]] == [0, 100, 200]
+    w = torch.randn(10, requires_grad=True)
+    w.narrow(0, 2, 5).sum().backward()
+    assert w.grad.shape == (10,)
