@@ -21,32 +21,27 @@ thread_local c10::DeviceIndex current_index = 0;
 struct FakeCudaGuard final : c10::impl::DeviceGuardImplInterface {
   c10::DeviceIndex count = 1;
 
-  c10::DeviceType type() const override { return c10::DeviceType::CUDA; }
-  c10::Device exchangeDevice(c10::Device d) const override {
+  // Every member noexcept: it throws nothing, and a noexcept override fits
+  // a base member declared either way (torch has changed some of them).
+  c10::DeviceType type() const noexcept override { return c10::DeviceType::CUDA; }
+  c10::Device exchangeDevice(c10::Device d) const noexcept override {
     auto old = getDevice();
     setDevice(d);
     return old;
   }
-  c10::Device getDevice() const override { return c10::Device(c10::DeviceType::CUDA, current_index); }
-  void setDevice(c10::Device d) const override {
+  c10::Device getDevice() const noexcept override { return c10::Device(c10::DeviceType::CUDA, current_index); }
+  void setDevice(c10::Device d) const noexcept override {
     if (d.index() >= 0) current_index = d.index();
   }
   void uncheckedSetDevice(c10::Device d) const noexcept override {
     if (d.index() >= 0) current_index = d.index();
   }
-  c10::Stream getStream(c10::Device d) const override { return c10::Stream(c10::Stream::DEFAULT, d); }
-  c10::Stream getDefaultStream(c10::Device d) const override { return getStream(d); }
-  c10::Stream getNewStream(c10::Device d, int) const override { return getStream(d); }
-  c10::Stream getStreamFromGlobalPool(c10::Device d, bool) const override { return getStream(d); }
-  c10::Stream exchangeStream(c10::Stream s) const override { return s; }
+  // Only the interface's required members: their signatures are the ones
+  // stable across the torch versions supported; the optional ones (events,
+  // stream pools) keep torch's defaults, which nothing reaches here.
+  c10::Stream getStream(c10::Device d) const noexcept override { return c10::Stream(c10::Stream::DEFAULT, d); }
+  c10::Stream exchangeStream(c10::Stream s) const noexcept override { return s; }
   c10::DeviceIndex deviceCount() const noexcept override { return count; }
-  void record(void**, const c10::Stream&, const c10::DeviceIndex, const c10::EventFlag) const override {}
-  void block(void*, const c10::Stream&) const override {}
-  bool queryEvent(void*) const override { return true; }
-  void destroyEvent(void*, const c10::DeviceIndex) const noexcept override {}
-  bool queryStream(const c10::Stream&) const override { return true; }
-  void synchronizeStream(const c10::Stream&) const override {}
-  void synchronizeEvent(void*) const override {}
 };
 
 FakeCudaGuard guard;
