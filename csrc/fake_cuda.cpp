@@ -6,8 +6,9 @@
 // process with std::terminate. While a tensors="fake" world serves the fake
 // device, this guard is registered for CUDA: one default stream a device,
 // a current device per thread (CUDA's own rule), events that are always
-// complete. It is unregistered when the world goes down, and never
-// registered where torch has a CUDA guard of its own.
+// complete. The guard it stood in for is put back when the world goes down:
+// none on a CPU build; a CUDA build's own on a machine without a GPU (the
+// fake device is never served where a GPU is).
 
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
@@ -19,7 +20,6 @@ namespace {
 thread_local c10::DeviceIndex current_index = 0;
 
 struct FakeCudaGuard final : c10::impl::DeviceGuardImplInterface {
-  c10::DeviceIndex count = 1;
 
   // Every member noexcept: it throws nothing, and a noexcept override fits
   // a base member declared either way (torch has changed some of them).
@@ -41,24 +41,28 @@ struct FakeCudaGuard final : c10::impl::DeviceGuardImplInterface {
   // stream pools) keep torch's defaults, which nothing reaches here.
   c10::Stream getStream(c10::Device d) const noexcept override { return c10::Stream(c10::Stream::DEFAULT, d); }
   c10::Stream exchangeStream(c10::Stream s) const noexcept override { return s; }
-  c10::DeviceIndex deviceCount() const noexcept override { return count; }
+  // No device the runtime knows: autograd's engine asks each counted device
+  // for its primary context as backward starts, which a CUDA build without
+  // a GPU refuses. torch.cuda.device_count() is the node's (fake/cuda.py).
+  c10::DeviceIndex deviceCount() const noexcept override { return 0; }
 };
 
 FakeCudaGuard guard;
+const c10::impl::DeviceGuardImplInterface* replaced = nullptr;
 
 }  // namespace
 
-// Registers the guard for a node of `devices` (false where torch has a CUDA
-// guard of its own); `serve(0)` unregisters it.
+// Registers the guard for a node of `devices`; `serve_fake_cuda(0)` puts
+// back the guard it replaced.
 bool serve_fake_cuda(int devices) {
   auto& slot = c10::impl::device_guard_impl_registry[static_cast<size_t>(c10::DeviceType::CUDA)];
   if (devices <= 0) {
-    if (slot.load() == &guard) slot.store(nullptr);
+    if (slot.load() == &guard) slot.store(replaced);
+    replaced = nullptr;
     return true;
   }
   const auto* found = slot.load();
-  if (found != nullptr && found != &guard) return false;
-  guard.count = static_cast<c10::DeviceIndex>(devices);
+  if (found != &guard) replaced = found;
   slot.store(&guard);
   return true;
 }

@@ -10,6 +10,7 @@ GPU. megatron-core is not in .ci/clients.txt (its metadata asks for Python
 skip, saying so.
 """
 
+import importlib.util
 import os
 import sys
 import types
@@ -22,7 +23,7 @@ from pytest_fakepg import FakeWorld
 
 # megatron-core imports triton in one module its CPU paths never call.
 _STASH = "megatron.core.transformer.moe.ops.paged_stash"
-if _STASH not in sys.modules:
+if _STASH not in sys.modules and importlib.util.find_spec("megatron") is not None:
     stub = types.ModuleType(_STASH)
     stub.__getattr__ = lambda name: None
     sys.modules[_STASH] = stub

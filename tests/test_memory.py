@@ -150,3 +150,47 @@ def test_casts_and_moves_keep_the_parameters_counted(tensors: str) -> None:
         assert (model.weight.dtype, memory.current) == (torch.float32, {**NOTHING, "parameters": LINEAR_BYTES})
         model(torch.ones(2, 64)).sum().backward()
         assert model.weight.grad is not None and model.weight.grad.shape == (30, 64)
+
+
+class _LibraryBuffers(nn.Module):
+    """What DeepSpeed ZeRO-3 and Megatron's DDP and distributed optimizer do
+    to a module's parameters: empty the parameter and keep its shard in
+    ``param.ds_tensor`` (a view of a flat buffer), point ``param.main_grad``
+    into a contiguous fp32 gradient buffer, hang the fp32 master shard on
+    ``param.main_param``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(0))
+        self.flat = torch.empty(1024)  # the shards' flat buffer (4 KiB)
+        self.weight.ds_tensor = self.flat[:512]
+        self.grads = torch.zeros(2048)  # the gradient buffer (8 KiB)
+        self.weight.main_grad = self.grads[:1024]
+        self.weight.main_param = torch.empty(256)  # 1 KiB
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize("tensors", ["real", "fake"])
+def test_tensors_a_library_hangs_on_a_parameter_are_in_their_categories(tensors: str) -> None:
+    """NOTE [Tensors hung on a parameter]: without it the shard counted as
+    other, the gradient buffer as other, the master shard as other."""
+    with FakeWorld(2, tensors=tensors) as world:
+        memory = world.memory
+        module = _LibraryBuffers()
+        module(torch.empty(0))  # the tracker reads a module's parameters as it first runs
+        assert memory.current == {**NOTHING, "parameters": 4096, "gradients": 8192, "optimizer": 1024}
+
+
+@pytest.mark.parametrize("tensors", ["real", "fake"])
+def test_a_parameter_that_is_not_a_leaf_is_measured(tensors: str) -> None:
+    """FSDP1's views: torch refuses a post-accumulate hook on a non-leaf,
+    which stopped the memory tracker at the module's first forward."""
+    with FakeWorld(2, tensors=tensors) as world:
+        memory = world.memory
+        model = nn.Linear(8, 8)
+        base = torch.zeros(8 * 8, requires_grad=True)
+        model._parameters["weight"] = base.view(8, 8)  # a view: not a leaf
+        model(torch.ones(2, 8)).sum().backward()
+        assert base.grad is not None and memory.current["parameters"] >= 8 * 8 * 4

@@ -36,7 +36,10 @@ is served, with the current device per thread. In backward, autograd's
 engine asks the CUDA runtime for the current stream of each gradient it
 accumulates; to the engine alone a fake CUDA tensor says it is on the CPU
 (``as_cpu``), so it accumulates it on the calling thread, as multithreading
-is off while the device is served.
+is off while the device is served. Backward needs a CPU build of torch: a
+CUDA build on a machine without a GPU asks the CUDA runtime for each
+device's primary context as backward starts, and refuses ("hasPrimaryContext
+expects a valid device index"); forward plans work on both.
 
 What it cannot answer, and raises for as torch does: anything that runs a
 CUDA kernel on real tensors (a real tensor moved to "cuda", CUDA graphs,
@@ -408,9 +411,7 @@ class Served:
         from .. import _compat
 
         device = _Device(ranks_per_node)
-        if not device.native.serve_fake_cuda(ranks_per_node):
-            raise RuntimeError("this torch has a CUDA device guard of its own; the fake CUDA device is for "
-                               "torch builds without CUDA")
+        device.native.serve_fake_cuda(ranks_per_node)
         self.native = device.native
         if not _CPU:
             import torch
