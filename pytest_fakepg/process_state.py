@@ -392,6 +392,11 @@ class Held:
                                                           for space, name in zip(cells.spaces, cells.names))))
         self.contents = [(c, _copy(c)) for c in cells.containers]
         self.caches = cells.caches
+        # torch's own namespaces, which clients rebind from outside (DeepSpeed
+        # ZeRO-3 sets torch.nn.functional.linear for good): names replaced or
+        # deleted go back; names added go from the classes (they shadow what
+        # is inherited) and stay in the modules (a submodule imported).
+        self.namespaces = [(owner, dict(vars(owner))) for owner in _compat.state.torch_namespaces()]
         sys.meta_path.insert(0, self.watch)
 
     def restore(self) -> None:
@@ -411,6 +416,14 @@ class Held:
             self.caches = cells.caches
         _AS_IMPORTED.clear()
         _AS_IMPORTED_CONTENTS.clear()
+        for owner, saved in self.namespaces:
+            now = vars(owner)
+            for name, value in saved.items():
+                if now.get(name, _MISSING) is not value:
+                    setattr(owner, name, value)
+            if isinstance(owner, type):  # a name added to a class shadows what it inherits
+                for name in [n for n in now if n not in saved]:
+                    delattr(owner, name)
         for space, name, value in self.cells:
             if space.get(name, _MISSING) is not value:
                 _set(space, name, value)

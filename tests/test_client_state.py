@@ -133,3 +133,16 @@ def test_bad_module_names_are_refused_naming_them(given) -> None:
                        __import__("re").escape(repr(given))):
         FakeWorld(2, per_rank_modules=given)
     assert not dist.is_initialized()
+
+
+def test_torch_functions_a_library_replaces_are_put_back() -> None:
+    """DeepSpeed ZeRO-3 sets torch.nn.functional.linear to its own wrapper
+    for the rest of the process: every later test's Linear ran through it."""
+    import torch
+    import torch.nn.functional as F
+
+    linear, to = F.linear, torch.Tensor.to
+    with FakeWorld(2):
+        F.linear = lambda *args, **kwargs: None
+        torch.Tensor.to = lambda self, *args, **kwargs: self
+    assert F.linear is linear and torch.Tensor.to is to

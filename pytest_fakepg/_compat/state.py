@@ -23,7 +23,8 @@ TRACKED_MODULES = frozenset({"torch.nn.modules.module"})
 # of an exact world saw the last one's, and the next world the last rank's).
 # Each is kept per rank in exact worlds, like torch's own, and put back when
 # any world goes down. A world's ``per_rank_modules`` names more (with their
-# submodules). Checked against megatron-core 0.19.2, DeepSpeed 0.19.8 and
+# submodules). torch's own namespaces (``torch_namespaces``) are put back too:
+# libraries replace torch's functions from outside, for good. Checked against megatron-core 0.19.2, DeepSpeed 0.19.8 and
 # Lightning 2.6.6; a module not loaded is skipped.
 CLIENT_MODULES = frozenset({
     "megatron.core.parallel_state",
@@ -33,6 +34,16 @@ CLIENT_MODULES = frozenset({
     "deepspeed.utils.groups",
     "lightning_utilities.core.rank_zero",
 })
+
+def torch_namespaces() -> list[Any]:
+    """torch's namespaces a world puts back as it found them (NOTE [Client
+    state]): training libraries replace functions there for the rest of the
+    process (DeepSpeed ZeRO-3's ``torch.nn.functional.linear``)."""
+    import torch
+    import torch.nn.functional
+
+    return [torch, torch.nn.functional, torch.Tensor, torch.nn.Module]
+
 
 # Objects whose attributes are state although they are functions, so not
 # found as singletons: module name -> names in it.
@@ -102,7 +113,8 @@ def traces() -> dict[str, Any]:
 
     found: dict[str, Any] = {"patches installed": patching.installed(), "excepthook": sys.excepthook,
                              "environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
-                             "threads": sorted(t.name for t in threading.enumerate() if t.name != "fakepg-rank")}
+                             "threads": sorted(t.name for t in threading.enumerate() if t.name != "fakepg-rank"),
+                             "import hooks": [type(finder).__name__ for finder in sys.meta_path]}
     dist = sys.modules.get("torch.distributed")
     if dist is None or not dist.is_available():
         return found

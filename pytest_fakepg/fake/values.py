@@ -105,7 +105,8 @@ class Values:
             described = self._described[func] = self._describe(func)
         name, produces = described
         inputs = _tensors(args, kwargs, torch.Tensor)
-        if not produces and not any(t in self.known for t in inputs if isinstance(t, self.fake_type)):
+        if not produces and (not any(t in self.known or not isinstance(t, self.fake_type) for t in inputs)
+                             if inputs else not self._source(func)):
             if self.known:  # what it writes is no longer known
                 for t in self._written(func, args, kwargs):
                     self._forget(t)
@@ -141,9 +142,9 @@ class Values:
                     self.known[t] = NONNEG
 
     def _describe(self, func: Any) -> tuple[str, bool]:
-        """``func``'s name, and whether it can fix a value with no known input."""
+        """``func``'s name, and whether it fixes a value from unknown inputs."""
         name = _ft.op_facts(func)[0]
-        return name, name in _PRODUCERS or self._source(func)
+        return name, name in _PRODUCERS
 
     @staticmethod
     def _computable(func: Any) -> bool:
