@@ -141,3 +141,21 @@ def test_fake_views_share_their_base_and_autograd(world) -> None:
     w = torch.randn(10, requires_grad=True)
     w.narrow(0, 2, 5).sum().backward()
     assert w.grad.shape == (10,)
+
+
+def test_a_count_exchange_carries_its_values() -> None:
+    """An expert-parallel dispatch sends each rank its token counts with
+    all_to_all_single; in a uniform world every rank holds this rank's
+    counts, so rank 2 receives, from each of the 4, the counts meant for it."""
+    import torch.distributed as dist
+    import torch.distributed._functional_collectives as funcol
+
+    with FakeWorld(4, rank=2, tensors="fake"):
+        counts = torch.arange(8) + 1  # two local experts a rank: [1, 2 | 3, 4 | 5, 6 | 7, 8]
+        received = torch.empty(8, dtype=torch.long)
+        dist.all_to_all_single(received, counts)
+        assert received.tolist() == [5, 6] * 4
+        got = funcol.all_to_all_single(counts, None, None, dist.group.WORLD)
+        assert got.tolist() == [5, 6] * 4
+        tokens = torch.empty(int(received.sum()), 16)  # the shape the counts fix
+        assert tokens.shape == (44, 16)

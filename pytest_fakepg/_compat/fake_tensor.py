@@ -94,6 +94,16 @@ def group_size(group: Any) -> int:
 
 
 @door("run a world on fake tensors")
+def group_rank(group: Any) -> int:
+    """This rank's rank in a c10d op's boxed group, or a functional collective's group name."""
+    import torch.distributed as dist
+
+    if isinstance(group, str):
+        return resolve_group(group).rank()
+    return dist.ProcessGroup.unbox(group).rank()
+
+
+@door("run a world on fake tensors")
 def local_scalar_op() -> Any:
     """``aten._local_scalar_dense``: what ``.item()`` and ``bool()`` dispatch."""
     import torch

@@ -44,7 +44,8 @@ NONNEG = "non-negative"  # what is known of a tensor whose values are not
 
 # Collectives whose result over known values the world's rule fixes
 # (``_collective``): c10d's and the functional ones.
-_UNIFORM_RULES = frozenset({"allreduce_", "all_reduce", "broadcast_", "broadcast"})
+_UNIFORM_RULES = frozenset({"allreduce_", "all_reduce", "broadcast_", "broadcast", "alltoall_base_",
+                            "all_to_all_single"})
 
 # In-place ops that overwrite the whole tensor they write, whatever it held.
 _OVERWRITES = frozenset({"zero_", "fill_", "copy_"})
@@ -217,7 +218,13 @@ class Values:
         if not all(isinstance(v, torch.Tensor) for v in values):
             return False
         results = values
-        if name in ("allreduce_", "all_reduce") and self.semantics == "uniform":
+        if name in ("alltoall_base_", "all_to_all_single") and self.semantics == "uniform":
+            # every rank holds this rank's data: from each, the chunk meant for this rank
+            group = bound.get("process_group", bound.get("group_name"))
+            size, rank = _ft.group_size(group), _ft.group_rank(group)
+            splits = [int(s) for s in bound.get("input_split_sizes") or ()] or values[0].shape[0] // size
+            results = [torch.cat([torch.split(values[0], splits)[rank]] * size)]
+        elif name in ("allreduce_", "all_reduce") and self.semantics == "uniform":
             kind = _ft.reduce_op_name(bound["reduce_op"])
             size = _ft.group_size(bound.get("process_group", bound.get("group_name")))
             if kind == "SUM":
@@ -226,10 +233,15 @@ class Values:
                 results = [v ** size for v in values]
             elif kind not in ("AVG", "MAX", "MIN", "BAND", "BOR"):
                 return False
-        targets = tensors if name.endswith("_") else [t for t in _ft.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if name == "alltoall_base_":
+            targets = [bound["output"]]
+        else:
+            targets = tensors if name.endswith("_") else [t for t in _ft.tree_leaves(out) if isinstance(t, torch.Tensor)]
         for target, value in zip(targets, results):
-            if isinstance(target, self.fake_type):
+            if isinstance(target, self.fake_type) and tuple(target.shape) == tuple(value.shape):
                 self.known[target] = value.to(target.dtype).clone()
+            else:
+                self._forget(target)
         return True
 
     def _overwrite(self, name: str, tensor: Any, args: Any, inputs: list[Any]) -> None:
