@@ -62,7 +62,6 @@ FAKE_DEVICE = {"name": "fakepg CUDA device", "total_memory": 80 * 2**30, "major"
                "multi_processor_count": 132}
 
 
-
 class _Properties:
     def __init__(self, index: int) -> None:
         self.index = index
@@ -77,7 +76,10 @@ class Stream:
     """A CUDA stream of the fake device: orders nothing, as there is no work."""
 
     def __init__(self, device: Any = None, priority: int = 0, **_: Any) -> None:
-        self.device = _device(device)
+        import torch
+
+        index = _device(device)
+        self.device = torch.device("cuda", index if index >= 0 else _SERVED[0].current() if _SERVED else 0)
         self.priority = priority
         self.cuda_stream = 0
 
