@@ -59,6 +59,7 @@ import operator
 import sys
 import threading
 import types
+from collections.abc import Callable
 from typing import Any
 
 from . import _compat
@@ -386,7 +387,7 @@ class Held:
     Megatron's parallel groups) must not reach the next world."""
 
     def __init__(self, named: tuple[str, ...], torch: bool) -> None:
-        self.watch = ImportWatch(torch, named)
+        self.watch = ImportWatch(torch, named, self._client_seen)
         cells = self.found = _cells(False, named)
         self.cells = list(zip(cells.spaces, cells.names, (space.get(name, _MISSING)
                                                           for space, name in zip(cells.spaces, cells.names))))
@@ -395,9 +396,17 @@ class Held:
         # torch's own namespaces, which clients rebind from outside (DeepSpeed
         # ZeRO-3 sets torch.nn.functional.linear for good): names replaced or
         # deleted go back; names added go from the classes (they shadow what
-        # is inherited) and stay in the modules (a submodule imported).
-        self.namespaces = [(owner, dict(vars(owner))) for owner in _compat.state.torch_namespaces()]
+        # is inherited) and stay in the modules (a submodule imported). Read
+        # only where a client is loaded, or as one is first imported: a
+        # snapshot costs about a world's own bring-up.
+        self.namespaces: list[tuple[Any, dict[str, Any]]] | None = None
+        if cells.found:
+            self._client_seen()
         sys.meta_path.insert(0, self.watch)
+
+    def _client_seen(self) -> None:
+        if self.namespaces is None:
+            self.namespaces = [(owner, dict(vars(owner))) for owner in _compat.state.torch_namespaces()]
 
     def restore(self) -> None:
         """Every cell as the world found it; those of modules imported while
@@ -416,7 +425,7 @@ class Held:
             self.caches = cells.caches
         _AS_IMPORTED.clear()
         _AS_IMPORTED_CONTENTS.clear()
-        for owner, saved in self.namespaces:
+        for owner, saved in self.namespaces or ():
             now = vars(owner)
             for name, value in saved.items():
                 if now.get(name, _MISSING) is not value:
@@ -446,12 +455,14 @@ class ImportWatch(importlib.abc.MetaPathFinder):
     its import left them, before the program changes them, so that the
     other ranks and the next world start from there."""
 
-    def __init__(self, torch: bool, named: tuple[str, ...]) -> None:
-        self.torch, self.named = torch, named
+    def __init__(self, torch: bool, named: tuple[str, ...], on_client: Callable[[], None]) -> None:
+        self.torch, self.named, self.on_client = torch, named, on_client
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if not _tracked(fullname, self.torch, self.named):
             return None
+        if _tracked(fullname, False, self.named):
+            self.on_client()  # before the client's code runs
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue

@@ -135,14 +135,20 @@ def test_bad_module_names_are_refused_naming_them(given) -> None:
     assert not dist.is_initialized()
 
 
-def test_torch_functions_a_library_replaces_are_put_back() -> None:
+@pytest.mark.parametrize("imported", ["before", "inside"])
+def test_torch_functions_a_library_replaces_are_put_back(library, imported) -> None:
     """DeepSpeed ZeRO-3 sets torch.nn.functional.linear to its own wrapper
-    for the rest of the process: every later test's Linear ran through it."""
+    for the rest of the process: every later test's Linear ran through it.
+    torch's namespaces are read where a client is loaded, or as one is
+    first imported inside the world."""
     import torch
     import torch.nn.functional as F
 
+    if imported == "before":
+        importlib.import_module(f"{library}.state")
     linear, to = F.linear, torch.Tensor.to
-    with FakeWorld(2):
+    with FakeWorld(2, per_rank_modules=[library]):
+        importlib.import_module(f"{library}.state")
         F.linear = lambda *args, **kwargs: None
         torch.Tensor.to = lambda self, *args, **kwargs: self
     assert F.linear is linear and torch.Tensor.to is to
