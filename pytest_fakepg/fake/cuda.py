@@ -164,21 +164,25 @@ class _Device:
         self.set(device)
         return previous
 
+    def index(self, device: Any) -> int:
+        """A device argument's index; the current device's where it names none."""
+        index = _device(device)
+        return self.current() if index < 0 else index
+
     def stream(self, device: Any = None) -> Stream:
-        index = self.current() if _device(device) < 0 else _device(device)
+        index = self.index(device)
         if index not in self.streams:
             self.streams[index] = Stream(index)
         return self.streams[index]
 
     def generator(self, device: Any = "cuda") -> Any:
-        index = _device(device)
-        return self.generators[self.current() if index < 0 else index]
+        return self.generators[self.index(device)]
 
     def patches(self) -> list[tuple[Any, dict[str, Any]]]:
         import torch
 
         cuda = torch.cuda
-        device = served = self
+        served = self
 
         @contextlib.contextmanager
         def stream_context(stream: Any) -> Any:
@@ -210,53 +214,42 @@ class _Device:
                 self.index, self.previous = index, 0
 
             def __enter__(self) -> None:
-                self.previous = device.exchange(self.index)
+                self.previous = served.exchange(self.index)
 
             def __exit__(self, *exc: object) -> None:
-                device.set(self.previous)
+                served.set(self.previous)
 
         def seed_all(seed: int) -> None:
-            for generator in device.generators:
+            for generator in served.generators:
                 generator.manual_seed(seed)
 
-        device_generator = device.generator
         api: dict[str, Any] = {
             "is_available": lambda: True, "is_initialized": lambda: True, "init": lambda: None,
             "_lazy_init": lambda: None, "_lazy_call": lambda fn, **_: fn(),
-            "device_count": lambda: device.count, "current_device": device.current, "set_device": device.set,
-            "_exchange_device": device.exchange, "_maybe_exchange_device": device.exchange, "device": _DeviceGuard,
+            "device_count": lambda: served.count, "current_device": served.current, "set_device": served.set,
+            "_exchange_device": served.exchange, "_maybe_exchange_device": served.exchange, "device": _DeviceGuard,
             "synchronize": lambda device=None: None, "Stream": Stream, "Event": Event,
-            "current_stream": device.stream, "default_stream": device.stream, "stream": stream_context,
+            "current_stream": served.stream, "default_stream": served.stream, "stream": stream_context,
             "set_stream": lambda stream: None,
-            "get_rng_state": lambda device="cuda": device_generator(device).get_state(),
-            "set_rng_state": lambda new_state, device="cuda": device_generator(device).set_state(new_state),
-            "get_rng_state_all": lambda: [g.get_state() for g in device.generators],
-            "set_rng_state_all": lambda states: [g.set_state(s) for g, s in zip(device.generators, states)],
-            "manual_seed": lambda seed: device.generator().manual_seed(seed), "manual_seed_all": seed_all,
-            "seed": lambda: device.generator().seed(), "seed_all": lambda: [g.seed() for g in device.generators],
-            "initial_seed": lambda: device.generator().initial_seed(), "default_generators": device.generators,
+            "get_rng_state": lambda device="cuda": served.generator(device).get_state(),
+            "set_rng_state": lambda new_state, device="cuda": served.generator(device).set_state(new_state),
+            "get_rng_state_all": lambda: [g.get_state() for g in served.generators],
+            "set_rng_state_all": lambda states: [g.set_state(s) for g, s in zip(served.generators, states)],
+            "manual_seed": lambda seed: served.generator().manual_seed(seed), "manual_seed_all": seed_all,
+            "seed": lambda: served.generator().seed(), "seed_all": lambda: [g.seed() for g in served.generators],
+            "initial_seed": lambda: served.generator().initial_seed(), "default_generators": served.generators,
             "memory_allocated": memory("current"), "max_memory_allocated": memory("peak"),
             "memory_reserved": memory("current"), "max_memory_reserved": memory("peak"),
             "memory_stats": memory_stats, "reset_peak_memory_stats": reset_peak,
             "reset_max_memory_allocated": reset_peak, "empty_cache": lambda: None,
             "mem_get_info": lambda device=None: (FAKE_DEVICE["total_memory"] - memory("current")(),
                                                  FAKE_DEVICE["total_memory"]),
-            "get_device_properties": lambda device=None: _Properties(_index(device, self)),
+            "get_device_properties": lambda device=None: _Properties(served.index(device)),
             "get_device_capability": lambda device=None: (FAKE_DEVICE["major"], FAKE_DEVICE["minor"]),
             "get_device_name": lambda device=None: FAKE_DEVICE["name"],
             "is_bf16_supported": lambda including_emulation=True: True,
         }
         to = torch.Tensor.to
-
-        def indexed(value: Any) -> Any:
-            """"cuda" as the current device: without an index torch asks the
-            CUDA runtime which one, and a CPU-only torch has none."""
-            if isinstance(value, int) and not isinstance(value, bool):
-                return torch.device("cuda", value)
-            if isinstance(value, str) and value == "cuda" or \
-                    isinstance(value, torch.device) and value.type == "cuda" and value.index is None:
-                return torch.device("cuda", served.current())
-            return value
 
         def tensor_to(self: Any, *args: Any, **kwargs: Any) -> Any:
             if "device" in kwargs:
@@ -264,11 +257,8 @@ class _Device:
             return to(self, *map(indexed, args), **kwargs)
 
         def tensor_cuda(self: Any, device: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
-            index = device_index(device)
-            return to(self, torch.device("cuda", served.current() if index < 0 else index), non_blocking=non_blocking,
-                      **kwargs)
+            return to(self, torch.device("cuda", served.index(device)), non_blocking=non_blocking, **kwargs)
 
-        device_index = _device
         # C++ is told the fake device's tensors are on the CPU (as_cpu): what
         # C++ answers from it, Python asks again.
         base_type, base_get_device = torch.Tensor.type, torch.Tensor.get_device
@@ -314,11 +304,6 @@ def _device(device: Any) -> int:
     return int(device)
 
 
-def _index(device: Any, served: _Device) -> int:
-    index = _device(device)
-    return served.current() if index < 0 else index
-
-
 _SERVED: list[Any] = []  # the device being served, while a world serves it
 
 
@@ -331,10 +316,11 @@ def as_cpu(device: Any) -> Any:
     available"); as a CPU gradient it runs on the calling thread. What the
     engine makes from a gradient's recorded metadata (zeros for a gradient
     nobody gave) stays on CUDA: that was recorded in forward."""
-    return _CPU[0] if _SERVED and runtime.called_from_autograd_engine() else device
+    if _SERVED and runtime.called_from_autograd_engine():
+        import torch
 
-
-_CPU: list[Any] = []
+        return torch.device("cpu")
+    return device
 
 
 def serving() -> bool:
@@ -342,20 +328,25 @@ def serving() -> bool:
 
 
 def indexed(device: Any) -> Any:
-    """``device``, with the current device's index where it is "cuda" without one."""
+    """``device`` as a CUDA device with its index, where it is a bare index
+    or "cuda" without one (the current device): without an index, torch asks
+    the CUDA runtime which one, and a torch built without CUDA has none.
+    Anything else is left as it is."""
     import torch
 
-    if device is not None and _SERVED:
-        device = torch.device(device) if isinstance(device, str) else device
-        if isinstance(device, torch.device) and device.type == "cuda" and device.index is None:
-            return torch.device("cuda", _SERVED[0].current())
+    if not _SERVED or isinstance(device, bool):
+        return device
+    if isinstance(device, int):
+        return torch.device("cuda", device)
+    if device == "cuda" or isinstance(device, torch.device) and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", _SERVED[0].current())
     return device
 
 
 def rank_modes() -> Any:
     """What a rank's thread enters beside its fake-tensor mode while the
     device is served (tensor modes are per thread)."""
-    return device_indices(_SERVED[0]) if _SERVED else contextlib.nullcontext()
+    return device_indices() if _SERVED else contextlib.nullcontext()
 
 
 def needed(device: str, tensors: str) -> bool:
@@ -367,7 +358,7 @@ def needed(device: str, tensors: str) -> bool:
     return not torch.cuda.is_available()
 
 
-def device_indices(served: _Device) -> Any:
+def device_indices() -> Any:
     """A TorchFunctionMode that gives a device index its device type
     before torch parses it: ``torch.empty(n, device=torch.cuda.current_device())``
     names "the current accelerator's device 0", which a torch built without
@@ -388,9 +379,8 @@ def device_indices(served: _Device) -> Any:
                     f"{f' at {line}' if line else ''}, and this world has tensors='fake' (shapes and dtypes "
                     "only, no values). Keep value-dependent code out of a fake-tensor test: see README.md, "
                     "'Will it fit?'")
-            device = kwargs.get("device")
-            if isinstance(device, int) and not isinstance(device, bool):
-                kwargs["device"] = torch.device("cuda", device)
+            if "device" in kwargs:
+                kwargs["device"] = indexed(kwargs["device"])
             return func(*args, **kwargs)
 
     return DeviceIndices()
@@ -415,12 +405,8 @@ class Served:
         device = _Device(ranks_per_node)
         device.native.serve_fake_cuda(ranks_per_node)
         self.native = device.native
-        if not _CPU:
-            import torch
-
-            _CPU.append(torch.device("cpu"))
         _SERVED.append(device)
-        self.indices = device_indices(device)
+        self.indices = device_indices()
         self.indices.__enter__()  # this thread's; an exact world's ranks enter their own (rank_modes)
         self.threads = _compat.runtime.autograd_threads()
         _compat.runtime.set_autograd_threads(False)

@@ -46,7 +46,6 @@ _BETWEEN = ("torch.", "pytest_fakepg.")
 _COLLECTIVE_NAMESPACES = frozenset({"c10d", "_c10d_functional"})
 _ALWAYS_FAKE = frozenset({"lift_fresh", "lift_fresh_copy", "lift"})
 RECIPE = "README.md, 'Will it fit?'"
-_LOCAL_SCALAR: Any = None  # aten._local_scalar_dense.default, once torch is loaded
 
 
 def _runs_real(func: Any, args: Any, kwargs: Any, fake_type: type) -> bool:
@@ -125,10 +124,9 @@ def mode_class() -> type:
     base = _ft.fake_tensor_mode_class()
     fake_type = _ft.fake_tensor_class()
     value_errors = _ft.value_errors()
-    global _LOCAL_SCALAR
     import torch
 
-    _LOCAL_SCALAR = _ft.local_scalar_op()
+    local_scalar = _ft.local_scalar_op()
     meta_views = _ft.meta_views()
     inherited = getattr(base, "avoid_device_init", None)
     avoid_device_init = inherited.fget if isinstance(inherited, property) else (lambda mode: False)
@@ -166,7 +164,7 @@ def mode_class() -> type:
                 # "cuda" is this thread's current device, before FakeTensorMode's
                 # cache (shared by the ranks' modes) keys on it
                 kwargs["device"] = _fake_cuda.indexed(kwargs["device"])
-            if func is _LOCAL_SCALAR and isinstance(args[0], fake_type):
+            if func is local_scalar and isinstance(args[0], fake_type):
                 value = self.values.scalar(args[0])
                 if value is not None:
                     return value
@@ -357,4 +355,3 @@ def _on_real_tensors(original: Any) -> Any:
             return original(*args, **kwargs)
 
     return on_real_tensors
-
