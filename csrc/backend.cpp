@@ -80,8 +80,11 @@ FakeBackend::FakeBackend(
     int rank,
     int size,
     std::string group_name,
-    std::vector<int64_t> global_ranks)
-    : c10d::Backend(rank, size), world_(std::move(world)) {
+    std::vector<int64_t> global_ranks,
+    c10::intrusive_ptr<c10d::Backend> real)
+    : c10d::Backend(rank, size),
+      world_(std::move(world)),
+      real_(std::move(real)) {
   TORCH_CHECK(
       rank >= 0 && rank < size,
       cat("fakepg: rank ", rank, " is outside a group of size ", size));
@@ -162,13 +165,17 @@ std::exception_ptr FakeBackend::begin(
     const std::vector<at::Tensor>& recorded,
     int32_t peer,
     bool any_source) {
-  values_->check(c);
+  if (!real_) {
+    values_->check(c);
+  }
   ++seq_;
   const auto reduce_op = c.reduces ? redOf(c.reduce) : kNoReduceOp;
   return world_->begin(c.op, group_, recorded, reduce_op, peer, any_source);
 }
 
+template <typename Real>
 c10::intrusive_ptr<c10d::Work> FakeBackend::issue(
+    Real&& real,
     Contribution c,
     c10d::OpType type,
     Results results,
@@ -176,6 +183,9 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::issue(
     int32_t peer,
     bool any_source) {
   auto fault = begin(c, recorded, peer, any_source);
+  if (real_ && !fault) {
+    return real();  // NOTE [Real ranks]: recorded, then forwarded unchanged
+  }
   const bool pair = pairs_ && (c.op == Op::send || c.op == Op::recv) &&
       !any_source && world_->runSlot(peer) >= 0;
   auto& semantics = pair ? pairs_ : values_;
@@ -189,6 +199,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::broadcast(
   auto c = part(Op::broadcast, tensors, tensors);
   c.root = opts.rootRank;
   return issue(
+      [&] { return real_->broadcast(tensors, opts); },
       std::move(c),
       c10d::OpType::BROADCAST,
       kOutputs,
@@ -200,6 +211,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce(
     std::vector<at::Tensor>& tensors,
     const c10d::AllreduceOptions& opts) {
   return issue(
+      [&] { return real_->allreduce(tensors, opts); },
       part(Op::all_reduce, tensors, tensors, opts.reduceOp),
       c10d::OpType::ALLREDUCE,
       kOutputs,
@@ -210,6 +222,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_sparse(
     std::vector<at::Tensor>& tensors,
     const c10d::AllreduceOptions& opts) {
   return issue(
+      [&] { return real_->allreduce_sparse(tensors, opts); },
       part(Op::all_reduce, tensors, tensors, opts.reduceOp),
       c10d::OpType::ALLREDUCE,
       tensors,
@@ -222,6 +235,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allreduce_coalesced(
   const auto op =
       coalescedOr(Op::all_reduce, Op::all_reduce_coalesced, tensors.size());
   return issue(
+      [&] { return real_->allreduce_coalesced(tensors, opts); },
       part(op, tensors, tensors, opts.reduceOp),
       c10d::OpType::ALLREDUCE_COALESCED,
       kOutputs,
@@ -236,6 +250,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce(
   auto c = part(Op::reduce, {t}, {t}, opts.reduceOp);
   c.root = opts.rootRank;
   return issue(
+      [&] { return real_->reduce(tensors, opts); },
       std::move(c),
       c10d::OpType::REDUCE,
       tensors,
@@ -246,11 +261,12 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce(
 c10::intrusive_ptr<c10d::Work> FakeBackend::allgather(
     std::vector<std::vector<at::Tensor>>& outputs,
     std::vector<at::Tensor>& inputs,
-    const c10d::AllgatherOptions& /* opts */) {
+    const c10d::AllgatherOptions& opts) {
   const auto invalid = invalidArgument("all_gather");
   compat::assertSingleElementInput(invalid, inputs);
   compat::assertGatherOutputTensorList(invalid, outputs, size_);
   return issue(
+      [&] { return real_->allgather(outputs, inputs, opts); },
       part(Op::all_gather, inputs, outputs[0]),
       c10d::OpType::ALLGATHER,
       kOutputs,
@@ -260,9 +276,10 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather(
 c10::intrusive_ptr<c10d::Work> FakeBackend::_allgather_base(
     at::Tensor& output,
     at::Tensor& input,
-    const c10d::AllgatherOptions& /* opts */) {
+    const c10d::AllgatherOptions& opts) {
   checkNumel("all_gather_into_tensor", output, input, size_, "output", "input");
   return issue(
+      [&] { return real_->_allgather_base(output, input, opts); },
       part(Op::all_gather_into_tensor, {input}, {output}),
       c10d::OpType::_ALLGATHER_BASE,
       kOutputs,
@@ -272,7 +289,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::_allgather_base(
 c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
     std::vector<std::vector<at::Tensor>>& outputs,
     std::vector<at::Tensor>& inputs,
-    const c10d::AllgatherOptions& /* opts */) {
+    const c10d::AllgatherOptions& opts) {
   compat::assertAllgatherCoalescedOutputTensorLists(
       invalidArgument("all_gather_coalesced"),
       outputs,
@@ -283,6 +300,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
     outs.insert(outs.end(), list.begin(), list.end());
   }
   return issue(
+      [&] { return real_->allgather_coalesced(outputs, inputs, opts); },
       part(Op::all_gather_coalesced, inputs, outs),
       c10d::OpType::ALLGATHER_COALESCED,
       kOutputs,
@@ -292,7 +310,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_coalesced(
 c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_into_tensor_coalesced(
     std::vector<at::Tensor>& outputs,
     std::vector<at::Tensor>& inputs,
-    const c10d::AllgatherOptions& /* opts */) {
+    const c10d::AllgatherOptions& opts) {
   const char* name = "all_gather_into_tensor_coalesced";
   checkSameCount(name, outputs.size(), inputs.size(), "inputs");
   for (size_t i = 0; i < outputs.size(); ++i) {
@@ -303,6 +321,9 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::allgather_into_tensor_coalesced(
       Op::all_gather_into_tensor_coalesced,
       inputs.size());
   return issue(
+      [&] {
+        return real_->allgather_into_tensor_coalesced(outputs, inputs, opts);
+      },
       part(op, inputs, outputs), c10d::OpType::COALESCED, kOutputs, inputs);
 }
 
@@ -321,6 +342,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gather(
   auto c = part(Op::gather, inputs, outs);
   c.root = opts.rootRank;
   return issue(
+      [&] { return real_->gather(outputs, inputs, opts); },
       std::move(c),
       c10d::OpType::GATHER,
       kOutputs,
@@ -341,6 +363,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gatherIntoTensor(
   auto c = part(Op::gather_into_tensor, {input}, outs);
   c.root = opts.rootRank;
   return issue(
+      [&] { return gatherIntoTensorOnReal(output, input, opts); },
       std::move(c),
       c10d::OpType::GATHER,
       kOutputs,
@@ -363,6 +386,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::scatter(
       Op::scatter, root ? inputs[0] : std::vector<at::Tensor>{}, outputs);
   c.root = opts.rootRank;
   return issue(
+      [&] { return real_->scatter(outputs, inputs, opts); },
       std::move(c),
       c10d::OpType::SCATTER,
       kOutputs,
@@ -387,7 +411,12 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter(
     flat.insert(flat.end(), list.begin(), list.end());
   }
   auto c = part(Op::reduce_scatter, flat, outputs, opts.reduceOp);
-  return issue(std::move(c), c10d::OpType::REDUCE_SCATTER, kOutputs, flat);
+  return issue(
+      [&] { return real_->reduce_scatter(outputs, inputs, opts); },
+      std::move(c),
+      c10d::OpType::REDUCE_SCATTER,
+      kOutputs,
+      flat);
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::_reduce_scatter_base(
@@ -396,6 +425,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::_reduce_scatter_base(
     const c10d::ReduceScatterOptions& opts) {
   checkNumel("reduce_scatter_tensor", input, output, size_, "input", "output");
   return issue(
+      [&] { return real_->_reduce_scatter_base(output, input, opts); },
       part(Op::reduce_scatter_tensor, {input}, {output}, opts.reduceOp),
       c10d::OpType::_REDUCE_SCATTER_BASE,
       kOutputs,
@@ -416,6 +446,9 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::reduce_scatter_tensor_coalesced(
       Op::reduce_scatter_tensor_coalesced,
       inputs.size());
   return issue(
+      [&] {
+        return real_->reduce_scatter_tensor_coalesced(outputs, inputs, opts);
+      },
       part(op, inputs, outputs, opts.reduceOp),
       c10d::OpType::COALESCED,
       kOutputs,
@@ -427,23 +460,28 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall_base(
     at::Tensor& input,
     std::vector<int64_t>& outputSplitSizes,
     std::vector<int64_t>& inputSplitSizes,
-    const c10d::AllToAllOptions& /* opts */) {
+    const c10d::AllToAllOptions& opts) {
   compat::checkSplitSizes(inputSplitSizes, input, size_);
   compat::checkSplitSizes(outputSplitSizes, output, size_);
   auto c = part(Op::all_to_all_single, {input}, {output});
   c.in_splits = inputSplitSizes;
   c.out_splits = outputSplitSizes;
   return issue(
+      [&] {
+        return real_->alltoall_base(
+            output, input, outputSplitSizes, inputSplitSizes, opts);
+      },
       std::move(c), c10d::OpType::ALLTOALL_BASE, kOutputs, {input});
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::alltoall(
     std::vector<at::Tensor>& outputs,
     std::vector<at::Tensor>& inputs,
-    const c10d::AllToAllOptions& /* opts */) {
+    const c10d::AllToAllOptions& opts) {
   compat::assertAllToAllTensorListSizes(
       invalidArgument("all_to_all"), outputs.size(), inputs.size(), size_);
   return issue(
+      [&] { return real_->alltoall(outputs, inputs, opts); },
       part(Op::all_to_all, inputs, outputs),
       c10d::OpType::ALLTOALL,
       kOutputs,
@@ -458,6 +496,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::send(
   c.peer = dstRank;
   c.tag = tag;
   return issue(
+      [&] { return real_->send(tensors, dstRank, tag); },
       std::move(c), c10d::OpType::SEND, tensors, tensors, globalRank(dstRank));
 }
 
@@ -469,6 +508,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::recv(
   c.peer = srcRank;
   c.tag = tag;
   return issue(
+      [&] { return real_->recv(tensors, srcRank, tag); },
       std::move(c), c10d::OpType::RECV, kOutputs, tensors, globalRank(srcRank));
 }
 
@@ -482,6 +522,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::recvAnysource(
   c.tag = tag;
   const auto peer = globalRank(c.peer);
   return issue(
+      [&] { return real_->recvAnysource(tensors, tag); },
       std::move(c),
       c10d::OpType::RECVANYSOURCE,
       kOutputs,
@@ -491,11 +532,33 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::recvAnysource(
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::barrier(
-    const c10d::BarrierOptions& /* opts */) {
-  return issue(part(Op::barrier, {}, {}), c10d::OpType::BARRIER, kOutputs, {});
+    const c10d::BarrierOptions& opts) {
+  return issue(
+      [&] { return real_->barrier(opts); },
+      part(Op::barrier, {}, {}),
+      c10d::OpType::BARRIER,
+      kOutputs,
+      {});
+}
+
+c10::intrusive_ptr<c10d::Work> FakeBackend::gatherIntoTensorOnReal(
+    at::Tensor& output,
+    at::Tensor& input,
+    const c10d::GatherOptions& opts) {
+  return compat::gatherSingle(*real_, output, input, opts);
+}
+
+void FakeBackend::setTimeout(std::chrono::milliseconds timeout) {
+  if (real_) {
+    real_->setTimeout(timeout);
+  }
 }
 
 void FakeBackend::startCoalescing() {
+  if (real_) {
+    real_->startCoalescing();
+    return;
+  }
   values_->startCoalescing();
   if (pairs_) {
     pairs_->startCoalescing();
@@ -503,6 +566,9 @@ void FakeBackend::startCoalescing() {
 }
 
 c10::intrusive_ptr<c10d::Work> FakeBackend::endCoalescing() {
+  if (real_) {
+    return real_->endCoalescing();
+  }
   auto work = values_->endCoalescing();  // complete at once: local values
   return pairs_ ? pairs_->endCoalescing() : work;
 }

@@ -35,16 +35,19 @@ class FakeBackend : public c10d::Backend {
       int rank,
       int size,
       std::string group_name,
-      std::vector<int64_t> global_ranks);
+      std::vector<int64_t> global_ranks,
+      c10::intrusive_ptr<c10d::Backend> real = {});
 
+  // On real ranks, the real backend's name (NOTE [Real ranks]).
   const std::string getBackendName() const override {
-    return "fakepg";
+    return real_ ? real_->getBackendName() : "fakepg";
   }
   c10::intrusive_ptr<c10d::Backend::Options> getBackendOptions() override {
     return c10::make_intrusive<Options>();
   }
-  // Nothing in a fake world waits, so there is nothing to time out.
-  void setTimeout(std::chrono::milliseconds /* timeout */) override {}
+  // Nothing in a fake world waits, so there is nothing to time out; a real
+  // backend is given the timeout.
+  void setTimeout(std::chrono::milliseconds timeout) override;
 
   // NOTE [Sequence numbers]
   // One counter per group, as NCCL and gloo keep: the number of collectives
@@ -160,8 +163,11 @@ class FakeBackend : public c10d::Backend {
       std::vector<at::Tensor> in,
       std::vector<at::Tensor> out,
       const c10d::ReduceOp& reduce = c10d::ReduceOp::UNUSED) const;
-  // begin(), then the semantics' issue().
+  // begin(), then the semantics' issue(); on real ranks, real() instead
+  // (unless a fault fired).
+  template <typename Real>
   c10::intrusive_ptr<c10d::Work> issue(
+      Real&& real,
       Contribution c,
       c10d::OpType type,
       Results results,
@@ -169,6 +175,10 @@ class FakeBackend : public c10d::Backend {
       int32_t peer = kNoPeer,
       bool any_source = false);
   void checkRoot(const char* op, int64_t root) const;
+  c10::intrusive_ptr<c10d::Work> gatherIntoTensorOnReal(
+      at::Tensor& output,
+      at::Tensor& input,
+      const c10d::GatherOptions& opts);
   int32_t globalRank(int64_t group_rank) const;
 
   c10::intrusive_ptr<WorldState> world_;
@@ -179,6 +189,12 @@ class FakeBackend : public c10d::Backend {
   // In a hybrid world, a group that reaches ranks that do not run: its
   // point-to-point ops between two running ranks (NOTE [Hybrid worlds]).
   std::unique_ptr<Semantics> pairs_;
+  // NOTE [Real ranks]
+  // On a real world (pytest --fake-world-real), the group's real gloo or
+  // NCCL backend: every call is checked, counted, recorded and faulted as in
+  // a fake world, then forwarded to it unchanged; a fault that fires is not
+  // forwarded (its work fails as a fake one does). Null in a fake world.
+  c10::intrusive_ptr<c10d::Backend> real_;
 };
 
 }  // namespace fakepg

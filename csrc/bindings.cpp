@@ -8,6 +8,7 @@
 #include <array>
 #include <map>
 #include <memory>
+#include <optional>
 #include <type_traits>
 
 #include "backend.hpp"
@@ -559,15 +560,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                       int rank,
                       int size,
                       std::string name,
-                      std::vector<int64_t> ranks) {
+                      std::vector<int64_t> ranks,
+                      std::optional<c10::intrusive_ptr<c10d::Backend>> real) {
             return c10::make_intrusive<FakeBackend>(
-                world, rank, size, std::move(name), std::move(ranks));
+                world,
+                rank,
+                size,
+                std::move(name),
+                std::move(ranks),
+                real.value_or(c10::intrusive_ptr<c10d::Backend>()));
           }),
           py::arg("world"),
           py::arg("rank"),
           py::arg("size"),
           py::arg("group_name"),
-          py::arg("global_ranks"))
+          py::arg("global_ranks"),
+          py::arg("real") = py::none())
       // The two coalesced ops c10d's Python Backend class does not bind,
       // for collectives issued on meta tensors (pytest_fakepg/fake/).
       .def(

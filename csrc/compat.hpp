@@ -3,12 +3,15 @@
 // and 2.15.0; see each NOTE for what happens when one moves.
 #pragma once
 
+#include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #include <torch/csrc/distributed/c10d/Utils.hpp>
 
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace fakepg::compat {
@@ -130,5 +133,30 @@ using PreMulSumSupplement = c10d::NCCLPreMulSumSupplement;
 // c10d::Backend::Options gained `virtual intrusive_ptr<Options> clone()` in
 // torch 2.14; FakeBackend::Options defines the same signature without
 // `override`, so it overrides there and compiles alone before.
+
+// gather into one tensor on a real backend: c10d::Backend::gather_single
+// where it exists (2.14.1, 2.15.0; NOTE [compat: the _single collectives]).
+template <typename B, typename = void>
+struct HasGatherSingle : std::false_type {};
+template <typename B>
+struct HasGatherSingle<
+    B,
+    std::void_t<decltype(std::declval<B&>().gather_single(
+        std::declval<at::Tensor&>(),
+        std::declval<at::Tensor&>(),
+        std::declval<const c10d::GatherOptions&>()))>> : std::true_type {};
+
+template <typename B>
+c10::intrusive_ptr<c10d::Work> gatherSingle(
+    B& real,
+    at::Tensor& output,
+    at::Tensor& input,
+    const c10d::GatherOptions& opts) {
+  if constexpr (HasGatherSingle<B>::value) {
+    return real.gather_single(output, input, opts);
+  } else {
+    TORCH_CHECK(false, "fakepg: gather_into_tensor on real ranks needs torch 2.14 or later");
+  }
+}
 
 }  // namespace fakepg::compat

@@ -45,6 +45,7 @@ class _Running(NamedTuple):
     native: Any  # the compiled WorldState shared by every group of the world
     world_size: int
     world: FakeWorld
+    real: Callable[[Any], Any] | None = None  # a group's real backend (NOTE [Real ranks], csrc/backend.hpp)
 
 
 # The world that is up (one at a time), read by _create_backend whenever torch
@@ -66,10 +67,11 @@ def _create_backend(dist_opts: Any, _backend_options: Any) -> Any:
     # no list, so a million ranks cost nothing.
     if _running is not None and len(ranks) == size == _running.world_size:
         ranks = []
-    return _new_backend(dist_opts.group_rank, size, dist_opts.group_id, ranks)
+    real = None if _running is None or _running.real is None else _running.real(dist_opts)
+    return _new_backend(dist_opts.group_rank, size, dist_opts.group_id, ranks, real)
 
 
-def _new_backend(rank: int, size: int, name: str, ranks: list[int] | None = None) -> Any:
+def _new_backend(rank: int, size: int, name: str, ranks: list[int] | None = None, real: Any = None) -> Any:
     """This world's backend for group ``name`` (``ranks``: its global ranks,
     none for a group of every rank); also what a default group made without
     init_process_group gets (NOTE [The default group made directly])."""
@@ -83,7 +85,7 @@ def _new_backend(rank: int, size: int, name: str, ranks: list[int] | None = None
         )
     if name.isdigit():  # a body that destroys its groups resets torch's counter
         _next_group_number = max(_next_group_number, int(name) + 1)
-    return _backend.load().FakeBackend(_running.native, rank, size, name, ranks or [])
+    return _backend.load().FakeBackend(_running.native, rank, size, name, ranks or [], real)
 
 
 class FakeWorld:
@@ -441,12 +443,13 @@ class FakeWorld:
         if spec.mesh_shape is not None:
             self._mesh = init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
 
-    def _serve(self, native: Any) -> None:
+    def _serve(self, native: Any, real: Callable[[Any], Any] | None = None) -> None:
         """Make ``native`` (a WorldState) the world that is up: the one whose
-        backend every fakepg group gets, and every "fake" group too."""
+        backend every fakepg group gets, and every "fake" group too; ``real``
+        makes a group's real backend, on real ranks."""
         global _running
         self._native = native
-        _running = _Running(native, self.spec.world_size, self)
+        _running = _Running(native, self.spec.world_size, self, real)
         self._log = CollectiveLog(native, labels=self._labels_now)
         native.set_label_source(self._label_of)
         _compat.c10d.register_stock_fake()
@@ -582,19 +585,3 @@ class FakeWorld:
 
 def _running_world() -> _Running | None:
     return _running
-
-
-def clean_up_foreign_state() -> str | None:
-    """Destroy a default process group that no FakeWorld owns (one a test
-    made and left behind), with torch's caches; describe what was found.
-    Costs nothing in a process that never imported torch.distributed."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
-        return None
-    if _running is not None:
-        return None  # a FakeWorld is up: it owns the group
-    found = f"backend {dist.get_backend()!r}, world size {dist.get_world_size()}"
-    dist.destroy_process_group()
-    _compat.device_mesh.clear_mesh_registries()
-    _compat.dtensor.clear_dtensor_state()
-    return found

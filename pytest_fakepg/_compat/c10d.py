@@ -419,3 +419,17 @@ def any_backend_served() -> tuple[Any, dict[str, Any]]:
         return original(*args, **kwargs)
 
     return c10d, {"_new_group_with_tag": new_group_with_tag}
+
+
+def nccl_backend(opts: Any) -> Any:
+    """The NCCL backend ``new_group`` makes for a group, from c10d's
+    ``_DistributedBackendOptions`` (its options' ``_timeout``, 2.11-2.15.0):
+    what a real world's CUDA groups forward to (NOTE [Real ranks])."""
+    import torch.distributed as dist
+
+    options = dist.ProcessGroupNCCL.Options()
+    options.is_high_priority_stream = False
+    options._timeout = opts.timeout
+    options.global_ranks_in_group = opts.global_ranks_in_group
+    options.group_name = opts.group_id
+    return dist.ProcessGroupNCCL(opts.store, opts.group_rank, opts.group_size, options)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .. import spec as _spec
-from . import collection, exact, sweeps, worlds
-from .state import CASE, REPORT, SETTINGS, WORLD, Settings
+from . import collection, exact, real, sweeps, worlds
+from .state import CASE, REAL_REPORT, REPORT, SETTINGS, WORLD, Settings
 
 if TYPE_CHECKING:
     from torch.distributed import Store
@@ -92,6 +92,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write each rank sweep's collectives as Flight Recorder dumps, one folder per "
         "test under DIR, for python -m torch.distributed.flight_recorder.fr_trace.",
     )
+    group.addoption(
+        "--fake-world-real",
+        dest="fake_world_real",
+        default=None,
+        metavar="BACKEND",
+        help="also run each fake-world test that can on real ranks: 'gloo' (CPU worlds) or 'nccl' "
+        "(CUDA worlds) starts them on this machine with torchrun; 'env' runs as the rank torchrun "
+        "gives this process. The ledgers of real and fake ranks are compared.",
+    )
+    group.addoption(
+        "--fake-world-real-timeout",
+        dest="fake_world_real_timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long a real run may take before its ranks are stopped and the test fails (default 300).",
+    )
     parser.addini("fake_world_size", "world size of a fake world that names none (default 2)", default="2")
     parser.addini("fake_world_backend", "default c10d backend: fakepg or fake", default="fakepg")
     parser.addini("fake_world_ranks", "'all' to sweep every rank of marked tests", default="")
@@ -149,19 +166,34 @@ def pytest_configure(config: pytest.Config) -> None:
     trace_dir = config.getoption("fake_world_trace_dir")
     if trace_dir is not None and os.path.exists(trace_dir) and not os.path.isdir(trace_dir):
         raise pytest.UsageError(f"--fake-world-trace-dir={trace_dir}: that is a file, not a folder")
+    real_mode = config.getoption("fake_world_real")
+    real.check_mode(real_mode)
+    real_timeout = config.getoption("fake_world_real_timeout")
+    if not real_timeout > 0:
+        raise pytest.UsageError(f"--fake-world-real-timeout must be a number of seconds > 0; got {real_timeout!r}")
+    # A rank of a real run reports only on rank 0, and never when a launcher reads its result.
+    quiet_rank = real_mode == "env" and (real.this_rank()[0] != 0 or real.launched())
     config.stash[SETTINGS] = Settings(
         backend=backend,
         all_ranks=ranks == _spec.RANK_SWEEP,
         world_size=size,
-        report=bool(_option(config, "fake_world_report") or _option(config, "fake_world_report_totals")),
+        report=not quiet_rank and bool(_option(config, "fake_world_report")
+                                       or _option(config, "fake_world_report_totals")),
         report_totals=bool(_option(config, "fake_world_report_totals")),
-        report_json=_writable_file("--fake-world-report-json", config.getoption("fake_world_report_json")),
+        report_json=None if quiet_rank else _writable_file("--fake-world-report-json",
+                                                            config.getoption("fake_world_report_json")),
         strict=bool(_option(config, "fake_world_strict")),
         check_ranks=bool(config.getini("fake_world_check_ranks")),
         trace_dir=trace_dir,
         env=bool(config.getini("fake_world_env")),
+        real=real_mode,
+        real_timeout=real_timeout,
     )
     config.stash[REPORT] = {}
+    config.stash[REAL_REPORT] = {}
+    if real_mode is not None:
+        config.pluginmanager.register(real.Rank(config) if real_mode == "env" else real.Launcher(config),
+                                      "fakepg-real")
     if not hasattr(config, "workerinput"):  # xdist workers send their reports on
         config.pluginmanager.register(sweeps.Gatherer(config), "fakepg-gatherer")
 
@@ -185,6 +217,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     runs that need it."""
     swept = collection.note_items(config, items)
     settings = config.stash[SETTINGS]
+    if settings.real is not None:
+        real.note(config, items)
+        swept = swept and settings.real != "env"  # a rank of a real run checks its ledger, not a sweep
     reporting = settings.report or settings.report_json
     if (swept or reporting) and not config.pluginmanager.has_plugin("fakepg-carrier"):
         config.pluginmanager.register(sweeps.Carrier(), "fakepg-carrier")
@@ -259,11 +294,14 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     settings = config.stash.get(SETTINGS, None)
-    if settings is None or not settings.report:
+    if settings is None:
         return
     from . import report
 
-    report.render(terminalreporter, config.stash[REPORT], totals_only=settings.report_totals)
+    if settings.report:
+        report.render(terminalreporter, config.stash[REPORT], totals_only=settings.report_totals)
+    if settings.real in ("gloo", "nccl"):
+        report.render_real(terminalreporter, config.stash[REAL_REPORT], settings.real)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -273,7 +311,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     from . import report
 
-    report.write_json(settings.report_json, config.stash[REPORT])
+    report.write_json(settings.report_json, config.stash[REPORT], config.stash[REAL_REPORT])
 
 
 # -- fixtures ------------------------------------------------------------------

@@ -175,7 +175,22 @@ def render(tr: pytest.TerminalReporter, entries: dict[str, dict[str, Any]], tota
     )
 
 
-def write_json(path: str, entries: dict[str, dict[str, Any]]) -> None:
+def render_real(tr: pytest.TerminalReporter, entries: dict[str, dict[str, Any]], backend: str) -> None:
+    """What each fake-world test did on real ranks (--fake-world-real)."""
+    tr.write_sep("=", f"fake world tests on real {backend} ranks")
+    counts: dict[str, int] = {}
+    for nodeid, e in sorted(entries.items()):
+        counts[e["real"]] = counts.get(e["real"], 0) + 1
+        if e["real"] == "skipped":
+            tr.write_line(f"{nodeid}: fake {e['fake']}, real skipped ({e.get('reason')})")
+            continue
+        tr.write_line(f"{nodeid}: fake {e['fake']}, real {e['real']} on {e['ranks']} ranks in {e['seconds']:g} s, "
+                      f"ledgers {'agree' if e['ledgers'] == 'agree' else e['ledgers']}")
+    tr.write_line(", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) + " on real ranks"
+                  if counts else "no fake-world test ran")
+
+
+def write_json(path: str, entries: dict[str, dict[str, Any]], real: dict[str, dict[str, Any]] | None = None) -> None:
     totals = _run_totals(entries)
     document = {
         "tests": dict(sorted(entries.items())),
@@ -187,6 +202,8 @@ def write_json(path: str, entries: dict[str, dict[str, Any]]) -> None:
             "failed": sum(s["failed"] for s in totals.values()),
         },
     }
+    if real:
+        document["real"] = dict(sorted(real.items()))
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(document, fh, indent=2)
         fh.write("\n")

@@ -29,6 +29,8 @@ class Settings(NamedTuple):
     trace_dir: str | None
     env: bool = True
     report_totals: bool = False  # the report without its per-test part
+    real: str | None = None  # --fake-world-real: gloo, nccl or env (plugin/real.py)
+    real_timeout: float = 300.0
 
 
 class Case(NamedTuple):
@@ -42,6 +44,7 @@ class Case(NamedTuple):
 
 SETTINGS = pytest.StashKey[Settings]()
 REPORT = pytest.StashKey[dict[str, dict[str, Any]]]()  # nodeid -> collectives report entry
+REAL_REPORT = pytest.StashKey[dict[str, dict[str, Any]]]()  # nodeid -> what ran on real ranks (plugin/real.py)
 WORLD = pytest.StashKey["FakeWorld"]()  # an item's world while it is up
 CASE = pytest.StashKey[Case]()  # an item's case, from collection
 # An item's place in a sweep whose traces are gathered: (key, cases, check).

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .. import _compat, records
-from .state import REPORT, REPORT_ENTRY, SETTINGS, SWEEP, WORLD
+from .state import REAL_REPORT, REPORT, REPORT_ENTRY, SETTINGS, SWEEP, WORLD
 
 if TYPE_CHECKING:
     from ..world import FakeWorld
@@ -198,6 +198,9 @@ class Gatherer:
         entry = getattr(report, "fake_world_report", None)
         if entry is not None:
             self.config.stash[REPORT][report.nodeid] = entry
+        real = getattr(report, "fake_world_real", None)
+        if real is not None:
+            self.config.stash[REAL_REPORT][report.nodeid] = real
 
     def _rerun_whole_sweep(self, nodeids: list[str]) -> None:
         """A divergence is the sweep's, not the one case it fails: every case

@@ -4,6 +4,7 @@ with the leaks and unfired faults it left reported."""
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from typing import TYPE_CHECKING
 
@@ -13,8 +14,8 @@ from .. import _compat
 from ..errors import FakeWorldFaultWarning, FakeWorldLeakWarning
 from ..environment import device_available
 from ..fake.cuda import needed as fake_cuda_needed
-from ..world import clean_up_foreign_state
-from . import exact
+from ..world import _running_world
+from . import exact, real
 from .state import MARKER, REPORT_ENTRY, RUNTEST, SETTINGS, SWEEP, WORLD, Case
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def bring_up(item: pytest.Item, case: Case) -> FakeWorld:
         exact.check_item(item)
     if spec.backend == "fakepg":
         load_backend(item.config)
-    world = FakeWorld(spec).start()
+    world = (real.world_for(item, spec) or FakeWorld(spec)).start()
     item.stash[WORLD] = world
     if world.exact and exact.is_testcase(item):  # pytest runs it through unittest: run it per rank instead
         item.stash[RUNTEST] = _compat.patching.install([(item, {"runtest": functools.partial(exact.call_testcase, item, world)})])
@@ -88,6 +89,7 @@ def take_down(item: pytest.Item, world: FakeWorld) -> None:
             if entry is not None:
                 item.stash[REPORT_ENTRY] = entry
         unfired = world.unfired_faults()
+        real.keep_ledger(item, world)
     finally:
         del item.stash[WORLD]
         _compat.patching.remove(item.stash.get(RUNTEST, []))
@@ -120,6 +122,22 @@ def check_leaks(item: pytest.Item) -> None:
     if item.config.stash[SETTINGS].strict:
         pytest.fail(message, pytrace=False)
     warn_at_test(item, FakeWorldLeakWarning(message))
+
+
+def clean_up_foreign_state() -> str | None:
+    """Destroy a default process group that no FakeWorld owns (one a test
+    made and left behind), with torch's caches; describe what was found.
+    Costs nothing in a process that never imported torch.distributed."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    if _running_world() is not None:
+        return None  # a FakeWorld is up: it owns the group
+    found = f"backend {dist.get_backend()!r}, world size {dist.get_world_size()}"
+    dist.destroy_process_group()
+    _compat.device_mesh.clear_mesh_registries()
+    _compat.dtensor.clear_dtensor_state()
+    return found
 
 
 def _from_the_world(exc: BaseException) -> bool:
