@@ -104,6 +104,13 @@ OPTIONS = [
     Row("unknown backend option", "--fake-world-backend=gloo", "--fake-world-backend must be one of fakepg, fake; got 'gloo'"),
     Row("unknown ranks option", "--fake-world-ranks=some", "--fake-world-ranks must be 'all' (or unset); got 'some'"),
     Row("bad ini world size", "-o fake_world_size=zero", "fake_world_size must be an int >= 1; got 'zero'"),
+    Row("unknown real backend", "--fake-world-real=mpi", "--fake-world-real must be one of gloo, nccl, env; got 'mpi'"),
+    Row("real ranks from torchrun's environment, outside torchrun", "--fake-world-real=env",
+        "--fake-world-real=env runs as one rank of a torchrun world, and RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT "
+        "is not set: run pytest under torchrun (torchrun --nproc-per-node 2 -m pytest --fake-world-real=env ...), "
+        "or use --fake-world-real=gloo to start real ranks on this machine"),
+    Row("a real run's timeout of 0", "--fake-world-real=gloo --fake-world-real-timeout=0",
+        "--fake-world-real-timeout must be a number of seconds > 0; got 0.0"),
 ]
 
 # Misuse: (row, test source, extra options, expected outcome).

@@ -176,6 +176,9 @@ def _output(tmp: str, rank: int) -> str:
             # faulthandler's dump (most recent call first) shows where the rank waits
             dumps = [k for k, line in enumerate(lines) if line.startswith("Timeout (")]
             shown = lines[dumps[-1]:dumps[-1] + _TAIL] if dumps else lines[-_TAIL:]
+            if dumps:  # down to the test's own frame: pytest's and pluggy's below it say nothing
+                cut = next((k for k, line in enumerate(shown) if line.endswith(" in pytest_pyfunc_call")), None)
+                shown = shown[:cut]
             if shown:
                 parts.append(f"  {stream}:\n" + "\n".join(f"    {line}" for line in shown))
     return "\n".join(parts) or "  (no output)"
