@@ -392,6 +392,7 @@ class FakeWorld:
             if fake_cuda:  # NOTE [A fake CUDA device]: a node of LOCAL_WORLD_SIZE devices
                 self._at_stop(_fake_cuda.Served(self._ranks_per_node).stop)
             self._store = world_store(self)  # NOTE [A store wait in a uniform world]
+            self._saved["meshes"] = _compat.patching.install(_meshes_apart())
             self._bring_up_groups()
             self._install_patches()
             for fault in spec.faults if spec.backend == "fakepg" else ():
@@ -544,8 +545,9 @@ class FakeWorld:
             if "stock_fake" in saved:
                 _compat.c10d.restore_backend_creator(_STOCK_FAKE, _create_backend, saved["stock_fake"])
             _compat.patching.remove(saved.get("patches", []))
+            _compat.patching.remove(saved.get("meshes", []))
             _compat.device_mesh.clear_mesh_registries()
-            _compat.dtensor.clear_dtensor_state()
+            _compat.dtensor.clear_dtensor_state(every_thread=True)
             if _compat.dynamo.dynamo_frames() != saved["dynamo_frames"]:
                 # Code compiled in this world guards on its groups; in the
                 # next world it would only recompile, up to dynamo's limit.
@@ -581,6 +583,13 @@ class FakeWorld:
             f"<FakeWorld rank {s.rank} of {s.world_size}{mesh} on {s.device}, "
             f"{s.backend}/{s.values}{tensors}, {state}>"
         )
+
+
+def _meshes_apart() -> list[tuple[Any, dict[str, Any]]]:
+    """The patch that keeps this world's meshes unequal to every other
+    world's (NOTE [Meshes of different worlds]), if this torch has the field."""
+    patch = _compat.device_mesh.meshes_of_this_world()
+    return [] if patch is None else [patch]
 
 
 def _running_world() -> _Running | None:

@@ -129,3 +129,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def planning_state(propagator: Any) -> dict[str, Any]:
+    """DTensor's sharding propagator as a world must leave it: its
+    attributes, a per-thread cache by its kind and the function it caches
+    (a world replaces it with a new one to drop every thread's entries:
+    NOTE [Per-thread sharding caches])."""
+    import threading
+
+    return {name: (type(value), value.cache.__wrapped__) if isinstance(value, threading.local) else value
+            for name, value in vars(propagator).items()}

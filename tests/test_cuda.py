@@ -284,3 +284,60 @@ def test_local_rank_names_a_gpu_of_this_machine() -> None:
         local = int(os.environ["LOCAL_RANK"])
         assert 0 <= local < torch.cuda.device_count()
         assert int(os.environ["RANK"]) == 63
+
+
+def test_real_nccl_ranks(run_tests: Any) -> None:
+    """--fake-world-real=nccl: a CUDA world of one rank a GPU runs on real
+    NCCL with the fake world's ledger; one that needs more GPUs than the
+    machine has is skipped on real ranks with the reason."""
+    gpus = torch.cuda.device_count()
+    result = run_tests(f"""
+@pytest.mark.fake_world({gpus}, device="cuda", fail={{"broadcast": 1}})
+def test_fits(rank, collectives):
+    t = torch.ones(4, device="cuda")
+    dist.all_reduce(t)
+    assert t.tolist() == [float({gpus})] * 4
+    with pytest.raises(dist.DistBackendError, match="injected fault in broadcast"):
+        dist.broadcast(t, 0)
+    dist.broadcast(t, 0)
+    assert [(c.op, c.failed) for c in collectives] == [("all_reduce", False), ("broadcast", True), ("broadcast", False)]
+
+
+@pytest.mark.fake_world({gpus + 1}, device="cuda")
+def test_too_big():
+    dist.all_reduce(torch.ones(4, device="cuda"))
+
+
+@pytest.mark.fake_world(2)
+def test_on_cpu():
+    dist.all_reduce(torch.ones(4))
+""", "--fake-world-real=nccl", "--fake-world-real-timeout=120")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines([
+        f"test_it.py::test_fits?w{gpus}-r0?: fake passed, real passed on {gpus} ranks in * s, ledgers agree",
+        "test_it.py::test_on_cpu?w2-r0?: fake passed, real skipped (a device='cpu' world runs real on gloo "
+        "(--fake-world-real=gloo), not nccl)",
+        f"test_it.py::test_too_big?w{gpus + 1}-r0?: fake passed, real skipped (NCCL takes one GPU a rank: "
+        f"{gpus + 1} ranks on this machine, and it has {gpus} GPU(s))",
+    ])
+
+
+def test_a_real_cuda_tp_world_then_a_fake_tensor_one() -> None:
+    """The next world's TP layers found a finished CUDA world's sharding
+    decisions in the autograd engine's device thread, and with them its
+    groups (torch 2.11: "Could not resolve the process group registered
+    under the name 16"): NOTE [Meshes of different worlds]."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        from memory_accuracy import plan_step
+    finally:
+        sys.path.pop(0)
+    with FakeWorld(64, rank=63, device="cuda"):
+        plan_step(64, 8)
+    with FakeWorld(64, rank=63, device="cuda", tensors="fake") as world:
+        plan_step(64, 8)
+        by_group = {record.group for record in world.collectives if record.op == "all_reduce"}
+    assert by_group == {"tp"}

@@ -19,6 +19,8 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, 
 from pytest_fakepg import FakeWorld
 from pytest_fakepg._compat.state import traces
 
+from .conftest import planning_state
+
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
 KINDS = {
@@ -162,7 +164,7 @@ def test_exact_worlds_share_planning_only_while_up() -> None:
     from pytest_fakepg.exact.sharing import SharedPlanning
 
     propagator = DTensor._op_dispatcher.sharding_propagator
-    before = dict(vars(propagator))
+    before = planning_state(propagator)
     made: list[SharedPlanning] = []
     original = SharedPlanning.__init__
 
@@ -178,10 +180,47 @@ def test_exact_worlds_share_planning_only_while_up() -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SharedPlanning, "__init__", kept)
         with FakeWorld(mesh={"dp": 2, "tp": 2}, values="exact") as world:
-            assert vars(propagator) != before
+            assert planning_state(propagator) != before
             meshes = world.run(lambda: program(world))
             (sharing,) = made
             assert sharing.decisions and sharing.plans
     assert (sharing.decisions, sharing.plans, sharing.paths) == ({}, {}, {})
-    assert vars(propagator) == before
+    assert planning_state(propagator) == before
     assert [mesh() for mesh in meshes] == [None] * 4
+
+
+def test_a_thread_that_outlives_worlds_keeps_no_sharding_decision() -> None:
+    """NOTE [Meshes of different worlds]: DTensor's sharding caches are per
+    thread. A thread that outlives worlds - autograd's CUDA device threads,
+    which run every backward on a GPU - kept the first world's decisions,
+    and the next world's equal mesh found them, with the first world's
+    groups (torch 2.11 on CUDA: "Could not resolve the process group
+    registered under the name 16"; tests/test_cuda.py runs that)."""
+    import queue
+    import threading
+
+    jobs: queue.Queue[Any] = queue.Queue()
+    results: queue.Queue[Any] = queue.Queue()
+
+    def worker() -> None:  # one thread through every world, as autograd's device threads
+        while (job := jobs.get()) is not None:
+            try:
+                results.put(job())
+            except Exception as exc:  # noqa: BLE001 - handed to the test
+                results.put(exc)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        for _ in range(2):
+            with FakeWorld(2, mesh={"tp": 2}) as world:
+                torch.manual_seed(0)
+                mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+                parallelize_module(mlp, world.mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+                jobs.put(lambda: mlp(torch.ones(2, 4)).shape)
+                out = results.get(timeout=60)
+                assert not isinstance(out, Exception), out
+                assert out == (2, 4)
+    finally:
+        jobs.put(None)
+        thread.join(timeout=60)

@@ -132,7 +132,7 @@ def test_fault_fires(fake_world, collectives):
 
 
 def test_failures_on_real_ranks_name_the_rank(run_tests: RunTests) -> None:
-    result = run_tests(FAILING, "--fake-world-real=gloo", "--fake-world-real-timeout=15")
+    result = run_tests(FAILING, "--fake-world-real=gloo", "--fake-world-real-timeout=30")
     result.assert_outcomes(passed=1, failed=3)
     result.stdout.fnmatch_lines([
         "*_ test_fails_on_rank_1?w2-r0? _*",
@@ -147,7 +147,7 @@ def test_failures_on_real_ranks_name_the_rank(run_tests: RunTests) -> None:
     ])
     result.stdout.fnmatch_lines([
         "*_ test_hangs?w2-r0? _*",
-        "on 2 real gloo ranks (torchrun, * s): the real run did not finish in 15 s (--fake-world-real-timeout); "
+        "on 2 real gloo ranks (torchrun, * s): the real run did not finish in 30 s (--fake-world-real-timeout); "
         "rank(s) 0, 1 never finished",
         "rank 0's output:",
         "*Timeout*",  # faulthandler's dump shows where each rank waits

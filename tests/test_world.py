@@ -16,6 +16,8 @@ from pytest_fakepg import FakeWorld, WorldSpec
 from pytest_fakepg._compat import c10d as compat_c10d
 from pytest_fakepg._compat.state import traces
 
+from .conftest import planning_state
+
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
@@ -172,12 +174,12 @@ def test_dtensor_plans_as_torch_does_outside_exact_worlds(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(ShardingPropagator, "propagate_op_sharding_non_cached", counted)
     propagator = DTensor._op_dispatcher.sharding_propagator
-    before = dict(vars(propagator))
+    before = planning_state(propagator)
 
     def step() -> list[str]:
         decided.clear()
         with FakeWorld(mesh={"dp": 2, "tp": 2}, rank=3) as world:
-            assert vars(propagator) == before
+            assert planning_state(propagator) == before
             dt = distribute_tensor(torch.arange(16.0).view(4, 4), world.mesh, [Shard(0), Shard(1)], src_data_rank=None)
             (dt * 2).redistribute(world.mesh, [Replicate(), Replicate()])
         return list(decided)
@@ -185,7 +187,7 @@ def test_dtensor_plans_as_torch_does_outside_exact_worlds(monkeypatch: pytest.Mo
     first = step()
     assert "aten.mul.Tensor" in first
     assert step() == first
-    assert vars(propagator) == before
+    assert planning_state(propagator) == before
 
 
 def test_a_later_world_at_another_rank_gets_its_own_redistribution_shapes() -> None:

@@ -3,6 +3,8 @@ factory."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import sys
 from typing import Any
 
@@ -77,3 +79,42 @@ def adopt_mesh_thread_state(state: dict[str, Any]) -> None:
     resources = getattr(module, "_mesh_resources", None)
     if resources is not None:
         resources.__dict__.update(state)
+
+
+# NOTE [Meshes of different worlds]
+# DeviceMesh compares by its ranks, layout, device type, dimension names and
+# ``_thread_id`` (2.11-2.15.0), which torch sets only for its threaded
+# backend, to keep the meshes of the worlds that backend runs in one process
+# apart. Caches keyed by meshes outlive a world in threads that outlive it:
+# DTensor's sharding caches are per thread (the Python LocalLRUCache, and
+# from 2.13 the C++ dispatch cache), and a world's stop clears only its own
+# thread's. Backward on CUDA runs in the autograd engine's device threads,
+# so the next world's equal mesh found the last one's decisions there, and
+# their groups ("Could not resolve the process group registered under the
+# name 16", torch 2.11). A world's meshes carry a token of their own in that
+# field, as the threaded backend's carry their thread's: equal within a
+# world (every exact rank's), never across worlds. Negative, so no thread
+# id is one.
+_WORLD_TOKENS = itertools.count(1)
+
+
+def meshes_of_this_world() -> tuple[Any, dict[str, Any]] | None:
+    """(DeviceMesh, {"__init__": ...}) making every mesh built while it is
+    installed carry a new world token; None where DeviceMesh lacks
+    ``_thread_id`` (then meshes compare as torch has them)."""
+    from torch.distributed import device_mesh as dm
+
+    mesh_cls = getattr(dm, "DeviceMesh", None)
+    original = vars(mesh_cls).get("__init__") if mesh_cls is not None else None
+    if original is None or "_thread_id" not in getattr(mesh_cls, "__annotations__", {}):
+        return None
+    token = -next(_WORLD_TOKENS)
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if self._thread_id is None:
+            self._thread_id = token
+            self._hash = None  # computed on first use, from the token too
+
+    return mesh_cls, {"__init__": __init__}

@@ -136,7 +136,7 @@ def clean_up_foreign_state() -> str | None:
     found = f"backend {dist.get_backend()!r}, world size {dist.get_world_size()}"
     dist.destroy_process_group()
     _compat.device_mesh.clear_mesh_registries()
-    _compat.dtensor.clear_dtensor_state()
+    _compat.dtensor.clear_dtensor_state(every_thread=True)
     return found
 
 

@@ -99,8 +99,9 @@ def command(config: pytest.Config, nodeid: str, nprocs: int, logs: str, timeout:
             f"--nproc-per-node={nprocs}", f"--log-dir={logs}", "--redirects=3",
             "-m", "pytest", nodeid, "--fake-world-real=env", f"--fake-world-real-timeout={timeout:g}",
             "-p", "no:cacheprovider", "-q", "--no-header", "-rfEs", f"--rootdir={config.rootpath}",
-            # a rank that waits past most of the timeout writes where it waits
-            "-o", f"faulthandler_timeout={max(1.0, timeout * 0.8):g}"]
+            # a rank still in the test at half the timeout writes where it is
+            # (shown only if the run then fails); the other half covers start-up
+            "-o", f"faulthandler_timeout={max(1.0, timeout * 0.5):g}"]
     given = list(config.invocation_params.args)
     for k, arg in enumerate(given):
         name = arg.split("=", 1)[0]
