@@ -159,3 +159,20 @@ def test_a_count_exchange_carries_its_values() -> None:
         assert got.tolist() == [5, 6] * 4
         tokens = torch.empty(int(received.sum()), 16)  # the shape the counts fix
         assert tokens.shape == (44, 16)
+
+
+def test_a_routing_map_of_known_expert_ids_counts_tokens_per_expert(world) -> None:
+    """torchtitan's MoE counts tokens per expert from a one-hot map built
+    like this: zeros_like(scores) is zeros whatever the scores hold, and a
+    map of 4,096 tokens by 256 experts (a million bools) is kept, so its
+    counts are known with round-robin expert ids (token t's j-th expert is
+    (t * k + j) mod E)."""
+    tokens, experts, k = 4096, 256, 8
+    scores = torch.randn(tokens, experts)  # unknown
+    ids = torch.arange(tokens * k).reshape(tokens, k) % experts
+    routing = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, ids, True)
+    assert routing.sum(dim=0).tolist() == [tokens * k // experts] * experts
+    assert torch.ones_like(scores[:, :2]).sum().item() == tokens * 2
+    assert torch.full_like(scores[0], 3.0).sum().item() == 3.0 * experts
+    unknown(lambda: scores.sum().item())
+    unknown(lambda: torch.zeros(tokens, experts).add(scores).sum().item())

@@ -37,8 +37,17 @@ ASSUMPTION = ("fake values are finite: isfinite() is true, isnan() and isinf() f
               "checks (GradScaler, clip_grad_norm_'s error_if_nonfinite, DeepSpeed) find no overflow")
 
 # The largest tensor whose values are kept (a count per token of a long
-# sequence): computing it for real costs what the op costs on a CPU.
+# sequence): computing it for real costs what the op costs on a CPU. Integer
+# and bool tensors (routing maps, indices, counts: a token-by-expert map of
+# 4,096 tokens and 256 experts is a million) may be larger.
 LIMIT = 1 << 16
+INDEX_LIMIT = 1 << 22
+
+
+def _keeps(tensor: Any) -> bool:
+    """Whether ``tensor``'s values are small enough to keep."""
+    limit = LIMIT if tensor.dtype.is_floating_point or tensor.dtype.is_complex else INDEX_LIMIT
+    return tensor.numel() <= limit
 
 NONNEG = "non-negative"  # what is known of a tensor whose values are not
 
@@ -69,8 +78,12 @@ _COMPARISONS = {"lt": lambda c: (c <= 0, False), "le": lambda c: (c < 0, False),
                 "gt": lambda c: (c < 0, True), "ge": lambda c: (c <= 0, True)}
 _FINITE = {"isfinite": True, "isnan": False, "isinf": False, "isposinf": False, "isneginf": False}
 _UNSCALE = "_amp_foreach_non_finite_check_and_unscale_"
+# Ops whose values follow from their output's shape alone: name -> where
+# the fill value is among the arguments (None: the name says it).
+_LIKE = {"zeros_like": None, "ones_like": None, "full_like": 1, "new_zeros": None, "new_ones": None,
+         "new_full": 2}
 # Ops that fix a value with no known input (sources aside).
-_PRODUCERS = frozenset({*_MAKES_NONNEG, *_FINITE, _UNSCALE, *_OVERWRITES, "eq", "ne"})
+_PRODUCERS = frozenset({*_MAKES_NONNEG, *_FINITE, _UNSCALE, *_OVERWRITES, *_LIKE, "eq", "ne"})
 
 
 class Values:
@@ -117,6 +130,12 @@ class Values:
         if name in _FINITE:
             self.assumed.add(ASSUMPTION)
             self._set(out, lambda t: torch.full(t.shape, _FINITE[name], dtype=torch.bool))
+            return
+        if name in _LIKE:  # zeros_like(x) is zeros whatever x holds
+            where = _LIKE[name]
+            fill = (0 if "zeros" in name else 1) if where is None else (args[where] if len(args) > where else None)
+            if isinstance(fill, (int, float, bool)):
+                self._set(out, lambda t: torch.full(t.shape, fill, dtype=t.dtype))
             return
         if name == _UNSCALE:  # finds no overflow: found_inf (args[1]) keeps its value
             self.assumed.add(ASSUMPTION)
@@ -186,7 +205,7 @@ class Values:
         import torch
 
         flat_out = [t for t in _ft.tree_leaves(out) if isinstance(t, torch.Tensor)]
-        if any(t.numel() > LIMIT for t in flat_out):
+        if not all(_keeps(t) for t in flat_out):
             return False
         got = self._run(func, args, kwargs)
         if got is None:
@@ -248,7 +267,7 @@ class Values:
         """``tensor`` was overwritten whole, by a number or a known tensor."""
         import torch
 
-        if tensor.numel() > LIMIT:
+        if not _keeps(tensor):
             return
         if name == "zero_":
             self.known[tensor] = torch.zeros(tensor.shape, dtype=tensor.dtype)
@@ -275,7 +294,7 @@ class Values:
             if not isinstance(value, torch.Tensor):
                 return value
             made = mode.from_tensor(value)
-            if value.numel() <= LIMIT:
+            if _keeps(value):
                 self.known[made] = value
             return made
 
@@ -354,7 +373,7 @@ class Values:
             if isinstance(t, self.fake_type):
                 if fact is NONNEG:
                     self.known[t] = NONNEG
-                elif isinstance(t, torch.Tensor) and t.numel() <= LIMIT:
+                elif isinstance(t, torch.Tensor) and _keeps(t):
                     self.known[t] = fact(t)
 
     def _forget(self, tensor: Any) -> None:
