@@ -162,9 +162,9 @@ def memory(workdir: Path) -> list[tuple[int, int, float]]:
     """Peak RSS (MiB) above an idle world of 2, for each (ranks, floats per rank)."""
     script = textwrap.dedent("""
         import resource, sys, torch, torch.distributed as dist
-        from pytest_fakepg import FakeWorld
+        from pytest_fakepg import ExactWorld
         ranks, numel = int(sys.argv[1]), int(sys.argv[2])
-        with FakeWorld(ranks, values="exact") as world:
+        with ExactWorld(ranks) as world:
             def program():
                 t = torch.full((numel,), float(dist.get_rank()))
                 dist.all_reduce(t)

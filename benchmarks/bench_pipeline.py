@@ -46,7 +46,7 @@ def child(name: str) -> dict[str, object]:
     sys.path.insert(0, str(EXAMPLES))
     from llama import LLAMA3, Llama, parallelize, pipeline_stage
 
-    from pytest_fakepg import FakeWorld
+    from pytest_fakepg import ExactWorld
 
     warnings.simplefilter("ignore")
     model_name, mesh, microbatches, seq_len = PLANS[name]
@@ -56,7 +56,7 @@ def child(name: str) -> dict[str, object]:
         return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
 
     start = time.perf_counter()
-    with FakeWorld(mesh=mesh, values="exact", exact_dims="pp", tensors="fake") as world:
+    with ExactWorld(mesh=mesh, exact_dims="pp", tensors="fake") as world:
         def program() -> int:
             stage = world.mesh["pp"].get_local_rank()
             with torch.device("meta"):

@@ -19,7 +19,7 @@ import warnings
 import pytest
 import torch
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld
 
 # megatron-core imports triton in one module its CPU paths never call.
 _STASH = "megatron.core.transformer.moe.ops.paged_stash"
@@ -84,9 +84,9 @@ def test_tp2_x_dp2_computes_the_one_process_loss(cpu_scratch):
     """Every rank initialises Megatron, builds the GPT, runs forward and
     backward and destroys its groups, unchanged: each rank's loss is the one
     process's, within float32 rounding."""
-    with FakeWorld(1, values="exact") as world:
+    with ExactWorld(1) as world:
         (expected,) = world.run(loss_of, 1)
-    with FakeWorld(4, values="exact") as world:
+    with ExactWorld(4) as world:
         losses = world.run(loss_of, 2)
     assert losses == pytest.approx([expected] * 4, abs=5e-7)
     assert losses[0] == losses[1]  # a tensor-parallel pair agrees bit for bit

@@ -12,8 +12,8 @@ from .records import CollectiveLog, CollectiveRecord
 from .spec import WorldSpec
 from .faults import Fault
 from .world import FakeWorld
-from .exact import ExactWorld  # noqa: F401 - registers the values="exact" layer (isort: skip)
-from .exact.testcase import ExactTestCase, create_exact_test_class  # (isort: skip)
+from .exact.world import ExactWorld
+from .exact.testcase import ExactTestCase, create_exact_test_class
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "CollectiveLog",
     "CollectiveRecord",
     "ExactTestCase",
+    "ExactWorld",
     "FakeWorld",
     "FakeWorldDeadlock",
     "FakeWorldFaultWarning",

@@ -88,6 +88,15 @@ def _new_backend(rank: int, size: int, name: str, ranks: list[int] | None = None
     return _backend.load().FakeBackend(_running.native, rank, size, name, ranks or [], real)
 
 
+# What a world of the other kind is called (by whether values="exact" was given).
+_WRONG_KIND = (
+    "ExactWorld runs every rank of the world (values='exact'); values={values!r} runs one rank: use "
+    "pytest_fakepg.FakeWorld with the same arguments",
+    "values='exact' runs every rank of the world: use pytest_fakepg.ExactWorld with the same arguments "
+    "(FakeWorld runs one rank, with values 'uniform' or 'copy')",
+)
+
+
 class FakeWorld:
     """One rank of a fake distributed world, in this process.
 
@@ -102,21 +111,9 @@ class FakeWorld:
     ``TypeError`` naming the argument, the value and what is allowed).
     """
 
-    # Worlds of other value semantics, by their ``values``: each is a layer
-    # of its own that subclasses FakeWorld (``class ExactWorld(FakeWorld,
-    # values="exact")``), and FakeWorld(...) makes the one its arguments ask for.
-    _LAYERS: ClassVar[dict[str, type[FakeWorld]]] = {}
-
-    def __init_subclass__(cls, values: str | None = None, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if values is not None:
-            FakeWorld._LAYERS[values] = cls
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> FakeWorld:
-        if cls is FakeWorld and FakeWorld._LAYERS:
-            values = args[0].values if len(args) == 1 and isinstance(args[0], WorldSpec) else kwargs.get("values")
-            cls = FakeWorld._LAYERS.get(values, cls)
-        return object.__new__(cls)
+    # The values this kind of world runs (ExactWorld runs "exact"; a kind
+    # is chosen by its class, or by factory.world_for(spec)).
+    VALUES: ClassVar[tuple[str, ...]] = ("uniform", "copy")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if len(args) == 1 and not kwargs and isinstance(args[0], WorldSpec):
@@ -127,6 +124,8 @@ class FakeWorld:
             except TypeError:
                 bind(args, kwargs)  # a wrong keyword: say which, and the one meant
                 raise
+        if self.spec.values not in self.VALUES:
+            raise ValueError(_WRONG_KIND[self.spec.values == "exact"].format(values=self.spec.values))
         self._native: Any = None
         self._pg: ProcessGroup | None = None
         self._store: Store | None = None
@@ -150,7 +149,6 @@ class FakeWorld:
         parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *SIGNATURE.parameters.values()],
         return_annotation=None,
     )
-    __new__.__signature__ = __init__.__signature__  # type: ignore[attr-defined]
 
     # -- what a test reads -------------------------------------------------
     @property
@@ -495,10 +493,10 @@ class FakeWorld:
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
         """Run ``fn(*args, **kwargs)`` as every rank's program: only in an
-        exact world (``values="exact"``, see ``ExactWorld.run``)."""
+        exact world (``ExactWorld.run``)."""
         raise RuntimeError(
             f"FakeWorld.run() runs every rank of an exact world; this world has "
-            f"values={self.values!r} (use values='exact')"
+            f"values={self.values!r} (use pytest_fakepg.ExactWorld)"
         )
 
     def _install_patches(self) -> None:

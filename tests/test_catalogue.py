@@ -143,6 +143,14 @@ MISUSE = [
          "call torch.distributed.destroy_process_group() first"),
      "from pytest_fakepg import FakeWorld\n@pytest.mark.fake_world(2)\ndef test_it():\n"
      "    FakeWorld(4).start()\n", [], {"failed": 1}),
+    (Row("exact values asked of a one-rank world", "FakeWorld(4, values='exact')",
+         "values='exact' runs every rank of the world: use pytest_fakepg.ExactWorld with the same arguments "
+         "(FakeWorld runs one rank, with values 'uniform' or 'copy')"),
+     "from pytest_fakepg import FakeWorld\ndef test_it():\n    FakeWorld(4, values='exact')\n", [], {"failed": 1}),
+    (Row("one rank's values asked of an exact world", "ExactWorld(4, values='uniform')",
+         "ExactWorld runs every rank of the world (values='exact'); values='uniform' runs one rank: use "
+         "pytest_fakepg.FakeWorld with the same arguments"),
+     "from pytest_fakepg import ExactWorld\ndef test_it():\n    ExactWorld(4, values='uniform')\n", [], {"failed": 1}),
     (Row("the fakepg backend without a world", "init_process_group('fakepg', ...) by hand",
          "the fakepg backend makes groups only inside a fake world: use `with pytest_fakepg.FakeWorld(...)` or "
          "the @pytest.mark.fake_world marker instead of calling init_process_group('fakepg') yourself"),

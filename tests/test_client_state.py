@@ -14,7 +14,7 @@ import uuid
 import pytest
 import torch.distributed as dist
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld, FakeWorld
 
 LIBRARY = '''
 import torch.distributed as dist
@@ -77,7 +77,7 @@ def test_a_named_modules_globals_are_each_ranks_own(library, named) -> None:
     package named covers its modules. Afterwards the module is as before."""
     state = importlib.import_module(f"{library}.state")
     modules = f"{library}.state" if named == "state" else [library]
-    with FakeWorld(4, values="exact", per_rank_modules=modules) as world:
+    with ExactWorld(4, per_rank_modules=modules) as world:
         results = world.run(program(state))
     assert results == [
         (0, [0, 1], 2, {0: 2}), (1, [0, 1], 2, {1: 2}), (0, [2, 3], 2, {2: 2}), (1, [2, 3], 2, {3: 2})]
@@ -87,7 +87,7 @@ def test_a_named_modules_globals_are_each_ranks_own(library, named) -> None:
 def test_without_the_name_the_ranks_share_the_library(library) -> None:
     """What the option changes: unnamed, rank 1 finds rank 0's group."""
     state = importlib.import_module(f"{library}.state")
-    with FakeWorld(4, values="exact") as world, pytest.raises(RuntimeError, match="already initialized"):
+    with ExactWorld(4) as world, pytest.raises(RuntimeError, match="already initialized"):
         world.run(program(state))
 
 
@@ -100,7 +100,7 @@ def test_a_library_imported_inside_a_rank_is_each_ranks_own(library) -> None:
         return program(state)()
 
     for _ in range(2):
-        with FakeWorld(2, values="exact", per_rank_modules=[library]) as world:
+        with ExactWorld(2, per_rank_modules=[library]) as world:
             assert [r[:3] for r in world.run(run)] == [(0, [0, 1], 2), (1, [0, 1], 2)]
         state = sys.modules[f"{library}.state"]
         assert (state._GROUP, state._RANKS, state.CONFIG.size, state._SEEN) == (None, [], None, {})

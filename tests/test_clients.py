@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld, FakeWorld
 from pytest_fakepg.fake.values import ASSUMPTION
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed picks its accelerator at import
@@ -57,8 +57,9 @@ def test_deepspeed_runs_in_two_worlds_in_a_row(values: str) -> None:
     """DeepSpeed caches its world group: the second world found the first
     one's ("Group ... is not registered"), and exact ranks shared it."""
     losses = []
+    kind = ExactWorld if values == "exact" else FakeWorld
     for _ in range(2):
-        with FakeWorld(2, values=values) as world:
+        with kind(2, values=values) as world:
             losses.append(world.run(zero_step, 2, 3) if values == "exact" else [zero_step(2, 3)])
     assert losses[0] == losses[1]
     assert len(set(losses[0])) == 1  # every rank, the same loss
@@ -102,7 +103,7 @@ def test_lightning_ranks_are_their_own_and_as_before_after_the_world() -> None:
     from lightning_utilities.core.rank_zero import rank_zero_only
 
     before = rank_zero_only.rank
-    with FakeWorld(4, values="exact") as world:
+    with ExactWorld(4) as world:
         assert world.run(fabric_rank) == [(0, 0), (1, 1), (2, 2), (3, 3)]
     assert rank_zero_only.rank == before
     with FakeWorld(4, rank=3):
@@ -140,6 +141,6 @@ def test_megatron_initialises_on_every_rank_of_an_exact_world() -> None:
         return got
 
     for _ in range(2):
-        with FakeWorld(8, values="exact") as world:
+        with ExactWorld(8) as world:
             assert world.run(program) == [(r % 2, r // 4, 2) for r in range(8)]
     assert not ps.model_parallel_is_initialized()

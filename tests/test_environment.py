@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 from pytest_fakepg._compat.state import traces
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld, FakeWorld
 
 from .conftest import RunTests
 
@@ -95,7 +95,7 @@ def test_bad_local_world_size_is_refused(local: Any) -> None:
 
 
 def test_each_rank_of_an_exact_world_reads_its_own_variables(clean_env: None) -> None:
-    with FakeWorld(4, values="exact", local_world_size=2) as world:
+    with ExactWorld(4, local_world_size=2) as world:
         def program() -> tuple[str, str, str]:
             before = os.environ["RANK"]
             dist.all_reduce(torch.ones(1))  # the other ranks run here
@@ -139,7 +139,7 @@ def test_threads_of_a_one_rank_world_act_as_its_rank() -> None:
 
 
 def test_a_thread_pool_in_an_exact_rank_issues_that_ranks_collectives() -> None:
-    with FakeWorld(4, values="exact", mesh={"dp": 2, "tp": 2}) as world:
+    with ExactWorld(4, mesh={"dp": 2, "tp": 2}) as world:
         def program() -> tuple[Any, ...]:
             def task() -> tuple[Any, ...]:
                 me = dist.get_rank()
@@ -158,7 +158,7 @@ def test_a_thread_pool_in_an_exact_rank_issues_that_ranks_collectives() -> None:
 
 
 def test_a_thread_started_by_a_ranks_thread_resolves_its_groups_and_starts_more() -> None:
-    with FakeWorld(2, values="exact") as world:
+    with ExactWorld(2) as world:
         def program() -> list[Any]:
             seen: list[Any] = []
 
@@ -184,7 +184,7 @@ def test_a_thread_started_by_a_ranks_thread_resolves_its_groups_and_starts_more(
 
 
 def test_threads_started_outside_the_ranks_are_left_alone() -> None:
-    with FakeWorld(2, values="exact"):
+    with ExactWorld(2):
         found: list[bool] = []
         thread = threading.Thread(target=lambda: found.append(dist.is_initialized()))
         thread.start()

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld
 
 from .conftest import DEVICES, exact
 
@@ -207,7 +207,7 @@ def test_object_collectives(rank: int) -> None:
 def test_records_read_after_a_run_keep_each_groups_label() -> None:
     """Megatron names its groups (group_desc="TP"); after run() the world's
     records still say so, not the group's number."""
-    with FakeWorld(4, values="exact") as world:
+    with ExactWorld(4) as world:
 
         def program() -> list[str]:
             pairs = [dist.new_group([0, 1], group_desc="TP"), dist.new_group([2, 3], group_desc="TP")]

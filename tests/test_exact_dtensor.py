@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld
 
 from .conftest import DEVICES, exact
 
@@ -46,7 +46,7 @@ def test_sharding_decisions_that_depend_on_the_rank_are_the_ranks_own() -> None:
         return tuple(viewed.to_local().shape), viewed.full_tensor()
 
     for _ in range(2):
-        with FakeWorld(4, values="exact") as world:
+        with ExactWorld(4) as world:
             results = world.run(program)
         assert [shape for shape, _ in results] == [(3, 2, 2), (3, 2, 2), (3, 2, 2), (1, 2, 2)]
         for _, whole in results:
@@ -67,7 +67,7 @@ def test_each_rank_redistributes_with_its_own_shapes() -> None:
         moved = distribute_tensor(full, mesh, [Shard(0), Shard(0)]).redistribute(mesh, [Shard(0), Replicate()])
         return moved.to_local().shape[0], torch.equal(moved.full_tensor(), full)
 
-    with FakeWorld(4, values="exact") as world:
+    with ExactWorld(4) as world:
         assert world.run(program) == [(4, True), (4, True), (3, True), (3, True)]
 
 

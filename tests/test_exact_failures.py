@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld, FakeWorld
 from pytest_fakepg import FakeWorldDeadlock
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch 2.13 renames
@@ -45,7 +45,7 @@ def test_fault_armed_by_one_rank_fires_on_that_rank(rank: int, fake_world) -> No
 
 
 def test_world_log_says_which_rank_issued_each_record() -> None:
-    with FakeWorld(3, values="exact") as world:
+    with ExactWorld(3) as world:
         def program() -> None:
             alone = dist.new_group([1])  # every rank makes it, as c10d requires
             if dist.get_rank() == 1:
@@ -69,7 +69,7 @@ def test_skipped_collective_fails_at_once_naming_each_rank() -> None:
 
     # Found when no rank can run, not after a timeout: a hang would meet
     # the suite's pytest-timeout instead (timings live in benchmarks/).
-    with FakeWorld(3, values="exact") as world, pytest.raises(FakeWorldDeadlock) as info:
+    with ExactWorld(3) as world, pytest.raises(FakeWorldDeadlock) as info:
         world.run(program)
     text = str(info.value)
     assert "rank 0 waits in all_reduce on group default_pg at test_exact_failures.py:" in text
@@ -82,7 +82,7 @@ def test_recv_no_one_sends_to_is_a_deadlock() -> None:
         if dist.get_rank() == 1:
             dist.recv(torch.zeros(1), src=0)
 
-    with FakeWorld(2, values="exact") as world, pytest.raises(FakeWorldDeadlock) as info:
+    with ExactWorld(2) as world, pytest.raises(FakeWorldDeadlock) as info:
         world.run(program)
     assert "rank 1 waits in recv on group default_pg" in str(info.value)
     assert "rank 0 finished its program" in str(info.value)
@@ -117,7 +117,7 @@ def test_pytest_timeout_ends_an_exact_world_and_the_run_goes_on(run_tests) -> No
 
 def mismatch_raised(program: Callable[[], None], **world: object) -> str:
     """The DistBackendError an exact world of two running ``program`` ends with."""
-    with FakeWorld(2, values="exact", **world) as w, pytest.raises(dist.DistBackendError) as info:
+    with ExactWorld(2, **world) as w, pytest.raises(dist.DistBackendError) as info:
         w.run(program)
     return str(info.value)
 
@@ -148,7 +148,7 @@ def test_without_records_a_mismatch_is_worded_alike_without_lines() -> None:
         except dist.DistBackendError as e:
             caught[dist.get_rank()] = str(e)
 
-    with FakeWorld(2, values="exact", record=False) as world:
+    with ExactWorld(2, record=False) as world:
         world.run(program)
     words = (
         "ranks 0 and 1 diverge on group default_pg (ranks 0, 1) at its call 1: rank 0 all_reduce float32[2] SUM; "
@@ -221,7 +221,7 @@ def test_first_rank_to_raise_stops_the_world_and_is_reported() -> None:
             raise KeyError("only on rank 1")
         dist.barrier()
 
-    with FakeWorld(3, values="exact") as world, pytest.raises(KeyError) as info:
+    with ExactWorld(3) as world, pytest.raises(KeyError) as info:
         world.run(program)
     assert "raised by rank 1 of an exact fake world of 3" in info.value.__notes__[0]
 
@@ -229,7 +229,7 @@ def test_first_rank_to_raise_stops_the_world_and_is_reported() -> None:
 def test_world_is_clean_after_an_exact_run() -> None:
     c10d = dist.distributed_c10d
     before = c10d._world
-    with FakeWorld(2, values="exact") as world:
+    with ExactWorld(2) as world:
         assert world.run(dist.get_rank) == [0, 1]
         with pytest.raises(RuntimeError, match="only available inside a rank's program"):
             world.rank
@@ -241,7 +241,7 @@ def test_world_is_clean_after_an_exact_run() -> None:
 
 
 def test_64_ranks() -> None:
-    with FakeWorld(64, values="exact") as world:
+    with ExactWorld(64) as world:
         def program() -> float:
             t = torch.tensor([float(dist.get_rank())])
             dist.all_reduce(t)
@@ -262,7 +262,7 @@ def test_64_ranks() -> None:
 )
 def test_exact_argument_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        FakeWorld(2, values="exact", **kwargs)
+        ExactWorld(2, **kwargs)
 
 
 def test_run_needs_an_exact_world() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch 2.13 renames
 
@@ -91,7 +91,7 @@ def test_runs_do_not_stack_excepthooks() -> None:
     # that runs many programs must not end up a wrapper per rank per run deep.
     import sys
 
-    with FakeWorld(2, values="exact") as world:
+    with ExactWorld(2) as world:
         hook = sys.excepthook
         for _ in range(3):
             world.run(lambda: None)
@@ -105,7 +105,7 @@ def test_a_rank_leaves_nothing_per_thread_for_the_next_run() -> None:
         torch.set_default_device("meta")
         torch.set_grad_enabled(False)
 
-    with FakeWorld(2, values="exact") as world:
+    with ExactWorld(2) as world:
         world.run(careless)
         assert (torch.zeros(1).device.type, torch.is_grad_enabled()) == ("cpu", True)  # rank 0 ran on this thread
         seen = world.run(lambda: (torch.zeros(1).device.type, torch.is_grad_enabled()))
@@ -131,7 +131,7 @@ def test_ranks_and_what_they_start_run_on_the_callers_cpus_and_policy() -> None:
         return [first, resumed, *started]
 
     mine = seen()
-    with FakeWorld(4, values="exact") as world:
+    with ExactWorld(4) as world:
         for _ in range(3):  # pooled threads, woken again
             assert world.run(program) == [[mine] * 3] * 4
     assert seen() == mine
@@ -145,7 +145,7 @@ def test_every_rank_starts_with_the_callers_default_device_and_grad_mode(how: st
     def program() -> tuple[str, bool]:
         return torch.zeros(1).device.type, torch.is_grad_enabled()
 
-    with FakeWorld(3, values="exact") as world:
+    with ExactWorld(3) as world:
         world.run(program)  # the pooled threads have run on cpu before
         with torch.no_grad():
             if how == "set_default_device":

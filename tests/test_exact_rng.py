@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld
 
 from .conftest import exact
 
@@ -30,7 +30,7 @@ def test_each_rank_gets_the_stream_a_separate_process_would() -> None:
         random.seed(rank)
         return first, torch.rand(3), random.random()
 
-    with FakeWorld(3, values="exact") as world:
+    with ExactWorld(3) as world:
         results = world.run(program)
     assert torch.equal(results[1][0], expected[0]) and torch.equal(results[1][1], expected[1])
     random.seed(2)
@@ -61,7 +61,7 @@ def test_ranks_start_on_the_callers_torch_stream_which_goes_on_untouched() -> No
         dist.barrier()  # every other rank draws meanwhile
         return [inherited, *first, torch.randn(1)]
 
-    with FakeWorld(3, values="exact") as world:
+    with ExactWorld(3) as world:
         results = world.run(program)
     for rank, (inherited, *seeded) in enumerate(results):
         assert torch.equal(inherited, callers_next[0])
@@ -82,7 +82,7 @@ def test_each_rank_draws_from_a_copy_of_the_callers_python_random() -> None:
         dist.barrier()  # the other ranks draw meanwhile
         return [first, random.random()]
 
-    with FakeWorld(3, values="exact") as world:
+    with ExactWorld(3) as world:
         results = world.run(program)
     assert results == [expected, [], expected]
     assert random.random() == expected[0]  # the caller's own stream did not move
@@ -98,14 +98,14 @@ def test_a_run_leaves_no_garbage_for_the_cycle_collector() -> None:
 
     program = """
 import gc, random, torch, torch.distributed as dist
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld
 
 def program():
     t = torch.tensor([random.random()])
     dist.all_reduce(t)
     return t.item()
 
-with FakeWorld(3, values="exact") as world:
+with ExactWorld(3) as world:
     world.run(program)  # warm: what is made once per process
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)

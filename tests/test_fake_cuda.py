@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.fsdp import fully_shard
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld, FakeWorld
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
                                 reason="the fake CUDA device serves machines without a GPU; this one has one")
@@ -109,7 +109,7 @@ def test_a_value_read_through_torch_tensor_says_so(world) -> None:
 
 @cpu_build
 def test_each_exact_rank_sets_its_own_device() -> None:
-    with FakeWorld(4, values="exact", tensors="fake", device="cuda") as world:
+    with ExactWorld(4, tensors="fake", device="cuda") as world:
         def program():
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
             model = nn.Linear(8, 8).cuda()

@@ -21,7 +21,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-from pytest_fakepg import FakeWorld, FakeWorldWarning
+from pytest_fakepg import ExactWorld, FakeWorld, FakeWorldWarning
 
 from .conftest import RunTests
 
@@ -470,7 +470,7 @@ def test_bad_tensors_argument_is_refused(kwargs: dict[str, Any], message: str) -
 
 
 def test_exact_world_of_real_tensors_refuses_to_measure_memory() -> None:
-    with FakeWorld(2, values="exact") as world:
+    with ExactWorld(2) as world:
         with pytest.raises(RuntimeError, match="with real tensors"):
             world.memory
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld, FakeWorld
 from pytest_fakepg.fake.values import ASSUMPTION
 
 
@@ -105,7 +105,7 @@ def test_a_grad_scaler_step_runs_and_keeps_its_scale(world) -> None:
 
 
 def test_exact_worlds_state_the_assumption_too() -> None:
-    with FakeWorld(2, values="exact", tensors="fake") as world:
+    with ExactWorld(2, tensors="fake") as world:
         world.run(lambda: bool(torch.isfinite(torch.randn(3)).all()))
         assert world.assumptions == [ASSUMPTION]
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
-from pytest_fakepg import FakeWorld, FakeWorldDeadlock, WorldSpec
+from pytest_fakepg import ExactWorld, FakeWorld, FakeWorldDeadlock, WorldSpec
 
 from .conftest import RunTests
 
@@ -37,7 +37,7 @@ def test_groups_of_running_ranks_are_exact_and_the_rest_uniform() -> None:
     """NOTE [Hybrid worlds]: ``pp`` reaches only running ranks, so it sums
     each stage's own value; ``dp`` and the default group reach ranks that do
     not run, so each running rank gets what a uniform world gives."""
-    with FakeWorld(mesh=MESH, values="exact", exact_dims="pp") as world:
+    with ExactWorld(mesh=MESH, exact_dims="pp") as world:
         def program() -> tuple[float, float, float]:
             mine = torch.tensor([float(dist.get_rank())])
             pp, dp, everyone = mine.clone(), mine.clone(), mine.clone()
@@ -55,7 +55,7 @@ def test_point_to_point_between_running_ranks_meets_on_any_group() -> None:
     """On the default group, which reaches ranks that do not run, a send
     from one running rank to another still delivers its values; a recv
     from a rank that does not run leaves its buffer as it was (uniform)."""
-    with FakeWorld(mesh=MESH, values="exact", exact_dims="pp") as world:
+    with ExactWorld(mesh=MESH, exact_dims="pp") as world:
         def program() -> list[float]:
             rank = dist.get_rank()
             got = torch.full((2,), -1.0)
@@ -92,7 +92,7 @@ def pipeline(
 
 
 def stage_ledgers(program: Callable[[FakeWorld], Any], **kwargs: Any) -> dict[int, Any]:
-    with FakeWorld(mesh=MESH, values="exact", **kwargs) as world:
+    with ExactWorld(mesh=MESH, **kwargs) as world:
         return dict(zip(world.running, world.run(lambda: program(world))))
 
 
@@ -127,7 +127,7 @@ def test_each_stage_measures_its_own_memory() -> None:
             gc.enable()
 
     def measure(schedule: type) -> dict[int, int]:
-        with FakeWorld(mesh=MESH, values="exact", exact_dims="pp", tensors="fake") as world:
+        with ExactWorld(mesh=MESH, exact_dims="pp", tensors="fake") as world:
             def program() -> int:
                 world.memory.reset()
                 pipeline(world, schedule, microbatches=8, width=64, rows=8 * 512)
@@ -160,7 +160,7 @@ def test_exact_world_on_fake_tensors() -> None:
     """Objects are exchanged for real, tensors as shapes; every rank measures
     its own memory; a recv of another shape than its send fails naming both
     ranks and their lines."""
-    with FakeWorld(2, values="exact", tensors="fake") as world:
+    with ExactWorld(2, tensors="fake") as world:
         def program() -> tuple[list[Any], int, type]:
             rank = dist.get_rank()
             objects = [{"rank": rank}]

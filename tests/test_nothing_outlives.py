@@ -16,8 +16,9 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld, FakeWorld, WorldSpec
 from pytest_fakepg._compat.state import traces
+from pytest_fakepg.factory import world_for
 
 from .conftest import planning_state
 
@@ -54,7 +55,7 @@ def run(kind: str, memory: bool = False, steps: int = 2, hold: bool = False) -> 
     """A world of ``kind`` training; ``hold``: its model and loss live until
     the world is down, as a ``with FakeWorld`` block's locals do."""
     held: list[Any] | None = [] if hold else None
-    with FakeWorld(mesh={"dp": 2, "tp": 2}, **KINDS[kind]) as world:
+    with world_for(WorldSpec.build(mesh={"dp": 2, "tp": 2}, **KINDS[kind])) as world:
         if memory:
             assert world.memory.peak == 0
         made = world.run(lambda: train(world, steps, held)) if world.exact else [train(world, steps, held)]
@@ -179,7 +180,7 @@ def test_exact_worlds_share_planning_only_while_up() -> None:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SharedPlanning, "__init__", kept)
-        with FakeWorld(mesh={"dp": 2, "tp": 2}, values="exact") as world:
+        with ExactWorld(mesh={"dp": 2, "tp": 2}) as world:
             assert planning_state(propagator) != before
             meshes = world.run(lambda: program(world))
             (sharing,) = made

@@ -12,11 +12,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld
 
 
 def exact(n: int, program, mesh=None):
-    with FakeWorld(n, values="exact", mesh=mesh) as world:
+    with ExactWorld(n, mesh=mesh) as world:
         return world.run(program)
 
 

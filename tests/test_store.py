@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld, FakeWorld
 
 from .conftest import RunTests
 
@@ -86,7 +86,7 @@ def test_a_store_wait_no_rank_answers_times_out_naming_the_key_and_the_other_ran
         else:
             dist.barrier()
 
-    with FakeWorld(2, values="exact") as world, pytest.raises(dist.DistStoreError) as info:
+    with ExactWorld(2) as world, pytest.raises(dist.DistStoreError) as info:
         world.run(program)
     lines = str(info.value).splitlines()
     assert lines[0].startswith("store get('never') at test_store.py:")
@@ -95,7 +95,7 @@ def test_a_store_wait_no_rank_answers_times_out_naming_the_key_and_the_other_ran
         "such a wait out at once; a cluster, after the store's timeout)"
     )
     assert lines[1].startswith("  rank 1 waits in barrier on group default_pg at test_store.py:")
-    with FakeWorld(2, values="exact") as world:  # and the world after it is sound
+    with ExactWorld(2) as world:  # and the world after it is sound
         assert world.run(lambda: world.store.add("n", 1)) == [1, 2]
 
 
@@ -118,7 +118,7 @@ def test_a_rank_that_catches_the_timeout_carries_on() -> None:
         dist.all_reduce(t)
         return f"{store.get('done').decode()} {t.item():g}"
 
-    with FakeWorld(3, values="exact") as world:
+    with ExactWorld(3) as world:
         assert world.run(program) == ["without it 3"] * 3
 
 
@@ -129,7 +129,7 @@ def test_only_calls_deadlock_when_no_rank_waits_on_the_store() -> None:
         if dist.get_rank() == 0:
             dist.barrier()
 
-    with FakeWorld(2, values="exact") as world, pytest.raises(FakeWorldDeadlock, match="no rank can run"):
+    with ExactWorld(2) as world, pytest.raises(FakeWorldDeadlock, match="no rank can run"):
         world.run(program)
 
 
@@ -161,7 +161,7 @@ def test_pytest_timeout_ends_a_wait_outside_the_ranks(run_tests: RunTests) -> No
 def test_a_wait_outside_the_ranks_times_out_with_the_stores_error() -> None:
     from datetime import timedelta
 
-    with FakeWorld(2, values="exact") as world:
+    with ExactWorld(2) as world:
         with pytest.raises(dist.DistStoreError, match=r"store wait\(\['never'\]\) timed out after 0.1 s"):
             world.store.wait(["never"], timedelta(seconds=0.1))
         world.store.set("now", "1")

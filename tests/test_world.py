@@ -12,9 +12,10 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
-from pytest_fakepg import FakeWorld, WorldSpec
+from pytest_fakepg import ExactWorld, FakeWorld, WorldSpec
 from pytest_fakepg._compat import c10d as compat_c10d
 from pytest_fakepg._compat.state import traces
+from pytest_fakepg.factory import world_for
 
 from .conftest import planning_state
 
@@ -437,7 +438,7 @@ def test_default_group_made_directly_is_torchs(unchecked_default_groups: Any) ->
         dist.all_reduce(t)
         return dist.get_rank(), t.item(), state == torchs_state
 
-    with FakeWorld(4, values="exact") as world:  # every rank's group made directly
+    with ExactWorld(4) as world:  # every rank's group made directly
         assert world.run(program) == [(r, 6.0, True) for r in range(4)]
 
 
@@ -560,7 +561,7 @@ def test_a_group_of_any_backend_is_the_worlds_own(backend: str, values: str) -> 
     import datetime
 
     soon = datetime.timedelta(seconds=2)
-    with FakeWorld(4, values=values, fail={"all_reduce": 2}) as world:
+    with world_for(WorldSpec.build(4, values=values, fail={"all_reduce": 2})) as world:
 
         def program() -> tuple[str, float, bool]:
             rank = dist.get_rank()

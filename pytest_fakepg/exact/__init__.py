@@ -2,8 +2,8 @@
 this process, and collectives compute from every rank's inputs.
 
 A layer over the one-rank world: ``ExactWorld`` (world.py here) is the
-FakeWorld that ``FakeWorld(..., values="exact")`` makes, and owns what only
-exact worlds have (rank threads, per-rank state, ``run()``); ``runner.py``
+FakeWorld of values="exact" (``factory.world_for`` picks it for a marker's
+world), and owns what only exact worlds have (rank threads, per-rank state, ``run()``); ``runner.py``
 runs the ranks. NOTE [Exact worlds] (csrc/exact.cpp) says how collectives
 meet, NOTE [The baton] (csrc/exact.hpp) how ranks take turns.
 """

@@ -214,7 +214,7 @@ def run_harness_test(main: ExactTestCase, name: str) -> None:
     process runs (``MultiProcessTestCase._run`` and ``run_test``), on a copy
     of ``main`` per rank."""
     __tracebackhide__ = True
-    from ..world import FakeWorld
+    from .world import ExactWorld
 
     for unsupported in ("special_return_code_checks", "skip_return_code_checks"):
         if getattr(main, unsupported, None):
@@ -226,7 +226,7 @@ def run_harness_test(main: ExactTestCase, name: str) -> None:
     size = main.world_size
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"{type(main).__name__}.world_size is {size!r}; an exact fake world needs an int >= 1")
-    world = FakeWorld(size, values="exact", device=main.device_type)
+    world = ExactWorld(size, device=main.device_type)
     threaded = hasattr(main, "perThreadSetUp")  # MultiThreadedTestCase's per-rank setUp and tearDown
 
     def program() -> None:

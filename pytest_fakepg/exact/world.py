@@ -14,6 +14,7 @@ from .. import _backend, _compat, _default_group, _patches, environment, records
 from ..environment import PER_RANK, rank_env
 from ..memory import Memory
 from ..records import CollectiveLog
+from ..spec import WorldSpec
 from ..mesh import init_device_mesh, labels_now
 from ..world import FakeWorld, _new_backend, _running_world
 from ..store import poll, world_store
@@ -58,13 +59,17 @@ def _fake_tensors(device: str, assumed: set[str]) -> Any:
             memory.stop()
 
 
-class ExactWorld(FakeWorld, values="exact"):
+class ExactWorld(FakeWorld):
     """Every rank of the world runs its program, one at a time, each on its
     own thread with its own default group, mesh and log (NOTE [compat:
     per-rank c10d state]); what differs per rank is read inside a rank's
-    program. Made by ``FakeWorld(..., values="exact")``."""
+    program. Takes FakeWorld's arguments; ``values`` is "exact"."""
+
+    VALUES = ("exact",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if not (len(args) == 1 and not kwargs and isinstance(args[0], WorldSpec)):
+            kwargs.setdefault("values", "exact")
         super().__init__(*args, **kwargs)
         # What each rank's thread sees, and the group labels each rank had,
         # kept for reports.

@@ -144,9 +144,9 @@ def world_for(item: pytest.Item, spec: _spec.WorldSpec) -> FakeWorld | None:
     if spec.values != "exact":
         spec = dataclasses.replace(spec, rank=rank)
     if phase == "fake":
-        from ..world import FakeWorld
+        from ..factory import world_for
 
-        return FakeWorld(spec)
+        return world_for(spec)
     from ..real.world import RealWorld
 
     held = item.config.stash.setdefault(STORE, [])

@@ -35,7 +35,7 @@ def bring_up(item: pytest.Item, case: Case) -> FakeWorld:
             "install it, e.g. pip install torch",
             pytrace=False,
         )
-    from ..world import FakeWorld
+    from ..factory import world_for
 
     if not device_available(spec.device) and not fake_cuda_needed(spec.device, spec.tensors):
         # Reported at the test, not at this line (as a skip marker is).
@@ -47,7 +47,7 @@ def bring_up(item: pytest.Item, case: Case) -> FakeWorld:
         exact.check_item(item)
     if spec.backend == "fakepg":
         load_backend(item.config)
-    world = (real.world_for(item, spec) or FakeWorld(spec)).start()
+    world = (real.world_for(item, spec) or world_for(spec)).start()
     item.stash[WORLD] = world
     if world.exact and exact.is_testcase(item):  # pytest runs it through unittest: run it per rank instead
         item.stash[RUNTEST] = _compat.patching.install([(item, {"runtest": functools.partial(exact.call_testcase, item, world)})])

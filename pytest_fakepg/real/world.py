@@ -39,6 +39,8 @@ class RealWorld(_world.FakeWorld):
     prefix of its own). Reads like a FakeWorld: ``rank``, ``pg``, ``mesh``,
     ``collectives``, ``fail()``, ``memory``."""
 
+    VALUES = ("uniform", "copy", "exact")  # each process runs its own rank whatever the values
+
     def __init__(self, spec: WorldSpec, store: Store, timeout: float) -> None:
         super().__init__(spec)
         self._base_store = store
