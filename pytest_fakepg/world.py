@@ -372,13 +372,7 @@ class FakeWorld:
             raise RuntimeError(f"device={spec.device!r} was asked for but no {spec.device} device is available")
         if spec.backend == "fakepg":
             _backend.register(_create_backend)  # before any state changes: a build error leaves nothing
-        self._saved = {
-            "env": dict(_compat.runtime.environ_data()),
-            "excepthook": _compat.stdlib.excepthook(),
-            "dynamo_frames": _compat.dynamo.dynamo_frames(),
-        }
-        self._up = True
-        self._memory = None
+        self._begin()
         try:
             self._saved["garbage"] = garbage.fence()  # first, so that stop() always finds it
             self._saved["client_state"] = process_state.Held(spec.per_rank_modules, torch=self.exact)
@@ -402,6 +396,14 @@ class FakeWorld:
             self.stop()
             raise
         return self
+
+    def _begin(self) -> None:
+        """The process state stop() puts back, taken as the world comes up:
+        from here on, stop() undoes whatever start() got to."""
+        self._saved = {"env": dict(_compat.runtime.environ_data()), "excepthook": _compat.stdlib.excepthook(),
+                       "dynamo_frames": _compat.dynamo.dynamo_frames()}
+        self._up = True
+        self._memory = None
 
     def _enter_fake_tensors(self) -> None:
         """From here until stop(), tensors are fake: NOTE [What runs real in

@@ -63,13 +63,7 @@ class RealWorld(_world.FakeWorld):
             raise RuntimeError("cannot start a real world while another world or default group is up")
         spec = self.spec
         _backend.register(_world._create_backend)
-        self._saved = {
-            "env": dict(_compat.runtime.environ_data()),
-            "excepthook": _compat.stdlib.excepthook(),
-            "dynamo_frames": _compat.dynamo.dynamo_frames(),
-        }
-        self._up = True
-        self._memory = None
+        self._begin()
         try:
             self._saved["client_state"] = process_state.Held(spec.per_rank_modules, torch=False)
             if spec.device == "cuda":
