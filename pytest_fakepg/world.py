@@ -140,6 +140,7 @@ class FakeWorld:
         self._site: Callable[[], int] | None = None  # the user's line now, as an index into _sites
         self._memory: Memory | None = None
         self._assumed: set[str] = set()  # NOTE [Values fake tensors carry]
+        self._routing: list[Any] = [None]  # NOTE [Routing on fake tensors]: the test's, or balanced
         self._ranks_per_node = 1  # LOCAL_WORLD_SIZE, decided at start (NOTE [torchrun's environment])
         self._saved: dict[str, Any] = {}
         self._up = False
@@ -229,6 +230,14 @@ class FakeWorld:
     def assumptions(self) -> list[str]:
         """What a tensors="fake" plan assumed of values (NOTE [Values fake tensors carry])."""
         return sorted(self._assumed)
+
+    def route(self, routing: Callable[[int, int, int], Any] | None) -> None:
+        """How ``topk`` over fake values picks (NOTE [Routing on fake tensors],
+        fake/values.py): ``routing(rows, n, k)`` gives each row's k indices
+        in [0, n); None: balanced, row t's j-th is (t * k + j) mod n."""
+        if routing is not None and not callable(routing):
+            raise TypeError(f"route() takes a function (rows, n, k) -> indices of shape (rows, k), or None; got {routing!r}")
+        self._routing[0] = routing
 
     def measured_memory(self) -> Memory | None:
         """``memory`` if this world measures it (tensors="fake", or once
@@ -384,7 +393,7 @@ class FakeWorld:
             if fake_cuda:  # NOTE [A fake CUDA device]: a node of LOCAL_WORLD_SIZE devices
                 self._at_stop(_fake_cuda.Served(self._ranks_per_node).stop)
             self._store = world_store(self)  # NOTE [A store wait in a uniform world]
-            self._saved["meshes"] = _compat.patching.install(_meshes_apart())
+            self._saved["meshes"] = _compat.patching.install(_compat.device_mesh.meshes_of_this_world())
             self._bring_up_groups()
             self._install_patches()
             for fault in spec.faults if spec.backend == "fakepg" else ():
@@ -410,7 +419,7 @@ class FakeWorld:
         a fake-tensor world]."""
         from .fake.mode import make_mode
 
-        mode = make_mode(self._assumed, self.values)
+        mode = make_mode(self._assumed, self.values, self._routing)
         mode.__enter__()
         self._saved["tensor_mode"] = mode
 
@@ -583,13 +592,6 @@ class FakeWorld:
             f"<FakeWorld rank {s.rank} of {s.world_size}{mesh} on {s.device}, "
             f"{s.backend}/{s.values}{tensors}, {state}>"
         )
-
-
-def _meshes_apart() -> list[tuple[Any, dict[str, Any]]]:
-    """The patch that keeps this world's meshes unequal to every other
-    world's (NOTE [Meshes of different worlds]), if this torch has the field."""
-    patch = _compat.device_mesh.meshes_of_this_world()
-    return [] if patch is None else [patch]
 
 
 def _running_world() -> _Running | None:

@@ -176,3 +176,46 @@ def test_a_routing_map_of_known_expert_ids_counts_tokens_per_expert(world) -> No
     assert torch.full_like(scores[0], 3.0).sum().item() == 3.0 * experts
     unknown(lambda: scores.sum().item())
     unknown(lambda: torch.zeros(tokens, experts).add(scores).sum().item())
+
+
+def test_topk_over_fake_scores_routes_evenly_by_default(world) -> None:
+    """NOTE [Routing on fake tensors]: row t's j-th index is (t * k + j) mod n."""
+    from pytest_fakepg.fake.values import BALANCED
+
+    scores = torch.randn(16, 8)  # unknown: only real data decides them
+    indices = torch.topk(scores, 2, dim=-1).indices
+    assert indices.tolist() == [[(2 * t) % 8, (2 * t + 1) % 8] for t in range(16)]
+    assert torch.bincount(indices.flatten(), minlength=8).tolist() == [4] * 8
+    assert BALANCED in world.assumptions
+    unknown(lambda: torch.topk(scores, 2).values.sum().item())  # the scores themselves stay unknown
+
+
+def test_a_test_routes_topk_its_own_way(world) -> None:
+    from pytest_fakepg.fake.values import ROUTED
+
+    def hot_expert(rows: int, n: int, k: int) -> torch.Tensor:  # expert 0 takes every token's first choice
+        ids = torch.arange(rows * k).reshape(rows, k) % n
+        ids[:, 0] = 0
+        return ids
+
+    world.route(hot_expert)
+    ids = torch.randn(2, 8, 16).topk(2).indices  # (batch, tokens, experts): 16 rows
+    # expert 0: every row's first choice; the odd experts: the second choices, twice each
+    assert torch.bincount(ids.flatten(), minlength=16).tolist() == [16] + [2 if e % 2 else 0 for e in range(1, 16)]
+    assert ROUTED in world.assumptions
+    world.route(lambda rows, n, k: torch.zeros(rows, k + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"gave \(16, 3\) torch.int64 indices for topk over 16 rows of 16 choices "
+                                         r"with k=2; it must give integers of shape \(16, 2\)"):
+        torch.randn(2, 8, 16).topk(2)
+    world.route(lambda rows, n, k: torch.full((rows, k), n))
+    with pytest.raises(ValueError, match=r"gave indices from 16 to 16 for topk over 16 choices; each must be in \[0, 15\]"):
+        torch.randn(2, 8, 16).topk(2)
+    with pytest.raises(TypeError, match="route\\(\\) takes a function"):
+        world.route("balanced")
+
+
+def test_topk_over_known_values_is_computed_not_assumed(world) -> None:
+    from pytest_fakepg.fake.values import BALANCED
+
+    assert torch.arange(8.0).topk(3).indices.tolist() == [7, 6, 5]
+    assert BALANCED not in world.assumptions

@@ -98,16 +98,16 @@ def adopt_mesh_thread_state(state: dict[str, Any]) -> None:
 _WORLD_TOKENS = itertools.count(1)
 
 
-def meshes_of_this_world() -> tuple[Any, dict[str, Any]] | None:
-    """(DeviceMesh, {"__init__": ...}) making every mesh built while it is
-    installed carry a new world token; None where DeviceMesh lacks
-    ``_thread_id`` (then meshes compare as torch has them)."""
+def meshes_of_this_world() -> list[tuple[Any, dict[str, Any]]]:
+    """[(DeviceMesh, {"__init__": ...})]: the patch making every mesh built
+    while it is installed carry a new world token; none where DeviceMesh
+    lacks ``_thread_id`` (then meshes compare as torch has them)."""
     from torch.distributed import device_mesh as dm
 
     mesh_cls = getattr(dm, "DeviceMesh", None)
     original = vars(mesh_cls).get("__init__") if mesh_cls is not None else None
     if original is None or "_thread_id" not in getattr(mesh_cls, "__annotations__", {}):
-        return None
+        return []
     token = -next(_WORLD_TOKENS)
 
     @functools.wraps(original)
@@ -117,4 +117,4 @@ def meshes_of_this_world() -> tuple[Any, dict[str, Any]] | None:
             self._thread_id = token
             self._hash = None  # computed on first use, from the token too
 
-    return mesh_cls, {"__init__": __init__}
+    return [(mesh_cls, {"__init__": __init__})]

@@ -136,10 +136,10 @@ def mode_class() -> type:
         """FakeTensorMode for one world: see NOTE [What runs real in a
         fake-tensor world]."""
 
-        def __init__(self, router: Router, assumed: set[str], semantics: str) -> None:
+        def __init__(self, router: Router, assumed: set[str], semantics: str, routing: list[Any]) -> None:
             super().__init__(allow_non_fake_inputs=True)
             self.router = router
-            self.values = Values(fake_type, assumed, semantics)
+            self.values = Values(fake_type, assumed, semantics, routing)
 
         @property
         def avoid_device_init(self) -> bool:
@@ -201,10 +201,11 @@ def mode_class() -> type:
     return WorldTensorMode
 
 
-def make_mode(assumed: set[str] | None = None, semantics: str = "exact") -> Any:
+def make_mode(assumed: set[str] | None = None, semantics: str = "exact", routing: list[Any] | None = None) -> Any:
     """A fake-tensor mode of a world whose values are ``semantics``; what its
-    plan assumes is added to ``assumed``."""
-    return mode_class()(Router(), set() if assumed is None else assumed, semantics)
+    plan assumes is added to ``assumed``; ``routing[0]`` is the world's
+    routing function, None for balanced (NOTE [Routing on fake tensors])."""
+    return mode_class()(Router(), set() if assumed is None else assumed, semantics, routing or [None])
 
 
 # -- weight initialisation ---------------------------------------------------------

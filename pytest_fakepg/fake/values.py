@@ -21,6 +21,9 @@ the program, not by the data, and training code reads exactly those:
   a plan is of a step that does not overflow. The report states it
   (``ASSUMPTION``).
 
+- *routed, assumed*: ``topk`` over values that are not known returns
+  indices a plan assumes (NOTE [Routing on fake tensors]).
+
 Every other value stays unknown and reading it keeps torch's error with the
 world's note. A write to a tensor by an op that cannot be computed forgets
 what was known of it and of every view of its storage.
@@ -35,6 +38,21 @@ from .._compat import fake_tensor as _ft
 
 ASSUMPTION = ("fake values are finite: isfinite() is true, isnan() and isinf() false, and gradient-overflow "
               "checks (GradScaler, clip_grad_norm_'s error_if_nonfinite, DeepSpeed) find no overflow")
+
+# NOTE [Routing on fake tensors]
+# An MoE router picks each token's experts with topk over scores that only
+# real data decides, and everything after it (the tokens each expert gets,
+# the dispatch's all_to_all splits, the grouped GEMM's shapes) follows from
+# those indices. It is the one place a plan must assume: by default routing
+# is balanced, torchtitan's own rule (debug.moe_force_load_balance): row t's
+# j-th index is (t * k + j) mod n, so every expert gets tokens * k / n. A
+# test gives its own with ``world.route(fn)``: ``fn(rows, n, k)`` returns the
+# (rows, k) indices, in [0, n) (one expert at twice its share, for the
+# worst case). What was assumed is stated in ``world.assumptions`` and the
+# report. topk over known values is computed, as any op over them.
+BALANCED = ("topk over fake values routes evenly: row t's j-th index is (t * k + j) mod n "
+            "(torchtitan's balanced routing; world.route() gives another)")
+ROUTED = "topk over fake values returns the indices the test's routing function gives (world.route())"
 
 # The largest tensor whose values are kept (a count per token of a long
 # sequence): computing it for real costs what the op costs on a CPU. Integer
@@ -83,18 +101,20 @@ _UNSCALE = "_amp_foreach_non_finite_check_and_unscale_"
 _LIKE = {"zeros_like": None, "ones_like": None, "full_like": 1, "new_zeros": None, "new_ones": None,
          "new_full": 2}
 # Ops that fix a value with no known input (sources aside).
-_PRODUCERS = frozenset({*_MAKES_NONNEG, *_FINITE, _UNSCALE, *_OVERWRITES, *_LIKE, "eq", "ne"})
+_PRODUCERS = frozenset({*_MAKES_NONNEG, *_FINITE, _UNSCALE, *_OVERWRITES, *_LIKE, "eq", "ne", "topk"})
 
 
 class Values:
     """What one fake-tensor mode knows of its tensors' values."""
 
-    def __init__(self, fake_type: type, assumed: set[str], semantics: str = "exact") -> None:
+    def __init__(self, fake_type: type, assumed: set[str], semantics: str = "exact",
+                 routing: list[Any] | None = None) -> None:
         from torch.utils.weak import WeakIdKeyDictionary
 
         self.fake_type = fake_type
         self.semantics = semantics  # the world's values: "uniform", "copy" or "exact"
         self.assumed = assumed  # the world's: ASSUMPTION once it is made
+        self.routing = routing or [None]  # the world's routing function, None: balanced
         self.known: Any = WeakIdKeyDictionary()  # fake tensor -> a CPU tensor of its values, or NONNEG
         self._sources: dict[Any, bool] = {}
         self._described: dict[Any, tuple[str, bool]] = {}
@@ -136,6 +156,10 @@ class Values:
             fill = (0 if "zeros" in name else 1) if where is None else (args[where] if len(args) > where else None)
             if isinstance(fill, (int, float, bool)):
                 self._set(out, lambda t: torch.full(t.shape, fill, dtype=t.dtype))
+            return
+        if name == "topk" and isinstance(args[0], self.fake_type) and \
+                not isinstance(self._of(args[0]), torch.Tensor):
+            self._route(args, kwargs, out)
             return
         if name == _UNSCALE:  # finds no overflow: found_inf (args[1]) keeps its value
             self.assumed.add(ASSUMPTION)
@@ -263,6 +287,26 @@ class Values:
                 self._forget(target)
         return True
 
+    def _route(self, args: Any, kwargs: Any, out: Any) -> None:
+        """The indices ``topk`` over unknown values gives: NOTE [Routing on
+        fake tensors]. Only along the last dimension (a router's experts)."""
+        import torch
+
+        scores, k = args[0], int(args[1] if len(args) > 1 else kwargs["k"])
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
+        indices = out[1]
+        if dim not in (-1, scores.dim() - 1) or not _keeps(indices) or k == 0:
+            return
+        n, rows = scores.shape[-1], indices.numel() // k
+        given = self.routing[0]
+        if given is None:
+            ids = torch.arange(rows * k) % n
+            self.assumed.add(BALANCED)
+        else:
+            ids = _checked_routing(given(rows, n, k), rows, n, k)
+            self.assumed.add(ROUTED)
+        self.known[indices] = ids.reshape(indices.shape).to(indices.dtype)
+
     def _overwrite(self, name: str, tensor: Any, args: Any, inputs: list[Any]) -> None:
         """``tensor`` was overwritten whole, by a number or a known tensor."""
         import torch
@@ -385,6 +429,20 @@ class Values:
         storage = _storage(tensor)
         for other in [t for t in self.known.keys() if _storage(t) == storage]:
             self.known.pop(other, None)
+
+
+def _checked_routing(ids: Any, rows: int, n: int, k: int) -> Any:
+    """A routing function's answer, refused where it cannot be indices."""
+    import torch
+
+    ids = torch.as_tensor(ids)
+    if tuple(ids.shape) != (rows, k) or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"world.route()'s function gave {tuple(ids.shape)} {ids.dtype} indices for topk over {rows} "
+                         f"rows of {n} choices with k={k}; it must give integers of shape ({rows}, {k})")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
+        raise ValueError(f"world.route()'s function gave indices from {int(ids.min())} to {int(ids.max())} for topk "
+                         f"over {n} choices; each must be in [0, {n - 1}]")
+    return ids
 
 
 def _storage(tensor: Any) -> int:

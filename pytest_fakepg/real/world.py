@@ -71,7 +71,7 @@ class RealWorld(_world.FakeWorld):
 
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", spec.rank)))
             self._store = self._base_store
-            self._saved["meshes"] = _compat.patching.install(_world._meshes_apart())
+            self._saved["meshes"] = _compat.patching.install(_compat.device_mesh.meshes_of_this_world())
             self._serve(_backend.load().WorldState("copy", spec.record), real=self._real_backend)
             _compat.c10d.set_group_count(self._agreed_group_count())
             dist.init_process_group(backend=f"{spec.device}:{_backend.BACKEND_NAME}", rank=spec.rank,

@@ -1,0 +1,90 @@
+"""torchtitan's own DeepSeek-V3 with expert parallelism, planned on fake
+tensors: the router's own topk picks each token's experts from scores no
+plan has, so the plan assumes balanced routing (NOTE [Routing on fake
+tensors]) and says so; the token counts, the dispatch's all_to_all splits
+and the grouped GEMMs' shapes all follow from it.
+
+The check: the plan's ledger equals, call for call and byte for byte, the
+ledger of the same step on real tensors with torchtitan's own balanced
+routing (``_debug_force_load_balance``, what ``debug.moe_force_load_balance``
+sets), in a uniform world of 8 ranks with EP 4.
+
+torchtitan comes from .ci/clients.txt; without it this skips, saying so. On
+CPU, as in examples/test_torchtitan.py: SDPA attention, the CPU device type,
+the "partial_dtensor" backend (set as torchtitan's trainer sets it), and a
+stand-in for the triton kernels its expert-parallel module imports.
+"""
+
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+
+_KERNELS = "torchtitan.distributed.minimal_async_ep.kernels"  # imports triton, which a CPU torch lacks
+if _KERNELS not in sys.modules:
+    stub = types.ModuleType(_KERNELS)
+    stub.__getattr__ = lambda name: None
+    sys.modules[_KERNELS] = stub
+
+with warnings.catch_warnings():  # torch.jit's deprecation, met on torchtitan's imports
+    warnings.simplefilter("ignore", DeprecationWarning)
+    pytest.importorskip("torchtitan", reason="torchtitan is not installed (pip install --no-deps -r .ci/clients.txt)")
+    import torchtitan.distributed.parallel_dims as parallel_dims_module
+    import torchtitan.distributed.utils as dist_utils
+    from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
+    from torchtitan.distributed import ParallelDims
+    from torchtitan.models.common.attention import ScaledDotProductAttention
+    from torchtitan.models.deepseek_v3 import model_registry
+    from torchtitan.models.deepseek_v3.sharding import set_deepseek_v3_sharding_config
+
+from pytest_fakepg import FakeWorld
+from pytest_fakepg.fake.values import BALANCED
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
+
+
+def step(world: FakeWorld, ep: int, force_balance: bool, seq_len: int = 128) -> None:
+    """One training step of the debug model as torchtitan's trainer builds it."""
+    parallel_dims_module.device_type = "cpu"
+    spec = model_registry("debugmodel")
+    config = spec.model
+    for layer in config.layers:
+        layer.attention.inner_attention = ScaledDotProductAttention.Config()
+        if getattr(layer, "moe", None) is not None:
+            layer.moe.router._debug_force_load_balance = force_balance
+    parallelism = ParallelismConfig(data_parallel_shard_degree=world.world_size, expert_parallel_degree=ep,
+                                    spmd_backend="partial_dtensor")
+    dist_utils.set_spmd_backend(parallelism.spmd_backend)  # as the trainer does
+    set_deepseek_v3_sharding_config(config, enable_sp=False, enable_ep=ep > 1)  # as update_from_config does
+    dims = ParallelDims.from_config(parallelism, world.world_size)
+    dims.build_mesh()
+    with torch.device("meta"):
+        model = config.build()
+    model = spec.parallelize_fn(model, parallel_dims=dims, training=TrainingConfig(seq_len=seq_len, local_batch_size=1),
+                                parallelism=parallelism, compile_config=CompileConfig(), ac_config=None,
+                                dump_folder="/tmp")
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        model.init_weights(buffer_device=None)
+    model(torch.randint(0, 1000, (1, seq_len))).float().sum().backward()
+
+
+@pytest.fixture(autouse=True)
+def _spmd_backend():
+    """torchtitan keeps its SPMD backend in a module global; put it back."""
+    before = dist_utils.get_spmd_backend()
+    yield
+    dist_utils.set_spmd_backend(before)
+
+
+def test_expert_parallel_plan_has_the_ledger_of_balanced_real_routing() -> None:
+    with FakeWorld(8, tensors="real") as real:
+        step(real, ep=4, force_balance=True)
+        expected = real.collectives.ledger()
+    with FakeWorld(8, tensors="fake") as plan:
+        step(plan, ep=4, force_balance=False)  # the router's own topk, over fake scores
+        assert plan.collectives.ledger() == expected
+        assert BALANCED in plan.assumptions
+    assert {op: row["calls"] for op, row in expected["ep"].items()} == {"all_to_all_single": 25}
