@@ -39,7 +39,7 @@ with warnings.catch_warnings():  # torch.jit's deprecation, met on torchtitan's 
     from torchtitan.models.deepseek_v3 import model_registry
     from torchtitan.models.deepseek_v3.sharding import set_deepseek_v3_sharding_config
 
-from pytest_fakepg import FakeWorld
+from pytest_fakepg import ExactWorld, FakeWorld
 from pytest_fakepg.fake.values import BALANCED
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
@@ -88,3 +88,19 @@ def test_expert_parallel_plan_has_the_ledger_of_balanced_real_routing() -> None:
         assert plan.collectives.ledger() == expected
         assert BALANCED in plan.assumptions
     assert {op: row["calls"] for op, row in expected["ep"].items()} == {"all_to_all_single": 25}
+
+
+@pytest.mark.parametrize("world_size", [4, 8])
+def test_exact_ranks_plan_the_bytes_exact_ranks_send(world_size: int) -> None:
+    """Every rank runs (values="exact"): each rank's count exchange carries
+    its peers' counts (NOTE [Counts exchanged between exact ranks]), so the
+    plan's per-rank bytes equal real tensors' with torchtitan's forced
+    balance, the router's own topk assumed balanced."""
+    with ExactWorld(world_size, tensors="real") as real:
+        real.run(lambda: step(real, ep=4, force_balance=True))
+        expected = real.collectives.ledger()
+    with ExactWorld(world_size, tensors="fake") as plan:
+        plan.run(lambda: step(plan, ep=4, force_balance=False))
+        assert plan.collectives.ledger() == expected
+    # 25 dispatches and combines on every rank (the EP group: the whole world at 4)
+    assert sum(group.get("all_to_all_single", {}).get("calls", 0) for group in expected.values()) == 25 * world_size

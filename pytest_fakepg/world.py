@@ -22,6 +22,7 @@ from . import _backend, _compat, _default_group, _patches, environment, garbage,
 from ._frames import site_source, user_line
 from .errors import FakeWorldFaultWarning
 from .fake import cuda as _fake_cuda
+from .fake.values import Shared
 from .faults import Fault
 from .memory import Memory
 from .mesh import init_device_mesh, labels_now
@@ -140,7 +141,7 @@ class FakeWorld:
         self._site: Callable[[], int] | None = None  # the user's line now, as an index into _sites
         self._memory: Memory | None = None
         self._assumed: set[str] = set()  # NOTE [Values fake tensors carry]
-        self._routing: list[Any] = [None]  # NOTE [Routing on fake tensors]: the test's, or balanced
+        self._shared = Shared()  # what its fake-tensor modes share: NOTE [Routing on fake tensors]
         self._ranks_per_node = 1  # LOCAL_WORLD_SIZE, decided at start (NOTE [torchrun's environment])
         self._saved: dict[str, Any] = {}
         self._up = False
@@ -237,7 +238,7 @@ class FakeWorld:
         in [0, n); None: balanced, row t's j-th is (t * k + j) mod n."""
         if routing is not None and not callable(routing):
             raise TypeError(f"route() takes a function (rows, n, k) -> indices of shape (rows, k), or None; got {routing!r}")
-        self._routing[0] = routing
+        self._shared.routing = routing
 
     def measured_memory(self) -> Memory | None:
         """``memory`` if this world measures it (tensors="fake", or once
@@ -419,7 +420,7 @@ class FakeWorld:
         a fake-tensor world]."""
         from .fake.mode import make_mode
 
-        mode = make_mode(self._assumed, self.values, self._routing)
+        mode = make_mode(self._assumed, self.values, self._shared)
         mode.__enter__()
         self._saved["tensor_mode"] = mode
 

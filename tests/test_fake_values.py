@@ -219,3 +219,26 @@ def test_topk_over_known_values_is_computed_not_assumed(world) -> None:
 
     assert torch.arange(8.0).topk(3).indices.tolist() == [7, 6, 5]
     assert BALANCED not in world.assumptions
+
+
+def test_exact_ranks_exchange_known_counts() -> None:
+    """NOTE [Counts exchanged between exact ranks]: an all_to_all_single of
+    known counts carries each peer's part, functional or c10d; a part no
+    rank knows leaves the output unknown."""
+    import torch.distributed as dist
+    import torch.distributed._functional_collectives as funcol
+
+    from pytest_fakepg import ExactWorld
+
+    def program() -> tuple[list[int], list[int]]:
+        rank = dist.get_rank()
+        counts = torch.tensor([rank + 1, 2 * (rank + 1)])  # rank 0: [1, 2], rank 1: [2, 4]
+        functional = funcol.all_to_all_single(counts, None, None, dist.group.WORLD)  # waited at once on fake tensors
+        out = torch.empty(2, dtype=torch.long)
+        dist.all_to_all_single(out, counts * 10)
+        weights = torch.randn(2)  # unknown on every rank
+        unknown(lambda: funcol.all_to_all_single(weights, None, None, dist.group.WORLD).sum().item())
+        return functional.tolist(), out.tolist()
+
+    with ExactWorld(2, tensors="fake") as world:
+        assert world.run(program) == [([1, 2], [10, 20]), ([2, 4], [20, 40])]

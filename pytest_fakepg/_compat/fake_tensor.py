@@ -94,6 +94,14 @@ def group_size(group: Any) -> int:
 
 
 @door("run a world on fake tensors")
+def group_members(group: Any) -> tuple[int, ...]:
+    """The global ranks of a c10d op's boxed group, or a functional collective's group name."""
+    import torch.distributed as dist
+
+    pg = resolve_group(group) if isinstance(group, str) else dist.ProcessGroup.unbox(group)
+    return tuple(dist.get_process_group_ranks(pg))
+
+
 def group_rank(group: Any) -> int:
     """This rank's rank in a c10d op's boxed group, or a functional collective's group name."""
     import torch.distributed as dist

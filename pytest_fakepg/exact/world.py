@@ -34,7 +34,7 @@ MEMORY_OF_REAL_RANKS = (
 
 
 @contextlib.contextmanager
-def _fake_tensors(device: str, assumed: set[str], routing: list[Any]) -> Any:
+def _fake_tensors(device: str, assumed: set[str], shared: Any) -> Any:
     """NOTE [Exact worlds on fake tensors]
     torch's tensor modes are per thread, so in an exact world with
     tensors="fake" each rank's program runs under a mode of its own (NOTE
@@ -50,7 +50,7 @@ def _fake_tensors(device: str, assumed: set[str], routing: list[Any]) -> Any:
 
     from ..fake.cuda import rank_modes
 
-    mode = make_mode(assumed, routing=routing)
+    mode = make_mode(assumed, shared=shared)
     with mode, rank_modes():
         memory = Memory(device, on_wait=mode.router.wait)
         try:
@@ -356,7 +356,7 @@ class ExactWorld(FakeWorld):
             if spec.mesh_shape is not None:
                 local.mesh = init_device_mesh(spec.device, spec.mesh_shape, spec.mesh_dim_names)
             if spec.tensors == "fake":
-                local.memory = self._memories[rank] = tensors.enter_context(_fake_tensors(spec.device, self._assumed, self._routing))
+                local.memory = self._memories[rank] = tensors.enter_context(_fake_tensors(spec.device, self._assumed, self._shared))
             with tensors:
                 yield
         finally:

@@ -37,7 +37,7 @@ from .._frames import not_user_code, user_frame
 from ..errors import FakeWorldWarning
 from . import cuda as _fake_cuda
 from .collectives import Router
-from .values import Values
+from .values import Shared, Values
 
 # Frames between an op's caller and this mode are torch's (dynamo's disable
 # around every mode's __torch_dispatch__, torch.device's function mode, a
@@ -136,10 +136,10 @@ def mode_class() -> type:
         """FakeTensorMode for one world: see NOTE [What runs real in a
         fake-tensor world]."""
 
-        def __init__(self, router: Router, assumed: set[str], semantics: str, routing: list[Any]) -> None:
+        def __init__(self, router: Router, assumed: set[str], semantics: str, shared: Shared | None) -> None:
             super().__init__(allow_non_fake_inputs=True)
             self.router = router
-            self.values = Values(fake_type, assumed, semantics, routing)
+            self.values = Values(fake_type, assumed, semantics, shared)
 
         @property
         def avoid_device_init(self) -> bool:
@@ -201,11 +201,11 @@ def mode_class() -> type:
     return WorldTensorMode
 
 
-def make_mode(assumed: set[str] | None = None, semantics: str = "exact", routing: list[Any] | None = None) -> Any:
+def make_mode(assumed: set[str] | None = None, semantics: str = "exact", shared: Shared | None = None) -> Any:
     """A fake-tensor mode of a world whose values are ``semantics``; what its
-    plan assumes is added to ``assumed``; ``routing[0]`` is the world's
-    routing function, None for balanced (NOTE [Routing on fake tensors])."""
-    return mode_class()(Router(), set() if assumed is None else assumed, semantics, routing or [None])
+    plan assumes is added to ``assumed``; ``shared`` is what the world's
+    modes share (its routing, an exact world's exchanged counts)."""
+    return mode_class()(Router(), set() if assumed is None else assumed, semantics, shared)
 
 
 # -- weight initialisation ---------------------------------------------------------

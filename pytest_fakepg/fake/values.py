@@ -74,6 +74,10 @@ NONNEG = "non-negative"  # what is known of a tensor whose values are not
 _UNIFORM_RULES = frozenset({"allreduce_", "all_reduce", "broadcast_", "broadcast", "alltoall_base_",
                             "all_to_all_single"})
 
+# Collectives whose known values an exact world exchanges between its ranks'
+# modes (NOTE [Counts exchanged between exact ranks]).
+_EXCHANGED = frozenset({"alltoall_base_", "all_to_all_single"})
+
 # In-place ops that overwrite the whole tensor they write, whatever it held.
 _OVERWRITES = frozenset({"zero_", "fill_", "copy_"})
 
@@ -104,17 +108,32 @@ _LIKE = {"zeros_like": None, "ones_like": None, "full_like": 1, "new_zeros": Non
 _PRODUCERS = frozenset({*_MAKES_NONNEG, *_FINITE, _UNSCALE, *_OVERWRITES, *_LIKE, "eq", "ne", "topk"})
 
 
+class Shared:
+    """What the fake-tensor modes of one world's ranks share: the test's
+    routing function (None: balanced; NOTE [Routing on fake tensors]) and,
+    in an exact world, each rank's known part of an all_to_all_single
+    (NOTE [Counts exchanged between exact ranks])."""
+
+    def __init__(self) -> None:
+        self.routing: Any = None
+        # (group members, call number) -> group rank -> (known input or None, input splits)
+        self.parts: dict[tuple[tuple[int, ...], int], dict[int, tuple[Any, list[int]]]] = {}
+        self.calls: dict[tuple[tuple[int, ...], int], int] = {}  # (members, group rank) -> calls so far
+
+
 class Values:
     """What one fake-tensor mode knows of its tensors' values."""
 
     def __init__(self, fake_type: type, assumed: set[str], semantics: str = "exact",
-                 routing: list[Any] | None = None) -> None:
+                 shared: Shared | None = None) -> None:
         from torch.utils.weak import WeakIdKeyDictionary
 
         self.fake_type = fake_type
         self.semantics = semantics  # the world's values: "uniform", "copy" or "exact"
         self.assumed = assumed  # the world's: ASSUMPTION once it is made
-        self.routing = routing or [None]  # the world's routing function, None: balanced
+        self.shared = shared or Shared()
+        # an exact world's all_to_all_single outputs -> (their exchange's key, this group rank, group size)
+        self._pending: Any = WeakIdKeyDictionary()
         self.known: Any = WeakIdKeyDictionary()  # fake tensor -> a CPU tensor of its values, or NONNEG
         self._sources: dict[Any, bool] = {}
         self._described: dict[Any, tuple[str, bool]] = {}
@@ -123,6 +142,8 @@ class Values:
 
     def scalar(self, tensor: Any) -> Any:
         """``tensor.item()`` where it is known, else None."""
+        if self._pending:
+            self._settle(tensor)
         value = self.known.get(tensor)
         if value is None or value is NONNEG:
             return None
@@ -139,6 +160,12 @@ class Values:
             described = self._described[func] = self._describe(func)
         name, produces = described
         inputs = _tensors(args, kwargs, torch.Tensor)
+        if self._pending:
+            for t in inputs:
+                self._settle(t)
+        if name in _EXCHANGED and self.semantics == "exact":
+            self._deposit(name, func, args, kwargs, out)
+            return
         if not produces and (not any(t in self.known or not isinstance(t, self.fake_type) for t in inputs)
                              if inputs else not self._source(func)):
             if self.known:  # what it writes is no longer known
@@ -298,7 +325,7 @@ class Values:
         if dim not in (-1, scores.dim() - 1) or not _keeps(indices) or k == 0:
             return
         n, rows = scores.shape[-1], indices.numel() // k
-        given = self.routing[0]
+        given = self.shared.routing
         if given is None:
             ids = torch.arange(rows * k) % n
             self.assumed.add(BALANCED)
@@ -306,6 +333,54 @@ class Values:
             ids = _checked_routing(given(rows, n, k), rows, n, k)
             self.assumed.add(ROUTED)
         self.known[indices] = ids.reshape(indices.shape).to(indices.dtype)
+
+    def _deposit(self, name: str, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+        """NOTE [Counts exchanged between exact ranks]
+        In an exact world each rank's mode knows only its own values, and the
+        collective itself exchanges meta tensors. An expert-parallel count
+        exchange (all_to_all_single of known counts) still carries values:
+        each rank leaves its known input, with its splits, in the world's
+        Shared under (the group's members, its call number on the group);
+        the output is settled once every member's part is there - when the
+        output is next used or read, by which time the exact exchange has
+        made every member issue. A part not known on some member leaves the
+        output unknown."""
+        import torch
+
+        bound = dict(zip(_ft.schema_arguments(func), args))
+        bound.update(kwargs)
+        group = bound.get("process_group", bound.get("group_name"))
+        source = bound.get("input")
+        target = bound["output"] if name == "alltoall_base_" else out
+        self._forget(target)
+        members, rank, size = _ft.group_members(group), _ft.group_rank(group), _ft.group_size(group)
+        calls = self.shared.calls
+        number = calls[(members, rank)] = calls.get((members, rank), 0) + 1
+        value = self._of(source) if isinstance(source, torch.Tensor) else None
+        splits = [int(s) for s in bound.get("input_split_sizes") or ()]
+        if isinstance(value, torch.Tensor):
+            splits = splits or [value.shape[0] // size] * size
+        self.shared.parts.setdefault((members, number), {})[rank] = (
+            value if isinstance(value, torch.Tensor) else None, splits)
+        if isinstance(target, self.fake_type):
+            self._pending[target] = ((members, number), rank, size)
+
+    def _settle(self, tensor: Any) -> None:
+        """An exact world's exchanged output, known once every part is."""
+        import torch
+
+        pending = self._pending.get(tensor)
+        if pending is None:
+            return
+        key, rank, size = pending
+        parts = self.shared.parts.get(key, {})
+        if len(parts) < size:
+            return
+        del self._pending[tensor]
+        if all(value is not None for value, _ in parts.values()):
+            value = torch.cat([torch.split(parts[src][0], parts[src][1])[rank] for src in range(size)])
+            if tuple(value.shape) == tuple(tensor.shape) and _keeps(tensor):
+                self.known[tensor] = value.to(tensor.dtype)
 
     def _overwrite(self, name: str, tensor: Any, args: Any, inputs: list[Any]) -> None:
         """``tensor`` was overwritten whole, by a number or a known tensor."""
