@@ -17,24 +17,15 @@ tensors too).
 """
 
 import dataclasses
-import sys
-import types
 import warnings
 
 import pytest
 import torch
 
-# torchtitan's expert-parallel kernels import triton, which a CPU torch lacks;
-# llama3 never calls them.
-_KERNELS = "torchtitan.distributed.minimal_async_ep.kernels"
-if _KERNELS not in sys.modules:
-    stub = types.ModuleType(_KERNELS)
-    stub.__getattr__ = lambda name: None
-    sys.modules[_KERNELS] = stub
+import torchtitan_on_cpu  # noqa: F401 - torchtitan on a CPU-only machine, or a skip
 
 with warnings.catch_warnings():  # torch.jit's deprecation, met on torchtitan's imports
     warnings.simplefilter("ignore", DeprecationWarning)
-    pytest.importorskip("torchtitan", reason="torchtitan is not installed (pip install --no-deps -r .ci/clients.txt)")
     import torchtitan.distributed.parallel_dims as parallel_dims_module
     from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
     from torchtitan.distributed import ParallelDims

@@ -12,25 +12,19 @@ sets), in a uniform world of 8 ranks with EP 4.
 torchtitan comes from .ci/clients.txt; without it this skips, saying so. On
 CPU, as in examples/test_torchtitan.py: SDPA attention, the CPU device type,
 the "partial_dtensor" backend (set as torchtitan's trainer sets it), and a
-stand-in for the triton kernels its expert-parallel module imports.
+stand-in for the triton kernels its expert-parallel module imports
+(examples/torchtitan_on_cpu.py).
 """
 
-import sys
-import types
 import warnings
 
 import pytest
 import torch
 
-_KERNELS = "torchtitan.distributed.minimal_async_ep.kernels"  # imports triton, which a CPU torch lacks
-if _KERNELS not in sys.modules:
-    stub = types.ModuleType(_KERNELS)
-    stub.__getattr__ = lambda name: None
-    sys.modules[_KERNELS] = stub
+import torchtitan_on_cpu  # noqa: F401 - torchtitan on a CPU-only machine, or a skip
 
 with warnings.catch_warnings():  # torch.jit's deprecation, met on torchtitan's imports
     warnings.simplefilter("ignore", DeprecationWarning)
-    pytest.importorskip("torchtitan", reason="torchtitan is not installed (pip install --no-deps -r .ci/clients.txt)")
     import torchtitan.distributed.parallel_dims as parallel_dims_module
     import torchtitan.distributed.utils as dist_utils
     from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
