@@ -39,10 +39,10 @@ from pytest_fakepg.fake.values import BALANCED
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
 
-def step(world: FakeWorld, ep: int, force_balance: bool, seq_len: int = 128) -> None:
-    """One training step of the debug model as torchtitan's trainer builds it."""
+def step(world: FakeWorld, ep: int, force_balance: bool, seq_len: int = 128, flavor: str = "debugmodel") -> None:
+    """One training step of DeepSeek-V3 `flavor` as torchtitan's trainer builds it."""
     parallel_dims_module.device_type = "cpu"
-    spec = model_registry("debugmodel")
+    spec = model_registry(flavor)
     config = spec.model
     for layer in config.layers:
         layer.attention.inner_attention = ScaledDotProductAttention.Config()
@@ -98,3 +98,15 @@ def test_exact_ranks_plan_the_bytes_exact_ranks_send(world_size: int) -> None:
         assert plan.collectives.ledger() == expected
     # 25 dispatches and combines on every rank (the EP group: the whole world at 4)
     assert sum(group.get("all_to_all_single", {}).get("calls", 0) for group in expected.values()) == 25 * world_size
+
+
+@pytest.mark.fake_world(64, rank=63, tensors="fake")
+def test_deepseek_v3_16b_with_ep_8_plans_at_64_ranks(fake_world, collectives) -> None:
+    """16B (64 routed experts, top 6) with EP 8 over FSDP 64, sequence 4,096:
+    each of the 26 MoE layers dispatches and combines on the EP group, in
+    forward and backward, with the counts exchanged first (int64)."""
+    step(fake_world, ep=8, force_balance=False, seq_len=4096, flavor="16B")
+    assert collectives.ledger()["ep"] == {
+        "all_to_all_single": {"calls": 130, "bytes": 10_468_996_096, "dtypes": ["int64", "bfloat16"]},
+    }
+    assert BALANCED in fake_world.assumptions
