@@ -363,7 +363,7 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::gatherIntoTensor(
   auto c = part(Op::gather_into_tensor, {input}, outs);
   c.root = opts.rootRank;
   return issue(
-      [&] { return gatherIntoTensorOnReal(output, input, opts); },
+      [&] { return compat::gatherSingle(*real_, output, input, opts); },
       std::move(c),
       c10d::OpType::GATHER,
       kOutputs,
@@ -539,13 +539,6 @@ c10::intrusive_ptr<c10d::Work> FakeBackend::barrier(
       c10d::OpType::BARRIER,
       kOutputs,
       {});
-}
-
-c10::intrusive_ptr<c10d::Work> FakeBackend::gatherIntoTensorOnReal(
-    at::Tensor& output,
-    at::Tensor& input,
-    const c10d::GatherOptions& opts) {
-  return compat::gatherSingle(*real_, output, input, opts);
 }
 
 void FakeBackend::setTimeout(std::chrono::milliseconds timeout) {

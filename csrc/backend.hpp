@@ -175,10 +175,6 @@ class FakeBackend : public c10d::Backend {
       int32_t peer = kNoPeer,
       bool any_source = false);
   void checkRoot(const char* op, int64_t root) const;
-  c10::intrusive_ptr<c10d::Work> gatherIntoTensorOnReal(
-      at::Tensor& output,
-      at::Tensor& input,
-      const c10d::GatherOptions& opts);
   int32_t globalRank(int64_t group_rank) const;
 
   c10::intrusive_ptr<WorldState> world_;

@@ -135,7 +135,7 @@ def planning_state(propagator: Any) -> dict[str, Any]:
     """DTensor's sharding propagator as a world must leave it: its
     attributes, a per-thread cache by its kind and the function it caches
     (a world replaces it with a new one to drop every thread's entries:
-    NOTE [Per-thread sharding caches])."""
+    NOTE [Meshes of different worlds])."""
     import threading
 
     return {name: (type(value), value.cache.__wrapped__) if isinstance(value, threading.local) else value

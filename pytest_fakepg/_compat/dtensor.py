@@ -27,15 +27,12 @@ def clear_dtensor_state(every_thread: bool = False) -> None:
         cached = getattr(propagator, name, None)
         wrapped = getattr(getattr(cached, "cache", None), "__wrapped__", None)
         if every_thread and isinstance(cached, threading.local) and callable(wrapped):
-            # NOTE [Per-thread sharding caches] propagate_op_sharding is a
-            # LocalLRUCache (a threading.local, 2.11-2.15.0): cache_clear()
-            # empties the calling thread's cache only. Backward on CUDA runs
-            # in the autograd engine's device threads, which keep their own
-            # and found a finished world's mesh in the next world (2.11:
-            # "Could not resolve the process group registered under the
-            # name 16"). A new one of the same kind drops every thread's:
-            # when a world goes down (``every_thread``), with torch's own
-            # function back in place (never while a world's patch is in).
+            # propagate_op_sharding is a LocalLRUCache (a threading.local,
+            # 2.11-2.15.0): cache_clear() empties the calling thread's cache
+            # only (NOTE [Meshes of different worlds], device_mesh.py). A new
+            # one of the same kind drops every thread's: when a world goes
+            # down (``every_thread``), with torch's own function back in place
+            # (never while a world's patch is in).
             setattr(propagator, name, type(cached)(wrapped))
             continue
         clear = getattr(cached, "cache_clear", None)

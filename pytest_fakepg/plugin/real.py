@@ -90,7 +90,7 @@ def why_not(spec: _spec.WorldSpec, mode: str) -> str | None:
         return f"a hybrid world (exact_dims={list(spec.exact_dims)}) runs only some ranks' programs"
     device = spec.device
     if mode == "env":
-        rank, size = this_rank()
+        _, size = this_rank()
         if spec.world_size != size:
             return f"its world has {spec.world_size} ranks and this torchrun world WORLD_SIZE={size}"
         return _devices_missing(device, int(os.environ.get("LOCAL_WORLD_SIZE", size)))
