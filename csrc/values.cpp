@@ -205,19 +205,56 @@ void reduceScatterChunk(
 }
 
 // NOTE [all_to_all under uniform values]
-// Peer j sends this rank the chunk of its input meant for this rank. With
-// every rank holding the same input and the same split sizes, that chunk is
-// this rank's own input chunk number `rank`, so output chunk j is input chunk
-// `rank` for every j, and every output split must equal
-// input_split_sizes[rank] (the backend checks that before calling this).
+// Peer j sends this rank the chunk of its input meant for this rank. Every
+// rank holds the same input; its split sizes are one of two kinds a uniform
+// world can have:
+// - the same on every rank (an even exchange, EP's balanced dispatch): peer
+//   j's chunk for this rank is this rank's own chunk number `rank`, so every
+//   output split equals input_split_sizes[rank];
+// - this rank's, shifted by the peer's distance (a ring exchange:
+//   torch.distributed._functional_collectives.permute_tensor, context
+//   parallel's rotation): peer j sends this rank what this rank sends the
+//   rank as far away on the other side, its chunk number (2 * rank - j) mod n.
+// The first is taken when both fit (every split equal). Split sizes of
+// neither kind are refused rather than approximated (the backend checks
+// before calling this).
+bool sameSplits(const Contribution& c, int rank) {
+  for (int j = 0; j < c.size; ++j) {
+    if (c.splitRows(false, j) != c.splitRows(true, rank)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+int across(int rank, int j, int n) {
+  return ((2 * rank - j) % n + n) % n;
+}
+
 void allToAllUniform(const Contribution& c, int rank) {
   const auto& input = c.in[0];
-  int64_t rows = 0;
-  for (int j = 0; j < rank; ++j) {
-    rows += c.splitRows(true, j);
-  }
+  const auto& output = c.out[0];
   const auto row = input.dim() ? input.numel() / std::max<int64_t>(input.size(0), 1) : 1;
-  fillChunks(c.out[0], input, c.size, rows * row);
+  std::vector<int64_t> starts(c.size + 1, 0);
+  for (int j = 0; j < c.size; ++j) {
+    starts[j + 1] = starts[j] + c.splitRows(true, j) * row;
+  }
+  if (sameSplits(c, rank)) {
+    fillChunks(output, input, c.size, starts[rank]);
+    return;
+  }
+  const auto in_flat = flat(input);
+  auto out_flat = output.is_contiguous() ? output.view(-1) : at::empty({output.numel()}, output.options());
+  int64_t at = 0;
+  for (int j = 0; j < c.size; ++j) {
+    const int k = across(rank, j, c.size);
+    const auto n = starts[k + 1] - starts[k];
+    out_flat.narrow(0, at, n).copy_(in_flat.narrow(0, starts[k], n));
+    at += n;
+  }
+  if (!output.is_contiguous()) {
+    output.copy_(out_flat.view(output.sizes()));
+  }
 }
 
 void allToAllCopy(const Contribution& c) {
@@ -364,8 +401,12 @@ void allToAllSingle(Contribution& c, const Local& v) {
 }
 
 void allToAll(Contribution& c, const Local& v) {
+  const bool same = v.uniform && std::all_of(c.out.begin(), c.out.end(), [&](const at::Tensor& o) {
+    return o.sizes() == c.in[v.rank].sizes();
+  });
   for (int j = 0; j < v.size; ++j) {
-    copyFlat(c.out[j], v.uniform ? c.in[v.rank] : c.in[j]);
+    const int k = !v.uniform ? j : same ? v.rank : across(v.rank, j, v.size);
+    copyFlat(c.out[j], c.in[k]);
   }
 }
 
@@ -419,45 +460,75 @@ class LocalSemantics final : public Semantics {
  public:
   LocalSemantics(bool uniform, int rank, int size) : v_{uniform, rank, size} {}
 
-  // NOTE [all_to_all under uniform values]: every rank sends this rank what
-  // this rank sends itself, so split sizes no uniform world could have are
-  // refused rather than approximated.
+  // NOTE [all_to_all under uniform values]: split sizes no uniform world
+  // could have are refused rather than approximated.
   void check(const Contribution& c) const override {
     if (!v_.uniform) {
       return;
     }
     const int me = v_.rank;
+    const auto across = [&](int j) { return fakepg::across(me, j, v_.size); };
     if (c.op == Op::all_to_all_single) {
-      for (int j = 0; j < v_.size; ++j) {
-        TORCH_CHECK(
-            c.splitRows(false, j) == c.splitRows(true, me),
-            cat("fakepg all_to_all_single: output_split_sizes[",
-                j,
-                "] is ",
-                c.splitRows(false, j),
-                " but in a uniform world every rank sends this rank (",
-                me,
-                ") input_split_sizes[",
-                me,
-                "] = ",
-                c.splitRows(true, me),
-                " rows; use values='copy' for inconsistent splits"));
-      }
+      const auto bad = [&](bool shifted) {
+        for (int j = 0; j < v_.size; ++j) {
+          if (c.splitRows(false, j) != c.splitRows(true, shifted ? across(j) : me)) {
+            return j;
+          }
+        }
+        return -1;
+      };
+      const int j = bad(false);
+      const int k = j < 0 ? -1 : bad(true);
+      TORCH_CHECK(
+          k < 0,
+          cat("fakepg all_to_all_single: output_split_sizes[",
+              j,
+              "] is ",
+              c.splitRows(false, j),
+              " but in a uniform world every rank sends this rank (",
+              me,
+              ") input_split_sizes[",
+              me,
+              "] = ",
+              c.splitRows(true, me),
+              " (the same splits on every rank) or, in a ring exchange, "
+              "output_split_sizes[",
+              k,
+              "] = input_split_sizes[",
+              across(k),
+              "] = ",
+              c.splitRows(true, across(k)),
+              " (every rank's splits this rank's, shifted); use values='exact' "
+              "or 'copy' for other splits"));
     } else if (c.op == Op::all_to_all) {
-      for (int j = 0; j < v_.size; ++j) {
-        TORCH_CHECK(
-            c.out[j].sizes() == c.in[me].sizes(),
-            cat("fakepg all_to_all: output[",
-                j,
-                "] has shape ",
-                c.out[j].sizes(),
-                " but in a uniform world every rank sends this rank (",
-                me,
-                ") a tensor shaped like input[",
-                me,
-                "] ",
-                c.in[me].sizes()));
-      }
+      const auto bad = [&](bool shifted) {
+        for (int j = 0; j < v_.size; ++j) {
+          if (c.out[j].sizes() != c.in[shifted ? across(j) : me].sizes()) {
+            return j;
+          }
+        }
+        return -1;
+      };
+      const int j = bad(false);
+      const int k = j < 0 ? -1 : bad(true);
+      TORCH_CHECK(
+          k < 0,
+          cat("fakepg all_to_all: output[",
+              j,
+              "] has shape ",
+              c.out[j].sizes(),
+              " but in a uniform world every rank sends this rank (",
+              me,
+              ") a tensor shaped like input[",
+              me,
+              "] ",
+              c.in[me].sizes(),
+              " (the same on every rank), or, in a ring exchange, output[",
+              k,
+              "] shaped like input[",
+              across(k),
+              "] ",
+              c.in[across(k)].sizes()));
     }
   }
 

@@ -77,6 +77,11 @@ void reduceScatterChunk(
 
 // all_to_all_single (`c`): NOTE [all_to_all under uniform values]. The
 // splits are already validated.
+// Whether every output split equals input split `rank` (the same splits on
+// every rank), and the chunk peer `j` sends `rank` otherwise (a ring
+// exchange): NOTE [all_to_all under uniform values].
+bool sameSplits(const Contribution& c, int rank);
+int across(int rank, int j, int n);
 void allToAllUniform(const Contribution& c, int rank);
 // torch's stock fake approximation: each output split repeats the start of
 // the input.

@@ -217,6 +217,13 @@ MISUSE = [
          "close to it, not equal (see docs/fake-tensors.md, 'torch.compile')."),
      "import torch\n@pytest.mark.fake_world(2, tensors='fake')\ndef test_it():\n"
      "    torch.compile(torch.nn.Linear(2, 2))(torch.ones(1, 2))\n", [], {"passed": 1}),
+    (Row("split sizes no uniform world could have", "dist.all_to_all_single(out, x, [1, 1, 5], [1, 2, 3]) in fake_world(3, rank=0)",
+         "fakepg all_to_all_single: output_split_sizes[2] is 5 but in a uniform world every rank sends this rank (0) "
+         "input_split_sizes[0] = 1 (the same splits on every rank) or, in a ring exchange, output_split_sizes[1] = "
+         "input_split_sizes[2] = 3 (every rank's splits this rank's, shifted); use values='exact' or 'copy' for "
+         "other splits"),
+     "import torch, torch.distributed as dist\n@pytest.mark.fake_world(3, rank=0)\ndef test_it():\n"
+     "    dist.all_to_all_single(torch.zeros(7), torch.zeros(6), [1, 1, 5], [1, 2, 3])\n", [], {"failed": 1}),
     (Row("a fixture where torch is not installed", "rank fixture, torch missing",
          "pytest-fakepg's fake worlds need torch, which could not be imported (No module named 'torch'); "
          "install it, e.g. pip install torch"),

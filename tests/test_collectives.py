@@ -260,11 +260,57 @@ def test_all_to_all_single_copy_matches_stock_approximation() -> None:
 def test_all_to_all_single_rejects_inconsistent_splits() -> None:
     from pytest_fakepg import FakeWorld
 
-    with FakeWorld(2, rank=0) as world:
-        out = torch.zeros(3)
-        with pytest.raises(RuntimeError, match=r"output_split_sizes\[1\] is 2 .* input_split_sizes\[0\] = 1"):
-            dist.all_to_all_single(out, torch.zeros(3), [1, 2], [1, 2])
+    with FakeWorld(3, rank=0) as world:
+        out = torch.zeros(7)
+        # Neither the same splits on every rank (each would send rank 0 one
+        # row) nor a ring's (rank 1 would send rank 0 what rank 0 sends rank 2).
+        with pytest.raises(RuntimeError, match=r"output_split_sizes\[2\] is 5 .* input_split_sizes\[0\] = 1 "
+                                               r".*output_split_sizes\[1\] = input_split_sizes\[2\] = 3"):
+            dist.all_to_all_single(out, torch.zeros(6), [1, 1, 5], [1, 2, 3])
         assert world.collectives.count() == 0
+
+
+@pytest.mark.parametrize("rank", [0, 1, 3])
+def test_a_ring_shift_gets_every_rank_its_neighbours_chunk(rank: int) -> None:
+    """permute_tensor (context parallel's rotation): each rank sends its rows
+    to the next; in a uniform world the previous rank holds the same rows."""
+    import torch.distributed._functional_collectives as funcol
+
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(4, rank=rank) as world:
+        x = torch.arange(6.0).reshape(3, 2) + 10 * rank
+        out = funcol.permute_tensor(x, [1, 2, 3, 0], group=dist.group.WORLD)
+        assert torch.equal(funcol.wait_tensor(out), x)
+        sent = [0] * 4
+        sent[(rank + 1) % 4] = 3
+        got = [0] * 4
+        got[(rank - 1) % 4] = 3
+        assert [(r.op, r.input_split_sizes, r.output_split_sizes) for r in world.collectives] == \
+            [("all_to_all_single", sent, got)]
+
+
+def test_a_ring_exchange_of_uneven_chunks_takes_each_from_across() -> None:
+    """Rank 1 of 4 gets from peer j the chunk it sends rank (2 - j) mod 4:
+    in a ring every rank's splits are this rank's, shifted by the distance."""
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(4, rank=1):
+        x = torch.arange(10.0)  # chunks for ranks 0..3: [0], [1, 2], [3, 4, 5], [6, 7, 8, 9]
+        out = torch.full((10,), -1.0)
+        dist.all_to_all_single(out, x, [3, 2, 1, 4], [1, 2, 3, 4])
+        assert out.tolist() == [3.0, 4.0, 5.0, 1.0, 2.0, 0.0, 6.0, 7.0, 8.0, 9.0]
+
+
+def test_all_to_all_list_in_a_ring() -> None:
+    from pytest_fakepg import FakeWorld
+
+    with FakeWorld(3, rank=2):
+        inputs = [torch.full((j + 1,), float(j)) for j in range(3)]
+        outputs = [torch.zeros(2), torch.zeros(1), torch.zeros(3)]
+        dist.all_to_all(outputs, inputs)
+        # peer j sends rank 2 what rank 2 sends rank (4 - j) mod 3
+        assert [o.tolist() for o in outputs] == [[1.0] * 2, [0.0], [2.0] * 3]
 
 
 # -- rooted ops and point to point ----------------------------------------------
