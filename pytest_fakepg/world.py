@@ -515,10 +515,11 @@ class FakeWorld:
         """Replace what the world's standard patches (_patches.py) and the
         fake-tensor mode name while the world is up (NOTE [Patches]); stop()
         puts each original back."""
-        patches = self._patches()
+        patches = [*self._patches(), _compat.context_parallel.cpu_ring_attention()]
         if self.spec.backend == "fakepg":
             patches.append(_patches.sequence_numbers())
         self._saved["patches"] = _compat.patching.install(patches)
+        self._at_stop(_compat.context_parallel.dispatcher_as_found())
 
     def _patches(self) -> list[tuple[Any, dict[str, Any]]]:
         """(owner, {name: replacement}) to install while the world is up."""

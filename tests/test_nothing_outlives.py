@@ -225,3 +225,54 @@ def test_a_thread_that_outlives_worlds_keeps_no_sharding_decision() -> None:
     finally:
         jobs.put(None)
         thread.join(timeout=60)
+
+
+@pytest.mark.parametrize("kind", ["real", "fake tensors"])
+def test_context_parallel_a_program_turned_on_is_off_after_its_world(kind: str) -> None:
+    """torchtitan turns torch's CP dispatcher on and never off; the world
+    turns it off, and takes its CPU ring attention out of torch's CP table
+    (NOTE [Context parallel on CPU]). Inside, the table has it."""
+    from torch.distributed.tensor.experimental import _attention  # noqa: F401 - loaded before or inside
+
+    from pytest_fakepg._compat import context_parallel
+
+    before = traces()
+    with FakeWorld(2, **KINDS[kind]):
+        _attention._enable_context_parallel_dispatcher()
+        assert context_parallel.dispatcher_on()
+        assert "aten._scaled_dot_product_flash_attention_for_cpu.default" in traces()["context parallel"][1]
+    assert traces() == before
+    assert before["context parallel"][0] is False
+
+
+def test_a_patch_of_a_module_not_yet_imported_goes_in_at_its_import_and_out_with_the_world(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NOTE [Patches]: an owner named by module is patched as its import
+    finishes, not before (no world pays a module's import), and the patch
+    leaves with the others; a module never imported leaves no watch."""
+    import sys
+
+    from pytest_fakepg._compat import patching
+
+    (tmp_path / "fakepg_later.py").write_text("TABLE = {'a': 1}\n")
+    (tmp_path / "fakepg_never.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hooks = list(sys.meta_path)
+    saved = patching.install([("fakepg_later", lambda module: {"TABLE": {**module.TABLE, "b": 2}}),
+                              ("fakepg_never", {"X": 2})])
+    try:
+        assert "fakepg_later" not in sys.modules
+        import fakepg_later
+
+        assert fakepg_later.TABLE == {"a": 1, "b": 2}
+        assert fakepg_later.__loader__.__class__.__name__ == "SourceFileLoader"
+    finally:
+        patching.remove(saved)
+        sys.modules.pop("fakepg_later", None)
+    assert fakepg_later.TABLE == {"a": 1}
+    assert sys.meta_path == hooks
+    import fakepg_never
+
+    assert fakepg_never.X == 1
+    sys.modules.pop("fakepg_never", None)

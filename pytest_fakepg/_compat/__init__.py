@@ -1,5 +1,5 @@
 """Every private torch name pytest-fakepg relies on, behind one door: a
-module per torch area (c10d, device_mesh, dtensor, dynamo, harness,
+module per torch area (c10d, context_parallel, device_mesh, dtensor, dynamo, harness,
 pipelining, runtime, state), pytest's and Python's private parts (pytest_api,
 stdlib), and the one way to patch (patching).
 
@@ -12,11 +12,11 @@ imports torch before a world starts.
 
 from __future__ import annotations
 
-from . import c10d, device_mesh, dtensor, dynamo, harness, patching, pipelining, pytest_api, runtime, state, stdlib
+from . import c10d, context_parallel, device_mesh, dtensor, dynamo, harness, patching, pipelining, pytest_api, runtime, state, stdlib
 from ._door import TESTED_TORCH, UnsupportedTorchError, tested_text
 
 __all__ = [
-    "TESTED_TORCH", "UnsupportedTorchError", "c10d", "device_mesh", "dtensor", "dynamo", "harness", "patching", "pipelining",
+    "TESTED_TORCH", "UnsupportedTorchError", "c10d", "context_parallel", "device_mesh", "dtensor", "dynamo", "harness", "patching", "pipelining",
     "pytest_api", "runtime", "state", "stdlib",
     "tested_text",
 ]

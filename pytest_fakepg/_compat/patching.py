@@ -10,14 +10,22 @@ owner held itself is saved, not what it inherited: a name it did not have
 (a class's inherited method, an instance's method, a module's missing
 global) is deleted again, so nothing of a patch outlives it.
 tests/test_private_api.py finds a private name patched anywhere else.
+
+An owner may also be a module's name, for a module that may not be imported
+yet (importing it would cost every world its import time): patched at once
+if it is loaded, else as soon as its import finishes, while the patches are
+installed. Its replacements may then be a function of the module.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
-Patch = tuple[Any, dict[str, Any]]
+Patch = tuple[Any, Any]  # (owner, {name: replacement}); a module name's replacements may be module -> dict
 Saved = list[tuple[Any, dict[str, Any], dict[str, Any]]]
 _ABSENT = object()
 # Patches installed and not yet removed, for ``installed()``.
@@ -40,12 +48,13 @@ def install(patches: list[Patch]) -> Saved:
     saved: Saved = []
     try:
         for owner, replacements in patches:
-            saved.append((owner, {name: _own(owner, name) for name in replacements}, replacements))
-            if isinstance(owner, types.ModuleType):
-                vars(owner).update(replacements)  # one dict update, not a setattr each
-            else:
-                for name, replacement in replacements.items():
-                    setattr(owner, name, replacement)
+            if isinstance(owner, str):
+                module = sys.modules.get(owner)
+                if module is None:
+                    _WATCH.wait(owner, replacements, saved)
+                    continue
+                owner = module
+            _install_one(owner, replacements(owner) if callable(replacements) else replacements, saved)
     except BaseException:
         remove(saved)  # a half-installed list leaves nothing behind
         raise
@@ -53,8 +62,18 @@ def install(patches: list[Patch]) -> Saved:
     return saved
 
 
+def _install_one(owner: Any, replacements: dict[str, Any], saved: Saved) -> None:
+    saved.append((owner, {name: _own(owner, name) for name in replacements}, replacements))
+    if isinstance(owner, types.ModuleType):
+        vars(owner).update(replacements)  # one dict update, not a setattr each
+    else:
+        for name, replacement in replacements.items():
+            setattr(owner, name, replacement)
+
+
 def remove(saved: Saved) -> None:
     _LIVE.discard(id(saved))
+    _WATCH.forget(saved)
     for owner, originals, replacements in reversed(saved):
         for name, original in originals.items():
             if _own(owner, name) is not replacements[name]:
@@ -67,3 +86,73 @@ def remove(saved: Saved) -> None:
                 delattr(owner, name)
     saved.clear()
 
+
+
+class _Watch(importlib.abc.MetaPathFinder):
+    """On ``sys.meta_path`` while a patch waits for its module: the module's
+    loader is wrapped so that the patch goes in as its import finishes."""
+
+    def __init__(self) -> None:
+        # module name -> [(replacements, the Saved list it joins)]
+        self.waiting: dict[str, list[tuple[Any, Saved]]] = {}
+
+    def wait(self, name: str, replacements: Any, saved: Saved) -> None:
+        self.waiting.setdefault(name, []).append((replacements, saved))
+        if self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+
+    def forget(self, saved: Saved) -> None:
+        for name in list(self.waiting):
+            self.waiting[name] = [w for w in self.waiting[name] if w[1] is not saved]
+        self._settle()
+
+    def _settle(self) -> None:
+        """Off ``sys.meta_path`` once nothing waits."""
+        for name in [n for n, waiting in self.waiting.items() if not waiting]:
+            del self.waiting[name]
+        if not self.waiting and self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname not in self.waiting:
+            return None
+        for finder in sys.meta_path:
+            spec = None if finder is self or not hasattr(finder, "find_spec") else finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+
+        def exec_then_patch(module: types.ModuleType) -> None:
+            exec_module(module)
+            for replacements, saved in self.waiting.pop(fullname, []):
+                _install_one(module, replacements(module) if callable(replacements) else replacements, saved)
+            self._settle()
+
+        spec.loader = _AfterExec(loader, exec_then_patch)
+        return spec
+
+
+class _AfterExec:
+    """``loader``, whose ``exec_module`` is ``exec_module``; the module keeps
+    the original loader."""
+
+    def __init__(self, loader: Any, exec_module: Callable[[types.ModuleType], None]) -> None:
+        self._loader, self._exec = loader, exec_module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__loader__ = module.__spec__.loader = self._loader  # nothing keeps this wrapper
+        self._exec(module)
+
+
+_WATCH = _Watch()

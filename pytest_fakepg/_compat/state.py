@@ -109,7 +109,7 @@ def traces() -> dict[str, Any]:
     import os
     import threading
 
-    from . import patching
+    from . import context_parallel, patching
 
     found: dict[str, Any] = {"patches installed": patching.installed(), "excepthook": sys.excepthook,
                              "environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
@@ -127,6 +127,9 @@ def traces() -> dict[str, Any]:
     mesh = getattr(sys.modules.get("torch.distributed.device_mesh"), "_mesh_resources", None)
     found["mesh stack"] = len(getattr(mesh, "mesh_stack", ()))
     found["DTensor RNG tracker"] = getattr(sys.modules.get("torch.distributed.tensor._random"), "_rng_tracker", None)
+    cp = sys.modules.get(context_parallel.ATTENTION)
+    if cp is not None:
+        found["context parallel"] = (context_parallel.dispatcher_on(), sorted(map(str, getattr(cp, "custom_ops", ()))))
     api = sys.modules.get("torch.distributed.tensor._api")
     if api is not None:
         import torch
