@@ -210,6 +210,10 @@ def test_a_test_routes_topk_its_own_way(world) -> None:
     world.route(lambda rows, n, k: torch.full((rows, k), n))
     with pytest.raises(ValueError, match=r"gave indices from 16 to 16 for topk over 16 choices; each must be in \[0, 15\]"):
         torch.randn(2, 8, 16).topk(2)
+    world.route(lambda rows, n, k: torch.zeros(rows, k, dtype=torch.long))  # every row: expert 0, twice
+    with pytest.raises(ValueError, match=r"gave row 0 the indices \[0, 0\], one of them twice; topk picks 2 "
+                                         r"different choices of 16 for each row"):
+        torch.randn(2, 8, 16).topk(2)
     with pytest.raises(TypeError, match="route\\(\\) takes a function"):
         world.route("balanced")
 

@@ -517,6 +517,13 @@ def _checked_routing(ids: Any, rows: int, n: int, k: int) -> Any:
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
         raise ValueError(f"world.route()'s function gave indices from {int(ids.min())} to {int(ids.max())} for topk "
                          f"over {n} choices; each must be in [0, {n - 1}]")
+    if k > 1 and ids.numel():
+        ordered = ids.sort(dim=-1).values
+        repeats = (ordered[:, 1:] == ordered[:, :-1]).any(dim=-1).nonzero()
+        if repeats.numel():
+            row = int(repeats[0])
+            raise ValueError(f"world.route()'s function gave row {row} the indices {ids[row].tolist()}, one of them "
+                             f"twice; topk picks {k} different choices of {n} for each row")
     return ids
 
 
