@@ -9,29 +9,14 @@ ranks; the second plans Llama 3 8B at 1,024 ranks (FSDP2 128 x TP 8).
 
 torchtitan comes from .ci/clients.txt (``pip install --no-deps -r
 .ci/clients.txt``, as the README's test command runs it: planning needs none
-of its dataset and logging stack); without it these tests skip, saying so. On CPU:
-SDPA attention in place of flex attention (which needs block masks), the CPU
-device type, and the "partial_dtensor" backend (torchtitan 0.3.0's default
-"spmd_types" path refuses its own plain norm weights under FSDP2, with real
-tensors too).
+of its dataset and logging stack); without it these tests skip, saying so.
+examples/torchtitan_on_cpu.py builds the model on CPU as the trainer does.
 """
-
-import dataclasses
-import warnings
 
 import pytest
 import torch
 
-import torchtitan_on_cpu  # noqa: F401 - torchtitan on a CPU-only machine, or a skip
-
-with warnings.catch_warnings():  # torch.jit's deprecation, met on torchtitan's imports
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import torchtitan.distributed.parallel_dims as parallel_dims_module
-    from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
-    from torchtitan.distributed import ParallelDims
-    from torchtitan.models.common.attention import ScaledDotProductAttention
-    from torchtitan.models.llama3 import model_registry
-    from torchtitan.models.llama3.sharding import set_llama3_sharding_config
+from torchtitan_on_cpu import llama3  # torchtitan on a CPU-only machine, or a skip
 
 from pytest_fakepg import FakeWorld
 
@@ -41,31 +26,8 @@ GiB = 2**30
 
 
 def plan_step(world: FakeWorld, flavor: str, dp: int, tp: int, seq_len: int) -> None:
-    """One training step of torchtitan's llama3 `flavor` as its trainer
-    builds it: meta -> parallelize_llama -> to_empty -> init_weights."""
-    parallel_dims_module.device_type = "cpu"
-    spec = model_registry(flavor)
-    config = spec.model
-    for layer in config.layers:
-        layer.attention.inner_attention = ScaledDotProductAttention.Config()
-        # What the trainer's update_from_config does (it imports the trainer's
-        # dataset stack): each layer's RoPE cache sized to the run's sequence.
-        layer.attention.rope = dataclasses.replace(layer.attention.rope, max_seq_len=seq_len)
-    parallelism = ParallelismConfig(
-        data_parallel_shard_degree=dp, tensor_parallel_degree=tp, spmd_backend="partial_dtensor"
-    )
-    set_llama3_sharding_config(config, enable_sp=parallelism.enable_sequence_parallel)
-    dims = ParallelDims.from_config(parallelism, world.world_size)
-    dims.build_mesh()
-    with torch.device("meta"):
-        model = config.build()
-    model = spec.parallelize_fn(
-        model, parallel_dims=dims, training=TrainingConfig(seq_len=seq_len, local_batch_size=1),
-        parallelism=parallelism, compile_config=CompileConfig(), ac_config=None, dump_folder="/tmp",
-    )
-    model.to_empty(device="cpu")
-    with torch.no_grad():
-        model.init_weights(buffer_device=None)
+    """One training step of torchtitan's llama3 `flavor` as its trainer runs it."""
+    model, _, _ = llama3(world.world_size, flavor, seq_len, dp=dp, tp=tp)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     world.memory.reset()
     world.collectives.clear()  # the step, not the sharding

@@ -39,8 +39,10 @@ from pytest_fakepg.fake.values import BALANCED
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
 
-def step(world: FakeWorld, ep: int, force_balance: bool, seq_len: int = 128, flavor: str = "debugmodel") -> None:
-    """One training step of DeepSeek-V3 `flavor` as torchtitan's trainer builds it."""
+def step(world: FakeWorld, ep: int, force_balance: bool, seq_len: int = 128,
+         flavor: str = "debugmodel") -> torch.nn.Module:
+    """One forward and backward of DeepSeek-V3 `flavor` as torchtitan's
+    trainer builds it; returns the model."""
     parallel_dims_module.device_type = "cpu"
     spec = model_registry(flavor)
     config = spec.model
@@ -63,6 +65,7 @@ def step(world: FakeWorld, ep: int, force_balance: bool, seq_len: int = 128, fla
     with torch.no_grad():
         model.init_weights(buffer_device=None)
     model(torch.randint(0, 1000, (1, seq_len))).float().sum().backward()
+    return model
 
 
 @pytest.fixture(autouse=True)
@@ -100,13 +103,49 @@ def test_exact_ranks_plan_the_bytes_exact_ranks_send(world_size: int) -> None:
     assert sum(group.get("all_to_all_single", {}).get("calls", 0) for group in expected.values()) == 25 * world_size
 
 
+def hot_expert(rows: int, n: int, k: int) -> torch.Tensor:
+    """Expert 0 is every token's first choice; the others share the rest
+    evenly (each row's k experts differ, as topk's do)."""
+    rest = 1 + torch.arange(rows * (k - 1)).reshape(rows, k - 1) % (n - 1)
+    return torch.cat([torch.zeros(rows, 1, dtype=torch.long), rest], dim=1)
+
+
+def test_the_worst_case_a_hot_expert_costs_the_rank_that_holds_it() -> None:
+    """Planning the worst case (world.route): with expert 0 taking every
+    token's first choice, EP rank 0, which holds it, receives more tokens
+    than balanced routing gives any rank, and the others fewer. A hot expert
+    makes the ranks differ, so the plan runs every rank (an exact world)."""
+
+    def peaks(routing) -> list[int]:
+        with ExactWorld(4, tensors="fake") as plan:
+            plan.route(routing)
+            return plan.run(lambda: (step(plan, ep=4, force_balance=False, seq_len=256),
+                                     plan.memory.at_peak["activations"])[1])
+
+    balanced, hot = peaks(None), peaks(hot_expert)
+    assert len(set(balanced)) == 1
+    assert hot[0] > balanced[0] > max(hot[1:])
+
+
 @pytest.mark.fake_world(64, rank=63, tensors="fake")
-def test_deepseek_v3_16b_with_ep_8_plans_at_64_ranks(fake_world, collectives) -> None:
+def test_deepseek_v3_16b_with_ep_8_plans_at_64_ranks(fake_world, memory, collectives) -> None:
     """16B (64 routed experts, top 6) with EP 8 over FSDP 64, sequence 4,096:
     each of the 26 MoE layers dispatches and combines on the EP group, in
-    forward and backward, with the counts exchanged first (int64)."""
-    step(fake_world, ep=8, force_balance=False, seq_len=4096, flavor="16B")
+    forward and backward, with the counts exchanged first (int64); the rank
+    holds its own experts only."""
+    model = step(fake_world, ep=8, force_balance=False, seq_len=4096, flavor="16B")
     assert collectives.ledger()["ep"] == {
         "all_to_all_single": {"calls": 130, "bytes": 10_468_996_096, "dtypes": ["int64", "bfloat16"]},
     }
     assert BALANCED in fake_world.assumptions
+    # 64 experts over EP 8 leave 8 to the rank's EP group, sharded by FSDP over
+    # the 8 "efsdp" ranks: one expert's weights stay on this rank.
+    experts = [p for name, p in model.named_parameters() if "routed_experts" in name]
+    assert {p.device_mesh.mesh_dim_names for p in experts} == {("efsdp", "ep")}
+    assert {p.to_local().shape[0] for p in experts} == {1}
+    # At the peak: the shards, and what FSDP has gathered for the layers in
+    # flight, with their 8 EP-local experts each (w1, w2, w3 of 1,408 x 2,048
+    # in bf16: 138 MB a layer) - less than all 64 experts of one layer.
+    shards = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
+    all_experts_of_a_layer = 64 * 3 * 1408 * 2048 * 2
+    assert shards < memory.at_peak["parameters"] < shards + all_experts_of_a_layer
