@@ -87,7 +87,6 @@ def remove(saved: Saved) -> None:
     saved.clear()
 
 
-
 class _Watch(importlib.abc.MetaPathFinder):
     """On ``sys.meta_path`` while a patch waits for its module: the module's
     loader is wrapped so that the patch goes in as its import finishes."""
