@@ -64,6 +64,10 @@ def step(world: FakeWorld, ep: int, force_balance: bool, seq_len: int = 128,
     model.to_empty(device="cpu")
     with torch.no_grad():
         model.init_weights(buffer_device=None)
+    # The step, not the initialisation: torch 2.14's trunc_normal_ resamples
+    # by reading values (an all_gather of a bool mask per weight on real
+    # tensors), which a plan on fake tensors has none of.
+    world.collectives.clear()
     model(torch.randint(0, 1000, (1, seq_len))).float().sum().backward()
     return model
 
