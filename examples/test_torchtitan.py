@@ -16,7 +16,7 @@ examples/torchtitan_on_cpu.py builds the model on CPU as the trainer does.
 import pytest
 import torch
 
-from torchtitan_on_cpu import llama3  # torchtitan on a CPU-only machine, or a skip
+from torchtitan_on_cpu import llama3, torchtitan_spmd_backend  # noqa: F401 - torchtitan on CPU, or a skip; the fixture
 
 from pytest_fakepg import FakeWorld
 

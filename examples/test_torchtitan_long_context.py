@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from torchtitan_on_cpu import llama3  # torchtitan on a CPU-only machine, or a skip
+from torchtitan_on_cpu import llama3, torchtitan_spmd_backend  # noqa: F401 - torchtitan on CPU, or a skip; the fixture
 
 from torchtitan.components.loss import cross_entropy_loss
 from torchtitan.distributed.context_parallel import prepare_context_parallel_input

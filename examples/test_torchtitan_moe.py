@@ -21,7 +21,7 @@ import warnings
 import pytest
 import torch
 
-import torchtitan_on_cpu  # noqa: F401 - torchtitan on a CPU-only machine, or a skip
+from torchtitan_on_cpu import torchtitan_spmd_backend  # noqa: F401 - torchtitan on CPU, or a skip; the fixture
 
 with warnings.catch_warnings():  # torch.jit's deprecation, met on torchtitan's imports
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -70,14 +70,6 @@ def step(world: FakeWorld, ep: int, force_balance: bool, seq_len: int = 128,
     world.collectives.clear()
     model(torch.randint(0, 1000, (1, seq_len))).float().sum().backward()
     return model
-
-
-@pytest.fixture(autouse=True)
-def _spmd_backend():
-    """torchtitan keeps its SPMD backend in a module global; put it back."""
-    before = dist_utils.get_spmd_backend()
-    yield
-    dist_utils.set_spmd_backend(before)
 
 
 def test_expert_parallel_plan_has_the_ledger_of_balanced_real_routing() -> None:

@@ -4,6 +4,8 @@ CPU torch has none; the examples never call its kernels), and a skip, saying
 so, where torchtitan is not installed (``pip install --no-deps -r
 .ci/clients.txt``). Import it before torchtitan.
 
+``torchtitan_spmd_backend``, a fixture to import into each torchtitan test
+module, puts back the SPMD backend torchtitan keeps in a module global.
 ``llama3`` builds torchtitan's llama3 as its trainer does, for the llama3
 examples: SDPA attention in place of flex attention (which needs block
 masks), the CPU device type, and the "partial_dtensor" backend (torchtitan
@@ -37,6 +39,15 @@ with warnings.catch_warnings():
     from torchtitan.models.common.attention import ScaledDotProductAttention
     from torchtitan.models.llama3 import model_registry
     from torchtitan.models.llama3.sharding import set_llama3_sharding_config
+
+
+@pytest.fixture(autouse=True)
+def torchtitan_spmd_backend():
+    """torchtitan keeps its SPMD backend in a module global, which its
+    trainer (and ``llama3`` here) sets; put it back after each test."""
+    before = dist_utils.get_spmd_backend()
+    yield
+    dist_utils.set_spmd_backend(before)
 
 
 def llama3(world_size: int, flavor: str, seq_len: int, dp: int, tp: int = 1, cp: int = 1,
