@@ -5,7 +5,8 @@ supplies it for the CPU one (NOTE [Context parallel on CPU]).
 
 The checks: in an exact world the two CP ranks' losses add up to the loss of
 the same weights on the whole sequence without CP; a plan on fake tensors
-records, rank for rank, what exact ranks of real tensors record; and Llama 3
+records, rank for rank, what exact ranks of real tensors record (with FSDP,
+and with FSDP and TP); and Llama 3
 8B with CP 8 x FSDP 128 at sequence 8,192 plans at 1,024 ranks.
 
 torchtitan comes from .ci/clients.txt; without it this skips, saying so
@@ -28,12 +29,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 GiB = 2**30
 
 
-def cp_step(world: FakeWorld, flavor: str, seq_len: int, dp: int, cp: int, param_dtype: str = "bfloat16"):
+def cp_step(world: FakeWorld, flavor: str, seq_len: int, dp: int, cp: int, tp: int = 1,
+            param_dtype: str = "bfloat16"):
     """One forward and backward of torchtitan's llama3 with CP as its trainer
     runs it: the batch sharded along the sequence (head-tail load balance),
     torchtitan's summed cross entropy. Returns the model, this rank's loss
     and the whole batch."""
-    model, dims, config = llama3(world.world_size, flavor, seq_len, dp=dp, cp=cp, param_dtype=param_dtype)
+    model, dims, config = llama3(world.world_size, flavor, seq_len, dp=dp, tp=tp, cp=cp, param_dtype=param_dtype)
     tokens = torch.randint(0, 1000, (1, seq_len + 1), generator=torch.Generator().manual_seed(1))
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
     positions = torch.arange(seq_len)[None]
@@ -82,25 +84,27 @@ def records(world: FakeWorld, rank: int) -> list[tuple]:
     return [(r.op, r.group, r.shapes, r.dtype, r.reduce_op) for r in world.collectives if r.rank == rank]
 
 
-def test_a_cp_plan_records_what_exact_ranks_of_real_tensors_record() -> None:
-    """CP 2 x FSDP 2: the exact world's ledger on real tensors, on fake
-    tensors, and each rank's records in a uniform world of fake tensors."""
-    with ExactWorld(4) as real:
-        real.run(lambda: cp_step(real, "debugmodel", 256, dp=2, cp=2))
+@pytest.mark.parametrize(("dp", "tp"), [(2, 1), (2, 2)], ids=["cp2xdp2", "cp2xdp2xtp2"])
+def test_a_cp_plan_records_what_exact_ranks_of_real_tensors_record(dp: int, tp: int) -> None:
+    """CP 2 with FSDP (and TP): the exact world's ledger on real tensors, on
+    fake tensors, and each rank's records in a uniform world of fake tensors."""
+    n = 2 * dp * tp
+    with ExactWorld(n) as real:
+        real.run(lambda: cp_step(real, "debugmodel", 256, dp=dp, cp=2, tp=tp))
         expected = real.collectives.ledger()
-        by_rank = {rank: records(real, rank) for rank in range(4)}
-    with ExactWorld(4, tensors="fake") as plan:
-        plan.run(lambda: cp_step(plan, "debugmodel", 256, dp=2, cp=2))
+        by_rank = {rank: records(real, rank) for rank in range(n)}
+    with ExactWorld(n, tensors="fake") as plan:
+        plan.run(lambda: cp_step(plan, "debugmodel", 256, dp=dp, cp=2, tp=tp))
         assert plan.collectives.ledger() == expected
-    for rank in (0, 3):
-        with FakeWorld(4, rank=rank, tensors="fake") as uniform:
-            cp_step(uniform, "debugmodel", 256, dp=2, cp=2)
+    for rank in (0, n - 1):
+        with FakeWorld(n, rank=rank, tensors="fake") as uniform:
+            cp_step(uniform, "debugmodel", 256, dp=dp, cp=2, tp=tp)
             assert records(uniform, rank) == by_rank[rank]
-    # two CP groups of 2 (the ledger names each by its ranks), each running the ring
-    assert {group: set(row) for group, row in expected.items() if group.startswith("cp")} == {
-        "cp (ranks 0, 1)": {"all_gather_into_tensor", "all_to_all_single"},
-        "cp (ranks 2, 3)": {"all_gather_into_tensor", "all_to_all_single"},
-    }
+    # a CP group of 2 for each of the other coordinates (the ledger names each
+    # by its ranks), each running the ring
+    rings = {group: set(row) for group, row in expected.items() if group.startswith("cp")}
+    assert len(rings) == dp * tp
+    assert set(map(frozenset, rings.values())) == {frozenset({"all_gather_into_tensor", "all_to_all_single"})}
 
 
 @pytest.mark.fake_world(1024, rank=1023, tensors="fake")
