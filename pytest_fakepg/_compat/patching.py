@@ -94,6 +94,10 @@ class _Watch(importlib.abc.MetaPathFinder):
     def __init__(self) -> None:
         # module name -> [(replacements, the Saved list it joins)]
         self.waiting: dict[str, list[tuple[Any, Saved]]] = {}
+        # Names being looked up: another finder that asks every finder in
+        # turn (an exact world's ImportWatch, process_state.py) asks this one
+        # again, which must then stand aside, not ask it back forever.
+        self.finding: set[str] = set()
 
     def wait(self, name: str, replacements: Any, saved: Saved) -> None:
         self.waiting.setdefault(name, []).append((replacements, saved))
@@ -113,14 +117,19 @@ class _Watch(importlib.abc.MetaPathFinder):
             sys.meta_path.remove(self)
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname not in self.waiting:
+        if fullname not in self.waiting or fullname in self.finding:
             return None
-        for finder in sys.meta_path:
-            spec = None if finder is self or not hasattr(finder, "find_spec") else finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
+        self.finding.add(fullname)
+        try:
+            for finder in sys.meta_path:
+                spec = None if finder is self or not hasattr(finder, "find_spec") else \
+                    finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self.finding.discard(fullname)
         loader = spec.loader
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
