@@ -14,7 +14,9 @@ found by reading that code, once per module (``_written``):
 
 - *bindings*: module-level names a module's functions rebind (``global x``)
   and the attributes of the singletons its classes or the module hold
-  (``DTensor._op_dispatcher``, context parallel's options);
+  (``DTensor._op_dispatcher``, context parallel's options), and the names
+  torch.distributed writes in other modules (``_compat.state.WRITTEN_FROM_OUTSIDE``:
+  context parallel's replacement of ``F.scaled_dot_product_attention``);
 - *containers*: module-level dicts, sets and lists its functions mutate in
   place (``_global_forward_hooks[...] = hook``, ``cache.add(key)``) and those
   a singleton holds, smaller than a table filled at import
@@ -86,7 +88,7 @@ def _tracked(name: str, torch: bool, named: tuple[str, ...]) -> bool:
     policy = _compat.state
     if name in policy.CLIENT_MODULES or _within(name, named):
         return True
-    return torch and (name in policy.TRACKED_MODULES or any(name.startswith(p + ".") for p in policy.TRACKED_PACKAGES)) and \
+    return torch and (name in policy.TRACKED_MODULES or name in policy.WRITTEN_FROM_OUTSIDE or any(name.startswith(p + ".") for p in policy.TRACKED_PACKAGES)) and \
         name not in policy.PER_RANK_ELSEWHERE and not _within(name, policy.NOT_IN_A_RANK)
 
 
@@ -229,6 +231,10 @@ class _Cells:
 def _read(name: str, module: types.ModuleType,
           rank_free: list[Any]) -> tuple[list[tuple[dict[str, Any], str]], list[Any], list[Any]]:
     """``module``'s bindings, containers and caches (see the NOTE)."""
+    outside = _compat.state.WRITTEN_FROM_OUTSIDE.get(name)
+    if outside is not None:
+        space = vars(module)  # only the names torch.distributed's code writes here
+        return [(space, attr) for attr in outside], [], []
     shared = _compat.state.SHARED_STATE.get(name, frozenset())
     bindings: list[tuple[dict[str, Any], str]] = []
     containers: list[Any] = []

@@ -51,6 +51,16 @@ CLIENT_HOLDERS: dict[str, tuple[str, ...]] = {
     "lightning_utilities.core.rank_zero": ("rank_zero_only",),
 }
 
+# Names outside torch.distributed that its code rebinds from outside, so no
+# reading of their own module finds them: module name -> names. Context
+# parallel's ``context_parallel()`` replaces torch.nn.functional's
+# scaled_dot_product_attention while its block runs (``_distribute_function``,
+# 2.13.0-2.15.0); a rank switched out inside the block would leave its CP
+# wrapper to the others, whose DTensor dispatcher has no CP handlers.
+WRITTEN_FROM_OUTSIDE: dict[str, tuple[str, ...]] = {
+    "torch.nn.functional": ("scaled_dot_product_attention",),
+}
+
 # A container of this many entries or more when first found is a table
 # filled at import (op strategies, registries), not a rank's state: copying
 # it at each run would cost more than the run.
