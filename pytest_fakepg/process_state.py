@@ -88,8 +88,9 @@ def _tracked(name: str, torch: bool, named: tuple[str, ...]) -> bool:
     policy = _compat.state
     if name in policy.CLIENT_MODULES or _within(name, named):
         return True
-    return torch and (name in policy.TRACKED_MODULES or name in policy.WRITTEN_FROM_OUTSIDE or any(name.startswith(p + ".") for p in policy.TRACKED_PACKAGES)) and \
-        name not in policy.PER_RANK_ELSEWHERE and not _within(name, policy.NOT_IN_A_RANK)
+    tracked = name in policy.TRACKED_MODULES or name in policy.WRITTEN_FROM_OUTSIDE or \
+        any(name.startswith(p + ".") for p in policy.TRACKED_PACKAGES)
+    return torch and tracked and name not in policy.PER_RANK_ELSEWHERE and not _within(name, policy.NOT_IN_A_RANK)
 
 
 def _owner(name: str) -> str:
