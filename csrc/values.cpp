@@ -468,17 +468,22 @@ class LocalSemantics final : public Semantics {
     }
     const int me = v_.rank;
     const auto across = [&](int j) { return fakepg::across(me, j, v_.size); };
-    if (c.op == Op::all_to_all_single) {
-      const auto bad = [&](bool shifted) {
-        for (int j = 0; j < v_.size; ++j) {
-          if (c.splitRows(false, j) != c.splitRows(true, shifted ? across(j) : me)) {
-            return j;
-          }
+    // The first output j that input chunk `from` does not fit, reading the
+    // splits as the same on every rank or (`shifted`) as a ring's; -1: none.
+    const auto mismatch = [&](const auto& fits, bool shifted) {
+      for (int j = 0; j < v_.size; ++j) {
+        if (!fits(j, shifted ? across(j) : me)) {
+          return j;
         }
-        return -1;
+      }
+      return -1;
+    };
+    if (c.op == Op::all_to_all_single) {
+      const auto fits = [&](int j, int from) {
+        return c.splitRows(false, j) == c.splitRows(true, from);
       };
-      const int j = bad(false);
-      const int k = j < 0 ? -1 : bad(true);
+      const int j = mismatch(fits, false);
+      const int k = j < 0 ? -1 : mismatch(fits, true);
       TORCH_CHECK(
           k < 0,
           cat("fakepg all_to_all_single: output_split_sizes[",
@@ -501,16 +506,11 @@ class LocalSemantics final : public Semantics {
               " (every rank's splits this rank's, shifted); use values='exact' "
               "or 'copy' for other splits"));
     } else if (c.op == Op::all_to_all) {
-      const auto bad = [&](bool shifted) {
-        for (int j = 0; j < v_.size; ++j) {
-          if (c.out[j].sizes() != c.in[shifted ? across(j) : me].sizes()) {
-            return j;
-          }
-        }
-        return -1;
+      const auto fits = [&](int j, int from) {
+        return c.out[j].sizes() == c.in[from].sizes();
       };
-      const int j = bad(false);
-      const int k = j < 0 ? -1 : bad(true);
+      const int j = mismatch(fits, false);
+      const int k = j < 0 ? -1 : mismatch(fits, true);
       TORCH_CHECK(
           k < 0,
           cat("fakepg all_to_all: output[",

@@ -479,30 +479,22 @@ class ImportWatch(importlib.abc.MetaPathFinder):
         else:
             return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _Recorded(spec.loader)
+            spec.loader = _recorded(spec.loader)
         return spec
 
 
-class _Recorded:
+def _recorded(loader: Any) -> Any:
     """A loader that runs ``loader`` and then records the module's cells."""
 
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        module.__loader__ = module.__spec__.loader = self._loader  # nothing keeps this wrapper
-        self._loader.exec_module(module)
+    def exec_then_record(module: types.ModuleType) -> None:
+        loader.exec_module(module)
         bindings, containers, _ = _read(module.__name__, module, _compat.state.rank_free_caches())
         for space, name in bindings:
             _AS_IMPORTED.setdefault((id(space), name), space.get(name, _MISSING))
         for container in containers:
             _AS_IMPORTED_CONTENTS.setdefault(id(container), _copy(container))
+
+    return _compat.patching.AfterExec(loader, exec_then_record)
 
 
 def _same(container: Any, expected: Any) -> bool:

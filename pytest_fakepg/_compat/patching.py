@@ -141,13 +141,14 @@ class _Watch(importlib.abc.MetaPathFinder):
                 _install_one(module, replacements(module) if callable(replacements) else replacements, saved)
             self._settle()
 
-        spec.loader = _AfterExec(loader, exec_then_patch)
+        spec.loader = AfterExec(loader, exec_then_patch)
         return spec
 
 
-class _AfterExec:
-    """``loader``, whose ``exec_module`` is ``exec_module``; the module keeps
-    the original loader."""
+class AfterExec:
+    """``loader``, whose ``exec_module`` is ``exec_module`` (which runs the
+    loader's and then more: a patch, a record of the module); the module
+    keeps the original loader."""
 
     def __init__(self, loader: Any, exec_module: Callable[[types.ModuleType], None]) -> None:
         self._loader, self._exec = loader, exec_module
