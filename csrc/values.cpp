@@ -235,13 +235,17 @@ void allToAllUniform(const Contribution& c, int rank) {
   const auto& input = c.in[0];
   const auto& output = c.out[0];
   const auto row = input.dim() ? input.numel() / std::max<int64_t>(input.size(0), 1) : 1;
-  std::vector<int64_t> starts(c.size + 1, 0);
+  if (sameSplits(c, rank)) {
+    int64_t rows = 0;
+    for (int j = 0; j < rank; ++j) {
+      rows += c.splitRows(true, j);
+    }
+    fillChunks(output, input, c.size, rows * row);
+    return;
+  }
+  std::vector<int64_t> starts(c.size + 1, 0);  // a ring exchange: each chunk's offset
   for (int j = 0; j < c.size; ++j) {
     starts[j + 1] = starts[j] + c.splitRows(true, j) * row;
-  }
-  if (sameSplits(c, rank)) {
-    fillChunks(output, input, c.size, starts[rank]);
-    return;
   }
   const auto in_flat = flat(input);
   auto out_flat = output.is_contiguous() ? output.view(-1) : at::empty({output.numel()}, output.options());
